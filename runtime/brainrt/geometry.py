@@ -1,0 +1,51 @@
+"""Where the network looks: patch, window and grid arithmetic shared by trainer and runtime.
+
+The paper's network (valid convolutions 7/5/3/3, four 2x2 max-pools) only reaches its
+output from windows of ``38 + 16 m`` pixels (m = side of the last feature map). A patch
+of ``P`` pixels is therefore evaluated on its *centred* window of
+``W = 38 + 16 * ((P - 38) // 16)`` pixels (118 for P = 128), starting ``(P - W) // 2``
+pixels inside the patch (5 for P = 128). The exported per-patch ONNX model takes the
+whole P x P patch and crops the window itself, so callers only think in patches.
+
+Grid convention (runtime): grid cell ``(i, j)`` of stride ``s`` is the patch whose centre
+is pixel ``(i * s + s // 2, j * s + s // 2)``; the patch covers rows
+``[cy - P // 2, cy - P // 2 + P)``. A label map at full resolution gives pixel ``(y, x)``
+the value of cell ``(y // s, x // s)``. Cells whose patch crosses the image edge see the
+image reflected.
+"""
+
+from __future__ import annotations
+
+#: Total stride of the network (four 2x2 max-pools).
+NET_STRIDE = 16
+#: Side of the smallest window that reaches a 1x1 output.
+MIN_WINDOW = 38
+
+
+def window_size(patch_size: int) -> int:
+    """Side of the window the network evaluates inside a patch of ``patch_size``."""
+    m = (patch_size - MIN_WINDOW) // NET_STRIDE
+    if m < 1:
+        raise ValueError(f"patch size must be at least {MIN_WINDOW + NET_STRIDE}, got {patch_size}")
+    return MIN_WINDOW + NET_STRIDE * m
+
+
+def final_map_size(patch_size: int) -> int:
+    """Side of the last feature map (5 for a 128 px patch)."""
+    return (window_size(patch_size) - MIN_WINDOW) // NET_STRIDE
+
+
+def window_offset(patch_size: int) -> int:
+    """Offset of the window's top-left corner inside the patch (5 for 128 px)."""
+    return (patch_size - window_size(patch_size)) // 2
+
+
+def grid_shape(image_shape, stride: int) -> tuple[int, int]:
+    """Number of grid cells (rows, cols) covering an image at ``stride``."""
+    h, w = image_shape
+    return (-(-h // stride), -(-w // stride))
+
+
+def cell_centre(index: int, stride: int) -> int:
+    """Pixel coordinate of the centre of grid cell ``index`` along one axis."""
+    return index * stride + stride // 2

@@ -1,0 +1,190 @@
+"""Reading slices and writing outputs safely.
+
+Every reader validates at the edge and raises :class:`BrainrtError` with one line that
+names the file; every writer writes to a temporary name beside the target and renames
+it into place, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BrainrtError, file_error
+
+#: Pixel size of the paper's data, micrometres.
+DEFAULT_PIXEL_SIZE_UM = 1.17
+SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
+def read_tiff(path, *, z=None, what="image"):
+    """Read a 2D grayscale image from a TIFF file.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TIFF file.
+    z : int or None, keyword-only
+        Index of the slice to take from a 3D stack; required for stacks.
+    what : str
+        What the file is, for error messages ("image", "label mask").
+
+    Returns
+    -------
+    image : ndarray (H, W)
+        uint8, uint16, float32 or float64, finite.
+    pixel_size_um : float or None
+        Pixel size from the TIFF's resolution tags, if it has any.
+    """
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "no such file")
+    if path.stat().st_size == 0:
+        raise file_error(path, "empty file (0 bytes), not a TIFF")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            arr = series.asarray()
+            pixel_size = _pixel_size(tif)
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and ("S" in axes[-1:] or axes.endswith("S")):
+        raise file_error(path, f"expected a 2D grayscale {what}, got an RGB(A) image of shape {arr.shape}")
+    if arr.ndim == 3:
+        if z is None:
+            raise file_error(path, f"is a 3D stack of shape {arr.shape}; pass --z to choose a slice")
+        if not 0 <= z < arr.shape[0]:
+            raise file_error(path, f"--z {z} is outside the stack's {arr.shape[0]} slices")
+        arr = arr[z]
+    elif z not in (None, 0):
+        raise file_error(path, f"is a 2D {what}; --z {z} does not apply")
+    if arr.ndim != 2:
+        raise file_error(path, f"expected a 2D grayscale {what}, got shape {arr.shape}")
+    if arr.dtype not in SUPPORTED_DTYPES:
+        if arr.dtype in (np.int8, np.int16, np.int32, np.uint32, np.int64) and what != "image":
+            arr = arr.astype(np.int64)
+        else:
+            raise file_error(path, f"unsupported pixel type {arr.dtype}; expected uint8, uint16 or float32")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise file_error(path, f"{what} holds {n} NaN or infinite values")
+    return arr, pixel_size
+
+
+def _first_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else "unknown error"
+
+
+def _pixel_size(tif):
+    """Pixel size in micrometres from ImageJ/OME metadata or resolution tags, else None."""
+    try:
+        ij = tif.imagej_metadata or {}
+        page = tif.pages[0]
+        tag = page.tags.get("XResolution")
+        unit = page.tags.get("ResolutionUnit")
+        if tag is None:
+            return None
+        num, den = tag.value
+        if num == 0:
+            return None
+        per_unit = den / num  # units per pixel
+        u = str(ij.get("unit", "")).lower()
+        if u in ("micron", "um", "µm", "\\u00b5m"):
+            return float(per_unit)
+        if unit is not None and int(unit.value) == 3:  # centimetre
+            return float(per_unit * 1e4)
+        if unit is not None and int(unit.value) == 2:  # inch
+            return None  # usually a DPI default, not a physical size
+    except Exception:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def atomic_path(target, *, overwrite=True, is_dir=False):
+    """Yield a temporary path beside ``target``; rename it into place on success.
+
+    On any error the temporary file or folder is removed and ``target`` is untouched.
+    """
+    target = Path(target)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise file_error(target, f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise file_error(target, f"output folder {parent} is not writable")
+    if target.exists() and not overwrite:
+        raise file_error(target, "already exists; pass --overwrite to replace it")
+    suffix = "".join(target.suffixes)
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir:
+            if target.exists():
+                shutil.rmtree(target) if target.is_dir() else target.unlink()
+            os.replace(tmp, target)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def write_ome_tiff(path, data, *, pixel_size_um, channel_names=None, overwrite=True):
+    """Write a 2D (Y, X) or 3D (C, Y, X) array as OME-TIFF with its pixel size, atomically."""
+    import tifffile
+
+    data = np.asarray(data)
+    axes = "YX" if data.ndim == 2 else "CYX"
+    meta = {"axes": axes, "PhysicalSizeX": pixel_size_um, "PhysicalSizeY": pixel_size_um,
+            "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"}
+    if channel_names is not None:
+        meta["Channel"] = {"Name": list(channel_names)}
+    res = (1e4 / pixel_size_um, 1e4 / pixel_size_um)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tifffile.imwrite(tmp, data, ome=True, metadata=meta, resolution=res,
+                         resolutionunit="CENTIMETER", compression="zlib")
+
+
+def write_json(path, obj, *, overwrite=True):
+    """Write JSON atomically."""
+    import json
+
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def save_figure(fig, path):
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,69 @@
+"""PNG figures: confusion matrices and label-map overlays (matplotlib, imported lazily)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .io import save_figure
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_png(path, cm, names, *, title="Confusion matrix"):
+    """Row-normalized confusion matrix with counts, saved as PNG."""
+    plt = _plt()
+    cm = np.asarray(cm, float)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(names), 0.8 + 0.7 * len(names)), dpi=100)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def class_colors(n):
+    plt = _plt()
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return np.array([cmap(i)[:3] for i in range(n)])
+
+
+def overlay_png(path, image, labels, names, *, valid=None, title="", alpha=0.45, max_side=2000):
+    """Image in gray with a label map (indices 0..K-1, -1 = none) in colour, and a legend."""
+    plt = _plt()
+    step = max(1, int(np.ceil(max(image.shape) / max_side)))
+    img = np.asarray(image[::step, ::step], np.float32)
+    lab = np.asarray(labels[::step, ::step])
+    lo, hi = np.percentile(img, (1, 99.5))
+    g = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.repeat(g[..., None], 3, axis=2)
+    colors = class_colors(len(names))
+    sel = lab >= 0
+    if valid is not None:
+        sel &= np.asarray(valid[::step, ::step], bool)
+    rgb[sel] = (1 - alpha) * rgb[sel] + alpha * colors[lab[sel]]
+    h, w = rgb.shape[:2]
+    fig, ax = plt.subplots(figsize=(min(16, 2 + w / 150), min(16, 1 + h / 150)), dpi=100)
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color=colors[i], label=n) for i, n in enumerate(names)], loc="upper left",
+              bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    save_figure(fig, path)

@@ -1,0 +1,161 @@
+"""Where the tissue is: Otsu threshold, per-cell tissue fraction and the grid to featurize.
+
+Cells follow :mod:`brainrt.geometry`: cell ``(i, j)`` of stride ``s`` is the patch of
+``P`` pixels centred on ``(i * s + s // 2, j * s + s // 2)``. A cell is featurized when
+at least ``min_fraction`` of its patch footprint is tissue; footprint pixels outside the
+image count as background.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from brainrt.errors import BrainrtError, check_positive_int, param_error
+from brainrt.geometry import cell_centre, grid_shape
+from brainrt.tiling import IMAGE_DTYPES
+
+#: Bins of the histogram of float images.
+FLOAT_BINS = 256
+
+
+def _check_image(image, owner: str) -> np.ndarray:
+    """Validate a non-empty 2D image of an accepted dtype and return it as an array."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise BrainrtError(f"The image of {owner} must be 2D. Got shape {image.shape} instead.")
+    if image.dtype not in IMAGE_DTYPES:
+        raise BrainrtError(
+            f"The image of {owner} must be uint8, uint16, float32 or float64. Got {image.dtype} instead."
+        )
+    if image.size == 0:
+        raise BrainrtError(f"The image of {owner} must not be empty. Got shape {image.shape} instead.")
+    return image
+
+
+def otsu_threshold(image) -> float:
+    """Otsu's threshold: the split maximizing the between-class variance of the histogram.
+
+    Integer images use one bin per value between their min and max; float images use
+    256 bins over ``[min, max]`` of their finite values (NaN and inf are ignored).
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        uint8, uint16, float32 or float64.
+
+    Returns
+    -------
+    threshold : float
+        Foreground is ``image > threshold``. For integer images it is the largest value
+        of the dark class; for float images the upper edge of the dark class's last bin.
+        A constant image returns its value (no foreground).
+    """
+    image = _check_image(image, "otsu_threshold")
+    if image.dtype.kind == "f":
+        values = image[np.isfinite(image)]
+        if values.size == 0:
+            raise BrainrtError("The image of otsu_threshold has no finite values.")
+        lo, hi = float(values.min()), float(values.max())
+        if lo == hi:
+            return lo
+        counts, edges = np.histogram(values, bins=FLOAT_BINS, range=(lo, hi))
+        levels = 0.5 * (edges[:-1] + edges[1:])
+        splits = edges[1:]
+    else:
+        lo, hi = int(image.min()), int(image.max())
+        if lo == hi:
+            return float(lo)
+        counts = np.bincount((image.ravel() - image.dtype.type(lo)).astype(np.intp, copy=False), minlength=hi - lo + 1)
+        levels = lo + np.arange(counts.size, dtype=np.float64)
+        splits = levels
+    p = counts / counts.sum()
+    w0 = np.cumsum(p)[:-1]
+    mu = np.cumsum(p * levels)[:-1]
+    mu_t = float(np.dot(p, levels))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu_t * w0 - mu) ** 2 / (w0 * (1.0 - w0))
+    between[~np.isfinite(between)] = -1.0
+    return float(splits[int(np.argmax(between))])
+
+
+def box_fraction(mask, patch_size, stride) -> np.ndarray:
+    """Fraction of each grid cell's patch footprint that is tissue, by a summed-area table.
+
+    Parameters
+    ----------
+    mask : ndarray of bool, shape (H, W)
+        Tissue mask (nonzero = tissue).
+    patch_size : int
+        Side ``P`` of the patches.
+    stride : int
+        Grid stride ``s``.
+
+    Returns
+    -------
+    fraction : ndarray of float32, shape grid_shape((H, W), s)
+        ``sum(mask[footprint]) / P**2``, the footprint clipped to the image (pixels
+        outside count as background).
+    """
+    owner = "box_fraction"
+    patch_size = check_positive_int(patch_size, "patch_size", owner)
+    stride = check_positive_int(stride, "stride", owner)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise BrainrtError(f"The mask of {owner} must be 2D. Got shape {mask.shape} instead.")
+    h, w = mask.shape
+    sat = np.zeros((h + 1, w + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(mask != 0, axis=0, dtype=np.int64), axis=1, out=sat[1:, 1:])
+    rows, cols = grid_shape((h, w), stride)
+    top = cell_centre(np.arange(rows, dtype=np.int64), stride) - patch_size // 2
+    left = cell_centre(np.arange(cols, dtype=np.int64), stride) - patch_size // 2
+    t, b = np.clip(top, 0, h)[:, None], np.clip(top + patch_size, 0, h)[:, None]
+    l, r = np.clip(left, 0, w)[None, :], np.clip(left + patch_size, 0, w)[None, :]
+    total = sat[b, r] - sat[t, r] - sat[b, l] + sat[t, l]
+    return (total / float(patch_size * patch_size)).astype(np.float32)
+
+
+def tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5, mask=None) -> np.ndarray:
+    """Grid cells worth featurizing: those whose patch is mostly tissue.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        uint8, uint16, float32 or float64.
+    patch_size : int
+        Side ``P`` of the patches.
+    stride : int
+        Grid stride ``s``.
+    threshold : float, optional
+        Tissue is ``image > threshold``; Otsu's threshold when None. Ignored with ``mask``.
+    min_fraction : float
+        Smallest tissue fraction of a patch footprint, in [0, 1].
+    mask : ndarray of bool or int, shape (H, W), optional
+        User tissue mask (nonzero = tissue), used instead of thresholding.
+
+    Returns
+    -------
+    valid : ndarray of bool, shape grid_shape((H, W), s)
+        True for the cells to featurize.
+    """
+    owner = "tissue_grid"
+    image = _check_image(image, owner)
+    patch_size = check_positive_int(patch_size, "patch_size", owner)
+    stride = check_positive_int(stride, "stride", owner)
+    if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float, np.integer, np.floating)):
+        raise param_error("min_fraction", owner, "a float in [0, 1]", min_fraction)
+    if not 0.0 <= float(min_fraction) <= 1.0:
+        raise param_error("min_fraction", owner, "a float in [0, 1]", min_fraction)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != image.shape:
+            raise BrainrtError(f"The mask of {owner} must have the image's shape {image.shape}. Got {mask.shape} instead.")
+        if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
+            raise BrainrtError(f"The mask of {owner} must be bool or int. Got {mask.dtype} instead.")
+        tissue = mask != 0
+    else:
+        if threshold is None:
+            threshold = otsu_threshold(image)
+        elif isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+            raise param_error("threshold", owner, "a float or None", threshold)
+        tissue = image > threshold
+    return box_fraction(tissue, patch_size, stride) >= np.float32(min_fraction)

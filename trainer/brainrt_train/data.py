@@ -1,0 +1,288 @@
+"""Annotated slices, class maps, spatially disjoint splits and balanced patch sampling.
+
+Split rule. With three or more slices the split is by slice. Otherwise (one slice, or
+the first of two) each class's rows are cut into spatial bands, train | gap | val |
+test, and every validation or test footprint keeps at least ``gap`` pixels (default one
+patch) from every training footprint (see :func:`split_regions`).
+
+Patch rule. A training patch lies strictly inside one class: every pixel of its
+``P x P`` footprint carries one of that class's codes. A validation or test patch only
+needs its centre in the class and may cross area boundaries. All footprints lie inside
+the image. Centres follow the runtime's convention: footprint rows ``cy - P//2 ..``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from brainrt.bundle import sha256_file
+from brainrt.errors import BrainrtError, file_error
+from brainrt.io import read_tiff
+
+SPLITS = ("train", "val", "test")
+
+#: The shared dataset's codes as the paper used them (Prasad et al. 2020, slice309).
+PRESETS = {
+    "prasad2020": {
+        "classes": {"Ctx": [1], "Str": [2], "VP": [4], "ZI": [5], "HypoTh": [7], "WM": [6, 8]},
+        "ignore": [3],
+        "unlabeled": [0],
+    },
+}
+
+
+@dataclass(frozen=True)
+class ClassMap:
+    """Which mask codes form which class; ``ignore`` and ``unlabeled`` codes are skipped."""
+
+    names: tuple
+    codes: tuple  # tuple of tuples, one per class
+    ignore: tuple = ()
+    unlabeled: tuple = (0,)
+
+    @classmethod
+    def from_dict(cls, d, *, source="class map"):
+        try:
+            classes = d["classes"]
+            names = tuple(str(k) for k in classes)
+            codes = tuple(tuple(int(c) for c in v) for v in classes.values())
+            ignore = tuple(int(c) for c in d.get("ignore", ()))
+            unlabeled = tuple(int(c) for c in d.get("unlabeled", (0,)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise file_error(source, 'expected {"classes": {"name": [codes...]}, "ignore": [...], "unlabeled": [...]}') from None
+        if len(names) < 2:
+            raise file_error(source, f"needs at least 2 classes, got {len(names)}")
+        flat = [c for cs in codes for c in cs] + list(ignore) + list(unlabeled)
+        if len(flat) != len(set(flat)):
+            raise file_error(source, "a mask code is listed more than once")
+        return cls(names=names, codes=codes, ignore=ignore, unlabeled=unlabeled)
+
+    @classmethod
+    def resolve(cls, spec):
+        """A preset name or the path of a JSON class-map file."""
+        if spec in PRESETS:
+            return cls.from_dict(PRESETS[spec], source=spec)
+        path = Path(spec)
+        if not path.is_file():
+            raise file_error(spec, f"no such class-map file, and not a preset ({', '.join(PRESETS)})")
+        try:
+            d = json.loads(path.read_text())
+        except ValueError as exc:
+            raise file_error(path, f"not valid JSON ({exc})") from None
+        return cls.from_dict(d, source=path)
+
+    def to_dict(self):
+        return {"classes": {n: list(c) for n, c in zip(self.names, self.codes)},
+                "ignore": list(self.ignore), "unlabeled": list(self.unlabeled)}
+
+    def class_index(self, mask, *, source="label mask"):
+        """Map mask codes to class indices (int8, -1 = ignored/unlabeled); check every code."""
+        lut = np.full(int(mask.max()) + 1, -2, np.int16)
+        for c in self.ignore + self.unlabeled:
+            if c < lut.size:
+                lut[c] = -1
+        for i, cs in enumerate(self.codes):
+            for c in cs:
+                if c < lut.size:
+                    lut[c] = i
+        if mask.min() < 0:
+            raise file_error(source, "holds negative codes")
+        out = lut[mask]
+        unknown = np.unique(mask[out == -2])
+        if unknown.size:
+            raise file_error(source, f"holds codes {unknown.tolist()} that the class map neither uses nor ignores")
+        if not (out >= 0).any():
+            raise file_error(source, "holds no pixel of any class in the class map")
+        return out.astype(np.int8)
+
+
+@dataclass
+class Slice:
+    """One annotated slice: image, class-index map and provenance."""
+
+    image_path: Path
+    mask_path: Path
+    image: np.ndarray
+    labels: np.ndarray  # int8 class indices, -1 = none
+    sha256: dict = field(default_factory=dict)
+
+
+def load_slice(image_path, mask_path, class_map: ClassMap, *, z=None) -> Slice:
+    image, _ = read_tiff(image_path, z=z, what="image")
+    mask, _ = read_tiff(mask_path, z=z, what="label mask")
+    if image.shape != mask.shape:
+        raise file_error(mask_path, f"label mask shape {mask.shape} differs from image {Path(image_path).name} shape {image.shape}")
+    if mask.dtype.kind == "f":
+        if not np.array_equal(mask, np.round(mask)):
+            raise file_error(mask_path, "label mask holds non-integer values")
+        mask = mask.astype(np.int64)
+    labels = class_map.class_index(mask, source=mask_path)
+    return Slice(Path(image_path), Path(mask_path), image, labels,
+                 {"image": sha256_file(image_path), "mask": sha256_file(mask_path)})
+
+
+def window_sum(mask, before, after):
+    """For each pixel p, the sum of ``mask`` over rows and cols ``p - before .. p + after`` (clipped)."""
+    h, w = mask.shape
+    s = np.zeros((h + 1, w + 1), np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=s[1:, 1:])
+    y0 = np.clip(np.arange(h) - before, 0, h)
+    y1 = np.clip(np.arange(h) + after + 1, 0, h)
+    x0 = np.clip(np.arange(w) - before, 0, w)
+    x1 = np.clip(np.arange(w) + after + 1, 0, w)
+    return s[y1][:, x1] - s[y0][:, x1] - s[y1][:, x0] + s[y0][:, x0]
+
+
+def box_all(mask, size):
+    """Centres whose footprint (rows ``cy - size//2 ..``, ``size`` long) is all True and inside the image."""
+    return window_sum(mask, size // 2, size - 1 - size // 2) == size * size
+
+
+def footprints(centres, size):
+    """Pixels covered by the footprint of any True centre."""
+    return window_sum(centres, size - 1 - size // 2, size // 2) > 0
+
+
+def split_regions(strict, centre, *, patch_size, gap, fractions, rng):
+    """Allowed centres per split and class, ``{split: [mask per class]}``, for one slice.
+
+    Each class's rows are cut into bands, in order train | gap | val | test (or the
+    reverse: one seeded coin toss for all classes, so every class's training band sits
+    on the same side). The rows left after the gaps are shared by ``fractions``. Then,
+    globally, every validation and test footprint keeps at least ``gap`` pixels from
+    every training footprint of any class, so test pixels never come near training
+    pixels; validation and test bands of one class are a patch apart.
+    """
+    P = patch_size
+    f = np.asarray(fractions, float) / np.sum(fractions)
+    h = centre[0].shape[0]
+    flip = rng.random() < 0.5
+    rows = {s: [] for s in SPLITS}
+    for cm in centre:
+        r = np.flatnonzero(cm.any(axis=1))
+        lo, hi = (r[0], r[-1] + 1) if r.size else (0, 0)
+        usable = max(hi - lo - (P + gap) - P, 0)
+        n_tr, n_va = int(round(f[0] * usable)), int(round(f[1] * usable))
+        spans = {"train": (0, n_tr), "val": (n_tr + P + gap, n_tr + P + gap + n_va),
+                 "test": (n_tr + P + gap + n_va + P, hi - lo)}
+        for s, (a, b) in spans.items():
+            a, b = (hi - b, hi - a) if flip else (lo + a, lo + b)
+            band = np.zeros(h, bool)
+            if f[SPLITS.index(s)] > 0 and b > a:
+                band[a:b] = True
+            rows[s].append(band[:, None])
+    train = [m & band for m, band in zip(strict, rows["train"])]
+    excluded = window_sum(footprints(np.logical_or.reduce(train), P), gap, gap) > 0
+    clear = window_sum(excluded, P // 2, P - 1 - P // 2) == 0
+    return {"train": train,
+            "val": [m & band & clear for m, band in zip(centre, rows["val"])],
+            "test": [m & band & clear for m, band in zip(centre, rows["test"])]}
+
+
+@dataclass
+class PatchSet:
+    """Patches of one split: slice index, centre (cy, cx) and class index per patch."""
+
+    slice_idx: np.ndarray
+    centres: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return int(self.labels.size)
+
+
+def _slice_fractions(n, k, fractions):
+    """Split shares for slice k of n when splitting by blocks (n = 1 or 2)."""
+    if n == 1:
+        return tuple(fractions)
+    if k == 0:
+        t, v = fractions[0], fractions[1]
+        return (t / (t + v), v / (t + v), 0.0)
+    return (0.0, 0.0, 1.0)
+
+
+def eligible_positions(slices, *, n_classes, patch_size, gap, fractions, seed):
+    """Eligible centres per split and class: ``{split: [array (n, 3) of (slice, cy, cx)]}``.
+
+    With three or more slices each slice goes whole to one split (the last to test, the
+    one before to validation). Otherwise see :func:`split_regions`.
+    """
+    P = patch_size
+    n = len(slices)
+    out = {s: [[] for _ in range(n_classes)] for s in SPLITS}
+    info = []
+    for k, sl in enumerate(slices):
+        h, w = sl.labels.shape
+        if P > h or P > w:
+            raise file_error(sl.image_path, f"patch size {P} is larger than the image ({h} x {w})")
+        inside_img = box_all(np.ones((h, w), bool), P)
+        strict = [box_all(sl.labels == c, P) for c in range(n_classes)]
+        centre = [(sl.labels == c) & inside_img for c in range(n_classes)]
+        if n >= 3:
+            owner = "test" if k == n - 1 else "val" if k == n - 2 else "train"
+            region = {s: [(strict if s == "train" else centre)[c] if s == owner else None
+                          for c in range(n_classes)] for s in SPLITS}
+            info.append({"slice": k, "split": owner})
+        else:
+            fr = _slice_fractions(n, k, fractions)
+            rng = np.random.default_rng([seed, k])
+            region = split_regions(strict, centre, patch_size=P, gap=gap, fractions=fr, rng=rng)
+            info.append({"slice": k, "layout": "row bands per class", "fractions": list(fr)})
+        for s in SPLITS:
+            for c in range(n_classes):
+                if region[s][c] is not None:
+                    ys, xs = np.nonzero(region[s][c])
+                    out[s][c].append(np.stack([np.full(ys.size, k), ys, xs], axis=1))
+    return out, info
+
+
+def sample_patches(slices, *, n_classes, patch_size, n_per_class, gap=None,
+                   fractions=(0.6, 0.2, 0.2), seed=0):
+    """Sample balanced train/val/test patches; return ``{split: PatchSet}`` and a report.
+
+    The report holds the split layout and, per split and class, how many patches were
+    asked for, how many distinct positions were eligible and how many were taken.
+    """
+    gap = patch_size if gap is None else gap
+    rng = np.random.default_rng(seed)
+    cand, layout = eligible_positions(slices, n_classes=n_classes, patch_size=patch_size,
+                                      gap=gap, fractions=fractions, seed=seed)
+    mode = "by slice" if len(slices) >= 3 else "by spatial row bands per class"
+    sets, report = {}, {"mode": mode, "gap": gap, "layout": layout, "per_split": {}}
+    for s in SPLITS:
+        want = n_per_class[s]
+        chosen, rep = [], {}
+        for c in range(n_classes):
+            pool = np.concatenate(cand[s][c]) if cand[s][c] else np.zeros((0, 3), np.int64)
+            take = min(want, len(pool))
+            idx = rng.choice(len(pool), size=take, replace=False) if take else np.zeros(0, np.int64)
+            chosen.append(np.concatenate([pool[idx], np.full((take, 1), c)], axis=1))
+            rep[c] = {"asked": int(want), "eligible_positions": int(len(pool)), "taken": int(take)}
+        arr = np.concatenate(chosen).astype(np.int64)
+        arr = arr[rng.permutation(len(arr))]
+        sets[s] = PatchSet(arr[:, 0], arr[:, 1:3], arr[:, 3])
+        report["per_split"][s] = rep
+    for s in SPLITS:
+        if len(sets[s]) == 0:
+            raise BrainrtError(f"no {s} patch could be placed; the annotated areas are too small for "
+                               f"{patch_size} px patches with a {gap} px gap (try --patch-size or --gap)")
+    trained = [c for c in range(n_classes) if report["per_split"]["train"][c]["taken"] > 0]
+    if len(trained) < 2:
+        raise BrainrtError(
+            f"training patches of {patch_size} px fit strictly inside fewer than 2 classes; "
+            "use a smaller --patch-size or larger areas")
+    return sets, report
+
+
+def extract(slices, patches: PatchSet, patch_size):
+    """Cut the patches out as a uint8/uint16/float array ``(N, P, P)``."""
+    P, a = patch_size, patch_size // 2
+    dtype = slices[0].image.dtype
+    out = np.empty((len(patches), P, P), dtype)
+    for i, (k, (cy, cx)) in enumerate(zip(patches.slice_idx, patches.centres)):
+        out[i] = slices[k].image[cy - a : cy - a + P, cx - a : cx - a + P]
+    return out

@@ -1,0 +1,132 @@
+"""ONNX export of the feature network, with parity checks against PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .model import PlainCNN
+
+INPUT_NAME, OUTPUT_NAME = "patches", "features"
+OPSET = 17
+
+
+def export_features(model, path, *, patch_size, n_check=256, seed=0):
+    """Export the network truncated at the last hidden layer; check it and return a report.
+
+    The graph takes ``(N, 1, P, P)`` float32 normalized patches (dynamic N) and returns
+    ``(N, 64)`` features. ``onnx.checker`` must pass and onnxruntime must match PyTorch
+    to 1e-4 on ``n_check`` random patches.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    plain = PlainCNN(model).eval()
+    dummy = torch.zeros(2, 1, patch_size, patch_size)
+    torch.onnx.export(plain, dummy, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                      opset_version=OPSET, dynamo=False)
+    onnx.checker.check_model(onnx.load(str(path)))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_check, 1, patch_size, patch_size)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([sess.run(None, {INPUT_NAME: x[i : i + 64]})[0] for i in range(0, n_check, 64)])
+    with torch.no_grad():
+        ref_plain = plain(torch.from_numpy(x)).numpy()
+        ref_trained = model.eval().features(torch.from_numpy(x)).numpy()
+    diff = float(np.abs(got - ref_plain).max())
+    fold = float(np.abs(ref_plain - ref_trained).max())
+    if diff > 1e-4 or fold > 1e-4:
+        raise RuntimeError(f"ONNX parity failed: onnxruntime vs torch {diff:.2e}, folded vs trained {fold:.2e}")
+    return {"max_abs_diff_onnx_vs_torch": diff, "max_abs_diff_folded_vs_trained": fold, "n_checked": n_check,
+            "opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME}, plain
+
+
+DENSE_STRIDES = (1, 2, 4, 8, 16)
+WEIGHTS_FILE = "weights.bin"
+DENSE_INPUT, DENSE_OUTPUT = "tile", "features"
+
+
+def share_weights(paths, folder, location=WEIGHTS_FILE):
+    """Rewrite ONNX files so that equal initializers live once, in one external file.
+
+    Every graph of a bundle carries the same ~13 MB first fully connected layer; storing
+    it once keeps the bundle small. onnxruntime resolves the external data relative to
+    each model file, so the graphs still load with a plain ``InferenceSession(path)``.
+    """
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    table, offset = {}, 0
+    with open(folder / location, "wb") as blob:
+        for path in paths:
+            model = onnx.load(str(path))
+            for t in model.graph.initializer:
+                arr = numpy_helper.to_array(t)
+                if arr.size < 1024:
+                    continue  # small tensors stay inline
+                raw = arr.tobytes()
+                key = (hashlib.sha256(raw).hexdigest(), t.data_type, tuple(t.dims))
+                if key not in table:
+                    pad = (-offset) % 64
+                    blob.write(b"\0" * pad)
+                    offset += pad
+                    blob.write(raw)
+                    table[key] = (offset, len(raw))
+                    offset += len(raw)
+                off, length = table[key]
+                t.ClearField("float_data")
+                t.raw_data = raw
+                set_external_data(t, location=location, offset=off, length=length)
+                t.data_location = onnx.TensorProto.EXTERNAL
+                t.ClearField("raw_data")
+            onnx.save_model(model, str(path))
+            onnx.checker.check_model(str(path))
+    return offset
+
+
+def export_dense(plain, folder, *, patch_size, tile=256, seed=0):
+    """Export the fully convolutional graphs (one per dense stride) and check exactness.
+
+    For each stride, features at every output position must equal the per-patch graph's
+    features of the same window to 1e-4 on a random tile. Returns the manifest entry.
+    """
+    import onnxruntime as ort
+
+    from .model import DenseCNN
+
+    folder = folder if hasattr(folder, "joinpath") else __import__("pathlib").Path(folder)
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal((1, 1, tile, tile)).astype(np.float32))
+    win, off = plain.window, plain.offset
+    files, checks = {}, {}
+    for s in DENSE_STRIDES:
+        dense = DenseCNN(plain, stride=s).eval()
+        name = f"features_dense_s{s}.onnx"
+        torch.onnx.export(dense, torch.zeros(1, 1, win + 2 * s, win + 2 * s), str(folder / name),
+                          input_names=[DENSE_INPUT], output_names=[DENSE_OUTPUT],
+                          dynamic_axes={DENSE_INPUT: {2: "height", 3: "width"}, DENSE_OUTPUT: {2: "rows", 3: "cols"}},
+                          opset_version=OPSET, dynamo=False)
+        files[str(s)] = name
+        sess = ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {DENSE_INPUT: x.numpy()})[0][0]  # (F, R, C)
+        rows = (tile - win) // s + 1
+        if got.shape[1:] != (rows, rows):
+            raise RuntimeError(f"dense stride {s}: output {got.shape[1:]} != expected {(rows, rows)}")
+        ii = np.unique(np.linspace(0, rows - 1, 5).astype(int))
+        tops = [(i * s, j * s) for i in ii for j in ii]
+        patches = torch.stack([x[0, :, y - off : y - off + patch_size, z - off : z - off + patch_size]
+                               for y, z in tops if y >= off and z >= off and y - off + patch_size <= tile and z - off + patch_size <= tile])
+        sel = [(i, j) for i in ii for j in ii if i * s >= off and j * s >= off and i * s - off + patch_size <= tile and j * s - off + patch_size <= tile]
+        with torch.no_grad():
+            ref = plain(patches).numpy()
+        diff = max(float(np.abs(got[:, i, j] - ref[k]).max()) for k, (i, j) in enumerate(sel))
+        if diff > 1e-4:
+            raise RuntimeError(f"dense stride {s}: max abs difference {diff:.2e} > 1e-4 against per-patch features")
+        checks[str(s)] = diff
+    return {"files": files, "input": DENSE_INPUT, "output": DENSE_OUTPUT, "strides": list(DENSE_STRIDES),
+            "window": win, "max_abs_diff_vs_patch": checks,
+            "geometry": "output[:, :, i, j] = features of the window whose top-left is tile pixel (i*s, j*s)"}

@@ -1,0 +1,149 @@
+"""``train-and-export``: from annotated slices to a verified model bundle."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from brainrt.bundle import MANIFEST, SCHEMA_VERSION, LinearHead, hash_tree, verify_bundle
+from brainrt.errors import BrainrtError, file_error
+from brainrt.geometry import NET_STRIDE, window_offset, window_size
+from brainrt.io import atomic_path, write_json
+
+from .data import SPLITS, ClassMap, extract, load_slice, sample_patches
+
+log = logging.getLogger("brainrt.train")
+
+
+def _versions():
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "scikit-learn", "joblib", "brainrt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def onnx_features(path, x_norm, batch=256):
+    """Features of normalized patches (N, 1, P, P) from an exported ONNX file."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x_norm[i : i + batch]})[0] for i in range(0, len(x_norm), batch)])
+
+
+def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_train=2000, n_val=1000,
+                     n_test=1000, epochs=30, batch_size=64, lr=1e-4, schedule="constant", seed=0, k=4,
+                     gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None):
+    """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
+
+    Returns the manifest. The bundle is built in a temporary folder beside ``out`` and
+    renamed into place only when complete and verified.
+    """
+    import torch
+
+    from .export import export_features
+    from .heads import fit_heads
+    from .train import classification_metrics, fit, predict, to_unit
+    from brainrt.plots import confusion_png
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise file_error(out, "already exists; pass --overwrite to replace it")
+    cmap = ClassMap.resolve(class_map) if not isinstance(class_map, ClassMap) else class_map
+    window_size(patch_size)  # validates the patch size
+    slices = [load_slice(img, msk, cmap, z=z) for img, msk in pairs]
+    dtypes = {s.image.dtype for s in slices}
+    if len(dtypes) > 1:
+        raise BrainrtError(f"images have different pixel types {sorted(map(str, dtypes))}; convert them to one")
+    dtype = slices[0].image.dtype
+    dtype_max = float(np.iinfo(dtype).max) if dtype.kind == "u" else 1.0
+    n = len(cmap.names)
+    sets, report = sample_patches(slices, n_classes=n, patch_size=patch_size, seed=seed, gap=gap,
+                                  n_per_class={"train": n_train, "val": n_val, "test": n_test})
+    for s in SPLITS:
+        log.info("%s patches per class: %s", s, {cmap.names[c]: v["taken"] for c, v in report["per_split"][s].items()})
+    data = {s: (to_unit(extract(slices, sets[s], patch_size), dtype_max), torch.from_numpy(sets[s].labels)) for s in SPLITS}
+    xt = data["train"][0]
+    norm = {"mean": float(xt.mean()), "std": float(xt.std()) or 1.0}
+    model, history, train_seconds = fit(data["train"], data["val"], n_classes=n, patch_size=patch_size, norm=norm,
+                                        epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed,
+                                        max_minutes=max_minutes, progress=progress)
+    cnn_pred = predict(model, data["test"][0], norm).argmax(1).numpy()
+    y_test = data["test"][1].numpy()
+    metrics = {"cnn": classification_metrics(y_test, cnn_pred, list(cmap.names))}
+    log.info("CNN test accuracy %.3f", metrics["cnn"]["accuracy"])
+
+    with atomic_path(out, overwrite=overwrite, is_dir=True) as tmp:
+        onnx_report, plain = export_features(model, tmp / "features.onnx", patch_size=patch_size, seed=seed)
+        feats = {s: onnx_features(tmp / "features.onnx", ((data[s][0] - norm["mean"]) / norm["std"]).numpy())
+                 for s in SPLITS}
+        heads, head_metrics = fit_heads(feats["train"], data["train"][1].numpy(), feats["test"], y_test,
+                                        n_classes=n, k=k, seed=seed)
+        metrics["heads"] = head_metrics
+        (tmp / "heads").mkdir()
+        import joblib
+
+        head_files = {}
+        for name, head in heads.items():
+            joblib.dump(head, tmp / "heads" / f"{name}.joblib")
+            head_files[name] = f"heads/{name}.joblib"
+        LinearHead(plain.head.weight.detach().numpy(), plain.head.bias.detach().numpy()).save(tmp / "heads" / "cnn.npz")
+        head_files["cnn"] = "heads/cnn.npz"
+        confusion_png(tmp / "confusion.png", metrics["cnn"]["confusion_matrix"], list(cmap.names),
+                      title=f"CNN, test patches (accuracy {metrics['cnn']['accuracy']:.3f})")
+        dense_info = None
+        if dense:
+            from .export import export_dense
+
+            dense_info = export_dense(plain, tmp, patch_size=patch_size, seed=seed)
+        from .export import share_weights
+
+        share_weights([tmp / "features.onnx"] + [tmp / f for f in (dense_info or {}).get("files", {}).values()], tmp)
+        write_json(tmp / "metrics.json", {"history": history, **metrics, "onnx_parity": onnx_report})
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "classes": [{"name": nm, "codes": list(cs)} for nm, cs in zip(cmap.names, cmap.codes)],
+            "class_map": cmap.to_dict(),
+            "patch_size": patch_size,
+            "window": {"size": window_size(patch_size), "offset": window_offset(patch_size),
+                       "note": "the network sees the centred window of each patch; patch rows cy - P//2 .. cy - P//2 + P - 1"},
+            "stride": NET_STRIDE,
+            "n_features": int(feats["train"].shape[1]),
+            "normalization": {"scale": 1.0 / dtype_max, "mean": norm["mean"], "std": norm["std"],
+                              "formula": "(pixel * scale - mean) / std", "trained_dtype": str(dtype)},
+            "onnx": {"file": "features.onnx", "input": onnx_report["input"], "output": onnx_report["output"],
+                     "opset": onnx_report["opset"], "input_shape": ["batch", 1, patch_size, patch_size]},
+            "dense_onnx": dense_info,
+            "heads": head_files,
+            "default_head": "logreg",
+            "versions": _versions(),
+            "training": {
+                "data": [{"image": s.image_path.name, "mask": s.mask_path.name, "image_sha256": s.sha256["image"],
+                          "mask_sha256": s.sha256["mask"], "shape": list(s.image.shape)} for s in slices],
+                "split": {k2: v for k2, v in report.items() if k2 != "per_split"},
+                "counts": {s: {cmap.names[c]: v for c, v in report["per_split"][s].items()} for s in SPLITS},
+                "seed": seed, "epochs_run": len(history), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "schedule": schedule, "train_seconds": round(train_seconds, 1),
+                "total_seconds": round(time.perf_counter() - t_start, 1),
+            },
+            "metrics": {"cnn_test_accuracy": metrics["cnn"]["accuracy"],
+                        "cnn_per_class_f1": {k2: v["f1"] for k2, v in metrics["cnn"]["per_class"].items()},
+                        **{f"{h}_{m}": v for h, ms in head_metrics.items() for m, v in ms.items() if m != "fit_seconds"}},
+        }
+        manifest["files"] = hash_tree(tmp)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        verify_bundle(tmp)
+    log.info("bundle written to %s", out)
+    return manifest

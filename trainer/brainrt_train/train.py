@@ -1,0 +1,135 @@
+"""Training loop: augmentation, Adam, best-on-validation checkpoint, metrics."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import PaperCNN
+
+log = logging.getLogger("brainrt.train")
+
+
+def to_unit(patches, dtype_max):
+    """uint8/uint16/float patches (N, P, P) -> float32 tensor (N, 1, P, P) in [0, 1]."""
+    t = torch.from_numpy(np.ascontiguousarray(patches)).float()
+    return (t / dtype_max).unsqueeze(1)
+
+
+def augment(x, gen):
+    """Random dihedral transform, contrast/brightness/gamma jitter, blur and noise.
+
+    ``x`` is (N, 1, P, P) in [0, 1]. These make a model trained on a 19-level slice
+    indifferent to fine gray levels, so it also works on full-depth slices.
+    """
+    n = x.shape[0]
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    x = torch.rot90(x, k, dims=(2, 3))
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.25, 0.25, generator=gen))
+    x = x.clamp_min(0) ** gamma
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
+    bright = torch.empty(n, 1, 1, 1).uniform_(-0.08, 0.08, generator=gen)
+    x = (x - mean) * contrast + mean + bright
+    sigma = float(torch.empty(1).uniform_(0.0, 1.5, generator=gen))
+    if sigma > 0.3:
+        r = max(1, int(math.ceil(2.5 * sigma)))
+        g = torch.exp(-torch.arange(-r, r + 1).float() ** 2 / (2 * sigma**2))
+        g = g / g.sum()
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))
+    noise = torch.empty(n, 1, 1, 1).uniform_(0.0, 0.06, generator=gen)
+    return x + noise * torch.randn(x.shape, generator=gen)
+
+
+def normalize(x, norm):
+    return (x - norm["mean"]) / norm["std"]
+
+
+@torch.no_grad()
+def predict(model, x_unit, norm, batch=256):
+    """Logits of ``model`` on unit-range patches, in batches."""
+    model.eval()
+    out = [model(normalize(x_unit[i : i + batch], norm)) for i in range(0, len(x_unit), batch)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, schedule, seed,
+        max_minutes=None, device="cpu", progress=None):
+    """Train the paper's CNN; return the best-on-validation model and the history.
+
+    ``train`` and ``val`` are ``(x_unit, y)`` tensors. The checkpoint with the best
+    validation accuracy is kept. ``max_minutes`` stops before an epoch that would not
+    finish in time.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = PaperCNN(n_classes, patch_size=patch_size).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(train[1]) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) if schedule == "onecycle" else None
+    best, best_acc, history = None, -1.0, []
+    t0 = time.perf_counter()
+    xt, yt = train
+    for epoch in range(epochs):
+        te = time.perf_counter()
+        model.train()
+        perm = torch.randperm(len(yt), generator=gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i in range(0, len(perm), batch_size):
+            idx = perm[i : i + batch_size]
+            if len(idx) < 2:
+                continue
+            xb = normalize(augment(xt[idx], gen), norm).to(device)
+            yb = yt[idx].to(device)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None and sched.last_epoch + 1 < steps:
+                sched.step()
+            loss_sum += float(loss) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            if progress:
+                progress(epoch, i + len(idx), len(perm), time.perf_counter() - t0)
+        val_acc = float((predict(model, val[0].to(device), norm).argmax(1).cpu() == val[1]).float().mean()) if len(val[1]) else 0.0
+        dt = time.perf_counter() - te
+        rec = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+               "val_acc": val_acc, "seconds": round(dt, 1), "lr": opt.param_groups[0]["lr"]}
+        history.append(rec)
+        eta = dt * (epochs - epoch - 1)
+        log.info("epoch %d/%d  loss %.3f  train %.3f  val %.3f  %.0fs  ETA %.0f min",
+                 epoch + 1, epochs, rec["loss"], rec["train_acc"], val_acc, dt, eta / 60)
+        if val_acc > best_acc:
+            best_acc, best = val_acc, copy.deepcopy(model.state_dict())
+        if max_minutes and (time.perf_counter() - t0 + dt) / 60 > max_minutes:
+            log.info("stopping after epoch %d: --max-minutes %.0f reached", epoch + 1, max_minutes)
+            break
+    model.load_state_dict(best)
+    return model.cpu().eval(), history, time.perf_counter() - t0
+
+
+def classification_metrics(y_true, y_pred, names):
+    """Accuracy, confusion matrix and per-class precision/recall/F1 as a JSON-able dict."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(names)))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))) if len(y_true) else float("nan"),
+        "n": int(len(y_true)),
+        "confusion_matrix": cm.tolist(),
+        "per_class": {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, n in enumerate(names)},
+    }
