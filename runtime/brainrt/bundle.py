@@ -8,6 +8,7 @@ file, has extra heads, or has an unknown schema version is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -80,11 +81,31 @@ def verify_bundle(folder) -> dict:
     return manifest
 
 
+@functools.lru_cache(maxsize=1)
+def _cuda_usable():
+    """Whether the CUDA libraries onnxruntime-gpu needs can be loaded (no GPU: False).
+
+    onnxruntime-gpu lists the CUDA provider even where CUDA is absent and then prints
+    errors at every session; probing the libraries first keeps CPU machines quiet.
+    """
+    import ctypes
+
+    def loadable(name):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            return False
+
+    needs = (("libcuda.so.1",), ("libcublasLt.so.13", "libcublasLt.so.12"), ("libcudnn.so.9",))
+    return all(any(loadable(n) for n in names) for names in needs)
+
+
 def providers(preferred=None):
-    """Execution providers to use: CUDA first when available, CPU always last."""
+    """Execution providers to use: CUDA first when usable, CPU always last."""
     import onnxruntime as ort
 
-    avail = ort.get_available_providers()
+    avail = [p for p in ort.get_available_providers() if p != "CUDAExecutionProvider" or _cuda_usable()]
     wanted = preferred or ["CUDAExecutionProvider", "CPUExecutionProvider"]
     chosen = [p for p in wanted if p in avail] or ["CPUExecutionProvider"]
     return chosen

@@ -71,5 +71,182 @@ def train_and_export_cmd(images, masks, class_map, out, **kw):
                f"logreg {m['metrics'].get('logreg_test_accuracy', float('nan')):.3f}")
 
 
+
+# --------------------------------------------------------------------------- runtime
+def _model_option(f):
+    return click.option("-m", "--model", "model", default=None, type=click.Path(),
+                        help="Model bundle folder (default: the shipped slice309 bundle).")(f)
+
+
+def _grid_options(f):
+    opts = [
+        click.option("--stride", default=16, show_default=True, help="Grid step in pixels."),
+        click.option("--method", type=click.Choice(["auto", "patch", "dense"]), default="auto", show_default=True,
+                     help="Dense (whole tiles) or per-patch evaluation; auto picks dense when it applies."),
+        click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (nonzero = tissue)."),
+        click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu)."),
+        click.option("--all-cells", is_flag=True, help="Featurize every cell, background included."),
+        click.option("--z", type=int, default=None, help="Slice index of a 3D TIFF stack."),
+        click.option("--pixel-size", type=float, default=None, help="Pixel size in um (default: from the TIFF, else 1.17)."),
+        click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)."),
+        click.option("--batch-size", default=256, show_default=True, help="Patches per onnxruntime call."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _load_bundle(model, threads=None):
+    from .api import default_model
+    from .bundle import Bundle
+
+    return Bundle.load(model or default_model(), threads=threads)
+
+
+def _featurize_source(source, bundle, *, stride, method, tissue_mask, threshold, all_cells, z, pixel_size,
+                      batch_size, out=None, progress=True):
+    """A FeatureGrid from a slice TIFF, or from a saved feature grid (.zarr folder)."""
+    from . import api
+    from .io import read_tiff
+
+    if str(source).rstrip("/").endswith(".zarr"):
+        return api.load_features(source), None
+    image, px = read_tiff(source, z=z)
+    tissue = "all" if all_cells else None
+    if tissue_mask:
+        tissue, _ = read_tiff(tissue_mask, z=z, what="tissue mask")
+        if tissue.shape != image.shape:
+            raise BrainrtError(f"{tissue_mask}: tissue mask shape {tissue.shape} differs from the image's {image.shape}")
+    try:
+        grid = api.featurize(image, bundle, stride=stride, method=method, tissue=tissue, threshold=threshold,
+                             batch_size=batch_size, out=out, progress=progress,
+                             pixel_size_um=pixel_size or px or 1.17)
+    except BrainrtError as exc:
+        msg = str(exc)
+        raise BrainrtError(msg if msg.startswith(str(source)) else f"{source}: {msg.removeprefix('image: ')}") from None
+    return grid, image
+
+
+def _default_out(source, suffix):
+    from pathlib import Path
+
+    name = Path(str(source).rstrip("/")).name
+    for ext in (".features.zarr", ".zarr", ".ome.tif", ".tiff", ".tif"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return str(Path(str(source).rstrip("/")).parent / f"{name}{suffix}")
+
+
+@main.command()
+@click.argument("slice_tif", type=click.Path())
+@_model_option
+@_grid_options
+@click.option("-o", "--out", default=None, type=click.Path(), help="Output .zarr folder (default: SLICE.features.zarr).")
+@_errors_as_one_line
+def featurize(slice_tif, model, threads, **kw):
+    """Features of every tissue patch of SLICE_TIF on a stride grid, saved as zarr."""
+    bundle = _load_bundle(model, threads)
+    out = kw.pop("out") or _default_out(slice_tif, ".features.zarr")
+    grid, _ = _featurize_source(slice_tif, bundle, out=out, **kw)
+    st = grid.stats
+    click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
+               f"by the {st['method']} path in {st['seconds']:.1f} s ({st['patches_per_s']:.0f} patches/s)")
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@_model_option
+@_grid_options
+@click.option("--head", default=None, help="Classifier head: logreg (default), linsvm, rbfsvm, cnn.")
+@click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
+@click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
+@_errors_as_one_line
+def classify(source, model, threads, head, truth, out, **kw):
+    """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
+
+    Writes the label map at full resolution (OME-TIFF), per-class probabilities at grid
+    resolution (OME-TIFF, same physical scale), an overlay PNG and, with --truth,
+    accuracy, confusion matrix and per-class F1 (JSON + PNG).
+    """
+    from . import api
+    from .outputs import write_classification
+
+    bundle = _load_bundle(model, threads)
+    out = out or _default_out(source, ".labels.ome.tif")
+    grid, image = _featurize_source(source, bundle, **kw)
+    result = api.classify(grid, bundle, head=head)
+    truth_arr = None
+    if truth:
+        from .io import read_tiff
+
+        truth_arr, _ = read_tiff(truth, z=kw.get("z"), what="label mask")
+        if truth_arr.shape != tuple(grid.image_shape):
+            raise BrainrtError(f"{truth}: truth shape {truth_arr.shape} differs from the slice's {tuple(grid.image_shape)}")
+    written, metrics = write_classification(out, result, bundle, image=image, truth=truth_arr)
+    msg = f"wrote {', '.join(written)}"
+    if metrics:
+        msg += f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels"
+    click.echo(msg)
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@_model_option
+@_grid_options
+@click.option("-o", "--out", default=None, type=click.Path(), help="Cluster map OME-TIFF (default: SOURCE.clusters.ome.tif).")
+@_errors_as_one_line
+def cluster(source, model, threads, out, **kw):
+    """GMM cluster map and, per area, a log-likelihood map (low = unlike that area; outliers)."""
+    from . import api
+    from .outputs import write_clusters
+
+    bundle = _load_bundle(model, threads)
+    out = out or _default_out(source, ".clusters.ome.tif")
+    grid, image = _featurize_source(source, bundle, **kw)
+    clusters, loglik = api.cluster(grid, bundle)
+    written = write_clusters(out, clusters, loglik, grid, bundle, image=image)
+    click.echo(f"wrote {', '.join(written)}")
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@_model_option
+@_grid_options
+@click.option("--area", default=None, help="Sub-divide the cells classified as this area (e.g. Ctx).")
+@click.option("--roi", type=click.Path(), default=None, help="Or a TIFF mask of the region (nonzero = inside).")
+@click.option("-k", "--clusters", "k", default=4, show_default=True)
+@click.option("--head", default=None, help="Classifier head used with --area.")
+@click.option("-o", "--out", default=None, type=click.Path(), help="Sub-division OME-TIFF (default: SOURCE.subdivide.ome.tif).")
+@_errors_as_one_line
+def subdivide(source, model, threads, area, roi, k, head, out, **kw):
+    """PCA + KMeans of the features inside one area or ROI (e.g. cortical layers)."""
+    from . import api
+    from .outputs import region_cells, write_subdivision
+
+    if (area is None) == (roi is None):
+        raise BrainrtError("give exactly one of --area NAME or --roi MASK")
+    bundle = _load_bundle(model, threads)
+    out = out or _default_out(source, ".subdivide.ome.tif")
+    grid, image = _featurize_source(source, bundle, **kw)
+    region = region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw.get("z"))
+    sub = api.subdivide(grid, region=region, k=k)
+    written = write_subdivision(out, sub, grid, image=image, title=f"{area or roi}: k={k}")
+    click.echo(f"wrote {', '.join(written)}")
+
+
+@main.command()
+@click.option("-o", "--out", default="brainrt-demo", show_default=True, type=click.Path(), help="Output folder.")
+@click.option("-m", "--model", default=None, type=click.Path(), help="Bundle (default: the shipped synthetic demo bundle).")
+@click.option("--seed", default=7, show_default=True, help="Seed of the synthetic slice.")
+@_errors_as_one_line
+def demo(out, model, seed):
+    """Run the whole chain on a built-in synthetic slice; no data needed."""
+    from .demo import run_demo
+
+    for line in run_demo(out, model=model, seed=seed):
+        click.echo(line)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -45,14 +45,14 @@ def _reflect_index(i, n):
 def _gather_one(image, y0, x0, patch, mode, scale, mean, std, cval):
     """patch[r, c] = (image[pad(y0 + r), pad(x0 + c)] * scale - mean) / std."""
     h, w = image.shape
-    p = patch.shape[0]
-    inside = y0 >= 0 and x0 >= 0 and y0 + p <= h and x0 + p <= w
+    p, q = patch.shape
+    inside = y0 >= 0 and x0 >= 0 and y0 + p <= h and x0 + q <= w
     for r in range(p):
         y = y0 + r
         if not inside and mode == _PAD_REFLECT:
             y = _reflect_index(y, h)
         row_out = not (0 <= y < h)
-        for c in range(p):
+        for c in range(q):
             x = x0 + c
             if inside:
                 v = np.float64(image[y, x])
@@ -71,6 +71,24 @@ def _gather_patches(image, centres, out, mode, scale, mean, std, cval):
     half = out.shape[2] // 2
     for k in numba.prange(centres.shape[0]):
         _gather_one(image, centres[k, 0] - half, centres[k, 1] - half, out[k, 0], mode, scale, mean, std, cval)
+
+
+@numba.njit(cache=True, parallel=True)
+def _gather_tile(image, y0, x0, tile, mode, scale, mean, std, cval):
+    """tile[r, c] = normalized image[pad(y0 + r), pad(x0 + c)], in parallel over rows."""
+    for r in numba.prange(tile.shape[0]):
+        _gather_one(image, y0 + r, x0, tile[r : r + 1], mode, scale, mean, std, cval)
+
+
+def gather_tile(image, y0, x0, out, *, scale, mean, std, pad="reflect", cval=0.0):
+    """Fill ``out`` (H, W) float32 with the normalized image region whose top-left is (y0, x0).
+
+    The region may extend past the image; it is padded as in :func:`gather_patches`.
+    Used by the dense path to cut large tiles with halos. No input validation.
+    """
+    mode = _PAD_REFLECT if pad == "reflect" else _PAD_CONSTANT
+    _gather_tile(image, int(y0), int(x0), out, mode, float(scale), float(mean), float(std), float(cval))
+    return out
 
 
 def _check_float(value, name: str, owner: str, *, nonzero: bool = False) -> float:

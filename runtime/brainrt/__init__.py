@@ -1,0 +1,20 @@
+"""brainrt: data-driven maps of brain architecture from micron-scale images.
+
+Light runtime (no torch): load a model bundle, featurize slices with onnxruntime, and
+apply the bundle's heads. See the README for the command line.
+
+>>> import brainrt
+>>> bundle = brainrt.Bundle.load("models/slice309-paper6")      # doctest: +SKIP
+>>> grid = brainrt.featurize(image, bundle, stride=16)           # doctest: +SKIP
+>>> areas = brainrt.classify(grid, bundle)                       # doctest: +SKIP
+"""
+
+from .api import ClassMapResult, classify, cluster, featurize, load_features, pixel_metrics, subdivide, upsample
+from .bundle import Bundle
+from .errors import BrainrtError
+from .featurize import FeatureGrid
+from .io import read_tiff
+
+__all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "featurize", "classify", "cluster",
+           "subdivide", "load_features", "upsample", "pixel_metrics", "read_tiff"]
+__version__ = "0.1.0"
