@@ -60,8 +60,9 @@ def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissu
     R, C = valid.shape
     meter = Progress(valid.sum(), enabled=progress)
     grid = FeatureGrid(None, valid, stride, bundle.patch_size, tuple(image.shape), bundle.model_id, pixel_size_um)
+    timings = {}
     blocks = iter_blocks(image, bundle, stride=stride, valid=valid, method=method, batch_size=batch_size,
-                         progress=meter)
+                         progress=meter, timings=timings)
     if out is None:
         feats = np.zeros((R, C, bundle.n_features), np.float32)
         for r0, r1, block, _ in blocks:
@@ -69,7 +70,7 @@ def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissu
         grid.features = feats
     else:
         grid.features = _write_zarr(out, grid, blocks, bundle.n_features)
-    grid.stats = {"method": method, **meter.close()}
+    grid.stats = {"method": method, **meter.close(), "timings": {k: round(v, 3) for k, v in timings.items()}}
     log.info("featurized %d patches by the %s path in %.1f s (%.0f patches/s)", grid.stats["patches"], method,
              grid.stats["seconds"], grid.stats["patches_per_s"] or 0)
     return grid

@@ -105,18 +105,24 @@ def intensity_scale(image, bundle):
     return 1.0  # float images are taken as already in [0, 1]
 
 
-def iter_blocks(image, bundle, *, stride, valid, method, batch_size=256, rows_per_block=None, progress=None):
+def iter_blocks(image, bundle, *, stride, valid, method, batch_size=256, rows_per_block=None, progress=None,
+                timings=None):
     """Yield ``(row0, row1, features (r, C, F), valid (r, C))`` blocks of grid rows, in order.
 
-    No input validation: call through :func:`featurize` or :func:`brainrt.api` functions.
+    ``timings`` (a dict), if given, accumulates seconds spent in "tiling" (gathering
+    patches or tiles), "onnx" and "stitching". No input validation: call through
+    :func:`featurize` or :func:`brainrt.api` functions.
     """
+    timings = {} if timings is None else timings
+    for key in ("tiling", "onnx", "stitching"):
+        timings.setdefault(key, 0.0)
     norm = bundle.normalization
     scale = intensity_scale(image, bundle)
     kw = dict(scale=scale, mean=norm["mean"], std=norm["std"])
     R, C = valid.shape
     F = bundle.n_features
     if method == "dense":
-        yield from _dense_blocks(image, bundle, stride, valid, kw, F, progress)
+        yield from _dense_blocks(image, bundle, stride, valid, kw, F, progress, timings)
         return
     P = bundle.patch_size
     sess = bundle.session
@@ -129,8 +135,15 @@ def iter_blocks(image, bundle, *, stride, valid, method, batch_size=256, rows_pe
         centres, cells = grid_centres((r1 - r0, C), stride, valid[r0:r1])
         centres[:, 0] += r0 * stride
         for a, b in batches(len(centres), batch_size):
+            t0 = time.perf_counter()
             x = gather_patches(image, centres[a:b], P, buf, **kw)
-            block[cells[a:b, 0], cells[a:b, 1]] = sess.run(None, {name_in: x})[0]
+            t1 = time.perf_counter()
+            f = sess.run(None, {name_in: x})[0]
+            t2 = time.perf_counter()
+            block[cells[a:b, 0], cells[a:b, 1]] = f
+            timings["tiling"] += t1 - t0
+            timings["onnx"] += t2 - t1
+            timings["stitching"] += time.perf_counter() - t2
             if progress:
                 progress(b - a)
         yield r0, r1, block, valid[r0:r1]
@@ -146,7 +159,7 @@ def _dense_plan(stride, patch_size):
     return d, q, out_side
 
 
-def _dense_blocks(image, bundle, stride, valid, kw, F, progress):
+def _dense_blocks(image, bundle, stride, valid, kw, F, progress, timings):
     """Dense path: tiles of ``out_side`` dense cells per side, stitched into row blocks."""
     P = bundle.patch_size
     W, off = window_size(P), window_offset(P)
@@ -167,10 +180,16 @@ def _dense_blocks(image, bundle, stride, valid, kw, F, progress):
                 continue  # no tissue: skip the tile
             nr, nc = (r1 - r0 - 1) * q + 1, (c1 - c0 - 1) * q + 1  # dense cells needed
             tile = tile_buf[: (nr - 1) * d + W, : (nc - 1) * d + W]
+            t0 = time.perf_counter()
             gather_tile(image, base + r0 * stride, base + c0 * stride, tile, **kw)
+            t1 = time.perf_counter()
             out = sess.run(None, {name_in: tile[None, None]})[0][0]  # (F, nr, nc)
+            t2 = time.perf_counter()
             feats = np.moveaxis(out[:, ::q, ::q], 0, -1)
             block[:, c0:c1] = np.where(v[..., None], feats, 0.0)
+            timings["tiling"] += t1 - t0
+            timings["onnx"] += t2 - t1
+            timings["stitching"] += time.perf_counter() - t2
             if progress:
                 progress(int(v.sum()))
         yield r0, r1, block, valid[r0:r1]
