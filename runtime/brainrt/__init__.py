@@ -9,12 +9,13 @@ apply the bundle's heads. See the README for the command line.
 >>> areas = brainrt.classify(grid, bundle)                       # doctest: +SKIP
 """
 
-from .api import ClassMapResult, classify, cluster, featurize, load_features, pixel_metrics, subdivide, upsample
+from .api import (ClassMapResult, classify, classify_image, cluster, featurize, load_features, pixel_metrics,
+                  subdivide, upsample)
 from .bundle import Bundle
 from .errors import BrainrtError
 from .featurize import FeatureGrid
 from .io import read_tiff
 
-__all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "featurize", "classify", "cluster",
+__all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "featurize", "classify", "classify_image", "cluster",
            "subdivide", "load_features", "upsample", "pixel_metrics", "read_tiff"]
 __version__ = "0.1.0"

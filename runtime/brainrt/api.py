@@ -63,13 +63,17 @@ def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissu
     timings = {}
     blocks = iter_blocks(image, bundle, stride=stride, valid=valid, method=method, batch_size=batch_size,
                          progress=meter, timings=timings)
-    if out is None:
-        feats = np.zeros((R, C, bundle.n_features), np.float32)
-        for r0, r1, block, _ in blocks:
-            feats[r0:r1] = block
-        grid.features = feats
-    else:
-        grid.features = _write_zarr(out, grid, blocks, bundle.n_features)
+    try:
+        if out is None:
+            feats = np.zeros((R, C, bundle.n_features), np.float32)
+            for r0, r1, block, _ in blocks:
+                feats[r0:r1] = block
+            grid.features = feats
+        else:
+            grid.features = _write_zarr(out, grid, blocks, bundle.n_features)
+    except BaseException:
+        meter.close()  # end the progress bar's line before any error message
+        raise
     grid.stats = {"method": method, **meter.close(), "timings": {k: round(v, 3) for k, v in timings.items()}}
     log.info("featurized %d patches by the %s path in %.1f s (%.0f patches/s)", grid.stats["patches"], method,
              grid.stats["seconds"], grid.stats["patches_per_s"] or 0)
@@ -148,6 +152,37 @@ def _apply_rows(grid, fn, n_out, dtype, fill):
     return out
 
 
+def _per_class(model, fn, n_classes, fill):
+    """``fn`` with one float32 column per class of the bundle.
+
+    A head only has columns for the classes it saw in training (``model.classes_``); a
+    class without training patches gets ``fill`` (probability 0, log-likelihood NaN).
+    """
+    seen = np.asarray(getattr(model, "classes_", np.arange(n_classes)), np.int64)
+
+    def apply(f):
+        out = np.asarray(fn(f), np.float32)
+        if out.shape[1] == n_classes and np.array_equal(seen, np.arange(n_classes)):
+            return out
+        full = np.full((out.shape[0], n_classes), fill, np.float32)
+        full[:, seen] = out
+        return full
+
+    return apply
+
+
+def _classifier(bundle, head):
+    """The classifier head ``head`` (default from the manifest) and its per-row function."""
+    head = head or bundle.manifest.get("default_head", "logreg")
+    model = bundle.head(head)
+    if not hasattr(model, "predict") or head in ("gmm", "pca_kmeans", "area_density"):
+        raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
+    K = len(bundle.class_names)
+    if hasattr(model, "predict_proba"):
+        return _per_class(model, model.predict_proba, K, 0.0), True
+    return (lambda f: model.predict(f)), False
+
+
 def classify(grid, bundle, *, head=None):
     """Area of every featurized cell by a head of the bundle.
 
@@ -163,17 +198,47 @@ def classify(grid, bundle, *, head=None):
     ClassMapResult
     """
     _check_grid(grid, bundle)
-    head = head or bundle.manifest.get("default_head", "logreg")
-    model = bundle.head(head)
-    if not hasattr(model, "predict") or head in ("gmm", "pca_kmeans", "area_density"):
-        raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
+    fn, has_proba = _classifier(bundle, head)
     K = len(bundle.class_names)
-    if hasattr(model, "predict_proba"):
-        probs = _apply_rows(grid, lambda f: model.predict_proba(f).astype(np.float32), K, np.float32, 0.0)
+    if has_proba:
+        probs = _apply_rows(grid, fn, K, np.float32, 0.0)
         labels = np.where(grid.valid, probs.argmax(-1), -1).astype(np.int16)
     else:
         probs = None
-        labels = _apply_rows(grid, lambda f: model.predict(f), 0, np.int16, -1)
+        labels = _apply_rows(grid, fn, 0, np.int16, -1)
+    return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid)
+
+
+def classify_image(image, bundle, *, stride=16, head=None, method="auto", tissue=None, min_tissue=0.5,
+                   threshold=None, batch_size=256, progress=False, pixel_size_um=1.17):
+    """Featurize and classify a slice in one streaming pass (features never held whole).
+
+    Same options as :func:`featurize` plus ``head``; same result as
+    ``classify(featurize(image, bundle, ...), bundle, head=head)``, with memory bounded by
+    one block of grid rows whatever the slice size. The returned grid has no features.
+    """
+    image = validate_image(image, bundle)
+    stride, valid = plan_grid(image, bundle, stride=stride, tissue=tissue, min_tissue=min_tissue, threshold=threshold)
+    method = resolve_method(method, stride, bundle)
+    fn, has_proba = _classifier(bundle, head)
+    R, C = valid.shape
+    K = len(bundle.class_names)
+    labels = np.full((R, C), -1, np.int16)
+    probs = np.zeros((R, C, K), np.float32) if has_proba else None
+    meter = Progress(valid.sum(), enabled=progress)
+    timings = {}
+    for r0, r1, block, v in iter_blocks(image, bundle, stride=stride, valid=valid, method=method,
+                                        batch_size=batch_size, progress=meter, timings=timings):
+        if not v.any():
+            continue
+        out = fn(block[v])
+        if has_proba:
+            probs[r0:r1][v] = out
+            labels[r0:r1][v] = out.argmax(-1)
+        else:
+            labels[r0:r1][v] = out
+    grid = FeatureGrid(None, valid, stride, bundle.patch_size, tuple(image.shape), bundle.model_id, pixel_size_um)
+    grid.stats = {"method": method, **meter.close(), "timings": {k: round(x, 3) for k, x in timings.items()}}
     return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid)
 
 
@@ -191,7 +256,8 @@ def cluster(grid, bundle):
     gmm = bundle.head("gmm")
     dens = bundle.head("area_density")
     clusters = _apply_rows(grid, gmm.predict, 0, np.int16, -1)
-    loglik = _apply_rows(grid, lambda f: dens.score_samples(f).astype(np.float32), len(bundle.class_names),
+    K = len(bundle.class_names)
+    loglik = _apply_rows(grid, _per_class(dens, dens.score_samples, K, np.nan), K,
                          np.float32, np.nan)
     return clusters, loglik
 

@@ -66,7 +66,7 @@ def train_and_export_cmd(images, masks, class_map, out, **kw):
         raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
     from brainrt_train.pipeline import train_and_export
 
-    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, **kw)
+    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, **kw)
     click.echo(f"wrote {out}: CNN test accuracy {m['metrics']['cnn_test_accuracy']:.3f}, "
                f"logreg {m['metrics'].get('logreg_test_accuracy', float('nan')):.3f}")
 
@@ -96,6 +96,13 @@ def _grid_options(f):
     return f
 
 
+def _check_out(out, *, is_dir=False):
+    """Fail on an unwritable output path before any work (and before a progress bar)."""
+    from .io import check_target
+
+    check_target(out, is_dir=is_dir)
+
+
 def _load_bundle(model, threads=None):
     from .api import default_model
     from .bundle import Bundle
@@ -104,23 +111,35 @@ def _load_bundle(model, threads=None):
 
 
 def _featurize_source(source, bundle, *, stride, method, tissue_mask, threshold, all_cells, z, pixel_size,
-                      batch_size, out=None, progress=True):
-    """A FeatureGrid from a slice TIFF, or from a saved feature grid (.zarr folder)."""
+                      batch_size, out=None, progress=None, classify_head=None):
+    """A FeatureGrid from a slice TIFF, or from a saved feature grid (.zarr folder).
+
+    With ``classify_head`` (a head name, "" for the default) a slice TIFF is featurized
+    and classified in one streaming pass and a ClassMapResult is returned instead.
+    """
     from . import api
     from .io import read_tiff
 
     if str(source).rstrip("/").endswith(".zarr"):
-        return api.load_features(source), None
+        grid = api.load_features(source)
+        if grid.model_id != bundle.model_id:
+            raise BrainrtError(f"{source}: features were computed by model {grid.model_id}, "
+                               f"not by this bundle ({bundle.model_id}); featurize the slice again")
+        return grid, None
     image, px = read_tiff(source, z=z)
     tissue = "all" if all_cells else None
     if tissue_mask:
         tissue, _ = read_tiff(tissue_mask, z=z, what="tissue mask")
         if tissue.shape != image.shape:
             raise BrainrtError(f"{tissue_mask}: tissue mask shape {tissue.shape} differs from the image's {image.shape}")
+    if progress is None:
+        progress = log.isEnabledFor(logging.INFO)  # no bar with -q
+    common = dict(stride=stride, method=method, tissue=tissue, threshold=threshold, batch_size=batch_size,
+                  progress=progress, pixel_size_um=pixel_size or px or 1.17)
     try:
-        grid = api.featurize(image, bundle, stride=stride, method=method, tissue=tissue, threshold=threshold,
-                             batch_size=batch_size, out=out, progress=progress,
-                             pixel_size_um=pixel_size or px or 1.17)
+        if classify_head is not None:
+            return api.classify_image(image, bundle, head=classify_head or None, **common), image
+        grid = api.featurize(image, bundle, out=out, **common)
     except BrainrtError as exc:
         msg = str(exc)
         raise BrainrtError(msg if msg.startswith(str(source)) else f"{source}: {msg.removeprefix('image: ')}") from None
@@ -146,8 +165,9 @@ def _default_out(source, suffix):
 @_errors_as_one_line
 def featurize(slice_tif, model, threads, **kw):
     """Features of every tissue patch of SLICE_TIF on a stride grid, saved as zarr."""
-    bundle = _load_bundle(model, threads)
     out = kw.pop("out") or _default_out(slice_tif, ".features.zarr")
+    _check_out(out, is_dir=True)
+    bundle = _load_bundle(model, threads)
     grid, _ = _featurize_source(slice_tif, bundle, out=out, **kw)
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
@@ -172,10 +192,15 @@ def classify(source, model, threads, head, truth, out, **kw):
     from . import api
     from .outputs import write_classification
 
-    bundle = _load_bundle(model, threads)
     out = out or _default_out(source, ".labels.ome.tif")
-    grid, image = _featurize_source(source, bundle, **kw)
-    result = api.classify(grid, bundle, head=head)
+    _check_out(out)
+    bundle = _load_bundle(model, threads)
+    if str(source).rstrip("/").endswith(".zarr"):
+        grid, image = _featurize_source(source, bundle, **kw)
+        result = api.classify(grid, bundle, head=head)
+    else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
+        result, image = _featurize_source(source, bundle, classify_head=head or "", **kw)
+        grid = result.grid
     truth_arr = None
     if truth:
         from .io import read_tiff
@@ -201,8 +226,9 @@ def cluster(source, model, threads, out, **kw):
     from . import api
     from .outputs import write_clusters
 
-    bundle = _load_bundle(model, threads)
     out = out or _default_out(source, ".clusters.ome.tif")
+    _check_out(out)
+    bundle = _load_bundle(model, threads)
     grid, image = _featurize_source(source, bundle, **kw)
     clusters, loglik = api.cluster(grid, bundle)
     written = write_clusters(out, clusters, loglik, grid, bundle, image=image)
@@ -226,8 +252,9 @@ def subdivide(source, model, threads, area, roi, k, head, out, **kw):
 
     if (area is None) == (roi is None):
         raise BrainrtError("give exactly one of --area NAME or --roi MASK")
-    bundle = _load_bundle(model, threads)
     out = out or _default_out(source, ".subdivide.ome.tif")
+    _check_out(out)
+    bundle = _load_bundle(model, threads)
     grid, image = _featurize_source(source, bundle, **kw)
     region = region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw.get("z"))
     sub = api.subdivide(grid, region=region, k=k)

@@ -110,11 +110,11 @@ def _pixel_size(tif):
     return None
 
 
-@contextlib.contextmanager
-def atomic_path(target, *, overwrite=True, is_dir=False):
-    """Yield a temporary path beside ``target``; rename it into place on success.
+def check_target(target, *, overwrite=True, is_dir=False):
+    """Raise the one-line error that writing ``target`` would raise, before any work is done.
 
-    On any error the temporary file or folder is removed and ``target`` is untouched.
+    The folder must exist and be writable; an existing target is replaced only with
+    ``overwrite`` and only by the same kind (a file by a file, a folder by a folder).
     """
     target = Path(target)
     parent = target.parent if str(target.parent) else Path(".")
@@ -124,6 +124,20 @@ def atomic_path(target, *, overwrite=True, is_dir=False):
         raise file_error(target, f"output folder {parent} is not writable")
     if target.exists() and not overwrite:
         raise file_error(target, "already exists; pass --overwrite to replace it")
+    if target.exists() and target.is_dir() != is_dir:
+        kind = "a folder" if target.is_dir() else "a file"
+        raise file_error(target, f"is {kind}; refusing to replace it by {'a folder' if is_dir else 'a file'}")
+    return target
+
+
+@contextlib.contextmanager
+def atomic_path(target, *, overwrite=True, is_dir=False):
+    """Yield a temporary path beside ``target``; rename it into place on success.
+
+    On any error the temporary file or folder is removed and ``target`` is untouched.
+    """
+    target = check_target(target, overwrite=overwrite, is_dir=is_dir)
+    parent = target.parent if str(target.parent) else Path(".")
     suffix = "".join(target.suffixes)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
@@ -133,6 +147,8 @@ def atomic_path(target, *, overwrite=True, is_dir=False):
         tmp = Path(name)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700; give the result the usual umask-based mode
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
         if is_dir:
             if target.exists():
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -145,6 +161,20 @@ def atomic_path(target, *, overwrite=True, is_dir=False):
         elif tmp.exists():
             tmp.unlink()
         raise
+
+
+def _umask():
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_ome_tiff(path, data, *, pixel_size_um, channel_names=None, overwrite=True):

@@ -196,7 +196,7 @@ class PatchSet:
 
 
 def _slice_fractions(n, k, fractions):
-    """Split shares for slice k of n when splitting by blocks (n = 1 or 2)."""
+    """Split shares for slice k of n when splitting by bands (n = 1 or 2: the second slice is all test)."""
     if n == 1:
         return tuple(fractions)
     if k == 0:

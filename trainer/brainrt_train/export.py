@@ -60,16 +60,17 @@ def share_weights(paths, folder, location=WEIGHTS_FILE):
     from onnx import numpy_helper
     from onnx.external_data_helper import set_external_data
 
+    models = [onnx.load(str(p)) for p in paths]  # external data read before rewriting it
     table, offset = {}, 0
     with open(folder / location, "wb") as blob:
-        for path in paths:
-            model = onnx.load(str(path))
+        for path, model in zip(paths, models):
             for t in model.graph.initializer:
                 arr = numpy_helper.to_array(t)
                 if arr.size < 1024:
                     continue  # small tensors stay inline
-                raw = arr.tobytes()
-                key = (hashlib.sha256(raw).hexdigest(), t.data_type, tuple(t.dims))
+                raw = np.ascontiguousarray(arr).tobytes()
+                # bytes, not shape: FC1 is (1024, 3200) per patch and (1024, 128, 5, 5) dense
+                key = (hashlib.sha256(raw).hexdigest(), t.data_type)
                 if key not in table:
                     pad = (-offset) % 64
                     blob.write(b"\0" * pad)
@@ -84,7 +85,8 @@ def share_weights(paths, folder, location=WEIGHTS_FILE):
                 t.data_location = onnx.TensorProto.EXTERNAL
                 t.ClearField("raw_data")
             onnx.save_model(model, str(path))
-            onnx.checker.check_model(str(path))
+    for path in paths:
+        onnx.checker.check_model(str(path))
     return offset
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from brainrt.bundle import MANIFEST, SCHEMA_VERSION, LinearHead, hash_tree, verify_bundle
-from brainrt.errors import BrainrtError, file_error
-from brainrt.geometry import NET_STRIDE, window_offset, window_size
+from brainrt.errors import BrainrtError, check_positive_int, file_error, param_error
+from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
 from brainrt.io import atomic_path, write_json
 
 from .data import SPLITS, ClassMap, extract, load_slice, sample_patches
@@ -61,7 +61,12 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
     if out.exists() and not overwrite:
         raise file_error(out, "already exists; pass --overwrite to replace it")
     cmap = ClassMap.resolve(class_map) if not isinstance(class_map, ClassMap) else class_map
-    window_size(patch_size)  # validates the patch size
+    for name, value in (("patch_size", patch_size), ("epochs", epochs), ("batch_size", batch_size)):
+        check_positive_int(value, name, "train_and_export")
+    if patch_size < MIN_WINDOW + NET_STRIDE:
+        raise param_error("patch_size", "train_and_export", f"an int >= {MIN_WINDOW + NET_STRIDE}", patch_size)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise param_error("lr", "train_and_export", "a positive float", lr)
     slices = [load_slice(img, msk, cmap, z=z) for img, msk in pairs]
     dtypes = {s.image.dtype for s in slices}
     if len(dtypes) > 1:

@@ -33,11 +33,11 @@ def augment(x, gen):
     x = torch.rot90(x, k, dims=(2, 3))
     flip = torch.rand(n, generator=gen) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.25, 0.25, generator=gen))
+    gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.4, 0.4, generator=gen))
     x = x.clamp_min(0) ** gamma
     mean = x.mean(dim=(2, 3), keepdim=True)
-    contrast = torch.empty(n, 1, 1, 1).uniform_(0.75, 1.25, generator=gen)
-    bright = torch.empty(n, 1, 1, 1).uniform_(-0.08, 0.08, generator=gen)
+    contrast = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.35, 0.35, generator=gen))
+    bright = torch.empty(n, 1, 1, 1).uniform_(-0.15, 0.15, generator=gen)
     x = (x - mean) * contrast + mean + bright
     sigma = float(torch.empty(1).uniform_(0.0, 1.5, generator=gen))
     if sigma > 0.3:
@@ -79,6 +79,11 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
     best, best_acc, history = None, -1.0, []
     t0 = time.perf_counter()
     xt, yt = train
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs * len(yt), unit="patch", desc="train", mininterval=5.0, smoothing=0.05)
     for epoch in range(epochs):
         te = time.perf_counter()
         model.train()
@@ -97,11 +102,11 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
             opt.step()
             if sched is not None and sched.last_epoch + 1 < steps:
                 sched.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(idx)
-            if progress:
-                progress(epoch, i + len(idx), len(perm), time.perf_counter() - t0)
+            if bar is not None:
+                bar.update(len(idx))
         val_acc = float((predict(model, val[0].to(device), norm).argmax(1).cpu() == val[1]).float().mean()) if len(val[1]) else 0.0
         dt = time.perf_counter() - te
         rec = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
@@ -112,9 +117,13 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
                  epoch + 1, epochs, rec["loss"], rec["train_acc"], val_acc, dt, eta / 60)
         if val_acc > best_acc:
             best_acc, best = val_acc, copy.deepcopy(model.state_dict())
+        if bar is not None:
+            bar.set_postfix(epoch=epoch + 1, val=f"{val_acc:.3f}")
         if max_minutes and (time.perf_counter() - t0 + dt) / 60 > max_minutes:
             log.info("stopping after epoch %d: --max-minutes %.0f reached", epoch + 1, max_minutes)
             break
+    if bar is not None:
+        bar.close()
     model.load_state_dict(best)
     return model.cpu().eval(), history, time.perf_counter() - t0
 
