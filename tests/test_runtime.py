@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,18 +247,14 @@ def test_load_features_refuses_other_folders(tmp_path):
 
 # --------------------------------------------------------------------------- README example
 #: The README's Python example, verbatim; the test swaps in the tiny bundle and a synthetic slice.
-README_EXAMPLE = '''\
-import brainrt
-from sklearn.decomposition import PCA
+def _readme_python_block():
+    """The README's embedding example: its first ```python block."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = text.index("```python\n") + len("```python\n")
+    return text[start : text.index("```", start)]
 
-bundle = brainrt.Bundle.load("models/slice309-paper6")
-image, pixel_size = brainrt.read_tiff("slice309.tif")
-grid = brainrt.featurize(image, bundle, stride=16)    # features of the patch around every tissue cell
-areas = brainrt.classify(grid, bundle)                # class index per cell, -1 off tissue
-embedding = grid.features[grid.valid]                 # (n_cells, 64): one row per tissue cell
-xy = PCA(n_components=2).fit_transform(embedding)     # a 2D embedding of the tissue
-print(grid.features.shape, embedding.shape, xy.shape, areas.names)
-'''
+
+README_EXAMPLE = _readme_python_block()
 
 
 def readme_example(bundle_path, image_path):
