@@ -1,0 +1,138 @@
+"""tools/study.py end to end (--quick) on a tiny synthetic slice and bundle, plus its kernels."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS = ROOT / "tools"
+sys.path.insert(0, str(TOOLS))
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("skimage")
+
+EXPECTED_KEYS = {"setup", "features", "exp1_heads", "exp2_baselines", "exp3_unsupervised", "exp4_noise",
+                 "exp5_structure", "exp6_subdivision", "exp7_scale", "timings", "command", "paper", "skipped"}
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    """Synthetic slice (background on the left beside 'Ctx', 'WM' next to it), a 1-epoch
+    64 px bundle, random ResNet-18 weights in torchvision's format, and one --quick run."""
+    import tifffile
+
+    from brainrt.synth import make_slice
+    from brainrt_train.pipeline import train_and_export
+    import study_features as sf
+
+    d = tmp_path_factory.mktemp("study")
+    s = make_slice((320, 576), seed=3, n_areas=4)
+    image, mask = s.image.copy(), s.mask.copy()
+    rng = np.random.default_rng(0)
+    image[:, :40] = rng.integers(0, 12, (image.shape[0], 40))  # background beside the first area
+    mask[:, :40] = 0
+    tifffile.imwrite(d / "img.tif", image)
+    tifffile.imwrite(d / "mask.tif", mask)
+    cmap = {"classes": {"Ctx": [1], "WM": [2], "VP": [3], "ZI": [4]}, "ignore": [], "unlabeled": [0]}
+    (d / "classes.json").write_text(json.dumps(cmap))
+    train_and_export([(d / "img.tif", d / "mask.tif")], d / "bundle", class_map=str(d / "classes.json"),
+                     patch_size=64, n_train=20, n_val=8, n_test=10, epochs=1, lr=1e-3, seed=0)
+    sd = sf.build_resnet18().state_dict()
+    sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    torch.save(sd, d / "resnet18.pth")
+    out = d / "study"
+    cmd = [sys.executable, str(TOOLS / "study.py"), "--model", str(d / "bundle"), "--image", str(d / "img.tif"),
+           "--mask", str(d / "mask.tif"), "-o", str(out), "--quick", "--resnet18-weights", str(d / "resnet18.pth"),
+           "--threads", "2", "--noise-levels", "0", "0.1", "0.3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return proc, out
+
+
+def test_quick_run_writes_report_figures_and_results(study_run):
+    proc, out = study_run
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = (out / "REPORT.md").read_text()
+    assert report.startswith("# ")
+    assert "python tools/study.py --model" in report.split("## Setup")[0]  # the command at the top
+    for n in range(1, 8):
+        assert f"## {n}." in report
+    results = json.loads((out / "results.json").read_text())
+    assert EXPECTED_KEYS <= set(results)
+    assert "errors" not in results
+    assert results["setup"]["split_matches_manifest"] is True
+    assert results["setup"]["image_sha256_matches_bundle"] is True
+    assert set(results["features"]) == {"trained", "random", "handcrafted", "resnet18"}
+    assert results["features"]["resnet18"]["dim"] == 512
+    for kind in ("random", "handcrafted", "resnet18"):
+        assert set(results["exp2_baselines"][kind]) >= {"logreg", "linsvm", "rbfsvm"}
+    assert set(results["exp1_heads"]) >= {"logreg", "linsvm", "rbfsvm", "cnn"}
+    assert len(results["exp4_noise"]["accuracy"]["trained"]) == len(results["exp4_noise"]["levels"])
+    assert set(results["exp5_structure"]["block_error"]) == {"trained", "random", "handcrafted", "resnet18"}
+    e6 = results["exp6_subdivision"]
+    assert e6["primary_depth"] == "relative" and e6["cells"] >= 4
+    e7 = results["exp7_scale"]
+    assert 0.0 <= e7["labeled"]["pixel_accuracy"] <= 1.0 and e7["held_out"]["n_pixels"] > 0
+    figs = sorted(out.glob("*.png"))
+    names = {f.name for f in figs}
+    assert {"exp2_baselines.png", "exp4_noise.png", "exp5_gram_trained.png", "exp5_pca3d.png",
+            "exp5_class_similarity.png", "exp6_subdivision.png", "exp7_area_map.png"} <= names
+    for f in figs:
+        assert f.stat().st_size < 300_000, f
+        assert f"]({f.name})" in report
+    assert results["skipped"] == []  # ResNet-18 weights were given
+
+
+def test_handcrafted_kernels_match_skimage():
+    from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
+
+    import study_features as sf
+
+    rng = np.random.default_rng(1)
+    x8 = (rng.integers(0, 19, (6, 48, 48)) * 255 // 18).astype(np.uint8)  # 19 gray levels, as slice309
+    for r in sf.LBP_RADII:
+        m = r + 1
+        ref = np.stack([local_binary_pattern(p, 8, r, "uniform")[m:-m, m:-m] for p in x8])
+        assert (sf.lbp_codes(x8.astype(np.float64), r) == ref).mean() > 0.999
+    got = sf.glcm_props(x8 / 255.0)
+    q = np.clip((x8 / 255.0 * sf.GLCM_LEVELS).astype(int), 0, sf.GLCM_LEVELS - 1)
+    for p, g in zip(q, got):
+        G = graycomatrix(p, list(sf.GLCM_DISTANCES), list(sf.GLCM_ANGLES), levels=sf.GLCM_LEVELS, symmetric=True,
+                         normed=True)
+        ref = np.concatenate([[graycoprops(G, pr)[i].mean() for pr in sf.GLCM_PROPS]
+                              for i in range(len(sf.GLCM_DISTANCES))])
+        np.testing.assert_allclose(g, ref, rtol=1e-9, atol=1e-12)
+    f = sf.handcrafted(x8 / 255.0)
+    assert f.shape == (6, len(sf.handcrafted_names())) and np.isfinite(f).all()
+
+
+def test_gabor_energy_peaks_at_the_grating():
+    import study_features as sf
+
+    yy, xx = np.mgrid[0:64, 0:64]
+    e = sf.gabor_energy((0.5 + 0.3 * np.sin(2 * np.pi * 0.1 * xx))[None])[0]
+    k = sf.GABOR_FREQS.index(0.1) * len(sf.GABOR_THETAS) + sf.GABOR_THETAS.index(0.0)
+    assert e.argmax() == k
+
+
+def test_neighbour_verdict_and_ray():
+    import study
+
+    names = ["Ctx", "Str", "VP", "ZI"]
+    S = np.array([[1, .9, .2, .3], [.9, 1, .3, .4], [.2, .3, 1, .8], [.3, .4, .8, 1]])
+    v = study._neighbour_verdict(names, S)
+    assert v["neighbours_closer"] and v["far"] == {"Ctx-VP": 0.2}
+    S2 = S.copy()
+    S2[2, 3] = S2[3, 2] = 0.1
+    assert not study._neighbour_verdict(names, S2)["neighbours_closer"]
+    assert study._neighbour_verdict(["A", "B"], np.eye(2)) is None
+    tissue = np.ones((20, 30), bool)
+    tissue[:, 25:] = False
+    d = study._ray_to_background(tissue, np.array([5.0, 5.0, 5.0]), np.array([10.0, 10.0, 10.0]),
+                                 np.array([0.0, 0.0, 0.0]), np.array([1.0, -1.0, 0.0]))
+    assert d[0] == 15 and np.isnan(d[1]) and np.isnan(d[2])
