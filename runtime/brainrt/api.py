@@ -139,11 +139,15 @@ def _check_grid(grid, bundle):
         raise BrainrtError(f"features were computed by model {grid.model_id}, not by this bundle ({bundle.model_id})")
 
 
+#: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
+HEAD_CHUNK = 65536
+
+
 def _apply_rows(grid, fn, n_out, dtype, fill):
     """Apply ``fn`` to the valid cells' features, a band of rows at a time (bounded memory)."""
     R, C = grid.shape
     out = np.full((R, C) + ((n_out,) if n_out else ()), fill, dtype)
-    step = max(1, 262144 // max(C, 1))
+    step = max(1, HEAD_CHUNK // max(C, 1))
     for r0 in range(0, R, step):
         v = grid.valid[r0 : r0 + step]
         if v.any():
@@ -229,17 +233,26 @@ def classify_image(image, bundle, *, stride=16, head=None, method="auto", tissue
     timings = {}
     for r0, r1, block, v in iter_blocks(image, bundle, stride=stride, valid=valid, method=method,
                                         batch_size=batch_size, progress=meter, timings=timings):
-        if not v.any():
-            continue
-        out = fn(block[v])
-        if has_proba:
-            probs[r0:r1][v] = out
-            labels[r0:r1][v] = out.argmax(-1)
-        else:
-            labels[r0:r1][v] = out
+        step = max(1, HEAD_CHUNK // max(C, 1))  # rows per head call: no copy of the whole block
+        for a in range(0, r1 - r0, step):
+            b = min(a + step, r1 - r0)
+            va = v[a:b]
+            if not va.any():
+                continue
+            out = fn(block[a:b][va])
+            if has_proba:
+                probs[r0 + a : r0 + b][va] = out
+                labels[r0 + a : r0 + b][va] = out.argmax(-1)
+            else:
+                labels[r0 + a : r0 + b][va] = out
     grid = FeatureGrid(None, valid, stride, bundle.patch_size, tuple(image.shape), bundle.model_id, pixel_size_um)
     grid.stats = {"method": method, **meter.close(), "timings": {k: round(x, 3) for k, x in timings.items()}}
+    log.info("featurized and classified %d patches by the %s path in %.1f s (%.0f patches/s)",
+             grid.stats["patches"], method, grid.stats["seconds"], grid.stats["patches_per_s"] or 0)
     return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid)
+
+
+
 
 
 def cluster(grid, bundle):

@@ -30,8 +30,10 @@ log = logging.getLogger("brainrt")
 METHODS = ("auto", "patch", "dense")
 #: Largest input tile side of the dense path (bounds the activations' memory).
 DENSE_MAX_TILE = 1024
-#: Largest output tile side at stride 1 (1024 channels x 4 B per position after FC1).
-DENSE_MAX_OUT = 256
+#: Largest output tile side. FC1 becomes a dilated 5x5 convolution whose im2col buffer
+#: in onnxruntime holds 3200 floats per output position (12.8 kB), plus 4 kB of FC1
+#: output: 160 x 160 positions keep that near 430 MB, so a whole slice stays under 2 GB.
+DENSE_MAX_OUT = 160
 
 
 @dataclass
