@@ -32,6 +32,10 @@ def _check_image(image, owner: str) -> np.ndarray:
     return image
 
 
+#: Rows per band when a whole-slice statistic is accumulated (bounded memory).
+OTSU_BAND = 512
+
+
 def otsu_threshold(image) -> float:
     """Otsu's threshold: the split maximizing the between-class variance of the histogram.
 
@@ -51,21 +55,26 @@ def otsu_threshold(image) -> float:
         A constant image returns its value (no foreground).
     """
     image = _check_image(image, "otsu_threshold")
+    bands = [image[y : y + OTSU_BAND] for y in range(0, image.shape[0], OTSU_BAND)]  # bounded memory
     if image.dtype.kind == "f":
-        values = image[np.isfinite(image)]
-        if values.size == 0:
+        finite = [b[np.isfinite(b)] for b in bands]
+        finite = [v for v in finite if v.size]
+        if not finite:
             raise BrainrtError("The image of otsu_threshold has no finite values.")
-        lo, hi = float(values.min()), float(values.max())
+        lo, hi = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
         if lo == hi:
             return lo
-        counts, edges = np.histogram(values, bins=FLOAT_BINS, range=(lo, hi))
+        counts = sum(np.histogram(v, bins=FLOAT_BINS, range=(lo, hi))[0] for v in finite)
+        edges = np.linspace(lo, hi, FLOAT_BINS + 1)
         levels = 0.5 * (edges[:-1] + edges[1:])
         splits = edges[1:]
     else:
         lo, hi = int(image.min()), int(image.max())
         if lo == hi:
             return float(lo)
-        counts = np.bincount((image.ravel() - image.dtype.type(lo)).astype(np.intp, copy=False), minlength=hi - lo + 1)
+        counts = np.zeros(hi - lo + 1, np.int64)
+        for b in bands:
+            counts += np.bincount((b.ravel() - image.dtype.type(lo)).astype(np.intp), minlength=hi - lo + 1)
         levels = lo + np.arange(counts.size, dtype=np.float64)
         splits = levels
     p = counts / counts.sum()
@@ -102,16 +111,38 @@ def box_fraction(mask, patch_size, stride) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise BrainrtError(f"The mask of {owner} must be 2D. Got shape {mask.shape} instead.")
-    h, w = mask.shape
-    sat = np.zeros((h + 1, w + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(mask != 0, axis=0, dtype=np.int64), axis=1, out=sat[1:, 1:])
+    return _box_fraction_bands(lambda a, b: mask[a:b] != 0, mask.shape, patch_size, stride)
+
+
+def _box_fraction_bands(band, shape, patch_size, stride, band_rows=1024):
+    """:func:`box_fraction` with the mask read a band of rows at a time (``band(y0, y1)``).
+
+    Only the rows of the summed-area table that some footprint starts or ends on are
+    formed, and each is dropped once no later grid row needs it, so memory stays at a
+    few table rows whatever the slice size.
+    """
+    h, w = shape
     rows, cols = grid_shape((h, w), stride)
     top = cell_centre(np.arange(rows, dtype=np.int64), stride) - patch_size // 2
     left = cell_centre(np.arange(cols, dtype=np.int64), stride) - patch_size // 2
-    t, b = np.clip(top, 0, h)[:, None], np.clip(top + patch_size, 0, h)[:, None]
-    l, r = np.clip(left, 0, w)[None, :], np.clip(left + patch_size, 0, w)[None, :]
-    total = sat[b, r] - sat[t, r] - sat[b, l] + sat[t, l]
-    return (total / float(patch_size * patch_size)).astype(np.float32)
+    t, b = np.clip(top, 0, h), np.clip(top + patch_size, 0, h)
+    l, r = np.clip(left, 0, w), np.clip(left + patch_size, 0, w)
+    out = np.empty((rows, cols), np.float32)
+    colcount = np.zeros(w, np.int64)  # tissue pixels in rows [0, y) of each column
+    y, nxt, cache = 0, 0, {}
+    for yk in np.unique(np.concatenate([t, b])):
+        while y < yk:
+            y1 = min(yk, y + band_rows)
+            colcount += np.count_nonzero(band(y, y1), axis=0)
+            y = y1
+        cache[yk] = np.concatenate([[0], np.cumsum(colcount)])
+        while nxt < rows and b[nxt] == yk:
+            sb, st = cache[b[nxt]], cache[t[nxt]]
+            out[nxt] = (sb[r] - st[r] - sb[l] + st[l]) / float(patch_size * patch_size)
+            nxt += 1
+        if nxt < rows:
+            cache = {k: v for k, v in cache.items() if k >= t[nxt]}
+    return out
 
 
 def tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5, mask=None) -> np.ndarray:
@@ -151,11 +182,12 @@ def tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5, 
             raise BrainrtError(f"The mask of {owner} must have the image's shape {image.shape}. Got {mask.shape} instead.")
         if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
             raise BrainrtError(f"The mask of {owner} must be bool or int. Got {mask.dtype} instead.")
-        tissue = mask != 0
+        band = lambda a, b: mask[a:b] != 0  # noqa: E731
     else:
         if threshold is None:
             threshold = otsu_threshold(image)
         elif isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
             raise param_error("threshold", owner, "a float or None", threshold)
-        tissue = image > threshold
-    return box_fraction(tissue, patch_size, stride) >= np.float32(min_fraction)
+        band = lambda a, b: image[a:b] > threshold  # noqa: E731
+    # the pixel mask is formed a band of rows at a time: memory does not grow with the slice
+    return _box_fraction_bands(band, image.shape, patch_size, stride) >= np.float32(min_fraction)
