@@ -54,15 +54,10 @@ def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissu
     FeatureGrid
         ``features`` (R, C, F) float32 with R, C = ceil(H / stride), ceil(W / stride).
     """
-    image = validate_image(image, bundle)
-    stride, valid = plan_grid(image, bundle, stride=stride, tissue=tissue, min_tissue=min_tissue, threshold=threshold)
-    method = resolve_method(method, stride, bundle)
-    R, C = valid.shape
-    meter = Progress(valid.sum(), enabled=progress)
-    grid = FeatureGrid(None, valid, stride, bundle.patch_size, tuple(image.shape), bundle.model_id, pixel_size_um)
-    timings = {}
-    blocks = iter_blocks(image, bundle, stride=stride, valid=valid, method=method, batch_size=batch_size,
-                         progress=meter, timings=timings)
+    image, grid, blocks, finish = _stream(image, bundle, stride=stride, method=method, tissue=tissue,
+                                          min_tissue=min_tissue, threshold=threshold, batch_size=batch_size,
+                                          progress=progress, pixel_size_um=pixel_size_um)
+    R, C = grid.shape
     try:
         if out is None:
             feats = np.zeros((R, C, bundle.n_features), np.float32)
@@ -71,13 +66,33 @@ def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissu
             grid.features = feats
         else:
             grid.features = _write_zarr(out, grid, blocks, bundle.n_features)
-    except BaseException:
-        meter.close()  # end the progress bar's line before any error message
-        raise
-    grid.stats = {"method": method, **meter.close(), "timings": {k: round(v, 3) for k, v in timings.items()}}
-    log.info("featurized %d patches by the %s path in %.1f s (%.0f patches/s)", grid.stats["patches"], method,
-             grid.stats["seconds"], grid.stats["patches_per_s"] or 0)
+    finally:
+        finish("featurized")  # also ends the progress bar's line before any error message
     return grid
+
+
+def _stream(image, bundle, *, stride, method, tissue, min_tissue, threshold, batch_size, progress, pixel_size_um):
+    """Validate once, plan the grid and start the blocks; shared by featurize and classify_image.
+
+    Returns ``(image, grid, blocks, finish)``: ``grid`` has no features yet, ``blocks``
+    is :func:`iter_blocks`'s generator, ``finish(verb)`` closes the progress bar and
+    records the run's statistics in ``grid.stats``.
+    """
+    image = validate_image(image, bundle)
+    stride, valid = plan_grid(image, bundle, stride=stride, tissue=tissue, min_tissue=min_tissue, threshold=threshold)
+    method = resolve_method(method, stride, bundle)
+    meter = Progress(valid.sum(), enabled=progress)
+    grid = FeatureGrid(None, valid, stride, bundle.patch_size, tuple(image.shape), bundle.model_id, pixel_size_um)
+    timings = {}
+    blocks = iter_blocks(image, bundle, stride=stride, valid=valid, method=method, batch_size=batch_size,
+                         progress=meter, timings=timings)
+
+    def finish(verb):
+        grid.stats = {"method": method, **meter.close(), "timings": {k: round(v, 3) for k, v in timings.items()}}
+        log.info("%s %d patches by the %s path in %.1f s (%.0f patches/s)", verb, grid.stats["patches"], method,
+                 grid.stats["seconds"], grid.stats["patches_per_s"] or 0)
+
+    return image, grid, blocks, finish
 
 
 def _write_zarr(path, grid, blocks, n_features):
@@ -143,16 +158,17 @@ def _check_grid(grid, bundle):
 HEAD_CHUNK = 65536
 
 
-def _apply_rows(grid, fn, n_out, dtype, fill):
-    """Apply ``fn`` to the valid cells' features, a band of rows at a time (bounded memory)."""
-    R, C = grid.shape
-    out = np.full((R, C) + ((n_out,) if n_out else ()), fill, dtype)
-    step = max(1, HEAD_CHUNK // max(C, 1))
-    for r0 in range(0, R, step):
-        v = grid.valid[r0 : r0 + step]
+def _apply_rows(features, valid, fn, out):
+    """``out[valid] = fn(features[valid])``, a band of rows at a time (bounded memory).
+
+    ``features`` (r, C, F) may be a NumPy or zarr array; ``out`` (r, C, ...) is filled in
+    place and returned.
+    """
+    step = max(1, HEAD_CHUNK // max(valid.shape[1], 1))
+    for r0 in range(0, valid.shape[0], step):
+        v = valid[r0 : r0 + step]
         if v.any():
-            f = np.asarray(grid.features[r0 : r0 + step])[v]
-            out[r0 : r0 + step][v] = fn(f)
+            out[r0 : r0 + step][v] = fn(np.asarray(features[r0 : r0 + step])[v])
     return out
 
 
@@ -176,15 +192,24 @@ def _per_class(model, fn, n_classes, fill):
 
 
 def _classifier(bundle, head):
-    """The classifier head ``head`` (default from the manifest) and its per-row function."""
+    """The classifier head ``head`` (default from the manifest) as a per-row function, and
+    an empty output for a grid: probabilities (R, C, K) or, without them, labels (R, C)."""
     head = head or bundle.manifest.get("default_head", "logreg")
     model = bundle.head(head)
     if not hasattr(model, "predict") or head in ("gmm", "pca_kmeans", "area_density"):
         raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
     K = len(bundle.class_names)
     if hasattr(model, "predict_proba"):
-        return _per_class(model, model.predict_proba, K, 0.0), True
-    return (lambda f: model.predict(f)), False
+        return _per_class(model, model.predict_proba, K, 0.0), lambda shape: np.zeros(shape + (K,), np.float32)
+    return model.predict, lambda shape: np.full(shape, -1, np.int16)
+
+
+def _result(out, grid, bundle):
+    """ClassMapResult from a head's output grid (probabilities or labels)."""
+    if out.ndim == 3:
+        labels = np.where(grid.valid, out.argmax(-1), -1).astype(np.int16)
+        return ClassMapResult(labels, out, bundle.class_names, bundle.class_codes, grid)
+    return ClassMapResult(out, None, bundle.class_names, bundle.class_codes, grid)
 
 
 def classify(grid, bundle, *, head=None):
@@ -202,15 +227,8 @@ def classify(grid, bundle, *, head=None):
     ClassMapResult
     """
     _check_grid(grid, bundle)
-    fn, has_proba = _classifier(bundle, head)
-    K = len(bundle.class_names)
-    if has_proba:
-        probs = _apply_rows(grid, fn, K, np.float32, 0.0)
-        labels = np.where(grid.valid, probs.argmax(-1), -1).astype(np.int16)
-    else:
-        probs = None
-        labels = _apply_rows(grid, fn, 0, np.int16, -1)
-    return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid)
+    fn, empty = _classifier(bundle, head)
+    return _result(_apply_rows(grid.features, grid.valid, fn, empty(grid.shape)), grid, bundle)
 
 
 def classify_image(image, bundle, *, stride=16, head=None, method="auto", tissue=None, min_tissue=0.5,
@@ -221,38 +239,17 @@ def classify_image(image, bundle, *, stride=16, head=None, method="auto", tissue
     ``classify(featurize(image, bundle, ...), bundle, head=head)``, with memory bounded by
     one block of grid rows whatever the slice size. The returned grid has no features.
     """
-    image = validate_image(image, bundle)
-    stride, valid = plan_grid(image, bundle, stride=stride, tissue=tissue, min_tissue=min_tissue, threshold=threshold)
-    method = resolve_method(method, stride, bundle)
-    fn, has_proba = _classifier(bundle, head)
-    R, C = valid.shape
-    K = len(bundle.class_names)
-    labels = np.full((R, C), -1, np.int16)
-    probs = np.zeros((R, C, K), np.float32) if has_proba else None
-    meter = Progress(valid.sum(), enabled=progress)
-    timings = {}
-    for r0, r1, block, v in iter_blocks(image, bundle, stride=stride, valid=valid, method=method,
-                                        batch_size=batch_size, progress=meter, timings=timings):
-        step = max(1, HEAD_CHUNK // max(C, 1))  # rows per head call: no copy of the whole block
-        for a in range(0, r1 - r0, step):
-            b = min(a + step, r1 - r0)
-            va = v[a:b]
-            if not va.any():
-                continue
-            out = fn(block[a:b][va])
-            if has_proba:
-                probs[r0 + a : r0 + b][va] = out
-                labels[r0 + a : r0 + b][va] = out.argmax(-1)
-            else:
-                labels[r0 + a : r0 + b][va] = out
-    grid = FeatureGrid(None, valid, stride, bundle.patch_size, tuple(image.shape), bundle.model_id, pixel_size_um)
-    grid.stats = {"method": method, **meter.close(), "timings": {k: round(x, 3) for k, x in timings.items()}}
-    log.info("featurized and classified %d patches by the %s path in %.1f s (%.0f patches/s)",
-             grid.stats["patches"], method, grid.stats["seconds"], grid.stats["patches_per_s"] or 0)
-    return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid)
-
-
-
+    fn, empty = _classifier(bundle, head)
+    image, grid, blocks, finish = _stream(image, bundle, stride=stride, method=method, tissue=tissue,
+                                          min_tissue=min_tissue, threshold=threshold, batch_size=batch_size,
+                                          progress=progress, pixel_size_um=pixel_size_um)
+    out = empty(grid.shape)
+    try:
+        for r0, r1, block, v in blocks:
+            _apply_rows(block, v, fn, out[r0:r1])
+    finally:
+        finish("featurized and classified")
+    return _result(out, grid, bundle)
 
 
 def cluster(grid, bundle):
@@ -268,10 +265,10 @@ def cluster(grid, bundle):
     _check_grid(grid, bundle)
     gmm = bundle.head("gmm")
     dens = bundle.head("area_density")
-    clusters = _apply_rows(grid, gmm.predict, 0, np.int16, -1)
+    clusters = _apply_rows(grid.features, grid.valid, gmm.predict, np.full(grid.shape, -1, np.int16))
     K = len(bundle.class_names)
-    loglik = _apply_rows(grid, _per_class(dens, dens.score_samples, K, np.nan), K,
-                         np.float32, np.nan)
+    loglik = _apply_rows(grid.features, grid.valid, _per_class(dens, dens.score_samples, K, np.nan),
+                         np.full(grid.shape + (K,), np.nan, np.float32))
     return clusters, loglik
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -100,7 +102,7 @@ def export_dense(plain, folder, *, patch_size, tile=256, seed=0):
 
     from .model import DenseCNN
 
-    folder = folder if hasattr(folder, "joinpath") else __import__("pathlib").Path(folder)
+    folder = Path(folder)
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.standard_normal((1, 1, tile, tile)).astype(np.float32))
     win, off = plain.window, plain.offset
@@ -118,11 +120,12 @@ def export_dense(plain, folder, *, patch_size, tile=256, seed=0):
         rows = (tile - win) // s + 1
         if got.shape[1:] != (rows, rows):
             raise RuntimeError(f"dense stride {s}: output {got.shape[1:]} != expected {(rows, rows)}")
+        # a 5 x 5 spread of output positions whose whole patch lies inside the tile
         ii = np.unique(np.linspace(0, rows - 1, 5).astype(int))
-        tops = [(i * s, j * s) for i in ii for j in ii]
-        patches = torch.stack([x[0, :, y - off : y - off + patch_size, z - off : z - off + patch_size]
-                               for y, z in tops if y >= off and z >= off and y - off + patch_size <= tile and z - off + patch_size <= tile])
-        sel = [(i, j) for i in ii for j in ii if i * s >= off and j * s >= off and i * s - off + patch_size <= tile and j * s - off + patch_size <= tile]
+        sel = [(i, j) for i in ii for j in ii
+               if min(i, j) * s >= off and max(i, j) * s - off + patch_size <= tile]
+        patches = torch.stack([x[0, :, i * s - off : i * s - off + patch_size, j * s - off : j * s - off + patch_size]
+                               for i, j in sel])
         with torch.no_grad():
             ref = plain(patches).numpy()
         diff = max(float(np.abs(got[:, i, j] - ref[k]).max()) for k, (i, j) in enumerate(sel))
