@@ -362,8 +362,16 @@ def test_slice309_with_the_paper_class_map(shared_data):
     sl = load_slice(shared_data / "slice309.tif", shared_data / "slice309_areas.tif", cmap)
     assert sl.image.shape == (1420, 5805) and sl.image.dtype == np.uint8
     counts = np.bincount(sl.labels[sl.labels >= 0].ravel(), minlength=6)
-    # the dataset README's pixel counts: Ctx=1, Str=2, VP=4, ZI=5, HypoTh=7, WM=6+8
-    assert counts.tolist() == [1097529, 710757, 810841, 613941, 126157, 389985 + 69895]
+    # annotation revision 2, the dataset README's pixel counts: Ctx=1, Str=2, VP=4, ZI=5, HypoTh=7, WM=6+8
+    assert counts.tolist() == [1099835, 718043, 813386, 616436, 127265, 399371 + 72563]
+    # revision 2 has no unlabeled pixel inside the labeled rectangle (x 905..5655, y 344..1199)
+    from brainrt.io import read_tiff
+    mask, _ = read_tiff(shared_data / "slice309_areas.tif")
+    assert int((mask[344:1200, 905:5656] == 0).sum()) == 0 and int((mask > 0).sum()) == 4066856
+    # ... and the README's counts of 128 px patches wholly inside the striatum and the cortex
+    from brainrt_train.data import box_all
+    assert int(box_all(sl.labels == 1, 128).sum()) == 453200
+    assert int(box_all(sl.labels == 0, 128).sum()) == 839147
     sets, report = sample_patches([sl], n_classes=6, patch_size=128, seed=0,
                                   n_per_class={"train": 20, "val": 10, "test": 10})
     assert all(report["per_split"]["train"][c]["taken"] > 0 for c in range(6))
