@@ -1,8 +1,8 @@
 """Annotated slices, class maps, spatially disjoint splits and balanced patch sampling.
 
 Split rule. With three or more slices the split is by slice. Otherwise (one slice, or
-the first of two) each class's rows are cut into spatial bands, train | gap | val |
-test, and every validation or test footprint keeps at least ``gap`` pixels (default one
+the first of two) each class is cut into spatial bands along its longer extent, train |
+gap | val | test | gap | train where it fits (else train | gap | val | test), and every validation or test footprint keeps at least ``gap`` pixels (default one
 patch) from every training footprint (see :func:`split_regions`).
 
 Patch rule. A training patch lies strictly inside one class: every pixel of its
@@ -147,40 +147,85 @@ def footprints(centres, size):
     return window_sum(centres, size - 1 - size // 2, size // 2) > 0
 
 
-def split_regions(strict, centre, *, patch_size, gap, fractions, rng):
+def _layout(fractions, P, G, interior):
+    """Segments along a class's long axis, their shares, and the gap before each next one.
+
+    Interior: train | G | val | P | test | G | train (training at both ends, so validation
+    and test sit inside the class and span its cross-section); plain: train | G | val | P | test.
+    Splits with no share are dropped with their gaps.
+    """
+    order = ("train", "val", "test", "train") if interior else ("train", "val", "test")
+    share = [fractions[SPLITS.index(n)] / (2 if interior and n == "train" else 1) for n in order]
+    segs = [(n, f) for n, f in zip(order, share) if f > 0]
+    gaps = [G if "train" in (a[0], b[0]) else P for a, b in zip(segs, segs[1:])]
+    return segs, gaps
+
+
+def _extent(m):
+    """``(axis, lo, hi)`` of the longer extent of the True pixels of ``m``."""
+    ext = [np.flatnonzero(m.any(axis=1 - ax)) for ax in (0, 1)]
+    ax = int(np.argmax([(e[-1] - e[0]) if e.size else -1 for e in ext]))
+    return (ax, ext[ax][0], ext[ax][-1] + 1) if ext[ax].size else (ax, 0, 0)
+
+
+def _class_bands(sm, cm, f, *, P, G, flip, min_band):
+    """Boolean band per split (broadcastable to the image) for one class.
+
+    The interior layout runs along the longer extent of the training-eligible centres
+    ``sm``, so both training ends hold some; where it does not fit, the plain layout runs
+    along the extent of all the class's centres ``cm``.
+    """
+    for interior, m in ((True, sm), (False, cm)):
+        ax, lo, hi = _extent(m)
+        segs, gaps = _layout(f, P, G, interior)
+        usable = hi - lo - sum(gaps)
+        if not interior or min(sh for _, sh in segs) * usable >= min_band:
+            break
+    n = m.shape[ax]
+    bands = {s: np.zeros(n, bool) for s in SPLITS}
+    a = lo
+    for k, (name, sh) in enumerate(segs):
+        b = hi if k == len(segs) - 1 else a + int(round(sh * max(usable, 0)))
+        if b > a:
+            bands[name][(hi + lo - b if flip else a) : (hi + lo - a if flip else b)] = True
+        a = b + (gaps[k] if k < len(gaps) else 0)
+    shape = (n, 1) if ax == 0 else (1, n)
+    return {s: v.reshape(shape) for s, v in bands.items()}, ("rows", "cols")[ax], interior
+
+
+def split_regions(strict, centre, *, patch_size, gap, fractions, rng, report=None):
     """Allowed centres per split and class, ``{split: [mask per class]}``, for one slice.
 
-    Each class's rows are cut into bands, in order train | gap | val | test (or the
-    reverse: one seeded coin toss for all classes, so every class's training band sits
-    on the same side). The rows left after the gaps are shared by ``fractions``. Then,
-    globally, every validation and test footprint keeps at least ``gap`` pixels from
-    every training footprint of any class, so test pixels never come near training
-    pixels; validation and test bands of one class are a patch apart.
+    Each class is cut into bands along its longer extent: train | gap | val | test | gap |
+    train where it is long enough (validation and test in the class's interior, spanning
+    its whole cross-section), else train | gap | val | test (one seeded coin toss for all
+    classes picks the direction). Training centres of the other classes keep clear of a
+    small class's validation and test bands. Then, globally, every validation and test footprint
+    keeps at least ``gap`` pixels from every training footprint of any class, so test
+    pixels never come near training pixels; validation and test bands are a patch apart.
     """
     P = patch_size
     f = np.asarray(fractions, float) / np.sum(fractions)
-    h = centre[0].shape[0]
     flip = rng.random() < 0.5
-    rows = {s: [] for s in SPLITS}
-    for cm in centre:
-        r = np.flatnonzero(cm.any(axis=1))
-        lo, hi = (r[0], r[-1] + 1) if r.size else (0, 0)
-        usable = max(hi - lo - (P + gap) - P, 0)
-        n_tr, n_va = int(round(f[0] * usable)), int(round(f[1] * usable))
-        spans = {"train": (0, n_tr), "val": (n_tr + P + gap, n_tr + P + gap + n_va),
-                 "test": (n_tr + P + gap + n_va + P, hi - lo)}
-        for s, (a, b) in spans.items():
-            a, b = (hi - b, hi - a) if flip else (lo + a, lo + b)
-            band = np.zeros(h, bool)
-            if f[SPLITS.index(s)] > 0 and b > a:
-                band[a:b] = True
-            rows[s].append(band[:, None])
-    train = [m & band for m, band in zip(strict, rows["train"])]
+    bands, small = [], []
+    for c, (sm, cm) in enumerate(zip(strict, centre)):
+        b, axis, interior = _class_bands(sm, cm, f, P=P, G=P + gap, flip=flip, min_band=P // 2)
+        bands.append(b)
+        if not interior:
+            small.append(c)
+        if report is not None:
+            report.append({"axis": axis, "layout": "train|val|test|train" if interior else "train|val|test"})
+    train = [m & b["train"] for m, b in zip(strict, bands)]
+    if small:  # small classes keep their validation and test: other classes train away from them
+        kept = np.logical_or.reduce([centre[c] & (bands[c]["val"] | bands[c]["test"]) for c in small])
+        near = window_sum(footprints(kept, P), gap, gap) > 0
+        away = window_sum(near, P // 2, P - 1 - P // 2) == 0
+        train = [t if c in small else t & away for c, t in enumerate(train)]
     excluded = window_sum(footprints(np.logical_or.reduce(train), P), gap, gap) > 0
     clear = window_sum(excluded, P // 2, P - 1 - P // 2) == 0
     return {"train": train,
-            "val": [m & band & clear for m, band in zip(centre, rows["val"])],
-            "test": [m & band & clear for m, band in zip(centre, rows["test"])]}
+            "val": [m & b["val"] & clear for m, b in zip(centre, bands)],
+            "test": [m & b["test"] & clear for m, b in zip(centre, bands)]}
 
 
 @dataclass
@@ -230,8 +275,10 @@ def eligible_positions(slices, *, n_classes, patch_size, gap, fractions, seed):
         else:
             fr = _slice_fractions(n, k, fractions)
             rng = np.random.default_rng([seed, k])
-            region = split_regions(strict, centre, patch_size=P, gap=gap, fractions=fr, rng=rng)
-            info.append({"slice": k, "layout": "row bands per class", "fractions": list(fr)})
+            per_class = []
+            region = split_regions(strict, centre, patch_size=P, gap=gap, fractions=fr, rng=rng, report=per_class)
+            info.append({"slice": k, "layout": "bands along each class's longer extent", "fractions": list(fr),
+                         "per_class": per_class})
         for s in SPLITS:
             for c in range(n_classes):
                 if region[s][c] is not None:
@@ -251,7 +298,7 @@ def sample_patches(slices, *, n_classes, patch_size, n_per_class, gap=None,
     rng = np.random.default_rng(seed)
     cand, layout = eligible_positions(slices, n_classes=n_classes, patch_size=patch_size,
                                       gap=gap, fractions=fractions, seed=seed)
-    mode = "by slice" if len(slices) >= 3 else "by spatial row bands per class"
+    mode = "by slice" if len(slices) >= 3 else "by spatial bands per class"
     sets, report = {}, {"mode": mode, "gap": gap, "layout": layout, "per_split": {}}
     for s in SPLITS:
         want = n_per_class[s]
@@ -285,4 +332,35 @@ def extract(slices, patches: PatchSet, patch_size):
     out = np.empty((len(patches), P, P), dtype)
     for i, (k, (cy, cx)) in enumerate(zip(patches.slice_idx, patches.centres)):
         out[i] = slices[k].image[cy - a : cy - a + P, cx - a : cx - a + P]
+    return out
+
+
+def reflect_pad(image, pad):
+    """``image`` mirrored by ``pad`` pixels on every side, as the runtime's tiling reads it.
+
+    numpy.pad's ``reflect`` (the edge pixel is not repeated), folded as often as needed,
+    so a pad wider than the image still matches the runtime.
+    """
+    def idx(n):
+        i = np.abs(np.arange(-pad, n + pad)) % max(2 * (n - 1), 1)
+        return np.where(i >= n, 2 * (n - 1) - i, i)
+
+    return image[np.ix_(idx(image.shape[0]), idx(image.shape[1]))]
+
+
+def extract_context(slices, patches: PatchSet, patch_size, factor):
+    """The ``factor * P`` footprint around each patch, averaged ``factor`` x ``factor``: float32 ``(N, P, P)``.
+
+    Same centre as the patch (footprint rows ``cy - factor*P//2 ..``); pixels past the
+    image edge are mirrored exactly as the runtime mirrors them.
+    """
+    P = patch_size
+    Fp, a = factor * P, factor * P // 2
+    out = np.empty((len(patches), P, P), np.float32)
+    padded = {}
+    for i, (k, (cy, cx)) in enumerate(zip(patches.slice_idx, patches.centres)):
+        if k not in padded:
+            padded[k] = reflect_pad(slices[k].image, a)
+        win = padded[k][cy : cy + Fp, cx : cx + Fp].astype(np.float32)  # (cy - a) + a
+        out[i] = win.reshape(P, factor, P, factor).mean(axis=(1, 3))
     return out

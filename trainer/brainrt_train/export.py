@@ -16,26 +16,28 @@ OPSET = 17
 def export_features(model, path, *, patch_size, n_check=256, seed=0):
     """Export the network truncated at the last hidden layer; check it and return a report.
 
-    The graph takes ``(N, 1, P, P)`` float32 normalized patches (dynamic N) and returns
-    ``(N, 64)`` features. ``onnx.checker`` must pass and onnxruntime must match PyTorch
+    The graph takes ``(N, 1, F, F)`` float32 normalized footprints (dynamic N; F = P, or
+    the context field for a model with a context branch) and returns ``(N, 64)`` features. ``onnx.checker`` must pass and onnxruntime must match PyTorch
     to 1e-4 on ``n_check`` random patches.
     """
     import onnx
     import onnxruntime as ort
 
     plain = PlainCNN(model).eval()
-    dummy = torch.zeros(2, 1, patch_size, patch_size)
+    fp = plain.footprint
+    dummy = torch.zeros(2, 1, fp, fp)
     torch.onnx.export(plain, dummy, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                       opset_version=OPSET, dynamo=False)
     onnx.checker.check_model(onnx.load(str(path)))
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_check, 1, patch_size, patch_size)).astype(np.float32)
+    x = rng.standard_normal((n_check, 1, fp, fp)).astype(np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = np.concatenate([sess.run(None, {INPUT_NAME: x[i : i + 64]})[0] for i in range(0, n_check, 64)])
     with torch.no_grad():
         ref_plain = plain(torch.from_numpy(x)).numpy()
-        ref_trained = model.eval().features(torch.from_numpy(x)).numpy()
+        parts = [p for p in plain.split(torch.from_numpy(x)) if p is not None]
+        ref_trained = model.eval().features(torch.cat(parts, 1)).numpy()
     diff = float(np.abs(got - ref_plain).max())
     fold = float(np.abs(ref_plain - ref_trained).max())
     if diff > 1e-4 or fold > 1e-4:
@@ -92,7 +94,7 @@ def share_weights(paths, folder, location=WEIGHTS_FILE):
     return offset
 
 
-def export_dense(plain, folder, *, patch_size, tile=256, seed=0):
+def export_dense(plain, folder, *, patch_size, tile=None, seed=0):
     """Export the fully convolutional graphs (one per dense stride) and check exactness.
 
     For each stride, features at every output position must equal the per-patch graph's
@@ -100,12 +102,16 @@ def export_dense(plain, folder, *, patch_size, tile=256, seed=0):
     """
     import onnxruntime as ort
 
-    from .model import DenseCNN
+    from .model import DenseCNN, dense_geometry
 
     folder = Path(folder)
+    win, off = dense_geometry(plain.patch_size, plain.context)
+    fp = plain.footprint
+    tile = tile or win + 138
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.standard_normal((1, 1, tile, tile)).astype(np.float32))
-    win, off = plain.window, plain.offset
+    # footprint pixels outside the dense window are never read: zeros around the tile stand for them
+    xp = torch.nn.functional.pad(x, (fp, fp, fp, fp))
     files, checks = {}, {}
     for s in DENSE_STRIDES:
         dense = DenseCNN(plain, stride=s).eval()
@@ -122,9 +128,8 @@ def export_dense(plain, folder, *, patch_size, tile=256, seed=0):
             raise RuntimeError(f"dense stride {s}: output {got.shape[1:]} != expected {(rows, rows)}")
         # a 5 x 5 spread of output positions whose whole patch lies inside the tile
         ii = np.unique(np.linspace(0, rows - 1, 5).astype(int))
-        sel = [(i, j) for i in ii for j in ii
-               if min(i, j) * s >= off and max(i, j) * s - off + patch_size <= tile]
-        patches = torch.stack([x[0, :, i * s - off : i * s - off + patch_size, j * s - off : j * s - off + patch_size]
+        sel = [(i, j) for i in ii for j in ii]
+        patches = torch.stack([xp[0, :, fp + i * s - off : fp + i * s - off + fp, fp + j * s - off : fp + j * s - off + fp]
                                for i, j in sel])
         with torch.no_grad():
             ref = plain(patches).numpy()
@@ -133,5 +138,6 @@ def export_dense(plain, folder, *, patch_size, tile=256, seed=0):
             raise RuntimeError(f"dense stride {s}: max abs difference {diff:.2e} > 1e-4 against per-patch features")
         checks[str(s)] = diff
     return {"files": files, "input": DENSE_INPUT, "output": DENSE_OUTPUT, "strides": list(DENSE_STRIDES),
-            "window": win, "max_abs_diff_vs_patch": checks,
-            "geometry": "output[:, :, i, j] = features of the window whose top-left is tile pixel (i*s, j*s)"}
+            "window": win, "offset": off, "footprint": fp, "max_abs_diff_vs_patch": checks,
+            "geometry": "output[:, :, i, j] = features of the footprint whose dense window (rows offset .. offset+window-1 "
+                        "of the footprint) has its top-left at tile pixel (i*s, j*s)"}

@@ -41,19 +41,46 @@ def onnx_features(path, x_norm, batch=256):
     return np.concatenate([sess.run(None, {name: x_norm[i : i + batch]})[0] for i in range(0, len(x_norm), batch)])
 
 
+def _inputs(slices, patches, patch_size, context, dtype_max):
+    """Training inputs in [0, 1]: ``(N, 1, P, P)`` patches, or ``(N, 2, P, P)`` with the pooled context."""
+    import torch
+
+    from .data import extract_context
+    from .train import to_unit
+
+    x = to_unit(extract(slices, patches, patch_size), dtype_max)
+    if context:
+        x = torch.cat([x, to_unit(extract_context(slices, patches, patch_size, context), dtype_max)], 1)
+    return x
+
+
+def torch_features(model, x_unit, norm, batch=256):
+    """Last-hidden-layer features of unit-range inputs (the exported graph matches them to 1e-4)."""
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        out = [model.features((x_unit[i : i + batch] - norm["mean"]) / norm["std"]) for i in range(0, len(x_unit), batch)]
+    return torch.cat(out).numpy()
+
+
 def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_train=2000, n_val=1000,
                      n_test=1000, epochs=30, batch_size=64, lr=1e-4, schedule="constant", seed=0, k=4,
-                     gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None):
+                     gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None,
+                     context=0, checkpoint=None, init_from=None):
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
     Returns the manifest. The bundle is built in a temporary folder beside ``out`` and
-    renamed into place only when complete and verified.
+    renamed into place only when complete and verified. ``context=4`` adds the context
+    branch (see :mod:`brainrt_train.model`). ``checkpoint`` keeps the best weights of a
+    long run on disk as training goes; ``init_from`` takes such a file instead of
+    training (same data, split and seed), so a run trained elsewhere can be exported here.
     """
     import torch
 
     from .export import export_features
     from .heads import fit_heads
-    from .train import classification_metrics, fit, predict, to_unit
+    from .train import classification_metrics, fit, load_checkpoint, predict, to_unit
     from brainrt.plots import confusion_png
 
     t_start = time.perf_counter()
@@ -78,12 +105,19 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
                                   n_per_class={"train": n_train, "val": n_val, "test": n_test})
     for s in SPLITS:
         log.info("%s patches per class: %s", s, {cmap.names[c]: v["taken"] for c, v in report["per_split"][s].items()})
-    data = {s: (to_unit(extract(slices, sets[s], patch_size), dtype_max), torch.from_numpy(sets[s].labels)) for s in SPLITS}
+    data = {s: (_inputs(slices, sets[s], patch_size, context, dtype_max), torch.from_numpy(sets[s].labels))
+            for s in SPLITS}
     xt = data["train"][0]
     norm = {"mean": float(xt.mean()), "std": float(xt.std()) or 1.0}
-    model, history, train_seconds = fit(data["train"], data["val"], n_classes=n, patch_size=patch_size, norm=norm,
-                                        epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed,
-                                        max_minutes=max_minutes, progress=progress)
+    if init_from:
+        model, ck = load_checkpoint(init_from)
+        norm, history, train_seconds = ck["norm"], ck.get("history", []), float("nan")
+        log.info("weights from %s (best of %d epochs), no training", init_from, len(history))
+    else:
+        model, history, train_seconds = fit(data["train"], data["val"], n_classes=n, patch_size=patch_size, norm=norm,
+                                            epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed,
+                                            max_minutes=max_minutes, progress=progress, context=context,
+                                            checkpoint=checkpoint)
     cnn_pred = predict(model, data["test"][0], norm).argmax(1).numpy()
     y_test = data["test"][1].numpy()
     metrics = {"cnn": classification_metrics(y_test, cnn_pred, list(cmap.names))}
@@ -91,8 +125,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
 
     with atomic_path(out, overwrite=overwrite, is_dir=True) as tmp:
         onnx_report, plain = export_features(model, tmp / "features.onnx", patch_size=patch_size, seed=seed)
-        feats = {s: onnx_features(tmp / "features.onnx", ((data[s][0] - norm["mean"]) / norm["std"]).numpy())
-                 for s in SPLITS}
+        feats = {s: torch_features(model, data[s][0], norm) for s in SPLITS}
         heads, head_metrics = fit_heads(feats["train"], data["train"][1].numpy(), feats["test"], y_test,
                                         n_classes=n, k=k, seed=seed)
         metrics["heads"] = head_metrics
@@ -122,6 +155,9 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
             "classes": [{"name": nm, "codes": list(cs)} for nm, cs in zip(cmap.names, cmap.codes)],
             "class_map": cmap.to_dict(),
             "patch_size": patch_size,
+            "context": ({"factor": context, "footprint": plain.footprint,
+                         "note": "the network also sees the footprint (rows cy - F//2 ..) averaged factor x factor"}
+                        if context else None),
             "window": {"size": window_size(patch_size), "offset": window_offset(patch_size),
                        "note": "the network sees the centred window of each patch; patch rows cy - P//2 .. cy - P//2 + P - 1"},
             "stride": NET_STRIDE,

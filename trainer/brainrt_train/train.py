@@ -25,8 +25,9 @@ def to_unit(patches, dtype_max):
 def augment(x, gen):
     """Random dihedral transform, contrast/brightness/gamma jitter, blur and noise.
 
-    ``x`` is (N, 1, P, P) in [0, 1]. These make a model trained on a 19-level slice
-    indifferent to fine gray levels, so it also works on full-depth slices.
+    ``x`` is (N, C, P, P) in [0, 1] (channel 1, if any, the pooled context: it gets the
+    same geometric and gray-level transform). These make a model trained on a 19-level
+    slice indifferent to fine gray levels, so it also works on full-depth slices.
     """
     n = x.shape[0]
     k = int(torch.randint(0, 4, (1,), generator=gen))
@@ -35,7 +36,7 @@ def augment(x, gen):
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
     gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.4, 0.4, generator=gen))
     x = x.clamp_min(0) ** gamma
-    mean = x.mean(dim=(2, 3), keepdim=True)
+    mean = x[:, :1].mean(dim=(2, 3), keepdim=True)  # one affine map for patch and context
     contrast = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.35, 0.35, generator=gen))
     bright = torch.empty(n, 1, 1, 1).uniform_(-0.15, 0.15, generator=gen)
     x = (x - mean) * contrast + mean + bright
@@ -44,10 +45,16 @@ def augment(x, gen):
         r = max(1, int(math.ceil(2.5 * sigma)))
         g = torch.exp(-torch.arange(-r, r + 1).float() ** 2 / (2 * sigma**2))
         g = g / g.sum()
-        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1))
-        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1))
+        c = x.shape[1]
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
     noise = torch.empty(n, 1, 1, 1).uniform_(0.0, 0.06, generator=gen)
-    return x + noise * torch.randn(x.shape, generator=gen)
+    x = x + noise * torch.randn(x.shape, generator=gen)
+    # gray-level depth: a third of the batches re-quantized to 12..64 levels (slices differ in depth)
+    if float(torch.rand(1, generator=gen)) < 1 / 3:
+        levels = float(torch.randint(12, 65, (1,), generator=gen))
+        x = torch.round(x.clamp(0, 1) * (levels - 1)) / (levels - 1)
+    return x
 
 
 def normalize(x, norm):
@@ -63,16 +70,17 @@ def predict(model, x_unit, norm, batch=256):
 
 
 def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, schedule, seed,
-        max_minutes=None, device="cpu", progress=None):
+        max_minutes=None, device="cpu", progress=None, context=0, checkpoint=None):
     """Train the paper's CNN; return the best-on-validation model and the history.
 
     ``train`` and ``val`` are ``(x_unit, y)`` tensors. The checkpoint with the best
     validation accuracy is kept. ``max_minutes`` stops before an epoch that would not
-    finish in time.
+    finish in time. ``checkpoint`` (a path) receives the best state so far after every
+    improvement, so a long run can be exported even if it is stopped.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = PaperCNN(n_classes, patch_size=patch_size).to(device)
+    model = PaperCNN(n_classes, patch_size=patch_size, context=context).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * math.ceil(len(train[1]) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) if schedule == "onecycle" else None
@@ -117,6 +125,9 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
                  epoch + 1, epochs, rec["loss"], rec["train_acc"], val_acc, dt, eta / 60)
         if val_acc > best_acc:
             best_acc, best = val_acc, copy.deepcopy(model.state_dict())
+            if checkpoint:
+                save_checkpoint(checkpoint, best, history=history, n_classes=n_classes, patch_size=patch_size,
+                                context=context, norm=norm)
         if bar is not None:
             bar.set_postfix(epoch=epoch + 1, val=f"{val_acc:.3f}")
         if max_minutes and (time.perf_counter() - t0 + dt) / 60 > max_minutes:
@@ -126,6 +137,25 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
         bar.close()
     model.load_state_dict(best)
     return model.cpu().eval(), history, time.perf_counter() - t0
+
+
+def save_checkpoint(path, state, **meta):
+    """Best weights and what is needed to rebuild the model, written atomically."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": state, **meta}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path):
+    """``(model, meta)`` from :func:`save_checkpoint`'s file."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model = PaperCNN(ck["n_classes"], patch_size=ck["patch_size"], context=ck.get("context", 0))
+    model.load_state_dict(ck["state_dict"])
+    return model.eval(), ck
 
 
 def classification_metrics(y_true, y_pred, names):
