@@ -1,0 +1,123 @@
+"""Intensity standardization: map a slice's tissue histogram onto the training tissue's.
+
+Slices of one volume, and slices of different instruments, differ in brightness,
+contrast, gamma and gray-level depth (slice309 holds 19 levels, its neighbours 256).
+The bundle records the quantiles of its training tissue (:func:`tissue_quantiles`); a new
+slice is mapped value by value so that its tissue quantiles land on them
+(:func:`fit_map`, then :meth:`IntensityMap.apply`).
+
+The map is monotone and built from a histogram accumulated over row bands (bounded
+memory, like Otsu). Each gray value ``v`` goes to the training quantile at the
+mid-rank of ``v`` in the new tissue, ``(F(v-) + F(v)) / 2``: discrete histograms (19
+levels) map level to level, and a slice mapped onto its own quantiles barely moves.
+Integer images keep their dtype (a lookup table, rounded to the nearest level); float
+images map through a piecewise-linear curve.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Probabilities at which the training tissue's quantiles are stored.
+N_QUANTILES = 1001
+#: Rows per band when the histogram is accumulated (bounded memory).
+BAND = 512
+#: Bins of the histogram of float images.
+FLOAT_BINS = 4096
+
+
+def _histogram(image, threshold):
+    """``(values, counts)`` of the pixels above ``threshold`` (tissue), band by band."""
+    bands = range(0, image.shape[0], BAND)
+    if image.dtype.kind in "ui":
+        n = int(np.iinfo(image.dtype).max) + 1
+        counts = np.zeros(n, np.int64)
+        for y in bands:
+            b = image[y : y + BAND]
+            counts += np.bincount(b[b > threshold].ravel(), minlength=n)
+        return np.arange(n, dtype=np.float64), counts
+    finite = [b[np.isfinite(b) & (b > threshold)] for b in (image[y : y + BAND] for y in bands)]
+    lo = min((float(v.min()) for v in finite if v.size), default=0.0)
+    hi = max((float(v.max()) for v in finite if v.size), default=1.0)
+    hi = hi if hi > lo else lo + 1.0
+    counts = sum(np.histogram(v, bins=FLOAT_BINS, range=(lo, hi))[0] for v in finite)
+    edges = np.linspace(lo, hi, FLOAT_BINS + 1)
+    return 0.5 * (edges[:-1] + edges[1:]), np.asarray(counts, np.int64)
+
+
+def _mid_ranks(counts):
+    """Mid-rank ``(F(v-) + F(v)) / 2`` of every histogram bin, in [0, 1]."""
+    cdf = np.cumsum(counts, dtype=np.float64)
+    total = cdf[-1]
+    return (cdf - 0.5 * counts) / total
+
+
+def tissue_quantiles(images_and_thresholds) -> np.ndarray:
+    """Quantiles (at ``N_QUANTILES`` even probabilities) of the tissue of several images.
+
+    ``images_and_thresholds`` yields ``(image, threshold)``; tissue is ``image > threshold``.
+    Values are in the images' own units (0..255 for uint8).
+    """
+    values, counts = None, None
+    for image, threshold in images_and_thresholds:
+        v, c = _histogram(np.asarray(image), threshold)
+        if values is None:
+            values, counts = v, c
+        elif v.shape == values.shape and np.array_equal(v, values):
+            counts = counts + c
+        else:
+            raise ValueError("training images must share one pixel type for tissue quantiles")
+    if counts is None or counts.sum() == 0:
+        raise ValueError("no tissue pixel to take quantiles of")
+    cdf = np.cumsum(counts) / counts.sum()
+    probs = np.clip(np.linspace(0.0, 1.0, N_QUANTILES), 1e-12, 1.0)  # quantile 0 = darkest tissue value
+    idx = np.minimum(np.searchsorted(cdf, probs, side="left"), values.size - 1)
+    return values[idx]
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """A monotone gray-value map: ``values`` (sorted) go to ``targets``."""
+
+    values: np.ndarray
+    targets: np.ndarray
+    dtype: np.dtype
+
+    def apply(self, block):
+        """``block`` mapped; integer blocks keep their dtype (nearest level), floats become float32."""
+        block = np.asarray(block)
+        if self.dtype.kind in "ui":
+            info = np.iinfo(self.dtype)
+            lut = np.clip(np.rint(self.targets), info.min, info.max).astype(self.dtype)
+            return lut[block]
+        return np.interp(block, self.values, self.targets).astype(np.float32)
+
+    def lut(self):
+        """The table of an integer map (index = input value), as float64."""
+        return np.asarray(self.targets, np.float64)
+
+
+def fit_map(image, threshold, target_quantiles) -> IntensityMap:
+    """The map that takes the tissue (``image > threshold``) of ``image`` onto ``target_quantiles``.
+
+    Background values (at or below ``threshold``) map by the same monotone curve, so
+    they stay below the tissue. ``target_quantiles`` come from :func:`tissue_quantiles`.
+    """
+    image = np.asarray(image)
+    values, counts = _histogram(image, threshold)
+    if counts.sum() == 0:
+        raise ValueError("no tissue pixel to standardize")
+    tq = np.asarray(target_quantiles, np.float64)
+    probs = np.linspace(0.0, 1.0, tq.size)
+    ranks = _mid_ranks(counts)
+    seen = counts > 0
+    # a monotone curve through (value, mid-rank) of every occupied bin; others interpolate
+    r = np.interp(values, values[seen], ranks[seen])
+    targets = np.interp(r, probs, tq)
+    below = values <= threshold  # background: shift with the darkest tissue value, keep order
+    if below.any() and seen.any():
+        first = values[seen][0]
+        targets[below] = np.minimum(values[below] - first + targets[seen][0], targets[seen][0])
+    return IntensityMap(values, targets, image.dtype)
