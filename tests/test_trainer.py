@@ -191,12 +191,12 @@ def test_class_map_files(tmp_path):
 # --------------------------------------------------------------------------- the bundle
 def test_manifest_fields(tiny_bundle_path, training_data, class_map_dict):
     m = json.loads((tiny_bundle_path / "manifest.json").read_text())
-    assert m["schema_version"] == SCHEMA_VERSION == 1
+    assert m["schema_version"] == SCHEMA_VERSION == 2
     assert [c["name"] for c in m["classes"]] == list(class_map_dict["classes"])
     assert [c["codes"] for c in m["classes"]] == list(class_map_dict["classes"].values())
     assert m["class_map"]["unlabeled"] == [0]
     assert m["patch_size"] == P
-    assert m["stride"] == 16
+    assert m["net_stride"] == 16
     assert m["window"] == {**m["window"], "size": 54, "offset": 5}
     norm = m["normalization"]
     assert norm["scale"] == pytest.approx(1 / 255)
@@ -227,7 +227,7 @@ def test_manifest_fields(tiny_bundle_path, training_data, class_map_dict):
     assert m["default_head"] == "logreg"
     assert m["files"] == hash_tree(tiny_bundle_path)
     assert all(len(d) == 64 for d in m["files"].values())
-    assert verify_bundle(tiny_bundle_path) == m
+    assert verify_bundle(tiny_bundle_path).to_dict() == m
 
 
 def test_metrics_json_records_onnx_parity(tiny_bundle_path):
@@ -268,11 +268,11 @@ def test_features_onnx_in_plain_onnxruntime(tiny_bundle_path, n):
 def test_shipped_bundle_features(shipped_bundle_path):
     import onnxruntime as ort
 
-    m = verify_bundle(shipped_bundle_path)
-    assert m["patch_size"] == 128 and m["n_features"] == 64
-    sess = ort.InferenceSession(str(shipped_bundle_path / m["onnx"]["file"]), providers=["CPUExecutionProvider"])
+    m = verify_bundle(shipped_bundle_path)  # a schema 1 bundle, migrated on reading
+    assert m.patch_size == 128 and m.n_features == 64
+    sess = ort.InferenceSession(str(shipped_bundle_path / m.onnx.file), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((4, 1, 128, 128)).astype(np.float32)
-    (y,) = sess.run(None, {m["onnx"]["input"]: x})
+    (y,) = sess.run(None, {m.onnx.input: x})
     assert y.shape == (4, 64) and np.isfinite(y).all()
 
 

@@ -59,7 +59,7 @@ def naive_torch(image, bundle, n_patches, batch=256, threads=None):
     with torch.no_grad():
         for i in range(0, n_patches, batch):
             x = np.stack([image[y : y + P, z : z + P] for y, z in zip(ys[i : i + batch], xs[i : i + batch])])
-            x = (torch.from_numpy(x).float()[:, None] / 255.0 - norm["mean"]) / norm["std"]
+            x = (torch.from_numpy(x).float()[:, None] / 255.0 - norm.mean) / norm.std
             model(x)
     return n_patches / (time.perf_counter() - t)
 

@@ -215,42 +215,39 @@ class Caught:
 def setup(st):
     """Load the bundle and the slice; re-create the bundle's split and cut out the patches."""
     from brainrt.bundle import Bundle
-    from brainrt.featurize import intensity_scale
     from brainrt.io import read_tiff
+    from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, intensity_scale
     from brainrt_train.data import ClassMap, PatchSet, extract, load_slice, sample_patches
 
     a = st.args
     st.bundle = b = Bundle.load(a.model, threads=a.threads)
     m = b.manifest
-    tr = m["training"]
+    tr = m.training
     st.names, st.P = list(b.class_names), b.patch_size
-    st.codes = [list(c["codes"]) for c in m["classes"]]
-    st.seed = int(tr["seed"])
-    cmap = ClassMap.from_dict(m["class_map"], source=f"{a.model}/manifest.json")
-    if len(tr["data"]) != 1:
-        raise SystemExit(f"the bundle was trained on {len(tr['data'])} slices; this tool handles one-slice bundles")
+    st.codes = m.codes_per_class
+    st.seed = int(tr.seed)
+    cmap = ClassMap.from_dict(m.class_map, source=f"{a.model}/manifest.json")
+    if len(tr.data) != 1:
+        raise SystemExit(f"the bundle was trained on {len(tr.data)} slices; this tool handles one-slice bundles")
     sl = load_slice(a.image, a.mask, cmap)
     st.slices = [sl]
     st.image = sl.image
     st.mask, _ = read_tiff(a.mask, what="label mask")
-    st.pixel_size = a.pixel_size or read_tiff(a.image)[1] or 1.17
-    st.scale = intensity_scale(st.image, b)
-    d0 = tr["data"][0]
-    same_data = {"image": sl.sha256["image"] == d0["image_sha256"], "mask": sl.sha256["mask"] == d0["mask_sha256"]}
+    st.pixel_size = a.pixel_size or read_tiff(a.image)[1] or DEFAULT_PIXEL_SIZE_UM
+    st.scale = intensity_scale(st.image.dtype)
+    d0 = tr.data[0]
+    same_data = {"image": sl.sha256["image"] == d0.image_sha256, "mask": sl.sha256["mask"] == d0.mask_sha256}
     if not all(same_data.values()):
         st.notes.append("The image/mask given differ from the bundle's training data (sha256), so the "
                         "re-created patches are NOT the bundle's.")
-    split = tr["split"]
-    gap = int(split["gap"])
-    fractions = tuple(split["layout"][0].get("fractions", (0.6, 0.2, 0.2)))
-    counts = tr["counts"]
-    n_per_class = {s: max(v["asked"] for v in counts[s].values()) for s in ("train", "val", "test")}
+    gap, fractions = tr.gap, tr.fractions
+    n_per_class = {s: tr.asked(s) for s in ("train", "val", "test")}
     st.split = {"gap": gap, "fractions": fractions, "n_per_class": n_per_class}
     t = time.perf_counter()
     sets, report = sample_patches(st.slices, n_classes=st.K, patch_size=st.P, n_per_class=n_per_class, gap=gap,
                                   fractions=fractions, seed=st.seed)
     taken = {s: {st.names[c]: v["taken"] for c, v in report["per_split"][s].items()} for s in ("train", "val", "test")}
-    manifest_taken = {s: {n: v["taken"] for n, v in counts[s].items()} for s in ("train", "val", "test")}
+    manifest_taken = {s: tr.taken(s) for s in ("train", "val", "test")}
     log(f"re-created the split in {time.perf_counter() - t:.1f} s: test per class {taken['test']}")
     quick = a.quick
     limits = {"train": a.max_train_per_class or (40 if quick else None),
@@ -265,15 +262,14 @@ def setup(st):
     mpath = Path(a.model) / "metrics.json"
     if mpath.is_file():
         hist = json.loads(mpath.read_text()).get("history", [])
-    training = {"epochs_run": tr.get("epochs_run"), "epochs": tr.get("epochs"), "lr": tr.get("lr"),
-                "schedule": tr.get("schedule")}
+    training = {"epochs_run": tr.epochs_run, "epochs": tr.epochs, "lr": tr.lr, "schedule": tr.schedule}
     if hist:
         training.update(final_train_accuracy=hist[-1].get("train_acc"),
                         best_val_accuracy=max(h.get("val_acc", 0) for h in hist))
     st.results["setup"] = {
         "training": training,
         "bundle": str(a.model), "model_id": b.model_id, "classes": st.names, "codes": st.codes,
-        "patch_size": st.P, "normalization": b.normalization, "seed": st.seed, "gap": gap,
+        "patch_size": st.P, "normalization": b.normalization.to_dict(), "seed": st.seed, "gap": gap,
         "fractions": list(fractions), "image": str(a.image), "mask": str(a.mask),
         "image_sha256_matches_bundle": same_data["image"], "mask_sha256_matches_bundle": same_data["mask"],
         "split_counts_recreated": taken, "split_counts_manifest": manifest_taken,
@@ -281,7 +277,7 @@ def setup(st):
         "used_per_split": {s: int(len(st.y[s])) for s in ("train", "test")},
         "used_per_class": {s: {st.names[c]: int((st.y[s] == c).sum()) for c in range(st.K)} for s in ("train", "test")},
         "quick": bool(quick), "threads": a.threads or os.cpu_count(),
-        "bundle_metrics": m.get("metrics", {}),
+        "bundle_metrics": m.metrics,
     }
     log(f"bundle {b.model_id}: {st.K} classes {st.names}, P={st.P}; using {len(st.y['train'])} train / "
         f"{len(st.y['test'])} test patches")
@@ -292,7 +288,7 @@ def build_extractors(st):
 
     torch.set_num_threads(st.args.threads or os.cpu_count() or 1)
     st.extractors["trained"] = sf.trained_extractor(st.bundle)
-    st.extractors["random"] = sf.random_cnn_extractor(st.K, st.P, st.bundle.normalization, seed=st.args.baseline_seed,
+    st.extractors["random"] = sf.random_cnn_extractor(st.K, st.P, st.bundle.normalization.to_dict(), seed=st.args.baseline_seed,
                                                       workdir=None if st.args.quick else st.workdir,
                                                       threads=st.args.threads)
     st.extractors["handcrafted"] = sf.handcrafted_extractor()
@@ -331,12 +327,9 @@ def exp1_heads(st):
         res[name] = {"test_accuracy": float((pred == y).mean()),
                      "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(st.K)), zero_division=0))}
         st.fitted.setdefault("trained", {})[name] = b.head(name)
-    bm = b.manifest.get("metrics", {})
-    for name in CLASSIFIERS:
-        res[name]["bundle_manifest_accuracy"] = bm.get(f"{name}_test_accuracy")
-    res["cnn"]["bundle_manifest_accuracy"] = bm.get("cnn_test_accuracy")
-    full = st.results["setup"]["used_per_split"]["test"] == sum(
-        v["taken"] for v in b.manifest["training"]["counts"]["test"].values())
+    for name in CLASSIFIERS + ("cnn",):
+        res[name]["bundle_manifest_accuracy"] = b.manifest.test_accuracy(name)
+    full = st.results["setup"]["used_per_split"]["test"] == sum(b.manifest.training.taken("test").values())
     res["full_test_split"] = bool(full)
     recorded = [(res[h]["test_accuracy"], res[h]["bundle_manifest_accuracy"]) for h in CLASSIFIERS + ("cnn",)]
     res["matches_manifest"] = bool(full and all(m is not None and abs(x - m) < 1e-9 for x, m in recorded))

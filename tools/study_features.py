@@ -20,11 +20,11 @@ def trained_extractor(bundle):
     """Features of the bundle's ONNX graph; normalization as in the manifest ((x - mean) / std
     on unit-range pixels, i.e. ``(pixel * scale - mean) / std``)."""
     norm = bundle.normalization
-    name = bundle.manifest["onnx"]["input"]
+    name = bundle.manifest.onnx.input
     sess = bundle.session
 
     def run(xb):
-        z = ((xb - norm["mean"]) / norm["std"]).astype(np.float32)[:, None]
+        z = ((xb - norm.mean) / norm.std).astype(np.float32)[:, None]
         return sess.run(None, {name: z})[0]
 
     return run

@@ -7,15 +7,22 @@ apply the bundle's heads. See the README for the command line.
 >>> bundle = brainrt.Bundle.load("models/slice309-paper6")      # doctest: +SKIP
 >>> grid = brainrt.featurize(image, bundle, stride=16)           # doctest: +SKIP
 >>> areas = brainrt.classify(grid, bundle)                       # doctest: +SKIP
+
+Layers: :mod:`brainrt.plan` (the input edge, a checked Plan) -> :mod:`brainrt.engine`
+(windowing over a predictor built by the bundle) -> :mod:`brainrt.heads` ->
+:mod:`brainrt.outputs` (writers). :mod:`brainrt.manifest` defines the bundle's manifest.
 """
 
-from .api import (ClassMapResult, classify, classify_image, cluster, featurize, load_features, pixel_metrics,
-                  subdivide, upsample)
+from .api import (ClassMapResult, classify, classify_image, cluster, featurize, load_features, make_plan,
+                  pixel_metrics, subdivide, upsample)
 from .bundle import Bundle
 from .errors import BrainrtError
-from .featurize import FeatureGrid
+from .grid import FeatureGrid
 from .io import read_tiff
+from .manifest import Manifest
+from .plan import Plan
 
-__all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "featurize", "classify", "classify_image", "cluster",
-           "subdivide", "load_features", "upsample", "pixel_metrics", "read_tiff"]
+__all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "Manifest", "Plan", "featurize", "classify",
+           "classify_image", "cluster", "subdivide", "load_features", "make_plan", "upsample", "pixel_metrics",
+           "read_tiff"]
 __version__ = "0.1.0"

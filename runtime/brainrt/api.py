@@ -1,34 +1,43 @@
-"""The public Python API: featurize, classify, cluster, subdivide; save and load features.
+"""The public Python API: featurize, classify, cluster, subdivide, score; save and load features.
 
-Options after the data argument are keyword-only. Inputs are validated here, once; the
-kernels behind trust them. Every function is safe to call from several threads with one
-loaded :class:`~brainrt.bundle.Bundle` (onnxruntime sessions are thread-safe for ``run``).
+Every function that takes raw input turns it into a checked :class:`~brainrt.plan.Plan`
+first (:func:`make_plan`, the input edge), then runs the windowing engine over a
+predictor of the bundle (:func:`brainrt.engine.blocks`) and applies heads to the blocks
+(:mod:`brainrt.heads`). Options after the data argument are keyword-only. Every function
+is safe to call from several threads with one loaded :class:`~brainrt.bundle.Bundle`
+(onnxruntime sessions are thread-safe for ``run``).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, file_error
-from .featurize import FeatureGrid, Progress, iter_blocks, plan_grid, resolve_method, validate_image
+from .engine import Meter, blocks
+from .errors import BrainrtError
+from .geometry import cell_centre, upsample
+from .grid import FeatureGrid, load_features, zarr_attrs
+from .heads import OFF_TISSUE, ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
+from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_STRIDE, make_plan, read_mask
 
 log = logging.getLogger("brainrt")
 
-ZARR_FORMAT = "brainrt-features/1"
+__all__ = ["ClassMapResult", "FeatureGrid", "classify", "classify_image", "classify_plan", "cluster", "featurize",
+           "featurize_plan", "load_features", "make_plan", "pixel_metrics", "region_cells", "score", "subdivide",
+           "upsample"]
 
 
-def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissue=0.5, threshold=None,
-              batch_size=256, out=None, progress=False, pixel_size_um=1.17):
+def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
+              threshold=None, batch_size=DEFAULT_BATCH_SIZE, out=None, progress=False, pixel_size_um=None, z=None):
     """Features of the patch centred on every tissue cell of a stride grid.
 
     Parameters
     ----------
-    image : ndarray (H, W)
-        uint8, uint16 or float32 (float taken as [0, 1]) grayscale slice.
+    image : ndarray (H, W), or str or Path of a TIFF
+        uint8, uint16, float32 or float64 (float taken as [0, 1]) grayscale slice; with
+        ``z``, a slice of a 3D stack.
     bundle : Bundle
         A loaded model bundle.
     stride : int
@@ -36,7 +45,7 @@ def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissu
     method : {"auto", "patch", "dense"}
         "dense" evaluates large tiles at once (strides dividing 16 or multiples of 16);
         "auto" uses it whenever it applies. Both give the same features.
-    tissue : None, "otsu", "all" or ndarray (H, W)
+    tissue : None, "otsu", "all", ndarray (H, W) or a mask TIFF path
         Which cells to featurize: Otsu threshold (default), every cell, or a user mask.
     min_tissue : float
         Minimum tissue fraction of a patch for its cell to count.
@@ -48,168 +57,48 @@ def featurize(image, bundle, *, stride=16, method="auto", tissue=None, min_tissu
         Write the grid to this zarr folder (atomically) instead of keeping it in memory.
     progress : bool
         Show a progress bar with patches/s and ETA.
+    pixel_size_um : float or None
+        Default: the TIFF's, else 1.17.
 
     Returns
     -------
     FeatureGrid
         ``features`` (R, C, F) float32 with R, C = ceil(H / stride), ceil(W / stride).
     """
-    image, grid, blocks, finish = _stream(image, bundle, stride=stride, method=method, tissue=tissue,
-                                          min_tissue=min_tissue, threshold=threshold, batch_size=batch_size,
-                                          progress=progress, pixel_size_um=pixel_size_um)
-    R, C = grid.shape
+    plan = make_plan(image, bundle, stride=stride, method=method, tissue=tissue, min_tissue=min_tissue,
+                     threshold=threshold, z=z, pixel_size_um=pixel_size_um, batch_size=batch_size)
+    return featurize_plan(plan, bundle, out=out, progress=progress)
+
+
+def featurize_plan(plan, bundle, *, out=None, progress=False):
+    """:func:`featurize` of a checked plan: features in memory, or streamed into the zarr folder ``out``."""
+    meter = Meter(plan.n_cells, progress=progress)
+    stream = blocks(plan, bundle.predictor(plan.method, stride=plan.stride), meter=meter)
     try:
         if out is None:
-            feats = np.zeros((R, C, bundle.n_features), np.float32)
-            for r0, r1, block, _ in blocks:
-                feats[r0:r1] = block
-            grid.features = feats
+            features = np.zeros(plan.shape + (bundle.n_features,), np.float32)
+            for b in stream:
+                features[b.r0 : b.r1] = b.features
         else:
-            grid.features = _write_zarr(out, grid, blocks, bundle.n_features)
+            from .outputs import write_features
+
+            features = write_features(out, stream, valid=plan.valid, n_features=bundle.n_features,
+                                      attrs=zarr_attrs(plan, bundle.model_id))
     finally:
-        finish("featurized")  # also ends the progress bar's line before any error message
-    return grid
+        stats = _close(meter, plan, "featurized")  # also ends the progress bar's line before any error message
+    return FeatureGrid.of_plan(plan, features, bundle.model_id, stats)
 
 
-def _stream(image, bundle, *, stride, method, tissue, min_tissue, threshold, batch_size, progress, pixel_size_um):
-    """Validate once, plan the grid and start the blocks; shared by featurize and classify_image.
-
-    Returns ``(image, grid, blocks, finish)``: ``grid`` has no features yet, ``blocks``
-    is :func:`iter_blocks`'s generator, ``finish(verb)`` closes the progress bar and
-    records the run's statistics in ``grid.stats``.
-    """
-    image = validate_image(image, bundle)
-    stride, valid = plan_grid(image, bundle, stride=stride, tissue=tissue, min_tissue=min_tissue, threshold=threshold)
-    method = resolve_method(method, stride, bundle)
-    meter = Progress(valid.sum(), enabled=progress)
-    grid = FeatureGrid(None, valid, stride, bundle.patch_size, tuple(image.shape), bundle.model_id, pixel_size_um)
-    timings = {}
-    blocks = iter_blocks(image, bundle, stride=stride, valid=valid, method=method, batch_size=batch_size,
-                         progress=meter, timings=timings)
-
-    def finish(verb):
-        grid.stats = {"method": method, **meter.close(), "timings": {k: round(v, 3) for k, v in timings.items()}}
-        log.info("%s %d patches by the %s path in %.1f s (%.0f patches/s)", verb, grid.stats["patches"], method,
-                 grid.stats["seconds"], grid.stats["patches_per_s"] or 0)
-
-    return image, grid, blocks, finish
-
-
-def _write_zarr(path, grid, blocks, n_features):
-    """Stream blocks into a zarr group written beside ``path`` and renamed into place."""
-    import zarr
-
-    from .io import atomic_path
-
-    R, C = grid.shape
-    with atomic_path(path, overwrite=True, is_dir=True) as tmp:
-        root = zarr.open_group(str(tmp), mode="w")
-        arr = root.create_array("features", shape=(R, C, n_features), chunks=(64, 64, n_features), dtype="float32",
-                                fill_value=0.0)
-        root.create_array("valid", shape=(R, C), chunks=(512, 512), dtype="bool")[:] = grid.valid
-        for r0, r1, block, _ in blocks:
-            arr[r0:r1] = block
-        root.attrs.update({"format": ZARR_FORMAT, "stride": grid.stride, "patch_size": grid.patch_size,
-                           "image_shape": list(grid.image_shape), "model_id": grid.model_id,
-                           "pixel_size_um": grid.pixel_size_um,
-                           "grid": "cell (i, j) is the patch centred on pixel (i*stride + stride//2, j*stride + stride//2)"})
-    return zarr.open_group(str(path), mode="r")["features"]
-
-
-def load_features(path):
-    """Open a feature grid written by :func:`featurize` (``out=``) or ``brainrt featurize``."""
-    import zarr
-
-    path = Path(path)
-    try:
-        root = zarr.open_group(str(path), mode="r")
-        attrs = dict(root.attrs)
-        if attrs.get("format") != ZARR_FORMAT:
-            raise ValueError("not a brainrt feature grid")
-        feats, valid = root["features"], np.asarray(root["valid"][:])
-    except Exception as exc:
-        raise file_error(path, f"cannot open as a brainrt feature grid ({_short(exc)})") from None
-    return FeatureGrid(feats, valid, int(attrs["stride"]), int(attrs["patch_size"]), tuple(attrs["image_shape"]),
-                       attrs["model_id"], float(attrs.get("pixel_size_um", 1.17)))
-
-
-def _short(exc):
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:120]
-
-
-@dataclass
-class ClassMapResult:
-    """Per-cell classes: ``labels`` (R, C) int16 class indices (-1 off tissue) and
-    ``probabilities`` (R, C, K) float32 (None for heads without probabilities)."""
-
-    labels: np.ndarray
-    probabilities: object
-    names: list
-    codes: list
-    grid: FeatureGrid
+def _close(meter, plan, verb):
+    stats = meter.close(plan.method)
+    log.info("%s %d patches by the %s path in %.1f s (%.0f patches/s)", verb, stats["patches"], plan.method,
+             stats["seconds"], stats["patches_per_s"] or 0)
+    return stats
 
 
 def _check_grid(grid, bundle):
     if grid.model_id != bundle.model_id:
         raise BrainrtError(f"features were computed by model {grid.model_id}, not by this bundle ({bundle.model_id})")
-
-
-#: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
-HEAD_CHUNK = 65536
-
-
-def _apply_rows(features, valid, fn, out):
-    """``out[valid] = fn(features[valid])``, a band of rows at a time (bounded memory).
-
-    ``features`` (r, C, F) may be a NumPy or zarr array; ``out`` (r, C, ...) is filled in
-    place and returned.
-    """
-    step = max(1, HEAD_CHUNK // max(valid.shape[1], 1))
-    for r0 in range(0, valid.shape[0], step):
-        v = valid[r0 : r0 + step]
-        if v.any():
-            out[r0 : r0 + step][v] = fn(np.asarray(features[r0 : r0 + step])[v])
-    return out
-
-
-def _per_class(model, fn, n_classes, fill):
-    """``fn`` with one float32 column per class of the bundle.
-
-    A head only has columns for the classes it saw in training (``model.classes_``); a
-    class without training patches gets ``fill`` (probability 0, log-likelihood NaN).
-    """
-    seen = np.asarray(getattr(model, "classes_", np.arange(n_classes)), np.int64)
-
-    def apply(f):
-        out = np.asarray(fn(f), np.float32)
-        if out.shape[1] == n_classes and np.array_equal(seen, np.arange(n_classes)):
-            return out
-        full = np.full((out.shape[0], n_classes), fill, np.float32)
-        full[:, seen] = out
-        return full
-
-    return apply
-
-
-def _classifier(bundle, head):
-    """The classifier head ``head`` (default from the manifest) as a per-row function, and
-    an empty output for a grid: probabilities (R, C, K) or, without them, labels (R, C)."""
-    head = head or bundle.manifest.get("default_head", "logreg")
-    model = bundle.head(head)
-    if not hasattr(model, "predict") or head in ("gmm", "pca_kmeans", "area_density"):
-        raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
-    K = len(bundle.class_names)
-    if hasattr(model, "predict_proba"):
-        return _per_class(model, model.predict_proba, K, 0.0), lambda shape: np.zeros(shape + (K,), np.float32)
-    return model.predict, lambda shape: np.full(shape, -1, np.int16)
-
-
-def _result(out, grid, bundle):
-    """ClassMapResult from a head's output grid (probabilities or labels)."""
-    if out.ndim == 3:
-        labels = np.where(grid.valid, out.argmax(-1), -1).astype(np.int16)
-        return ClassMapResult(labels, out, bundle.class_names, bundle.class_codes, grid)
-    return ClassMapResult(out, None, bundle.class_names, bundle.class_codes, grid)
 
 
 def classify(grid, bundle, *, head=None):
@@ -227,29 +116,37 @@ def classify(grid, bundle, *, head=None):
     ClassMapResult
     """
     _check_grid(grid, bundle)
-    fn, empty = _classifier(bundle, head)
-    return _result(_apply_rows(grid.features, grid.valid, fn, empty(grid.shape)), grid, bundle)
+    clf = Classifier.of(bundle, head)
+    return clf.result(apply_rows(grid.features, grid.valid, clf.fn, clf.empty(grid.shape)), grid, bundle)
 
 
-def classify_image(image, bundle, *, stride=16, head=None, method="auto", tissue=None, min_tissue=0.5,
-                   threshold=None, batch_size=256, progress=False, pixel_size_um=1.17):
+def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="auto", tissue=None,
+                   min_tissue=DEFAULT_MIN_TISSUE, threshold=None, batch_size=DEFAULT_BATCH_SIZE, progress=False,
+                   pixel_size_um=None, z=None):
     """Featurize and classify a slice in one streaming pass (features never held whole).
 
     Same options as :func:`featurize` plus ``head``; same result as
     ``classify(featurize(image, bundle, ...), bundle, head=head)``, with memory bounded by
     one block of grid rows whatever the slice size. The returned grid has no features.
     """
-    fn, empty = _classifier(bundle, head)
-    image, grid, blocks, finish = _stream(image, bundle, stride=stride, method=method, tissue=tissue,
-                                          min_tissue=min_tissue, threshold=threshold, batch_size=batch_size,
-                                          progress=progress, pixel_size_um=pixel_size_um)
-    out = empty(grid.shape)
+    Classifier.of(bundle, head)  # a bad head fails before the plan's work
+    plan = make_plan(image, bundle, stride=stride, method=method, tissue=tissue, min_tissue=min_tissue,
+                     threshold=threshold, z=z, pixel_size_um=pixel_size_um, batch_size=batch_size,
+                     owner="classify_image")
+    return classify_plan(plan, bundle, head=head, progress=progress)
+
+
+def classify_plan(plan, bundle, *, head=None, progress=False):
+    """:func:`classify_image` of a checked plan."""
+    clf = Classifier.of(bundle, head)
+    meter = Meter(plan.n_cells, progress=progress)
+    out = clf.empty(plan.shape)
     try:
-        for r0, r1, block, v in blocks:
-            _apply_rows(block, v, fn, out[r0:r1])
+        for b in blocks(plan, bundle.predictor(plan.method, stride=plan.stride), meter=meter):
+            apply_rows(b.features, b.valid, clf.fn, out[b.r0 : b.r1])
     finally:
-        finish("featurized and classified")
-    return _result(out, grid, bundle)
+        stats = _close(meter, plan, "featurized and classified")
+    return clf.result(out, FeatureGrid.of_plan(plan, None, bundle.model_id, stats), bundle)
 
 
 def cluster(grid, bundle):
@@ -263,13 +160,7 @@ def cluster(grid, bundle):
         ``log p(features | area)`` for each area (NaN off tissue); low everywhere = outlier.
     """
     _check_grid(grid, bundle)
-    gmm = bundle.head("gmm")
-    dens = bundle.head("area_density")
-    clusters = _apply_rows(grid.features, grid.valid, gmm.predict, np.full(grid.shape, -1, np.int16))
-    K = len(bundle.class_names)
-    loglik = _apply_rows(grid.features, grid.valid, _per_class(dens, dens.score_samples, K, np.nan),
-                         np.full(grid.shape + (K,), np.nan, np.float32))
-    return clusters, loglik
+    return gmm_clusters(grid.features, grid.valid, bundle), area_loglik(grid.features, grid.valid, bundle)
 
 
 def subdivide(grid, *, region, k=4, n_components=10, seed=0):
@@ -309,10 +200,27 @@ def subdivide(grid, *, region, k=4, n_components=10, seed=0):
     return out
 
 
-def upsample(cells, stride, image_shape):
-    """Grid map (R, C, ...) to full resolution (H, W, ...): pixel (y, x) takes cell (y // s, x // s)."""
-    h, w = image_shape
-    return np.repeat(np.repeat(cells, stride, axis=0), stride, axis=1)[:h, :w]
+def region_cells(grid, bundle, *, area=None, roi=None, head=None, z=None):
+    """Cells of one area (by the classifier) or inside a ROI mask (array or TIFF, by each cell's centre pixel)."""
+    if area is not None:
+        if area not in bundle.class_names:
+            raise BrainrtError(f"unknown area {area!r}; the bundle's areas are {', '.join(bundle.class_names)}")
+        return classify(grid, bundle, head=head).labels == bundle.class_names.index(area)
+    mask = read_mask(roi, grid.image_shape, z=z, what="ROI mask") if isinstance(roi, (str, Path)) else np.asarray(roi)
+    R, C = grid.shape
+    ys = np.minimum(cell_centre(np.arange(R), grid.stride), mask.shape[0] - 1)
+    xs = np.minimum(cell_centre(np.arange(C), grid.stride), mask.shape[1] - 1)
+    return mask[np.ix_(ys, xs)] != 0
+
+
+def score(result, truth, bundle, *, z=None):
+    """:func:`pixel_metrics` of a classification against a label mask (array or TIFF) at full resolution."""
+    grid = result.grid
+    if isinstance(truth, (str, Path)):
+        truth = read_mask(truth, grid.image_shape, z=z, what="label mask")
+    full = upsample(result.cell_codes(), grid.stride, grid.image_shape)
+    pred = np.where(full == OFF_TISSUE, -1, full.astype(np.int16))
+    return pixel_metrics(pred, truth, names=result.names, codes_per_class=bundle.manifest.codes_per_class)
 
 
 def pixel_metrics(pred_codes, truth, *, names, codes_per_class, where=None):
@@ -323,15 +231,7 @@ def pixel_metrics(pred_codes, truth, *, names, codes_per_class, where=None):
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    lut = np.full(max(int(truth.max()), max(max(c) for c in codes_per_class)) + 1, -1, np.int16)
-    for i, cs in enumerate(codes_per_class):
-        lut[list(cs)] = i
-    t = lut[truth]
-    code_to_idx = {cs[0]: i for i, cs in enumerate(codes_per_class)}
-    plut = np.full(max(code_to_idx) + 2, -1, np.int16)
-    for c, i in code_to_idx.items():
-        plut[c] = i
-    p = np.where(pred_codes >= 0, plut[np.clip(pred_codes, 0, plut.size - 1)], -1)
+    t, p = _code_indices(truth, pred_codes, codes_per_class)
     sel = t >= 0
     if where is not None:
         sel &= where
@@ -343,6 +243,18 @@ def pixel_metrics(pred_codes, truth, *, names, codes_per_class, where=None):
             "unclassified_pixels": int((pp < 0).sum()), "confusion_matrix": cm.tolist(),
             "per_class": {n: {"precision": float(pr[i]), "recall": float(rc[i]), "f1": float(f1[i]),
                               "support": int(sup[i])} for i, n in enumerate(names)}}
+
+
+def _code_indices(truth, pred_codes, codes_per_class):
+    """Class indices (-1: none) of the truth's codes (any of a class's) and of the predicted codes (its first)."""
+    lut = np.full(max(int(truth.max()), max(max(c) for c in codes_per_class)) + 1, -1, np.int16)
+    for i, cs in enumerate(codes_per_class):
+        lut[list(cs)] = i
+    code_to_idx = {cs[0]: i for i, cs in enumerate(codes_per_class)}
+    plut = np.full(max(code_to_idx) + 2, -1, np.int16)
+    for c, i in code_to_idx.items():
+        plut[c] = i
+    return lut[truth], np.where(pred_codes >= 0, plut[np.clip(pred_codes, 0, plut.size - 1)], -1)
 
 
 def _models_dir():

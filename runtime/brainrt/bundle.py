@@ -1,4 +1,4 @@
-"""Model bundles: a folder with ONNX graph(s), joblib heads and a ``manifest.json``.
+"""Model bundles: a folder with ONNX graph(s), joblib heads and a ``manifest.json`` (:mod:`brainrt.manifest`).
 
 joblib unpickles arbitrary code, so a bundle is treated as code: the manifest lists the
 sha256 of every file and :meth:`Bundle.load` verifies all of them *before* anything is
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -18,12 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, file_error
+from .errors import BrainrtError, check_positive_int, file_error, param_error
+from .geometry import window_offset, window_size
+from .manifest import SCHEMA_VERSION, Manifest
+from .predictor import DensePredictor, PatchPredictor
 
 log = logging.getLogger("brainrt")
 
-SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+__all__ = ["Bundle", "LinearHead", "MANIFEST", "SCHEMA_VERSION", "hash_tree", "sha256_file", "verify_bundle"]
 
 
 def sha256_file(path) -> str:
@@ -45,8 +47,8 @@ def hash_tree(folder, *, exclude=(MANIFEST,)) -> dict:
     }
 
 
-def verify_bundle(folder) -> dict:
-    """Check a bundle's manifest and every file's hash; return the manifest.
+def verify_bundle(folder) -> Manifest:
+    """Check a bundle's manifest and every file's hash; return the :class:`Manifest`.
 
     Raises
     ------
@@ -60,22 +62,19 @@ def verify_bundle(folder) -> dict:
     if not mpath.is_file():
         raise file_error(folder, f"not a model bundle: {MANIFEST} is missing")
     try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as exc:
+        text = mpath.read_text()
+    except OSError as exc:
         raise file_error(mpath, f"unreadable manifest ({exc})") from None
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise file_error(folder, f"unknown bundle schema version {version!r}; this brainrt reads version {SCHEMA_VERSION}")
-    expected = manifest.get("files")
-    if not isinstance(expected, dict) or not expected:
+    manifest = Manifest.from_json(text, source=mpath)
+    if not manifest.files:
         raise file_error(mpath, "manifest lists no files and hashes")
     actual = hash_tree(folder)
-    for name, digest in expected.items():
+    for name, digest in manifest.files.items():
         if name not in actual:
             raise file_error(folder, f"bundle file {name} is missing")
         if actual[name] != digest:
             raise file_error(folder, f"bundle file {name} does not match its sha256 in the manifest; refusing to load it")
-    extra = sorted(set(actual) - set(expected))
+    extra = sorted(set(actual) - set(manifest.files))
     if extra:
         raise file_error(folder, f"bundle holds files not listed in its manifest: {', '.join(extra)}")
     return manifest
@@ -119,8 +118,8 @@ class Bundle:
     ----------
     path : Path
         The bundle folder.
-    manifest : dict
-        The parsed ``manifest.json``.
+    manifest : Manifest
+        The parsed, typed ``manifest.json``.
     session : onnxruntime.InferenceSession
         Per-patch feature graph: input ``(N, 1, P, P)`` float32, output ``(N, F)``.
     heads : dict
@@ -128,7 +127,7 @@ class Bundle:
     """
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     session: object
     heads: dict
     options: object = None
@@ -160,26 +159,12 @@ class Bundle:
         opts.log_severity_level = 3
         chosen = providers(providers_)
         try:
-            session = ort.InferenceSession(str(path / manifest["onnx"]["file"]), opts, providers=chosen)
+            session = ort.InferenceSession(str(path / manifest.onnx.file), opts, providers=chosen)
         except Exception as exc:
             raise file_error(path, f"cannot load the ONNX graph ({type(exc).__name__})") from None
         log.info("brainrt: bundle %s on %s", path.name, session.get_providers()[0])
-        loaded = {}
-        if heads:
-            import joblib
-
-            for name, rel in manifest.get("heads", {}).items():
-                if rel.endswith(".npz"):
-                    loaded[name] = LinearHead.load(path / rel)
-                else:
-                    loaded[name] = joblib.load(path / rel)
+        loaded = _load_heads(path, manifest.heads) if heads else {}
         return cls(path=path, manifest=manifest, session=session, heads=loaded, options=(opts, chosen))
-
-    @property
-    def dense_strides(self) -> tuple:
-        """Output strides for which the bundle has a fully convolutional graph."""
-        d = self.manifest.get("dense_onnx") or {}
-        return tuple(int(s) for s in d.get("strides", ()))
 
     def dense_session(self, stride):
         """The fully convolutional graph for ``stride``, created once and then reused."""
@@ -188,35 +173,60 @@ class Bundle:
                 import onnxruntime as ort
 
                 opts, chosen = self.options
-                rel = self.manifest["dense_onnx"]["files"][str(stride)]
+                rel = self.manifest.dense_onnx.file(stride)
                 self._dense[stride] = ort.InferenceSession(str(self.path / rel), opts, providers=chosen)
             return self._dense[stride]
 
+    def predictor(self, kind="patch", *, stride=None):
+        """A :mod:`~brainrt.predictor` over this bundle's graphs.
+
+        ``kind="patch"``: batches of (N, 1, P, P) patches. ``kind="dense"``: tiles, for
+        the grid ``stride`` (a dense stride of the bundle, or a multiple of 16 which
+        subsamples the stride-16 graph).
+        """
+        m, P = self.manifest, self.patch_size
+        norm = dict(mean=m.normalization.mean, std=m.normalization.std, n_features=m.n_features)
+        if kind == "patch":
+            return PatchPredictor(self.session, m.onnx.input, (P,), **norm)
+        if kind != "dense":
+            raise param_error("kind", "Bundle.predictor", "'patch' or 'dense'", kind)
+        stride = check_positive_int(stride, "stride", "Bundle.predictor")
+        d = stride if stride <= 16 else 16
+        if d not in self.dense_strides or stride % d:
+            raise BrainrtError(f"{self.path}: bundle has no dense graph for stride {stride}")
+        return DensePredictor(self.dense_session(d), m.dense_onnx.input, d, window_size(P), window_offset(P), **norm)
+
     # Convenience views of the manifest --------------------------------------------------
     @property
+    def dense_strides(self) -> tuple:
+        """Output strides for which the bundle has a fully convolutional graph."""
+        return self.manifest.dense_strides
+
+    @property
     def patch_size(self) -> int:
-        return int(self.manifest["patch_size"])
+        return self.manifest.patch_size
 
     @property
     def class_names(self) -> list:
-        return [c["name"] for c in self.manifest["classes"]]
+        return self.manifest.class_names
 
     @property
     def class_codes(self) -> list:
         """Mask code written for each class in label maps (the first of its codes)."""
-        return [int(c["codes"][0]) for c in self.manifest["classes"]]
+        return self.manifest.class_codes
 
     @property
     def n_features(self) -> int:
-        return int(self.manifest["n_features"])
+        return self.manifest.n_features
 
     @property
     def model_id(self) -> str:
-        return self.manifest["files"][self.manifest["onnx"]["file"]][:12]
+        return self.manifest.model_id
 
     @property
-    def normalization(self) -> dict:
-        return self.manifest["normalization"]
+    def normalization(self):
+        """The network's input normalization (:class:`~brainrt.manifest.Normalization`)."""
+        return self.manifest.normalization
 
     def head(self, name):
         """The fitted head ``name``; a clear error lists the available ones."""
@@ -225,6 +235,14 @@ class Bundle:
                 f"{self.path}: bundle has no head {name!r}; available: {', '.join(sorted(self.heads))}"
             )
         return self.heads[name]
+
+
+def _load_heads(path, files):
+    """Name -> head, from the manifest's head files (``.npz``: :class:`LinearHead`; else joblib)."""
+    import joblib
+
+    return {name: LinearHead.load(path / rel) if rel.endswith(".npz") else joblib.load(path / rel)
+            for name, rel in files.items()}
 
 
 class LinearHead:

@@ -1,10 +1,17 @@
-"""The ``brainrt`` command line: thin click commands over the library."""
+"""The ``brainrt`` command line: thin click commands over the library.
+
+Each command turns its paths into one library call and one writer call. Commands of
+other packages (the trainer's ``train-and-export``) are registered under the entry-point
+group ``brainrt.commands`` and imported only when invoked (or listed by ``--help``), so
+the runtime never imports the trainer.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -12,8 +19,11 @@ from .errors import BrainrtError
 
 log = logging.getLogger("brainrt")
 
+#: Entry-point group of commands other packages add to ``brainrt``.
+COMMAND_GROUP = "brainrt.commands"
 
-def _errors_as_one_line(fn):
+
+def one_line_errors(fn):
     """Turn BrainrtError (and missing optional packages) into one line and exit status 2."""
 
     @functools.wraps(fn)
@@ -31,7 +41,27 @@ def _errors_as_one_line(fn):
     return wrapper
 
 
-@click.group()
+def _plugins():
+    """Name -> entry point of the commands registered by other packages."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+
+
+class _Commands(click.Group):
+    """This module's commands plus the registered ones, each loaded when first needed."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *_plugins()})
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in (plugins := _plugins()):
+            cmd = plugins[name].load()
+        return cmd
+
+
+@click.group(cls=_Commands)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 def main(verbose, quiet):
@@ -40,39 +70,7 @@ def main(verbose, quiet):
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
-@main.command("train-and-export")
-@click.option("--image", "images", multiple=True, required=True, type=click.Path(), help="Image TIFF (repeat for several slices).")
-@click.option("--mask", "masks", multiple=True, required=True, type=click.Path(), help="Label-mask TIFF, one per --image.")
-@click.option("--class-map", default="prasad2020", show_default=True, help="Preset name or JSON file {classes, ignore, unlabeled}.")
-@click.option("-o", "--out", required=True, type=click.Path(), help="Bundle folder to write.")
-@click.option("--patch-size", default=128, show_default=True)
-@click.option("--n-train", default=2000, show_default=True, help="Training patches per class (at most).")
-@click.option("--n-val", default=1000, show_default=True)
-@click.option("--n-test", default=1000, show_default=True)
-@click.option("--epochs", default=30, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate (the paper's 1e-4).")
-@click.option("--schedule", type=click.Choice(["constant", "onecycle"]), default="constant", show_default=True)
-@click.option("--max-minutes", type=float, default=None, help="Stop training before an epoch that would overrun this.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("-k", "--clusters", "k", default=4, show_default=True, help="KMeans clusters of the pca_kmeans head.")
-@click.option("--gap", type=int, default=None, help="Min. pixels between training and evaluation patches (default: one patch).")
-@click.option("--z", type=int, default=None, help="Slice index in 3D stacks.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
-@_errors_as_one_line
-def train_and_export_cmd(images, masks, class_map, out, **kw):
-    """Train the paper's CNN on annotated slices and write a verified model bundle."""
-    if len(images) != len(masks):
-        raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
-    from brainrt_train.pipeline import train_and_export
-
-    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, **kw)
-    click.echo(f"wrote {out}: CNN test accuracy {m['metrics']['cnn_test_accuracy']:.3f}, "
-               f"logreg {m['metrics'].get('logreg_test_accuracy', float('nan')):.3f}")
-
-
-
-# --------------------------------------------------------------------------- runtime
+# --------------------------------------------------------------------------- shared options
 def _model_option(f):
     return click.option("-m", "--model", "model", default=None, type=click.Path(),
                         help="Model bundle folder (default: the shipped slice309 bundle).")(f)
@@ -96,59 +94,30 @@ def _grid_options(f):
     return f
 
 
-def _check_out(out, *, is_dir=False):
-    """Fail on an unwritable output path before any work (and before a progress bar)."""
+def _plan_options(tissue_mask, all_cells, pixel_size, **kw):
+    """The grid options as keyword arguments of :func:`brainrt.make_plan`."""
+    return dict(kw, tissue=tissue_mask or ("all" if all_cells else None), pixel_size_um=pixel_size)
+
+
+def _prepare(out, model, threads, *, is_dir=False):
+    """Fail on an unwritable output path before any work (and before a progress bar); load the bundle."""
+    from .api import default_model
+    from .bundle import Bundle
     from .io import check_target
 
     check_target(out, is_dir=is_dir)
-
-
-def _load_bundle(model, threads=None):
-    from .api import default_model
-    from .bundle import Bundle
-
     return Bundle.load(model or default_model(), threads=threads)
 
 
-def _featurize_source(source, bundle, *, stride, method, tissue_mask, threshold, all_cells, z, pixel_size,
-                      batch_size, out=None, progress=None, classify_head=None):
-    """A FeatureGrid from a slice TIFF, or from a saved feature grid (.zarr folder).
+def _progress():
+    return log.isEnabledFor(logging.INFO)  # no bar with -q
 
-    With ``classify_head`` (a head name, "" for the default) a slice TIFF is featurized
-    and classified in one streaming pass and a ClassMapResult is returned instead.
-    """
-    from . import api
-    from .io import read_tiff
 
-    if str(source).rstrip("/").endswith(".zarr"):
-        grid = api.load_features(source)
-        if grid.model_id != bundle.model_id:
-            raise BrainrtError(f"{source}: features were computed by model {grid.model_id}, "
-                               f"not by this bundle ({bundle.model_id}); featurize the slice again")
-        return grid, None
-    image, px = read_tiff(source, z=z)
-    tissue = "all" if all_cells else None
-    if tissue_mask:
-        tissue, _ = read_tiff(tissue_mask, z=z, what="tissue mask")
-        if tissue.shape != image.shape:
-            raise BrainrtError(f"{tissue_mask}: tissue mask shape {tissue.shape} differs from the image's {image.shape}")
-    if progress is None:
-        progress = log.isEnabledFor(logging.INFO)  # no bar with -q
-    common = dict(stride=stride, method=method, tissue=tissue, threshold=threshold, batch_size=batch_size,
-                  progress=progress, pixel_size_um=pixel_size or px or 1.17)
-    try:
-        if classify_head is not None:
-            return api.classify_image(image, bundle, head=classify_head or None, **common), image
-        grid = api.featurize(image, bundle, out=out, **common)
-    except BrainrtError as exc:
-        msg = str(exc)
-        raise BrainrtError(msg if msg.startswith(str(source)) else f"{source}: {msg.removeprefix('image: ')}") from None
-    return grid, image
+def _is_zarr(source):
+    return str(source).rstrip("/").endswith(".zarr")
 
 
 def _default_out(source, suffix):
-    from pathlib import Path
-
     name = Path(str(source).rstrip("/")).name
     for ext in (".features.zarr", ".zarr", ".ome.tif", ".tiff", ".tif"):
         if name.endswith(ext):
@@ -157,18 +126,30 @@ def _default_out(source, suffix):
     return str(Path(str(source).rstrip("/")).parent / f"{name}{suffix}")
 
 
+def _grid_and_image(source, bundle, kw):
+    """A saved feature grid (.zarr, no image) or a slice TIFF featurized in memory (with its image)."""
+    from . import api
+
+    if _is_zarr(source):
+        return api.load_features(source, bundle=bundle), None
+    plan = api.make_plan(source, bundle, **_plan_options(**kw))
+    return api.featurize_plan(plan, bundle, progress=_progress()), plan.image
+
+
+# --------------------------------------------------------------------------- commands
 @main.command()
 @click.argument("slice_tif", type=click.Path())
 @_model_option
 @_grid_options
 @click.option("-o", "--out", default=None, type=click.Path(), help="Output .zarr folder (default: SLICE.features.zarr).")
-@_errors_as_one_line
-def featurize(slice_tif, model, threads, **kw):
+@one_line_errors
+def featurize(slice_tif, model, threads, out, **kw):
     """Features of every tissue patch of SLICE_TIF on a stride grid, saved as zarr."""
-    out = kw.pop("out") or _default_out(slice_tif, ".features.zarr")
-    _check_out(out, is_dir=True)
-    bundle = _load_bundle(model, threads)
-    grid, _ = _featurize_source(slice_tif, bundle, out=out, **kw)
+    from . import api
+
+    out = out or _default_out(slice_tif, ".features.zarr")
+    bundle = _prepare(out, model, threads, is_dir=True)
+    grid = api.featurize(slice_tif, bundle, out=out, progress=_progress(), **_plan_options(**kw))
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
                f"by the {st['method']} path in {st['seconds']:.1f} s ({st['patches_per_s']:.0f} patches/s)")
@@ -181,7 +162,7 @@ def featurize(slice_tif, model, threads, **kw):
 @click.option("--head", default=None, help="Classifier head: logreg (default), linsvm, rbfsvm, cnn.")
 @click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
-@_errors_as_one_line
+@one_line_errors
 def classify(source, model, threads, head, truth, out, **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
@@ -193,23 +174,14 @@ def classify(source, model, threads, head, truth, out, **kw):
     from .outputs import write_classification
 
     out = out or _default_out(source, ".labels.ome.tif")
-    _check_out(out)
-    bundle = _load_bundle(model, threads)
-    if str(source).rstrip("/").endswith(".zarr"):
-        grid, image = _featurize_source(source, bundle, **kw)
-        result = api.classify(grid, bundle, head=head)
+    bundle = _prepare(out, model, threads)
+    if _is_zarr(source):
+        result, image = api.classify(api.load_features(source, bundle=bundle), bundle, head=head), None
     else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
-        result, image = _featurize_source(source, bundle, classify_head=head or "", **kw)
-        grid = result.grid
-    truth_arr = None
-    if truth:
-        from .io import read_tiff
-
-        truth_arr, _ = read_tiff(truth, z=kw.get("z"), what="label mask")
-        if truth_arr.shape != tuple(grid.image_shape):
-            raise BrainrtError(f"{truth}: truth shape {truth_arr.shape} differs from the slice's {tuple(grid.image_shape)}")
-    written, metrics = write_classification(out, result, bundle, image=image, truth=truth_arr)
-    msg = f"wrote {', '.join(written)}"
+        plan = api.make_plan(source, bundle, **_plan_options(**kw))
+        result, image = api.classify_plan(plan, bundle, head=head, progress=_progress()), plan.image
+    metrics = api.score(result, truth, bundle, z=kw["z"]) if truth else None
+    msg = f"wrote {', '.join(write_classification(out, result, image=image, metrics=metrics))}"
     if metrics:
         msg += f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels"
     click.echo(msg)
@@ -220,19 +192,17 @@ def classify(source, model, threads, head, truth, out, **kw):
 @_model_option
 @_grid_options
 @click.option("-o", "--out", default=None, type=click.Path(), help="Cluster map OME-TIFF (default: SOURCE.clusters.ome.tif).")
-@_errors_as_one_line
+@one_line_errors
 def cluster(source, model, threads, out, **kw):
     """GMM cluster map and, per area, a log-likelihood map (low = unlike that area; outliers)."""
     from . import api
     from .outputs import write_clusters
 
     out = out or _default_out(source, ".clusters.ome.tif")
-    _check_out(out)
-    bundle = _load_bundle(model, threads)
-    grid, image = _featurize_source(source, bundle, **kw)
+    bundle = _prepare(out, model, threads)
+    grid, image = _grid_and_image(source, bundle, kw)
     clusters, loglik = api.cluster(grid, bundle)
-    written = write_clusters(out, clusters, loglik, grid, bundle, image=image)
-    click.echo(f"wrote {', '.join(written)}")
+    click.echo(f"wrote {', '.join(write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image))}")
 
 
 @main.command()
@@ -244,29 +214,27 @@ def cluster(source, model, threads, out, **kw):
 @click.option("-k", "--clusters", "k", default=4, show_default=True)
 @click.option("--head", default=None, help="Classifier head used with --area.")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Sub-division OME-TIFF (default: SOURCE.subdivide.ome.tif).")
-@_errors_as_one_line
+@one_line_errors
 def subdivide(source, model, threads, area, roi, k, head, out, **kw):
     """PCA + KMeans of the features inside one area or ROI (e.g. cortical layers)."""
     from . import api
-    from .outputs import region_cells, write_subdivision
+    from .outputs import write_subdivision
 
     if (area is None) == (roi is None):
         raise BrainrtError("give exactly one of --area NAME or --roi MASK")
     out = out or _default_out(source, ".subdivide.ome.tif")
-    _check_out(out)
-    bundle = _load_bundle(model, threads)
-    grid, image = _featurize_source(source, bundle, **kw)
-    region = region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw.get("z"))
+    bundle = _prepare(out, model, threads)
+    grid, image = _grid_and_image(source, bundle, kw)
+    region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw["z"])
     sub = api.subdivide(grid, region=region, k=k)
-    written = write_subdivision(out, sub, grid, image=image, title=f"{area or roi}: k={k}")
-    click.echo(f"wrote {', '.join(written)}")
+    click.echo(f"wrote {', '.join(write_subdivision(out, sub, grid, image=image, title=f'{area or roi}: k={k}'))}")
 
 
 @main.command()
 @click.option("-o", "--out", default="brainrt-demo", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("-m", "--model", default=None, type=click.Path(), help="Bundle (default: the shipped synthetic demo bundle).")
 @click.option("--seed", default=7, show_default=True, help="Seed of the synthetic slice.")
-@_errors_as_one_line
+@one_line_errors
 def demo(out, model, seed):
     """Run the whole chain on a built-in synthetic slice; no data needed."""
     from .demo import run_demo

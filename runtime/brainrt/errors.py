@@ -1,19 +1,28 @@
-"""One error type for everything a user can get wrong.
+"""One error type for everything a user can get wrong, one template, and the checks that raise it.
 
-Messages follow one template so that the CLI can print them as a single line:
-``"<file>: <problem>"`` for files, and scikit-learn's wording for parameters:
+Messages are one line: ``"<file>: <problem>"`` for files (an in-memory image is named
+``image``), and scikit-learn's wording for parameters:
 ``"The 'stride' parameter of featurize must be a positive int. Got -3 instead."``
+The input edge (:mod:`brainrt.plan`) and the few public kernel wrappers use these checks;
+code behind them trusts its inputs.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 
 class BrainrtError(ValueError):
     """A problem with the user's input: a file, a parameter or a bundle."""
 
 
+#: Pixel types of the images brainrt reads and featurizes (float taken as [0, 1]).
+PIXEL_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.float64))
+PIXEL_TYPE_NAMES = "uint8, uint16, float32 or float64"
+
+
 def file_error(path, problem: str) -> BrainrtError:
-    """Build the one-line error for a problem with a file."""
+    """Build the one-line error for a problem with a file (or the in-memory ``image``)."""
     return BrainrtError(f"{path}: {problem}")
 
 
@@ -23,12 +32,39 @@ def param_error(name: str, owner: str, expected: str, got) -> BrainrtError:
 
 
 def check_positive_int(value, name: str, owner: str) -> int:
-    """Validate a positive int parameter at the edge and return it."""
-    if isinstance(value, bool) or not isinstance(value, (int,)) and not (
-        hasattr(value, "__index__") and not isinstance(value, float)
-    ):
+    """Validate a positive int parameter and return it."""
+    if isinstance(value, (bool, float)) or not hasattr(value, "__index__"):
         raise param_error(name, owner, "a positive int", value)
     value = int(value)
     if value < 1:
         raise param_error(name, owner, "a positive int", value)
     return value
+
+
+def check_float(value, name: str, owner: str, *, nonzero=False, low=None, high=None) -> float:
+    """Validate a finite real scalar (nonzero, or in ``[low, high]``, if asked) and return it as float."""
+    expected = ("a finite nonzero float" if nonzero else
+                f"a float in [{low}, {high}]" if low is not None else "a finite float")
+    if isinstance(value, (bool, str, bytes)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise param_error(name, owner, expected, value)
+    f = float(value)
+    if not np.isfinite(f) or (nonzero and f == 0.0) or (low is not None and not low <= f <= high):
+        raise param_error(name, owner, expected, value)
+    return f
+
+
+def check_image(image, name="image", *, finite=True, min_side=1, types=PIXEL_TYPES) -> np.ndarray:
+    """A 2D grayscale array of a :data:`PIXEL_TYPES` type, at least ``min_side`` px a side
+    (and without NaN or inf if ``finite``), or the one-line error naming ``name``."""
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise file_error(name, f"expected a 2D grayscale image, got shape {image.shape}")
+    if image.dtype not in types:
+        raise file_error(name, f"unsupported pixel type {image.dtype}; expected {PIXEL_TYPE_NAMES}")
+    if min(image.shape) < min_side:
+        raise file_error(name, f"image of {image.shape[0]} x {image.shape[1]} px is smaller than one "
+                               f"{min_side} x {min_side} patch" if min_side > 1 else f"empty image of shape {image.shape}")
+    if finite and image.dtype.kind == "f" and not np.isfinite(image).all():
+        n = int((~np.isfinite(image)).sum())
+        raise file_error(name, f"holds {n} NaN or infinite values")
+    return image

@@ -49,3 +49,11 @@ def grid_shape(image_shape, stride: int) -> tuple[int, int]:
 def cell_centre(index: int, stride: int) -> int:
     """Pixel coordinate of the centre of grid cell ``index`` along one axis."""
     return index * stride + stride // 2
+
+
+def upsample(cells, stride, image_shape):
+    """Grid map (R, C, ...) to full resolution (H, W, ...): pixel (y, x) takes cell (y // s, x // s)."""
+    import numpy as np
+
+    h, w = image_shape
+    return np.repeat(np.repeat(cells, stride, axis=0), stride, axis=1)[:h, :w]

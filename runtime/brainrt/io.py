@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, file_error
+from .errors import PIXEL_TYPES, check_image, file_error
 
-#: Pixel size of the paper's data, micrometres.
-DEFAULT_PIXEL_SIZE_UM = 1.17
-SUPPORTED_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+#: Pixel types of masks (label codes): an image's, or any integer type read as int64.
+MASK_TYPES = PIXEL_TYPES + (np.dtype(np.int64),)
 
 
 def read_tiff(path, *, z=None, what="image"):
@@ -41,9 +40,29 @@ def read_tiff(path, *, z=None, what="image"):
     pixel_size_um : float or None
         Pixel size from the TIFF's resolution tags, if it has any.
     """
+    path = Path(path)
+    arr, axes, pixel_size = _read_series(path)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and axes.endswith("S"):
+        raise file_error(path, f"expected a 2D grayscale {what}, got an RGB(A) image of shape {arr.shape}")
+    if arr.ndim == 3:
+        if z is None:
+            raise file_error(path, f"expected a 2D grayscale {what}, got shape {arr.shape}; pass --z to choose a slice")
+        if not 0 <= z < arr.shape[0]:
+            raise file_error(path, f"--z {z} is outside the stack's {arr.shape[0]} slices")
+        arr = arr[z]
+    elif z not in (None, 0):
+        raise file_error(path, f"is a 2D {what}; --z {z} does not apply")
+    if what == "image":
+        return check_image(arr, path), pixel_size
+    if arr.dtype.kind in "iu" and arr.dtype not in PIXEL_TYPES:
+        arr = arr.astype(np.int64)  # masks hold codes: any integer type will do
+    return check_image(arr, path, types=MASK_TYPES), pixel_size
+
+
+def _read_series(path):
+    """(array, axes, pixel size or None) of the TIFF's first series, or the one-line error."""
     import tifffile
 
-    path = Path(path)
     if not path.is_file():
         raise file_error(path, "no such file")
     if path.stat().st_size == 0:
@@ -51,33 +70,9 @@ def read_tiff(path, *, z=None, what="image"):
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
-            axes = series.axes
-            arr = series.asarray()
-            pixel_size = _pixel_size(tif)
+            return np.asarray(series.asarray()), series.axes, _pixel_size(tif)
     except Exception as exc:  # tifffile raises many types for broken files
         raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
-    arr = np.asarray(arr)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and ("S" in axes[-1:] or axes.endswith("S")):
-        raise file_error(path, f"expected a 2D grayscale {what}, got an RGB(A) image of shape {arr.shape}")
-    if arr.ndim == 3:
-        if z is None:
-            raise file_error(path, f"is a 3D stack of shape {arr.shape}; pass --z to choose a slice")
-        if not 0 <= z < arr.shape[0]:
-            raise file_error(path, f"--z {z} is outside the stack's {arr.shape[0]} slices")
-        arr = arr[z]
-    elif z not in (None, 0):
-        raise file_error(path, f"is a 2D {what}; --z {z} does not apply")
-    if arr.ndim != 2:
-        raise file_error(path, f"expected a 2D grayscale {what}, got shape {arr.shape}")
-    if arr.dtype not in SUPPORTED_DTYPES:
-        if arr.dtype in (np.int8, np.int16, np.int32, np.uint32, np.int64) and what != "image":
-            arr = arr.astype(np.int64)
-        else:
-            raise file_error(path, f"unsupported pixel type {arr.dtype}; expected uint8, uint16 or float32")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        n = int((~np.isfinite(arr)).sum())
-        raise file_error(path, f"{what} holds {n} NaN or infinite values")
-    return arr, pixel_size
 
 
 def _first_line(exc):

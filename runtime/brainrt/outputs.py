@@ -1,4 +1,9 @@
-"""Files the commands write: OME-TIFF maps with their pixel size, PNG previews, JSON metrics."""
+"""Writers: feature grids (zarr), OME-TIFF maps with their pixel size, PNG previews, JSON metrics.
+
+Writers only write: they take computed results (and the image, for previews) and put
+them on disk atomically (:func:`brainrt.io.atomic_path`). Computing, reading and scoring
+happen before, in :mod:`brainrt.api`.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .api import pixel_metrics, upsample
-from .errors import BrainrtError
-from .io import write_json, write_ome_tiff
-
-OFF_TISSUE = 255  # label value of cells that were not featurized
+from .geometry import upsample
+from .heads import OFF_TISSUE
+from .io import atomic_path, write_json, write_ome_tiff
 
 
 def _sibling(out, suffix):
@@ -23,17 +26,34 @@ def _sibling(out, suffix):
     return out.parent / f"{name}{suffix}"
 
 
-def write_classification(out, result, bundle, *, image=None, truth=None):
+def write_features(path, blocks, *, valid, n_features, attrs):
+    """Stream feature blocks into a zarr group written beside ``path`` and renamed into place.
+
+    Returns the written ``features`` array, opened read-only.
+    """
+    import zarr
+
+    R, C = valid.shape
+    with atomic_path(path, overwrite=True, is_dir=True) as tmp:
+        root = zarr.open_group(str(tmp), mode="w")
+        arr = root.create_array("features", shape=(R, C, n_features), chunks=(64, 64, n_features), dtype="float32",
+                                fill_value=0.0)
+        root.create_array("valid", shape=(R, C), chunks=(512, 512), dtype="bool")[:] = valid
+        for b in blocks:
+            arr[b.r0 : b.r1] = b.features
+        root.attrs.update(attrs)
+    return zarr.open_group(str(path), mode="r")["features"]
+
+
+def write_classification(out, result, *, image=None, metrics=None):
     """Label map (full resolution, mask codes), probabilities (grid resolution), overlay
-    PNG and, with ``truth``, metrics JSON and confusion PNG. Returns (paths, metrics)."""
+    PNG and, with ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG.
+    Returns the paths written."""
     from .plots import confusion_png, overlay_png
 
     grid = result.grid
-    codes = np.asarray(result.codes + [OFF_TISSUE], np.uint8)
-    cell_codes = codes[result.labels]  # -1 indexes OFF_TISSUE
-    full = upsample(cell_codes, grid.stride, grid.image_shape)
     px = grid.pixel_size_um
-    write_ome_tiff(out, full, pixel_size_um=px)
+    write_ome_tiff(out, upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px)
     written = [str(out)]
     if result.probabilities is not None:
         p = _sibling(out, ".probabilities.ome.tif")
@@ -45,70 +65,40 @@ def write_classification(out, result, bundle, *, image=None, truth=None):
         overlay_png(png, image, upsample(result.labels, grid.stride, grid.image_shape), result.names,
                     title=f"brainrt classify (stride {grid.stride})")
         written.append(str(png))
-    metrics = None
-    if truth is not None:
-        codes_per_class = [c["codes"] for c in bundle.manifest["classes"]]
-        pred = np.where(full == OFF_TISSUE, -1, full.astype(np.int16))
-        metrics = pixel_metrics(pred, truth, names=result.names, codes_per_class=codes_per_class)
-        j = _sibling(out, ".metrics.json")
+    if metrics is not None:
+        j, c = _sibling(out, ".metrics.json"), _sibling(out, ".confusion.png")
         write_json(j, metrics)
-        c = _sibling(out, ".confusion.png")
         confusion_png(c, metrics["confusion_matrix"], result.names,
                       title=f"pixels vs truth (accuracy {metrics['pixel_accuracy']:.3f})")
         written += [str(j), str(c)]
-    return written, metrics
+    return written
 
 
-def write_clusters(out, clusters, loglik, grid, bundle, *, image=None):
+def write_clusters(out, clusters, loglik, grid, names, *, image=None):
     """GMM cluster map (full resolution), per-area log-likelihood maps (grid resolution), PNG."""
-    from .plots import overlay_png
-
     c8 = np.where(clusters >= 0, clusters, OFF_TISSUE).astype(np.uint8)
     write_ome_tiff(out, upsample(c8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
     ll = _sibling(out, ".loglik.ome.tif")
     write_ome_tiff(ll, np.moveaxis(loglik, -1, 0), pixel_size_um=grid.pixel_size_um * grid.stride,
-                   channel_names=bundle.class_names)
-    written = [str(out), str(ll)]
-    if image is not None:
-        png = _sibling(out, ".overlay.png")
-        k = int(clusters.max()) + 1
-        overlay_png(png, image, upsample(clusters, grid.stride, grid.image_shape), [f"cluster {i}" for i in range(k)],
-                    title="GMM clusters")
-        written.append(str(png))
-    return written
-
-
-def region_cells(grid, bundle, *, area=None, roi=None, head=None, z=None):
-    """Cells of one area (by the classifier) or inside a ROI mask (by their centre pixel)."""
-    from .api import classify
-    from .geometry import cell_centre
-    from .io import read_tiff
-
-    if area is not None:
-        if area not in bundle.class_names:
-            raise BrainrtError(f"unknown area {area!r}; the bundle's areas are {', '.join(bundle.class_names)}")
-        labels = classify(grid, bundle, head=head).labels
-        return labels == bundle.class_names.index(area)
-    mask, _ = read_tiff(roi, z=z, what="ROI mask")
-    if mask.shape != tuple(grid.image_shape):
-        raise BrainrtError(f"{roi}: ROI shape {mask.shape} differs from the slice's {tuple(grid.image_shape)}")
-    R, C = grid.shape
-    ys = np.minimum(cell_centre(np.arange(R), grid.stride), mask.shape[0] - 1)
-    xs = np.minimum(cell_centre(np.arange(C), grid.stride), mask.shape[1] - 1)
-    return mask[np.ix_(ys, xs)] != 0
+                   channel_names=names)
+    return [str(out), str(ll)] + _cluster_overlay(out, clusters, grid, image, "GMM clusters")
 
 
 def write_subdivision(out, sub, grid, *, image=None, title=""):
     """Sub-division cluster map (full resolution) and an overlay PNG."""
-    from .plots import overlay_png
-
     s8 = np.where(sub >= 0, sub, OFF_TISSUE).astype(np.uint8)
     write_ome_tiff(out, upsample(s8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
-    written = [str(out)]
-    if image is not None:
-        png = _sibling(out, ".overlay.png")
-        k = int(sub.max()) + 1
-        overlay_png(png, image, upsample(sub, grid.stride, grid.image_shape), [f"cluster {i}" for i in range(k)],
-                    title=title)
-        written.append(str(png))
-    return written
+    return [str(out)] + _cluster_overlay(out, sub, grid, image, title)
+
+
+def _cluster_overlay(out, clusters, grid, image, title):
+    """The overlay PNG of a cluster map beside ``out`` (none without the image)."""
+    if image is None:
+        return []
+    from .plots import overlay_png
+
+    png = _sibling(out, ".overlay.png")
+    k = int(clusters.max()) + 1
+    overlay_png(png, image, upsample(clusters, grid.stride, grid.image_shape), [f"cluster {i}" for i in range(k)],
+                title=title)
+    return [str(png)]

@@ -1,7 +1,9 @@
-"""Cut patches out of a slice, fast: numba kernels plus thin validating wrappers.
+"""Cut patches and tiles out of a slice, fast: private numba kernels plus thin validating wrappers.
 
 Kernels follow pynndescent's style: short ``@numba.njit(cache=True)`` functions that
-trust their inputs; all checking happens once, in the public wrappers. Patch ``k``
+trust their inputs. The windowing engine (:mod:`brainrt.engine`) calls them directly on a
+checked plan; the public wrappers check their arguments for other callers. Each kernel
+has a slow, obvious twin in ``tests/naive.py``. Patch ``k``
 centred on ``(cy, cx)`` covers rows ``cy - P // 2 .. cy - P // 2 + P - 1`` (and the
 same for columns), as in :mod:`brainrt.geometry`. Pixels outside the image are either
 mirrored (``pad="reflect"``, numpy.pad's ``reflect``: the edge pixel is not repeated)
@@ -16,15 +18,12 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from brainrt.errors import BrainrtError, check_positive_int, param_error
-
-#: Image dtypes the gather kernels accept.
-IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.float64))
-#: Padding modes for pixels outside the image.
-PAD_MODES = ("reflect", "constant")
+from brainrt.errors import BrainrtError, check_float, check_image, check_positive_int, param_error
 
 _PAD_REFLECT = 0
 _PAD_CONSTANT = 1
+#: Kernel code of each padding mode.
+PAD_CODES = {"reflect": _PAD_REFLECT, "constant": _PAD_CONSTANT}
 
 
 @numba.njit(cache=True)
@@ -80,28 +79,6 @@ def _gather_tile(image, y0, x0, tile, mode, scale, mean, std, cval):
         _gather_one(image, y0 + r, x0, tile[r : r + 1], mode, scale, mean, std, cval)
 
 
-def gather_tile(image, y0, x0, out, *, scale, mean, std, pad="reflect", cval=0.0):
-    """Fill ``out`` (H, W) float32 with the normalized image region whose top-left is (y0, x0).
-
-    The region may extend past the image; it is padded as in :func:`gather_patches`.
-    Used by the dense path to cut large tiles with halos. No input validation.
-    """
-    mode = _PAD_REFLECT if pad == "reflect" else _PAD_CONSTANT
-    _gather_tile(image, int(y0), int(x0), out, mode, float(scale), float(mean), float(std), float(cval))
-    return out
-
-
-def _check_float(value, name: str, owner: str, *, nonzero: bool = False) -> float:
-    """Validate a finite real scalar parameter (nonzero if asked) and return it as float."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise param_error(name, owner, "a finite float", value) from None
-    if isinstance(value, (bool, str, bytes)) or not np.isfinite(f) or (nonzero and f == 0.0):
-        raise param_error(name, owner, "a finite nonzero float" if nonzero else "a finite float", value)
-    return f
-
-
 def gather_patches(image, centres, patch_size, out, *, scale, mean, std, pad="reflect", cval=0.0):
     """Copy normalized square patches of ``image`` into a preallocated batch buffer.
 
@@ -129,15 +106,7 @@ def gather_patches(image, centres, patch_size, out, *, scale, mean, std, pad="re
         The view ``out[:n]``.
     """
     owner = "gather_patches"
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise BrainrtError(f"The image of {owner} must be 2D. Got shape {image.shape} instead.")
-    if image.dtype not in IMAGE_DTYPES:
-        raise BrainrtError(
-            f"The image of {owner} must be uint8, uint16, float32 or float64. Got {image.dtype} instead."
-        )
-    if image.size == 0:
-        raise BrainrtError(f"The image of {owner} must not be empty. Got shape {image.shape} instead.")
+    image = check_image(image, finite=False)
     centres = np.asarray(centres)
     if centres.ndim != 2 or centres.shape[1] != 2 or not np.issubdtype(centres.dtype, np.integer):
         raise BrainrtError(
@@ -145,25 +114,25 @@ def gather_patches(image, centres, patch_size, out, *, scale, mean, std, pad="re
         )
     centres = np.ascontiguousarray(centres, dtype=np.int64)
     patch_size = check_positive_int(patch_size, "patch_size", owner)
-    n = centres.shape[0]
+    _check_out(out, (centres.shape[0], 1, patch_size, patch_size), owner)
+    if pad not in PAD_CODES:
+        raise param_error("pad", owner, "'reflect' or 'constant'", pad)
+    scale, mean, cval = (check_float(v, n, owner) for v, n in ((scale, "scale"), (mean, "mean"), (cval, "cval")))
+    std = check_float(std, "std", owner, nonzero=True)
+    if len(centres):
+        _gather_patches(image, centres, out, PAD_CODES[pad], scale, mean, std, cval)
+    return out[: len(centres)]
+
+
+def _check_out(out, shape, owner):
+    """``out`` must be a writeable C-contiguous float32 buffer of ``shape`` (or more rows)."""
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise BrainrtError(f"The out buffer of {owner} must be a C-contiguous float32 array.")
-    if out.ndim != 4 or out.shape[0] < n or out.shape[1:] != (1, patch_size, patch_size):
-        raise BrainrtError(
-            f"The out buffer of {owner} must have shape (>= {n}, 1, {patch_size}, {patch_size}). Got {out.shape} instead."
-        )
+    if out.ndim != len(shape) or out.shape[0] < shape[0] or out.shape[1:] != shape[1:]:
+        raise BrainrtError(f"The out buffer of {owner} must have shape (>= {shape[0]}, "
+                           f"{', '.join(map(str, shape[1:]))}). Got {out.shape} instead.")
     if not out.flags.writeable:
         raise BrainrtError(f"The out buffer of {owner} must be writeable.")
-    if pad not in PAD_MODES:
-        raise param_error("pad", owner, "'reflect' or 'constant'", pad)
-    scale = _check_float(scale, "scale", owner)
-    mean = _check_float(mean, "mean", owner)
-    std = _check_float(std, "std", owner, nonzero=True)
-    cval = _check_float(cval, "cval", owner)
-    mode = _PAD_REFLECT if pad == "reflect" else _PAD_CONSTANT
-    if n:
-        _gather_patches(image, centres, out, mode, scale, mean, std, cval)
-    return out[:n]
 
 
 def grid_centres(grid_shape, stride, valid=None):
@@ -193,18 +162,18 @@ def grid_centres(grid_shape, stride, valid=None):
         raise param_error("grid_shape", owner, "a pair of non-negative ints", grid_shape) from None
     if rows < 0 or cols < 0:
         raise param_error("grid_shape", owner, "a pair of non-negative ints", grid_shape)
-    if valid is None:
-        ii, jj = np.divmod(np.arange(rows * cols, dtype=np.int64), max(cols, 1))
-    else:
-        valid = np.asarray(valid)
-        if valid.shape != (rows, cols):
-            raise BrainrtError(
-                f"The valid mask of {owner} must have the grid shape {(rows, cols)}. Got {valid.shape} instead."
-            )
-        ii, jj = np.nonzero(valid.astype(bool, copy=False))
-    cells = np.stack([ii, jj], axis=1).astype(np.int64, copy=False).reshape(-1, 2)
-    centres = cells * stride + stride // 2
-    return centres, cells
+    valid = np.ones((rows, cols), bool) if valid is None else np.asarray(valid)
+    if valid.shape != (rows, cols):
+        raise BrainrtError(
+            f"The valid mask of {owner} must have the grid shape {(rows, cols)}. Got {valid.shape} instead."
+        )
+    return _grid_centres(valid.astype(bool, copy=False), stride)
+
+
+def _grid_centres(valid, stride):
+    """(centres, cells) of the True cells of ``valid`` (R, C) bool, row-major. No input validation."""
+    cells = np.stack(np.nonzero(valid), axis=1).astype(np.int64, copy=False).reshape(-1, 2)
+    return cells * stride + stride // 2, cells
 
 
 def _batches(n, batch_size):

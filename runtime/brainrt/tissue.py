@@ -10,26 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from brainrt.errors import BrainrtError, check_positive_int, param_error
+from brainrt.errors import BrainrtError, check_float, check_image, check_positive_int, file_error
 from brainrt.geometry import cell_centre, grid_shape
-from brainrt.tiling import IMAGE_DTYPES
 
 #: Bins of the histogram of float images.
 FLOAT_BINS = 256
-
-
-def _check_image(image, owner: str) -> np.ndarray:
-    """Validate a non-empty 2D image of an accepted dtype and return it as an array."""
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise BrainrtError(f"The image of {owner} must be 2D. Got shape {image.shape} instead.")
-    if image.dtype not in IMAGE_DTYPES:
-        raise BrainrtError(
-            f"The image of {owner} must be uint8, uint16, float32 or float64. Got {image.dtype} instead."
-        )
-    if image.size == 0:
-        raise BrainrtError(f"The image of {owner} must not be empty. Got shape {image.shape} instead.")
-    return image
 
 
 #: Rows per band when a whole-slice statistic is accumulated (bounded memory).
@@ -54,13 +39,17 @@ def otsu_threshold(image) -> float:
         of the dark class; for float images the upper edge of the dark class's last bin.
         A constant image returns its value (no foreground).
     """
-    image = _check_image(image, "otsu_threshold")
+    return _otsu(check_image(image, finite=False))
+
+
+def _otsu(image) -> float:
+    """:func:`otsu_threshold` without input validation."""
     bands = [image[y : y + OTSU_BAND] for y in range(0, image.shape[0], OTSU_BAND)]  # bounded memory
     if image.dtype.kind == "f":
         finite = [b[np.isfinite(b)] for b in bands]
         finite = [v for v in finite if v.size]
         if not finite:
-            raise BrainrtError("The image of otsu_threshold has no finite values.")
+            raise file_error("image", "holds no finite values; Otsu needs some")
         lo, hi = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
         if lo == hi:
             return lo
@@ -169,25 +158,34 @@ def tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5, 
         True for the cells to featurize.
     """
     owner = "tissue_grid"
-    image = _check_image(image, owner)
+    image = check_image(image, finite=False)
     patch_size = check_positive_int(patch_size, "patch_size", owner)
     stride = check_positive_int(stride, "stride", owner)
-    if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float, np.integer, np.floating)):
-        raise param_error("min_fraction", owner, "a float in [0, 1]", min_fraction)
-    if not 0.0 <= float(min_fraction) <= 1.0:
-        raise param_error("min_fraction", owner, "a float in [0, 1]", min_fraction)
+    min_fraction = check_float(min_fraction, "min_fraction", owner, low=0.0, high=1.0)
     if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != image.shape:
-            raise BrainrtError(f"The mask of {owner} must have the image's shape {image.shape}. Got {mask.shape} instead.")
-        if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
-            raise BrainrtError(f"The mask of {owner} must be bool or int. Got {mask.dtype} instead.")
+        mask = check_mask(mask, image.shape, owner)
+    elif threshold is not None:
+        threshold = check_float(threshold, "threshold", owner)
+    return _tissue_grid(image, patch_size, stride, threshold=threshold, min_fraction=min_fraction, mask=mask)
+
+
+def check_mask(mask, shape, owner):
+    """A bool or int mask of the image's ``shape``, or the one-line error."""
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise BrainrtError(f"The mask of {owner} must have the image's shape {shape}. Got {mask.shape} instead.")
+    if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
+        raise BrainrtError(f"The mask of {owner} must be bool or int. Got {mask.dtype} instead.")
+    return mask
+
+
+def _tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5, mask=None):
+    """:func:`tissue_grid` without input validation."""
+    if mask is not None:
         band = lambda a, b: mask[a:b] != 0  # noqa: E731
     else:
         if threshold is None:
-            threshold = otsu_threshold(image)
-        elif isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.integer, np.floating)):
-            raise param_error("threshold", owner, "a float or None", threshold)
+            threshold = _otsu(image)
         band = lambda a, b: image[a:b] > threshold  # noqa: E731
     # the pixel mask is formed a band of rows at a time: memory does not grow with the slice
     return _box_fraction_bands(band, image.shape, patch_size, stride) >= np.float32(min_fraction)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import time
@@ -10,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from brainrt.bundle import MANIFEST, SCHEMA_VERSION, LinearHead, hash_tree, verify_bundle
+from brainrt.bundle import MANIFEST, LinearHead, hash_tree, verify_bundle
 from brainrt.errors import BrainrtError, check_positive_int, file_error, param_error
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
 from brainrt.io import atomic_path, write_json
+from brainrt.manifest import SCHEMA_VERSION, Manifest
 
 from .data import SPLITS, ClassMap, extract, load_slice, sample_patches
 
@@ -70,7 +70,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
                      context=0, checkpoint=None, init_from=None):
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
-    Returns the manifest. The bundle is built in a temporary folder beside ``out`` and
+    Returns the :class:`~brainrt.manifest.Manifest`. The bundle is built in a temporary folder beside ``out`` and
     renamed into place only when complete and verified. ``context=4`` adds the context
     branch (see :mod:`brainrt_train.model`). ``checkpoint`` keeps the best weights of a
     long run on disk as training goes; ``init_from`` takes such a file instead of
@@ -149,7 +149,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
 
         share_weights([tmp / "features.onnx"] + [tmp / f for f in (dense_info or {}).get("files", {}).values()], tmp)
         write_json(tmp / "metrics.json", {"history": history, **metrics, "onnx_parity": onnx_report})
-        manifest = {
+        manifest = Manifest.from_dict({
             "schema_version": SCHEMA_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "classes": [{"name": nm, "codes": list(cs)} for nm, cs in zip(cmap.names, cmap.codes)],
@@ -160,7 +160,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
                         if context else None),
             "window": {"size": window_size(patch_size), "offset": window_offset(patch_size),
                        "note": "the network sees the centred window of each patch; patch rows cy - P//2 .. cy - P//2 + P - 1"},
-            "stride": NET_STRIDE,
+            "net_stride": NET_STRIDE,
             "n_features": int(feats["train"].shape[1]),
             "normalization": {"scale": 1.0 / dtype_max, "mean": norm["mean"], "std": norm["std"],
                               "formula": "(pixel * scale - mean) / std", "trained_dtype": str(dtype)},
@@ -182,9 +182,9 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
             "metrics": {"cnn_test_accuracy": metrics["cnn"]["accuracy"],
                         "cnn_per_class_f1": {k2: v["f1"] for k2, v in metrics["cnn"]["per_class"].items()},
                         **{f"{h}_{m}": v for h, ms in head_metrics.items() for m, v in ms.items() if m != "fit_seconds"}},
-        }
-        manifest["files"] = hash_tree(tmp)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            "files": hash_tree(tmp),
+        })
+        (tmp / MANIFEST).write_text(manifest.to_json())
         verify_bundle(tmp)
     log.info("bundle written to %s", out)
     return manifest

@@ -1,0 +1,155 @@
+"""The windowing engine: a plan and a predictor in, blocks of grid rows with their features out.
+
+The engine knows geometry (which pixels each grid cell needs, batches, tiles with halos,
+stitching) and nothing of onnxruntime; a predictor (:mod:`brainrt.predictor`) maps what
+the engine cuts to features. Two paths give the same features to float rounding:
+
+- per patch: the windows around the plan's valid cells are cut into preallocated batch
+  buffers (one per window the predictor reads) and handed over a batch at a time;
+- dense: large tiles with halos are cut, the predictor maps a tile to the features of
+  every window position at once, and each block is stitched from its tiles.
+
+``blocks(plan, predictor, rows=(r0, r1))`` runs on a band of grid rows only, so a
+scheduler (e.g. Dask, one task per band or per z) can split a slice without touching
+this module. Progress and stage timings are kept by one :class:`Meter`. No input
+validation: the plan is checked (:mod:`brainrt.plan`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import numpy as np
+
+from .geometry import cell_centre
+from .tiling import _PAD_REFLECT, _batches, _gather_patches, _gather_tile, _grid_centres
+
+#: Largest input tile side of the dense path (bounds the activations' memory).
+DENSE_MAX_TILE = 1024
+#: Largest output tile side. FC1 becomes a dilated 5x5 convolution whose im2col buffer
+#: in onnxruntime holds 3200 floats per output position (12.8 kB), plus 4 kB of FC1
+#: output: 160 x 160 positions keep that near 430 MB, so a whole slice stays under 2 GB.
+DENSE_MAX_OUT = 160
+#: Cells per block on the per-patch path, in batches.
+BATCHES_PER_BLOCK = 4
+
+
+class Block(NamedTuple):
+    """Grid rows ``r0:r1``: ``features`` (r, C, F) float32 (0 off tissue) and ``valid`` (r, C)."""
+
+    r0: int
+    r1: int
+    features: np.ndarray
+    valid: np.ndarray
+
+
+class Meter:
+    """Patches done, seconds per stage ("tiling", "onnx", "stitching") and an optional tqdm bar."""
+
+    STAGES = ("tiling", "onnx", "stitching")
+
+    def __init__(self, total=0, *, progress=False, desc="featurize"):
+        self.timings = dict.fromkeys(self.STAGES, 0.0)
+        self.n = 0
+        self.t0 = time.perf_counter()
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=int(total), unit="patch", desc=desc, smoothing=0.1, mininterval=1.0)
+
+    def lap(self, stage, since):
+        """Add the time since ``since`` to ``stage``; return now (the next lap's start)."""
+        now = time.perf_counter()
+        self.timings[stage] += now - since
+        return now
+
+    def done(self, n):
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self, method):
+        """End the bar; the run's statistics (patches, seconds, patches/s, stage timings)."""
+        if self.bar is not None:
+            self.bar.close()
+        dt = time.perf_counter() - self.t0
+        return {"method": method, "patches": self.n, "seconds": round(dt, 3),
+                "patches_per_s": round(self.n / dt, 1) if dt else None,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+def blocks(plan, predictor, *, rows=None, meter=None):
+    """Yield :class:`Block` s of the grid rows ``rows`` (default: all), in order."""
+    r0, r1 = rows or (0, plan.shape[0])
+    meter = meter or Meter()
+    if predictor.kind == "dense":
+        return _dense_blocks(plan, predictor, r0, r1, meter)
+    return _patch_blocks(plan, predictor, r0, r1, meter)
+
+
+def _patch_blocks(plan, predictor, r0, r1, meter):
+    """Per-patch path: blocks of rows holding about BATCHES_PER_BLOCK batches of cells."""
+    n, C = plan.batch_size, plan.shape[1]
+    buffers = [np.empty((n, 1, w, w), np.float32) for w in predictor.windows]
+    step = max(1, min(plan.shape[0], (BATCHES_PER_BLOCK * n) // max(C, 1) or 1))
+    for b0 in range(r0, r1, step):
+        b1 = min(r1, b0 + step)
+        block = np.zeros((b1 - b0, C, predictor.n_features), np.float32)
+        centres, cells = _grid_centres(plan.valid[b0:b1], plan.stride)
+        centres[:, 0] += b0 * plan.stride
+        for a, b in _batches(len(centres), n):
+            t = time.perf_counter()
+            for buf in buffers:
+                _gather_patches(plan.image, centres[a:b], buf, _PAD_REFLECT, plan.scale, predictor.mean,
+                                predictor.std, 0.0)
+            t = meter.lap("tiling", t)
+            f = predictor(*(buf[: b - a] for buf in buffers))
+            t = meter.lap("onnx", t)
+            block[cells[a:b, 0], cells[a:b, 1]] = f
+            meter.lap("stitching", t)
+            meter.done(b - a)
+        yield Block(b0, b1, block, plan.valid[b0:b1])
+
+
+def dense_geometry(stride, predictor):
+    """(subsampling q of the dense output, output tile side in dense positions) for a grid stride."""
+    q = stride // predictor.stride
+    out_side = max(1, min(DENSE_MAX_OUT, (DENSE_MAX_TILE - predictor.window) // predictor.stride + 1))
+    return q, max(q, out_side - out_side % q)  # whole grid cells per tile
+
+
+def _dense_blocks(plan, predictor, r0, r1, meter):
+    """Dense path: square tiles of whole grid cells, stitched into blocks of rows."""
+    q, out_side = dense_geometry(plan.stride, predictor)
+    per_tile = out_side // q  # grid cells per tile side
+    side = (out_side - 1) * predictor.stride + predictor.window
+    tile_buf = np.empty((side, side), np.float32)
+    for b0 in range(r0, r1, per_tile):
+        b1 = min(r1, b0 + per_tile)
+        block = np.zeros((b1 - b0, plan.shape[1], predictor.n_features), np.float32)
+        for c0 in range(0, plan.shape[1], per_tile):
+            _dense_tile(plan, predictor, tile_buf, block, b0, c0, q, per_tile, meter)
+        yield Block(b0, b1, block, plan.valid[b0:b1])
+
+
+def _dense_tile(plan, predictor, tile_buf, block, b0, c0, q, per_tile, meter):
+    """Cut, run and stitch the tile of grid cells ``block rows x [c0, c0 + per_tile)``; skip it off tissue."""
+    b1, c1 = b0 + block.shape[0], min(plan.shape[1], c0 + per_tile)
+    v = plan.valid[b0:b1, c0:c1]
+    if not v.any():
+        return
+    d, s = predictor.stride, plan.stride
+    nr, nc = (b1 - b0 - 1) * q + 1, (c1 - c0 - 1) * q + 1  # dense positions needed
+    tile = tile_buf[: (nr - 1) * d + predictor.window, : (nc - 1) * d + predictor.window]
+    base = cell_centre(0, s) - plan.patch_size // 2 + predictor.offset  # window top-left of cell 0
+    t = time.perf_counter()
+    _gather_tile(plan.image, base + b0 * s, base + c0 * s, tile, _PAD_REFLECT, plan.scale, predictor.mean,
+                 predictor.std, 0.0)
+    t = meter.lap("tiling", t)
+    out = predictor(tile)  # (F, nr, nc)
+    t = meter.lap("onnx", t)
+    block[:, c0:c1] = np.where(v[..., None], np.moveaxis(out[:, ::q, ::q], 0, -1), 0.0)
+    meter.lap("stitching", t)
+    meter.done(int(v.sum()))

@@ -1,0 +1,93 @@
+"""Feature grids: features on a stride grid, in memory or in a zarr folder.
+
+Grid geometry: see :mod:`brainrt.geometry`. The zarr layout is ``features`` (R, C, F)
+float32, ``valid`` (R, C) bool and the geometry in the attributes
+(:func:`zarr_attrs`); :func:`load_features` reads it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import file_error
+from .plan import DEFAULT_PIXEL_SIZE_UM
+
+ZARR_FORMAT = "brainrt-features/1"
+
+
+@dataclass
+class FeatureGrid:
+    """Features on a stride grid.
+
+    Attributes
+    ----------
+    features : array (R, C, F) float32
+        Features of the patch centred on each grid cell (0 where ``valid`` is False).
+        A NumPy array, or a zarr array when read from or written to disk.
+    valid : ndarray (R, C) bool
+        Cells that were featurized (tissue).
+    stride, patch_size : int
+        Cell ``(i, j)`` is the patch centred on pixel ``(i*stride + stride//2, j*stride + stride//2)``.
+    image_shape : tuple (H, W)
+    model_id : str
+        First 12 hex digits of the feature graph's sha256.
+    pixel_size_um : float
+    stats : dict
+        How the features were computed (path, patches, seconds, stage timings).
+    """
+
+    features: object
+    valid: np.ndarray
+    stride: int
+    patch_size: int
+    image_shape: tuple
+    model_id: str
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def shape(self):
+        return tuple(self.valid.shape)
+
+    @classmethod
+    def of_plan(cls, plan, features, model_id, stats=None):
+        """The grid of a :class:`~brainrt.plan.Plan` holding ``features``."""
+        return cls(features, plan.valid, plan.stride, plan.patch_size, plan.image_shape, model_id,
+                   plan.pixel_size_um, stats or {})
+
+
+def zarr_attrs(plan, model_id) -> dict:
+    """Attributes of a zarr feature grid: format, geometry, model and pixel size."""
+    return {"format": ZARR_FORMAT, "stride": plan.stride, "patch_size": plan.patch_size,
+            "image_shape": list(plan.image_shape), "model_id": model_id, "pixel_size_um": plan.pixel_size_um,
+            "grid": "cell (i, j) is the patch centred on pixel (i*stride + stride//2, j*stride + stride//2)"}
+
+
+def load_features(path, *, bundle=None):
+    """Open a feature grid written by :func:`brainrt.featurize` (``out=``) or ``brainrt featurize``.
+
+    With ``bundle``, refuse features computed by another model.
+    """
+    import zarr
+
+    path = Path(path)
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        attrs = dict(root.attrs)
+        if attrs.get("format") != ZARR_FORMAT:
+            raise ValueError("not a brainrt feature grid")
+        feats, valid = root["features"], np.asarray(root["valid"][:])
+    except Exception as exc:
+        raise file_error(path, f"cannot open as a brainrt feature grid ({_short(exc)})") from None
+    if bundle is not None and attrs["model_id"] != bundle.model_id:
+        raise file_error(path, f"features were computed by model {attrs['model_id']}, not by this bundle "
+                               f"({bundle.model_id}); featurize the slice again")
+    return FeatureGrid(feats, valid, int(attrs["stride"]), int(attrs["patch_size"]), tuple(attrs["image_shape"]),
+                       attrs["model_id"], float(attrs.get("pixel_size_um", DEFAULT_PIXEL_SIZE_UM)))
+
+
+def _short(exc):
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:120]

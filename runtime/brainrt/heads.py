@@ -1,0 +1,117 @@
+"""Heads on features: classifiers, GMM clusters, per-area densities, applied a band of rows at a time.
+
+A head is fitted in the trainer and shipped in the bundle (scikit-learn pipelines, or the
+CNN's own output layer). Features may be a NumPy or a zarr array; heads see one band of
+rows at a time (:func:`apply_rows`), so memory stays bounded whatever the grid size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import BrainrtError
+
+#: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
+HEAD_CHUNK = 65536
+#: Heads that are not classifiers.
+NOT_CLASSIFIERS = ("gmm", "pca_kmeans", "area_density")
+#: Label-map value of cells that were not featurized.
+OFF_TISSUE = 255
+
+
+@dataclass
+class ClassMapResult:
+    """Per-cell classes: ``labels`` (R, C) int16 class indices (-1 off tissue) and
+    ``probabilities`` (R, C, K) float32 (None for heads without probabilities)."""
+
+    labels: np.ndarray
+    probabilities: object
+    names: list
+    codes: list
+    grid: object
+
+    def cell_codes(self):
+        """Label map at grid resolution in the class map's mask codes (uint8, OFF_TISSUE off tissue)."""
+        return np.asarray(self.codes + [OFF_TISSUE], np.uint8)[self.labels]  # -1 indexes OFF_TISSUE
+
+
+def apply_rows(features, valid, fn, out):
+    """``out[valid] = fn(features[valid])``, a band of rows at a time (bounded memory).
+
+    ``features`` (r, C, F) may be a NumPy or zarr array; ``out`` (r, C, ...) is filled in
+    place and returned.
+    """
+    step = max(1, HEAD_CHUNK // max(valid.shape[1], 1))
+    for r0 in range(0, valid.shape[0], step):
+        v = valid[r0 : r0 + step]
+        if v.any():
+            out[r0 : r0 + step][v] = fn(np.asarray(features[r0 : r0 + step])[v])
+    return out
+
+
+def per_class(model, fn, n_classes, fill):
+    """``fn`` with one float32 column per class of the bundle.
+
+    A head only has columns for the classes it saw in training (``model.classes_``); a
+    class without training patches gets ``fill`` (probability 0, log-likelihood NaN).
+    """
+    seen = np.asarray(getattr(model, "classes_", np.arange(n_classes)), np.int64)
+
+    def apply(f):
+        out = np.asarray(fn(f), np.float32)
+        if out.shape[1] == n_classes and np.array_equal(seen, np.arange(n_classes)):
+            return out
+        full = np.full((out.shape[0], n_classes), fill, np.float32)
+        full[:, seen] = out
+        return full
+
+    return apply
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """A classifier head as a per-row function ``fn`` and the empty grid it fills:
+    probabilities (R, C, K) or, for heads without them, labels (R, C)."""
+
+    fn: object
+    n_classes: int
+    proba: bool
+
+    @classmethod
+    def of(cls, bundle, head=None):
+        """The bundle's head ``head`` (default: the manifest's), checked to be a classifier."""
+        head = head or bundle.manifest.default_head
+        model = bundle.head(head)
+        if not hasattr(model, "predict") or head in NOT_CLASSIFIERS:
+            raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
+        K = len(bundle.class_names)
+        if hasattr(model, "predict_proba"):
+            return cls(per_class(model, model.predict_proba, K, 0.0), K, True)
+        return cls(model.predict, K, False)
+
+    def empty(self, shape):
+        if self.proba:
+            return np.zeros(tuple(shape) + (self.n_classes,), np.float32)
+        return np.full(tuple(shape), -1, np.int16)
+
+    def result(self, out, grid, bundle):
+        """:class:`ClassMapResult` of a filled output grid."""
+        if self.proba:
+            labels = np.where(grid.valid, out.argmax(-1), -1).astype(np.int16)
+            return ClassMapResult(labels, out, bundle.class_names, bundle.class_codes, grid)
+        return ClassMapResult(out, None, bundle.class_names, bundle.class_codes, grid)
+
+
+def gmm_clusters(features, valid, bundle):
+    """GMM component per cell (R, C) int16, -1 off tissue."""
+    return apply_rows(features, valid, bundle.head("gmm").predict, np.full(valid.shape, -1, np.int16))
+
+
+def area_loglik(features, valid, bundle):
+    """``log p(features | area)`` per cell and area (R, C, K) float32, NaN off tissue."""
+    dens = bundle.head("area_density")
+    K = len(bundle.class_names)
+    return apply_rows(features, valid, per_class(dens, dens.score_samples, K, np.nan),
+                      np.full(valid.shape + (K,), np.nan, np.float32))

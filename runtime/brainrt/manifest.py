@@ -1,0 +1,325 @@
+"""What a bundle's ``manifest.json`` holds: one frozen :class:`Manifest`, read and written here only.
+
+The trainer builds a Manifest and writes ``to_dict()``; the runtime reads one with
+:meth:`Manifest.from_dict`, which migrates older schemas. Nothing else touches the JSON's
+keys. Keys this version does not know (fields added later, such as intensity quantiles
+or a context branch) are kept in each part's ``extra`` and written back unchanged, so a
+round trip loses nothing.
+
+Schema history:
+
+- 1: the first bundles (both shipped ones). Its top-level ``stride`` was the network's
+  total stride, not a grid stride.
+- 2: ``stride`` is renamed ``net_stride``; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import BrainrtError, file_error
+
+SCHEMA_VERSION = 2
+#: Schemas this runtime reads (older ones are migrated on reading).
+READABLE_SCHEMAS = (1, 2)
+
+
+def _split(cls, d, where):
+    """(known fields, extra keys) of the dict ``d`` for dataclass ``cls``; missing fields raise."""
+    if not isinstance(d, dict):
+        raise BrainrtError(f"{where}: expected an object, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+    optional = {f.name for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    missing = [n for n in names if n not in d and n not in optional]
+    if missing:
+        raise BrainrtError(f"{where}: missing field {missing[0]!r}")
+    return {n: d[n] for n in names if n in d}, {k: v for k, v in d.items() if k not in names}
+
+
+def _plain(obj):
+    """Known fields then extra keys, as JSON-ready values (tuples become lists); an
+    optional field left at None is left out."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name != "extra" and not (value is None and f.default is None):
+            out[f.name] = _json(value)
+    return {**out, **obj.extra}
+
+
+def _json(v):
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    if isinstance(v, (tuple, list)):
+        return [_json(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _json(x) for k, x in v.items()}
+    return v
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """One area: its name and the mask codes it covers (label maps write the first)."""
+
+    name: str
+    codes: tuple
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest classes")
+        return cls(name=str(known["name"]), codes=tuple(int(c) for c in known["codes"]), extra=extra)
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Normalization:
+    """Network input: ``(pixel * scale - mean) / std``.
+
+    ``scale`` records the training images' dtype (1/255 for uint8); at run time the
+    scale follows the dtype of the image being featurized (:func:`brainrt.plan.intensity_scale`).
+    """
+
+    scale: float
+    mean: float
+    std: float
+    formula: str = "(pixel * scale - mean) / std"
+    trained_dtype: str = "uint8"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest normalization")
+        return cls(**{**known, "mean": float(known["mean"]), "std": float(known["std"]),
+                      "scale": float(known["scale"])}, extra=extra)
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class OnnxGraph:
+    """The per-patch feature graph: ``input`` (N, 1, P, P) float32 -> ``output`` (N, F)."""
+
+    file: str
+    input: str
+    output: str
+    opset: int
+    input_shape: tuple = ()
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest onnx")
+        return cls(**{**known, "input_shape": tuple(known.get("input_shape", ()))}, extra=extra)
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class DenseGraphs:
+    """Fully convolutional graphs, one per dense stride: ``input`` (1, 1, H, W) -> ``output`` (1, F, h, w).
+
+    ``output[:, :, i, j]`` holds the features of the window whose top-left is tile pixel
+    ``(i * s, j * s)``; ``window`` is that window's side.
+    """
+
+    files: dict
+    input: str
+    output: str
+    strides: tuple
+    window: int
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest dense_onnx")
+        return cls(files={str(k): str(v) for k, v in known["files"].items()}, input=known["input"],
+                   output=known["output"], strides=tuple(int(s) for s in known["strides"]),
+                   window=int(known["window"]), extra=extra)
+
+    def file(self, stride):
+        """Graph file of the dense stride ``stride``."""
+        return self.files[str(stride)]
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class TrainingSlice:
+    """One training slice: file names, their sha256 and the image shape."""
+
+    image: str
+    mask: str
+    image_sha256: str
+    mask_sha256: str
+    shape: tuple
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest training data")
+        return cls(**{**known, "shape": tuple(known["shape"])}, extra=extra)
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """How the bundle was trained: data, split (the sampler's report), per-split counts, options."""
+
+    data: tuple
+    split: dict
+    counts: dict
+    seed: int
+    epochs_run: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    schedule: str | None = None
+    train_seconds: float | None = None
+    total_seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest training")
+        return cls(**{**known, "data": tuple(TrainingSlice.from_dict(s) for s in known["data"])}, extra=extra)
+
+    @property
+    def gap(self) -> int:
+        """Minimum pixels between patches of different splits."""
+        return int(self.split["gap"])
+
+    @property
+    def fractions(self) -> tuple:
+        """Train/val/test fractions of the first slice's layout."""
+        return tuple(self.split["layout"][0].get("fractions", (0.6, 0.2, 0.2)))
+
+    def taken(self, split) -> dict:
+        """Patches taken per class name in ``split``."""
+        return {name: int(v["taken"]) for name, v in self.counts[split].items()}
+
+    def asked(self, split) -> int:
+        """Patches asked per class in ``split``."""
+        return max(int(v["asked"]) for v in self.counts[split].values())
+
+    def to_dict(self):
+        return _plain(self)
+
+
+def _migrate(d):
+    """A manifest dict of any readable schema, as schema :data:`SCHEMA_VERSION`."""
+    if d.get("schema_version") == 1:
+        d = {("net_stride" if k == "stride" else k): v for k, v in d.items()}
+        d["schema_version"] = 2
+    return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """A bundle's manifest. Build it with :meth:`from_dict` (or the trainer's constructor call).
+
+    ``files`` maps every bundle file (relative POSIX path) to its sha256; ``heads`` maps a
+    head name to its file; ``metrics`` holds test-split scores such as
+    ``"logreg_test_accuracy"``; ``versions`` the library versions at export.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    created: str = ""
+    classes: tuple
+    class_map: dict = field(default_factory=dict)
+    patch_size: int
+    window: dict = field(default_factory=dict)
+    net_stride: int = 16
+    n_features: int
+    normalization: Normalization
+    onnx: OnnxGraph
+    dense_onnx: DenseGraphs | None = None
+    heads: dict
+    default_head: str = "logreg"
+    versions: dict = field(default_factory=dict)
+    training: Training | None = None
+    metrics: dict = field(default_factory=dict)
+    files: dict
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d, *, source="manifest"):
+        """Check, migrate and type a parsed manifest; errors name ``source``."""
+        version = d.get("schema_version") if isinstance(d, dict) else None
+        if version not in READABLE_SCHEMAS:
+            raise file_error(source, f"unknown bundle schema version {version!r}; this brainrt reads versions "
+                                     f"{', '.join(map(str, READABLE_SCHEMAS))}")
+        try:
+            return cls._typed(_migrate(d))
+        except BrainrtError as exc:
+            raise file_error(source, str(exc)) from None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise file_error(source, f"malformed manifest ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _typed(cls, d):
+        known, extra = _split(cls, d, "manifest")
+        dense, training = known.get("dense_onnx"), known.get("training")
+        return cls(**{**known, "classes": tuple(ClassSpec.from_dict(c) for c in known["classes"]),
+                      "patch_size": int(known["patch_size"]), "n_features": int(known["n_features"]),
+                      "normalization": Normalization.from_dict(known["normalization"]),
+                      "onnx": OnnxGraph.from_dict(known["onnx"]),
+                      "dense_onnx": DenseGraphs.from_dict(dense) if dense else None,
+                      "training": Training.from_dict(training) if training else None}, extra=extra)
+
+    @classmethod
+    def from_json(cls, text, *, source="manifest"):
+        """Parse ``manifest.json``'s text."""
+        import json
+
+        try:
+            d = json.loads(text)
+        except ValueError as exc:
+            raise file_error(source, f"unreadable manifest ({exc})") from None
+        return cls.from_dict(d, source=source)
+
+    def to_dict(self):
+        """The JSON object (schema :data:`SCHEMA_VERSION`); ``from_dict(to_dict())`` is the same Manifest."""
+        return _plain(self)
+
+    def to_json(self):
+        import json
+
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    # Derived views ---------------------------------------------------------------------
+    @property
+    def class_names(self) -> list:
+        return [c.name for c in self.classes]
+
+    @property
+    def class_codes(self) -> list:
+        """Mask code written for each class in label maps (the first of its codes)."""
+        return [c.codes[0] for c in self.classes]
+
+    @property
+    def codes_per_class(self) -> list:
+        """Every mask code of each class (a class may cover several codes)."""
+        return [list(c.codes) for c in self.classes]
+
+    @property
+    def dense_strides(self) -> tuple:
+        return self.dense_onnx.strides if self.dense_onnx else ()
+
+    @property
+    def model_id(self) -> str:
+        """First 12 hex digits of the per-patch graph's sha256."""
+        return self.files[self.onnx.file][:12]
+
+    def test_accuracy(self, head):
+        """Test-split accuracy recorded at export for ``head`` ("cnn" for the network), or None."""
+        return self.metrics.get(f"{head}_test_accuracy")

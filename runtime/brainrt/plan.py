@@ -1,0 +1,176 @@
+"""The input edge: raw input (an array or a TIFF path, and options) to one frozen, checked :class:`Plan`.
+
+Every check of what a user passes happens here, once, with one error template (see
+:mod:`brainrt.errors`); the windowing engine, the predictors and the heads trust the plan.
+The defaults live here too (pixel size, stride, method, tissue fraction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BrainrtError, check_float, check_image, check_positive_int, file_error, param_error
+from .geometry import grid_shape
+from .tissue import _tissue_grid
+
+#: Pixel size of the paper's data, micrometres; used when neither the caller nor the TIFF gives one.
+DEFAULT_PIXEL_SIZE_UM = 1.17
+DEFAULT_STRIDE = 16
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_MIN_TISSUE = 0.5
+METHODS = ("auto", "patch", "dense")
+
+
+def intensity_scale(dtype) -> float:
+    """Factor that brings pixel values of ``dtype`` to the unit range used in training."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 1.0 / 255.0
+    if dtype == np.uint16:
+        return 1.0 / 65535.0
+    return 1.0  # float images are taken as already in [0, 1]
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A checked featurization job: the image, the grid cells to featurize and how.
+
+    Attributes
+    ----------
+    image : ndarray (H, W)
+        uint8, uint16, float32 or float64, finite, at least one patch a side.
+    valid : ndarray (R, C) bool
+        Cells to featurize; cell ``(i, j)`` is centred on ``(i*stride + stride//2, j*stride + stride//2)``.
+    stride, patch_size : int
+    method : {"patch", "dense"}
+        Resolved evaluation path ("auto" is decided here).
+    pixel_size_um : float
+    batch_size : int
+        Patches per predictor call on the per-patch path.
+    source : str
+        The file read, or "image" for an array (names the input in messages).
+    """
+
+    image: np.ndarray
+    valid: np.ndarray
+    stride: int
+    patch_size: int
+    method: str
+    pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
+    batch_size: int = DEFAULT_BATCH_SIZE
+    source: str = "image"
+
+    @property
+    def shape(self) -> tuple:
+        """Grid shape (R, C)."""
+        return tuple(self.valid.shape)
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.image.shape)
+
+    @property
+    def scale(self) -> float:
+        """Intensity scale of the image's pixel type (see :func:`intensity_scale`)."""
+        return intensity_scale(self.image.dtype)
+
+    @property
+    def n_cells(self) -> int:
+        return int(self.valid.sum())
+
+
+def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
+              threshold=None, z=None, pixel_size_um=None, batch_size=DEFAULT_BATCH_SIZE, owner="featurize"):
+    """Check everything and return the :class:`Plan`.
+
+    ``image`` is an array (H, W) (or a stack with ``z``) or a TIFF path; ``tissue`` is
+    None or "otsu" (Otsu's threshold, or ``threshold``), "all", a mask array or a mask
+    TIFF path; ``pixel_size_um`` defaults to the TIFF's, else :data:`DEFAULT_PIXEL_SIZE_UM`.
+    Errors name the file for file problems and the parameter (of ``owner``) otherwise.
+    """
+    stride = check_positive_int(stride, "stride", owner)
+    batch_size = check_positive_int(batch_size, "batch_size", owner)
+    min_tissue = check_float(min_tissue, "min_tissue", owner, low=0.0, high=1.0)
+    if threshold is not None:
+        threshold = check_float(threshold, "threshold", owner)
+    if pixel_size_um is not None and check_float(pixel_size_um, "pixel_size_um", owner) <= 0:
+        raise param_error("pixel_size_um", owner, "a positive float", pixel_size_um)
+    method = _resolve_method(method, stride, bundle.dense_strides, owner)
+    image, source, tiff_px = _read_image(image, z, bundle.patch_size)
+    valid = _valid_cells(image, source, tissue, z=z, patch_size=bundle.patch_size, stride=stride,
+                         threshold=threshold, min_tissue=min_tissue, owner=owner)
+    px = float(pixel_size_um or tiff_px or DEFAULT_PIXEL_SIZE_UM)
+    return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source)
+
+
+def _resolve_method(method, stride, dense_strides, owner):
+    """'patch' or 'dense' ('auto' picks dense when the bundle has a graph for this stride)."""
+    if method not in METHODS:
+        raise param_error("method", owner, f"one of {METHODS}", method)
+    dense_ok = bool(dense_strides) and (stride in dense_strides or stride % 16 == 0)
+    if method == "dense" and not dense_ok:
+        raise param_error("method", owner, f"'auto' or 'patch' at stride {stride} (the dense path needs a stride "
+                          "that divides 16 or is a multiple of 16, and a bundle with dense graphs)", method)
+    return ("dense" if dense_ok else "patch") if method == "auto" else method
+
+
+def _is_path(x) -> bool:
+    return isinstance(x, (str, Path))
+
+
+def _read_image(image, z, patch_size):
+    """(checked 2D image, its name in messages, pixel size of the TIFF or None)."""
+    if _is_path(image):
+        from .io import read_tiff
+
+        arr, px = read_tiff(image, z=z)
+        return check_image(arr, str(image), finite=False, min_side=patch_size), str(image), px
+    image = np.asarray(image)
+    if z is not None and image.ndim == 3:
+        if not 0 <= z < image.shape[0]:
+            raise file_error("image", f"z {z} is outside the stack's {image.shape[0]} slices")
+        image = image[z]
+    return check_image(image, "image", min_side=patch_size), "image", None
+
+
+def _valid_cells(image, source, tissue, *, z, patch_size, stride, threshold, min_tissue, owner):
+    """The grid cells to featurize (tissue), or the error saying why there are none."""
+    if tissue is None or (isinstance(tissue, str) and tissue in ("otsu", "all")):
+        if tissue == "all":
+            valid = np.ones(grid_shape(image.shape, stride), bool)
+        else:
+            valid = _tissue_grid(image, patch_size, stride, threshold=threshold, min_fraction=min_tissue)
+    else:
+        mask = _tissue_mask(tissue, image.shape, z, owner)
+        valid = _tissue_grid(image, patch_size, stride, mask=mask, min_fraction=min_tissue)
+    if not valid.any():
+        raise file_error(source, "no tissue found: every patch is background (featurize all cells or give a "
+                                 "lower threshold or a tissue mask)")
+    return valid
+
+
+def _tissue_mask(tissue, shape, z, owner):
+    """A tissue mask (array, or TIFF path) of the image's shape."""
+    expected = f"'otsu', 'all', a mask TIFF or a 2D mask of the image's shape {shape}"
+    if _is_path(tissue):
+        if str(tissue) in ("otsu", "all") or not str(tissue).lower().endswith((".tif", ".tiff")):
+            raise param_error("tissue", owner, expected, tissue)
+        return read_mask(tissue, shape, z=z, what="tissue mask")
+    mask = np.asarray(tissue)
+    if mask.shape != shape or not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
+        raise BrainrtError(f"The 'tissue' parameter of {owner} must be {expected}. "
+                           f"Got an array of shape {mask.shape} and type {mask.dtype} instead.")
+    return mask
+
+
+def read_mask(path, shape, *, z=None, what="label mask"):
+    """A mask TIFF (tissue, truth, ROI) that must match the slice's ``shape``."""
+    from .io import read_tiff
+
+    mask, _ = read_tiff(path, z=z, what=what)
+    if mask.shape != tuple(shape):
+        raise file_error(path, f"{what} shape {mask.shape} differs from the slice's {tuple(shape)}")
+    return mask

@@ -1,0 +1,43 @@
+"""``brainrt train-and-export``: the trainer's command, registered with the ``brainrt`` CLI by entry point.
+
+pyproject.toml lists it under ``[project.entry-points."brainrt.commands"]``; the runtime
+CLI loads it only when it is invoked, so the runtime never imports the trainer.
+"""
+
+from __future__ import annotations
+
+import click
+
+from brainrt.cli import one_line_errors
+from brainrt.errors import BrainrtError
+
+
+@click.command("train-and-export")
+@click.option("--image", "images", multiple=True, required=True, type=click.Path(), help="Image TIFF (repeat for several slices).")
+@click.option("--mask", "masks", multiple=True, required=True, type=click.Path(), help="Label-mask TIFF, one per --image.")
+@click.option("--class-map", default="prasad2020", show_default=True, help="Preset name or JSON file {classes, ignore, unlabeled}.")
+@click.option("-o", "--out", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--patch-size", default=128, show_default=True)
+@click.option("--n-train", default=2000, show_default=True, help="Training patches per class (at most).")
+@click.option("--n-val", default=1000, show_default=True)
+@click.option("--n-test", default=1000, show_default=True)
+@click.option("--epochs", default=30, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=1e-4, show_default=True, help="Adam learning rate (the paper's 1e-4).")
+@click.option("--schedule", type=click.Choice(["constant", "onecycle"]), default="constant", show_default=True)
+@click.option("--max-minutes", type=float, default=None, help="Stop training before an epoch that would overrun this.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("-k", "--clusters", "k", default=4, show_default=True, help="KMeans clusters of the pca_kmeans head.")
+@click.option("--gap", type=int, default=None, help="Min. pixels between training and evaluation patches (default: one patch).")
+@click.option("--z", type=int, default=None, help="Slice index in 3D stacks.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
+@one_line_errors
+def train_and_export_cmd(images, masks, class_map, out, **kw):
+    """Train the paper's CNN on annotated slices and write a verified model bundle."""
+    if len(images) != len(masks):
+        raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
+    from .pipeline import train_and_export
+
+    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, **kw)
+    click.echo(f"wrote {out}: CNN test accuracy {m.test_accuracy('cnn'):.3f}, "
+               f"logreg {m.test_accuracy('logreg') or float('nan'):.3f}")
