@@ -26,6 +26,23 @@ def gather_patches_naive(image, centres, patch_size, out, *, scale, mean, std, p
     return out[: len(centres)]
 
 
+def gather_tile_naive(image, y0, x0, out, *, scale, mean, std, pad="reflect", cval=0.0):
+    """np.pad the image by the tile's overhang on every side, slice the tile, normalize."""
+    image = np.asarray(image, dtype=np.float64)
+    h, w = image.shape
+    th, tw = out.shape
+    before_y, after_y = max(0, -y0), max(0, y0 + th - h)
+    before_x, after_x = max(0, -x0), max(0, x0 + tw - w)
+    widths = ((before_y, after_y), (before_x, after_x))
+    if pad == "reflect":
+        padded = np.pad(image, widths, mode="reflect")
+    else:
+        padded = np.pad(image, widths, mode="constant", constant_values=cval)
+    y, x = y0 + before_y, x0 + before_x
+    out[:] = ((padded[y : y + th, x : x + tw] * scale - mean) / std).astype(np.float32)
+    return out
+
+
 def grid_centres_naive(grid_shape, stride, valid=None):
     """Double loop over the cells in row-major order."""
     centres, cells = [], []

@@ -1,4 +1,4 @@
-"""Fast patch gathering against its naive twin, and the grid helpers."""
+"""Fast patch and tile gathering (the private kernels and the public wrapper) against their naive twins, and the grid helpers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from brainrt.errors import BrainrtError
 from brainrt.geometry import grid_shape
-from brainrt.tiling import batches, gather_patches, grid_centres
-from naive import gather_patches_naive, grid_centres_naive
+from brainrt.tiling import PAD_CODES, _gather_patches, _gather_tile, batches, gather_patches, grid_centres
+from naive import gather_patches_naive, gather_tile_naive, grid_centres_naive
 
 NORM = dict(scale=1.0 / 255.0, mean=0.45, std=0.225)
 
@@ -181,3 +181,63 @@ def test_grid_centres_errors():
         grid_centres((3, 4), 2, valid=np.ones((4, 3), bool))
     with pytest.raises(BrainrtError):
         grid_centres((-1, 4), 2)
+
+
+# --------------------------------------------------------------------------- the private kernels
+def tile_origins(shape, tile, rng, n=4):
+    """Top-left corners putting the tile inside, across every edge and corner, and far outside."""
+    h, w = shape
+    th, tw = tile
+    ys = np.array([-2 * th, -1, 0, h // 2, h - th, h - 1, 2 * h + 3])
+    xs = np.array([-tw - 5, -1, 0, w - tw, w - 2, w + tw])
+    grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
+    rand = np.stack([rng.integers(-2 * th, h + th, n), rng.integers(-2 * tw, w + tw, n)], axis=1)
+    return [(int(y), int(x)) for y, x in np.concatenate([grid, rand])]
+
+
+@pytest.mark.parametrize(("dtype", "order", "pad"), [(np.uint8, "C", "reflect"), (np.uint8, "C", "constant"),
+                                                     (np.uint8, "F", "reflect"), (np.uint16, "C", "constant"),
+                                                     (np.float32, "C", "reflect"), (np.float64, "C", "reflect")])
+@pytest.mark.parametrize(("shape", "tile"), [((37, 53), (16, 16)), ((130, 129), (33, 70)), ((1, 200), (5, 9)),
+                                             ((37, 53), (128, 118)), ((3, 2), (11, 13))])
+def test_gather_tile_kernel_matches_naive(shape, tile, dtype, order, pad):
+    """The dense path's kernel, called as the engine calls it: into a view of a larger buffer."""
+    rng = np.random.default_rng(0)
+    image = make_image(shape, dtype, order, rng)
+    buf = np.full((tile[0] + 3, tile[1] + 5), np.nan, np.float32)
+    out = buf[: tile[0], : tile[1]]
+    for y0, x0 in tile_origins(shape, tile, rng):
+        out[:] = np.nan
+        _gather_tile(image, y0, x0, out, PAD_CODES[pad], NORM["scale"], NORM["mean"], NORM["std"], 7.5)
+        want = gather_tile_naive(image, y0, x0, np.empty(tile, np.float32), pad=pad, cval=7.5, **NORM)
+        np.testing.assert_array_equal(out, want, err_msg=f"origin {(y0, x0)}")
+    assert np.isnan(buf[tile[0] :]).all() and np.isnan(buf[:, tile[1] :]).all()  # nothing outside the view
+
+
+@pytest.mark.parametrize(("dtype", "order"), [(np.uint8, "C"), (np.uint16, "F"), (np.float64, "C")])
+@pytest.mark.parametrize(("shape", "patch_size"), [((37, 53), 16), ((130, 129), 33), ((1, 200), 16)])
+def test_gather_patches_kernel_matches_naive(shape, patch_size, dtype, order):
+    """The per-patch path's kernel, called as the engine calls it: a batch buffer longer than the batch."""
+    rng = np.random.default_rng(0)
+    image = make_image(shape, dtype, order, rng)
+    centres = edge_centres(shape, patch_size, rng)
+    n = len(centres)
+    buf = np.full((n + 4, 1, patch_size, patch_size), np.nan, np.float32)
+    _gather_patches(image, centres, buf, PAD_CODES["reflect"], NORM["scale"], NORM["mean"], NORM["std"], 0.0)
+    want = gather_patches_naive(image, centres, patch_size, np.empty_like(buf), **NORM)
+    np.testing.assert_array_equal(buf[:n], want)
+    assert np.isnan(buf[n:]).all()
+
+
+def test_gather_tile_equals_the_patches_it_covers():
+    """A tile whose windows are cut at stride s holds, at offset (i*s, j*s), the patch there (the dense geometry)."""
+    rng = np.random.default_rng(0)
+    image = make_image((45, 61), np.uint8, "C", rng)
+    P, s, y0, x0 = 16, 4, -9, 50
+    tile = np.empty((P + 3 * s, P + 2 * s), np.float32)
+    _gather_tile(image, y0, x0, tile, PAD_CODES["reflect"], 1.0, 0.0, 1.0, 0.0)
+    centres = np.array([(y0 + i * s + P // 2, x0 + j * s + P // 2) for i in range(4) for j in range(3)], np.int64)
+    patches = gather_patches_naive(image, centres, P, np.empty((12, 1, P, P), np.float32), scale=1.0, mean=0.0,
+                                   std=1.0)
+    for k, (i, j) in enumerate((i, j) for i in range(4) for j in range(3)):
+        np.testing.assert_array_equal(tile[i * s : i * s + P, j * s : j * s + P], patches[k, 0])

@@ -83,6 +83,31 @@ def _vessels(shape, n, rng):
     return np.clip(ndimage.gaussian_filter(canvas, width) * width * 4, 0, 1)
 
 
+def _textures(mask, n_areas, rng):
+    """Each area's texture (cells and fibres around its gray level) inside its mask, borders softened."""
+    shape = mask.shape
+    img = np.zeros(shape, np.float32)
+    for code in range(1, n_areas + 1):
+        p = AREAS[code]
+        sel = mask == code
+        tex = (
+            p["level"]
+            + 0.25 * _cells(shape, p["density"], p["radius"], rng)
+            + p["fibre"] * 0.5 * _fibres(shape, p["fibre_angle"], rng)
+        )
+        img[sel] = tex[sel]
+    return ndimage.gaussian_filter(img, 0.7)  # soften area borders like real tissue
+
+
+def _add_background(img, mask, rng):
+    """Dark background (mask code 0) along the top (wavy) and the right edge, in place."""
+    h, w = mask.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    outside = (yy < 0.12 * h + 0.05 * h * np.sin(xx / w * 6)) | (xx > 0.93 * w)
+    img[outside] = rng.normal(0.04, 0.01, int(outside.sum()))
+    mask[outside] = BACKGROUND_CODE
+
+
 def make_slice(shape=(512, 768), *, n_areas=4, seed=0, background=True, vessels=4, levels=None):
     """Generate a synthetic annotated slice.
 
@@ -111,26 +136,12 @@ def make_slice(shape=(512, 768), *, n_areas=4, seed=0, background=True, vessels=
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     mask = _area_layout(shape, n_areas, rng)
-    img = np.zeros(shape, np.float32)
-    for code in range(1, n_areas + 1):
-        p = AREAS[code]
-        sel = mask == code
-        tex = (
-            p["level"]
-            + 0.25 * _cells(shape, p["density"], p["radius"], rng)
-            + p["fibre"] * 0.5 * _fibres(shape, p["fibre_angle"], rng)
-        )
-        img[sel] = tex[sel]
-    img = ndimage.gaussian_filter(img, 0.7)  # soften area borders like real tissue
+    img = _textures(mask, n_areas, rng)
     if vessels:
         img *= 1 - 0.5 * _vessels(shape, vessels, rng)
     img += rng.normal(0, 0.04, shape).astype(np.float32)
     if background:
-        h, w = shape
-        yy, xx = np.mgrid[0:h, 0:w]
-        outside = (yy < 0.12 * h + 0.05 * h * np.sin(xx / w * 6)) | (xx > 0.93 * w)
-        img[outside] = rng.normal(0.04, 0.01, int(outside.sum()))
-        mask[outside] = BACKGROUND_CODE
+        _add_background(img, mask, rng)
     img = np.clip(img, 0, 1)
     if levels:
         img = np.round(img * (levels - 1)) / (levels - 1)

@@ -91,7 +91,7 @@ def gather_patches(image, centres, patch_size, out, *, scale, mean, std, pad="re
     patch_size : int
         Side ``P`` of the patches.
     out : ndarray of float32, shape (>= n, 1, P, P), C-contiguous
-        Buffer to fill; ``out[:n]`` is overwritten.
+        Buffer to fill; ``out[:n]`` is overwritten and returned (a view).
     scale, mean, std : float
         Each value is ``(image[y, x] * scale - mean) / std``.
     pad : {"reflect", "constant"}
@@ -99,11 +99,6 @@ def gather_patches(image, centres, patch_size, out, *, scale, mean, std, pad="re
         ``reflect``), or the raw value ``cval`` (then scaled and normalized).
     cval : float
         Raw value of outside pixels for ``pad="constant"``.
-
-    Returns
-    -------
-    patches : ndarray of float32, shape (n, 1, P, P)
-        The view ``out[:n]``.
     """
     owner = "gather_patches"
     image = check_image(image, finite=False)

@@ -1,0 +1,214 @@
+"""The runtime's layers: the input edge (Plan), the windowing engine, the typed manifest, and the boundaries
+between them (no trainer import, no string-key manifest access, short functions)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import brainrt
+from brainrt.engine import Meter, blocks
+from brainrt.errors import BrainrtError
+from brainrt.manifest import SCHEMA_VERSION, Manifest
+from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, make_plan
+from conftest import ROOT, write_tiff
+
+RUNTIME = ROOT / "runtime" / "brainrt"
+SHIPPED = [ROOT / "models" / "slice309-paper6", ROOT / "models" / "synthetic-demo"]
+
+
+# --------------------------------------------------------------------------- manifest
+@pytest.mark.parametrize("bundle", SHIPPED, ids=lambda p: p.name)
+def test_schema_1_bundles_load_migrated(bundle):
+    d = json.loads((bundle / "manifest.json").read_text())
+    assert d["schema_version"] == 1  # the shipped bundles stay as exported
+    m = brainrt.bundle.verify_bundle(bundle)
+    assert m.schema_version == SCHEMA_VERSION == 2
+    assert m.net_stride == d["stride"] == 16 and m.patch_size == 128 and m.n_features == 64
+    assert m.class_names == [c["name"] for c in d["classes"]]
+    assert m.normalization.mean == d["normalization"]["mean"]
+    assert m.dense_strides == (1, 2, 4, 8, 16) and m.dense_onnx.file(4) == "features_dense_s4.onnx"
+    assert m.training.taken("test") == {n: v["taken"] for n, v in d["training"]["counts"]["test"].items()}
+    want = {("net_stride" if k == "stride" else k): v for k, v in d.items()}
+    assert m.to_dict() == {**want, "schema_version": 2}  # the migration renames one key, nothing else
+    assert Manifest.from_dict(m.to_dict()) == m
+
+
+def test_unknown_keys_survive_a_round_trip(tiny_bundle):
+    d = tiny_bundle.manifest.to_dict()
+    d["intensity_quantiles"] = [0.1, 0.5, 0.9]
+    d["normalization"] = {**d["normalization"], "quantiles": {"p1": 3}}
+    d["training"] = {**d["training"], "augment": "gray-depth"}
+    d["dense_onnx"] = {**d["dense_onnx"], "context": {"footprint": 512}}
+    m = Manifest.from_dict(json.loads(json.dumps(d)))
+    assert m.extra["intensity_quantiles"] == [0.1, 0.5, 0.9]
+    assert m.to_dict() == d
+    assert Manifest.from_json(m.to_json()) == m
+
+
+@pytest.mark.parametrize(("change", "named"), [
+    (lambda d: d.update(schema_version=99), "99"),
+    (lambda d: d.pop("onnx"), "'onnx'"),
+    (lambda d: d["normalization"].pop("mean"), "'mean'"),
+    (lambda d: d.update(patch_size="large"), "patch_size"),
+])
+def test_bad_manifests_are_one_line_errors_naming_the_file(tiny_bundle, change, named):
+    d = json.loads(tiny_bundle.manifest.to_json())
+    change(d)
+    with pytest.raises(BrainrtError) as info:
+        Manifest.from_dict(d, source="b/manifest.json")
+    msg = str(info.value)
+    assert msg.startswith("b/manifest.json: ") and "\n" not in msg, msg
+    assert named in msg or "invalid literal" in msg, msg
+
+
+def test_no_string_key_manifest_access_outside_the_manifest_module():
+    pattern = re.compile(r"manifest(\(\))?\s*(\[|\.get\()")
+    for path in [*RUNTIME.glob("*.py"), ROOT / "tools" / "study.py", ROOT / "tools" / "study_features.py",
+                 ROOT / "tools" / "bench_dense.py"]:
+        if path.name == "manifest.py":
+            continue
+        hits = [n for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
+        assert not hits, f"{path.name}: lines {hits}"
+
+
+# --------------------------------------------------------------------------- the input edge
+def test_plan_of_an_array_and_of_its_tiff_are_the_same(tiny_bundle, synthetic_slice, tmp_path):
+    image = synthetic_slice.image
+    path = write_tiff(tmp_path / "s.tif", image)
+    a = make_plan(image, tiny_bundle, stride=16)
+    b = make_plan(path, tiny_bundle, stride=16)
+    np.testing.assert_array_equal(a.valid, b.valid)
+    assert (a.method, a.stride, a.pixel_size_um, a.source) == ("dense", 16, DEFAULT_PIXEL_SIZE_UM, "image")
+    assert b.source == str(path) and b.image_shape == image.shape
+    assert make_plan(image, tiny_bundle, stride=5).method == "patch"
+    assert make_plan(image, tiny_bundle, pixel_size_um=0.65).pixel_size_um == 0.65
+
+
+def test_plan_is_frozen(tiny_bundle, synthetic_slice):
+    import dataclasses
+
+    plan = make_plan(synthetic_slice.image, tiny_bundle)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.stride = 3
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    (dict(stride=-3), "The 'stride' parameter of featurize must be a positive int. Got -3 instead."),
+    (dict(batch_size=0), "The 'batch_size' parameter of featurize must be a positive int. Got 0 instead."),
+    (dict(min_tissue=2.0), "The 'min_tissue' parameter of featurize must be a float in [0.0, 1.0]. Got 2.0 instead."),
+    (dict(pixel_size_um=-1.0), "The 'pixel_size_um' parameter of featurize must be a positive float. Got -1.0 instead."),
+    (dict(tissue="most"), "The 'tissue' parameter of featurize must be 'otsu', 'all', a mask TIFF or a 2D mask"),
+])
+def test_plan_parameter_errors_use_one_template(tiny_bundle, synthetic_slice, kw, message):
+    with pytest.raises(BrainrtError) as info:
+        make_plan(synthetic_slice.image, tiny_bundle, **kw)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_plan_file_errors_name_the_file(tiny_bundle, synthetic_slice, tmp_path):
+    img = synthetic_slice.image[:192, :256]
+    stack = write_tiff(tmp_path / "stack.tif", np.stack([img] * 3), photometric="minisblack")
+    with pytest.raises(BrainrtError) as info:
+        make_plan(stack, tiny_bundle)
+    assert str(info.value) == (f"{stack}: expected a 2D grayscale image, got shape (3, 192, 256); "
+                               "pass --z to choose a slice")
+    np.testing.assert_array_equal(make_plan(stack, tiny_bundle, z=1).image, img)
+    small_mask = write_tiff(tmp_path / "mask.tif", np.ones((10, 10), np.uint8))
+    with pytest.raises(BrainrtError, match=rf"^{re.escape(str(small_mask))}: tissue mask shape \(10, 10\)"):
+        make_plan(img, tiny_bundle, tissue=small_mask)
+    with pytest.raises(BrainrtError, match=r"^image: unsupported pixel type int32; expected uint8, uint16, float32 "
+                                           r"or float64$"):
+        make_plan(img.astype(np.int32), tiny_bundle)
+
+
+# --------------------------------------------------------------------------- the engine
+@pytest.mark.parametrize("method", ["patch", "dense"])
+def test_engine_on_row_bands_equals_the_whole(tiny_bundle, synthetic_slice, method):
+    """A scheduler may run the engine band by band (e.g. one Dask task per band): same blocks, same features."""
+    plan = make_plan(synthetic_slice.image[:, :300], tiny_bundle, stride=8, method=method, batch_size=64)
+    predictor = tiny_bundle.predictor(plan.method, stride=plan.stride)
+    whole = np.concatenate([b.features for b in blocks(plan, predictor)])
+    R = plan.shape[0]
+    bands = [(0, 7), (7, 20), (20, R)]
+    parts = [b for r in bands for b in blocks(plan, predictor, rows=r)]
+    assert [(p.r0, p.r1) for p in parts][0][0] == 0 and parts[-1].r1 == R
+    got = np.concatenate([p.features for p in parts])
+    if method == "patch":
+        np.testing.assert_array_equal(got, whole)
+    else:  # tiles start elsewhere: the same windows, summed in another order at most
+        assert np.abs(got - whole).max() <= 1e-4
+
+
+def test_meter_counts_every_cell_once(tiny_bundle, synthetic_slice):
+    plan = make_plan(synthetic_slice.image, tiny_bundle, stride=16)
+    meter = Meter()
+    for _ in blocks(plan, tiny_bundle.predictor("dense", stride=16), meter=meter):
+        pass
+    stats = meter.close("dense")
+    assert stats["patches"] == plan.n_cells and set(stats["timings"]) == {"tiling", "onnx", "stitching"}
+
+
+def test_predictors_say_what_they_read(tiny_bundle):
+    p = tiny_bundle.predictor("patch")
+    assert p.kind == "patch" and p.windows == (64,) and p.footprint == 64 and p.n_features == 64
+    d = tiny_bundle.predictor("dense", stride=32)
+    assert d.kind == "dense" and d.stride == 16 and (d.window, d.offset) == (54, 5)
+    with pytest.raises(BrainrtError, match="stride 5"):
+        tiny_bundle.predictor("dense", stride=5)
+
+
+# --------------------------------------------------------------------------- boundaries
+def test_runtime_imports_nothing_from_the_trainer(tiny_bundle_path, slice_tif, tmp_path):
+    """`import brainrt` and the runtime CLI (a command run through it) leave brainrt_train unimported."""
+    code = textwrap.dedent(f"""
+        import sys
+        import brainrt, brainrt.cli
+        from click.testing import CliRunner
+        r = CliRunner().invoke(brainrt.cli.main, ["-q", "classify", {str(slice_tif)!r}, "-m", {str(tiny_bundle_path)!r},
+                                                  "-o", {str(tmp_path / "x.labels.ome.tif")!r}])
+        assert r.exit_code == 0, r.output
+        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("brainrt_train", "torch"))
+        assert not leaked, leaked
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for path in RUNTIME.glob("*.py"):
+        assert "brainrt_train" not in path.read_text(), path.name
+
+
+def test_trainer_command_is_registered_by_entry_point():
+    from click.testing import CliRunner
+
+    from brainrt.cli import main
+
+    result = CliRunner().invoke(main, ["--help"])
+    assert "train-and-export" in result.output
+    assert "train-and-export" not in main.commands  # not defined by the runtime itself
+
+
+def _long_functions(path, limit=40):
+    """Functions of ``path`` longer than ``limit`` lines without a ``# long:`` comment saying why."""
+    text = path.read_text()
+    lines = text.splitlines()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            n = node.end_lineno - node.lineno + 1
+            if n > limit and not any("# long:" in ln for ln in lines[node.lineno - 1 : node.end_lineno]):
+                yield f"{path.name}:{node.name} ({n} lines)"
+
+
+def test_no_runtime_function_over_40_lines():
+    too_long = [f for path in sorted(RUNTIME.glob("*.py")) for f in _long_functions(path)]
+    assert not too_long, too_long
