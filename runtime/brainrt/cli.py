@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from .errors import BrainrtError
+from .plan import DEFAULT_PIXEL_SIZE_UM
 
 log = logging.getLogger("brainrt")
 
@@ -85,7 +86,7 @@ def _grid_options(f):
         click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu)."),
         click.option("--all-cells", is_flag=True, help="Featurize every cell, background included."),
         click.option("--z", type=int, default=None, help="Slice index of a 3D TIFF stack."),
-        click.option("--pixel-size", type=float, default=None, help="Pixel size in um (default: from the TIFF, else 1.17)."),
+        click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
         click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)."),
         click.option("--batch-size", default=256, show_default=True, help="Patches per onnxruntime call."),
     ]
