@@ -5,12 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,14 +127,14 @@ def test_plan_file_errors_name_the_file(tiny_bundle, synthetic_slice, tmp_path):
 
 
 # --------------------------------------------------------------------------- the engine
-@pytest.mark.parametrize("method", ["patch", "dense"])
-def test_engine_on_row_bands_equals_the_whole(tiny_bundle, synthetic_slice, method):
+@pytest.mark.parametrize(("method", "stride"), [("patch", 12), ("dense", 8)])
+def test_engine_on_row_bands_equals_the_whole(tiny_bundle, synthetic_slice, method, stride):
     """A scheduler may run the engine band by band (e.g. one Dask task per band): same blocks, same features."""
-    plan = make_plan(synthetic_slice.image[:, :300], tiny_bundle, stride=8, method=method, batch_size=64)
+    plan = make_plan(synthetic_slice.image[:, :300], tiny_bundle, stride=stride, method=method, batch_size=64)
     predictor = tiny_bundle.predictor(plan.method, stride=plan.stride)
     whole = np.concatenate([b.features for b in blocks(plan, predictor)])
     R = plan.shape[0]
-    bands = [(0, 7), (7, 20), (20, R)]
+    bands = [(0, 7), (7, 19), (19, R)]
     parts = [b for r in bands for b in blocks(plan, predictor, rows=r)]
     assert [(p.r0, p.r1) for p in parts][0][0] == 0 and parts[-1].r1 == R
     got = np.concatenate([p.features for p in parts])
@@ -168,22 +163,9 @@ def test_predictors_say_what_they_read(tiny_bundle):
 
 
 # --------------------------------------------------------------------------- boundaries
-def test_runtime_imports_nothing_from_the_trainer(tiny_bundle_path, slice_tif, tmp_path):
-    """`import brainrt` and the runtime CLI (a command run through it) leave brainrt_train unimported."""
-    code = textwrap.dedent(f"""
-        import sys
-        import brainrt, brainrt.cli
-        from click.testing import CliRunner
-        r = CliRunner().invoke(brainrt.cli.main, ["-q", "classify", {str(slice_tif)!r}, "-m", {str(tiny_bundle_path)!r},
-                                                  "-o", {str(tmp_path / "x.labels.ome.tif")!r}])
-        assert r.exit_code == 0, r.output
-        leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("brainrt_train", "torch"))
-        assert not leaked, leaked
-        print("ok")
-    """)
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_runtime_sources_never_name_the_trainer():
+    """The runtime imports nothing from brainrt_train (tests/test_runtime.py's no-torch test checks the
+    modules a real session, CLI included, ends up with)."""
     for path in RUNTIME.glob("*.py"):
         assert "brainrt_train" not in path.read_text(), path.name
 

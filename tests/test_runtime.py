@@ -277,11 +277,13 @@ def test_readme_example(tiny_bundle_path, slice_tif, capsys):
 
 
 # --------------------------------------------------------------------------- no torch
-def test_runtime_does_not_import_torch(tiny_bundle_path):
+def test_runtime_does_not_import_torch(tiny_bundle_path, slice_tif, tmp_path):
+    """Nor the trainer: a session of the API and of the runtime CLI leaves torch, onnx and brainrt_train unimported."""
     code = textwrap.dedent(f"""
         import sys
         import brainrt, brainrt.api, brainrt.cli, brainrt.outputs
         from brainrt.synth import make_slice
+        from click.testing import CliRunner
         bundle = brainrt.Bundle.load({str(tiny_bundle_path)!r})
         image = make_slice((192, 256), seed=3).image
         grid = brainrt.featurize(image, bundle, stride=16)
@@ -289,6 +291,9 @@ def test_runtime_does_not_import_torch(tiny_bundle_path):
         res = brainrt.classify(grid, bundle)
         brainrt.cluster(grid, bundle)
         assert res.labels.shape == grid.shape
+        cli = CliRunner().invoke(brainrt.cli.main, ["-q", "classify", {str(slice_tif)!r}, "-m", {str(tiny_bundle_path)!r},
+                                                    "-o", {str(tmp_path / "x.labels.ome.tif")!r}])
+        assert cli.exit_code == 0, cli.output
         leaked = sorted(m for m in ("torch", "onnx", "brainrt_train") if m in sys.modules)
         assert not leaked, leaked
         print("ok")
