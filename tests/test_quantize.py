@@ -180,3 +180,23 @@ def test_cosine_and_agreement_edge_cases():
     np.testing.assert_allclose(cosine_rows(a, b), [1.0, 1.0, 0.0, -1.0])
     out = agreement(a, a)
     assert out["cosine_median"] == 1.0 and out["max_abs_diff"] == 0.0 and "label_agreement" not in out
+
+
+def test_training_footprints_are_the_normalized_training_patches(training_data):
+    from brainrt_train.data import ClassMap, extract, load_slice, reflect_pad, sample_patches
+    from brainrt_train.quantize import training_footprints
+
+    cmap = ClassMap.resolve(str(training_data["class_map"]))
+    sl = load_slice(training_data["image"], training_data["mask"], cmap)
+    sets, _ = sample_patches([sl], n_classes=len(cmap.names), patch_size=64, seed=0,
+                             n_per_class={"train": 20, "val": 5, "test": 5})
+    nz = {"scale": 1 / 255, "mean": 0.4, "std": 0.2}
+    x = training_footprints([sl], sets["train"], footprint=64, normalization=nz, n=len(sets["train"]), seed=0)
+    ref = (extract([sl], sets["train"], 64).astype(np.float32) * nz["scale"] - nz["mean"]) / nz["std"]
+    np.testing.assert_allclose(x[:, 0], ref, atol=1e-5)  # all taken, in order
+    wide = training_footprints([sl], sets["train"], footprint=256, normalization=nz, n=7, seed=1)
+    assert wide.shape == (7, 1, 256, 256)
+    pad = reflect_pad(sl.image, 128)
+    centres = {tuple(c) for c in sets["train"].centres}
+    assert any(np.allclose(wide[0, 0], (pad[cy : cy + 256, cx : cx + 256] / 255 - 0.4) / 0.2, atol=1e-5)
+               for cy, cx in centres)

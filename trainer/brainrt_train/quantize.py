@@ -332,3 +332,24 @@ def sample_footprints(image, *, footprint, n, normalization, seed=0, mask=None, 
     for i, (cy, cx) in enumerate(keep[:n]):
         out[i, 0] = (image[cy - a : cy - a + footprint, cx - a : cx - a + footprint] * s - m) / sd
     return out
+
+
+def training_footprints(slices, patches, *, footprint, normalization, n, seed=0):
+    """Normalized footprints ``(m, 1, F, F)`` float32 of up to ``n`` of ``patches`` (a PatchSet), drawn at random.
+
+    Same centres as the training patches; footprint pixels past the image edge are
+    mirrored as the runtime mirrors them (a context footprint is wider than the patch).
+    """
+    from .data import reflect_pad
+
+    rng = np.random.default_rng(seed)
+    take = np.sort(rng.choice(len(patches), size=min(n, len(patches)), replace=False))
+    a = footprint // 2
+    padded, out = {}, np.empty((len(take), 1, footprint, footprint), np.float32)
+    s, m, sd = normalization["scale"], normalization["mean"], normalization["std"]
+    for i, t in enumerate(take):
+        k, (cy, cx) = int(patches.slice_idx[t]), patches.centres[t]
+        if k not in padded:
+            padded[k] = reflect_pad(slices[k].image, a)
+        out[i, 0] = (padded[k][cy : cy + footprint, cx : cx + footprint] * s - m) / sd  # rows (cy - a) + a ..
+    return out
