@@ -168,7 +168,12 @@ def _extent(m):
     return (ax, ext[ax][0], ext[ax][-1] + 1) if ext[ax].size else (ax, 0, 0)
 
 
-def _class_bands(sm, cm, f, *, P, G, flip, min_band):
+def _rows(m):
+    r = np.flatnonzero(m.any(axis=1))
+    return (r[0], r[-1] + 1) if r.size else (0, 0)
+
+
+def _class_bands(sm, cm, f, *, P, G, flip, min_band, layout):
     """Boolean band per split (broadcastable to the image) for one class.
 
     The interior layout runs along the longer extent of the training-eligible centres
@@ -176,7 +181,9 @@ def _class_bands(sm, cm, f, *, P, G, flip, min_band):
     along the extent of all the class's centres ``cm``.
     """
     for interior, m in ((True, sm), (False, cm)):
-        ax, lo, hi = _extent(m)
+        if layout == "rows" and interior:
+            continue
+        ax, lo, hi = _extent(m) if layout == "interior" else (0,) + _rows(m)
         segs, gaps = _layout(f, P, G, interior)
         usable = hi - lo - sum(gaps)
         if not interior or min(sh for _, sh in segs) * usable >= min_band:
@@ -193,13 +200,20 @@ def _class_bands(sm, cm, f, *, P, G, flip, min_band):
     return {s: v.reshape(shape) for s, v in bands.items()}, ("rows", "cols")[ax], interior
 
 
-def split_regions(strict, centre, *, patch_size, gap, fractions, rng, report=None):
+LAYOUTS = ("rows", "interior")
+
+
+def split_regions(strict, centre, *, patch_size, gap, fractions, rng, report=None, layout="rows"):
     """Allowed centres per split and class, ``{split: [mask per class]}``, for one slice.
 
-    Each class is cut into bands along its longer extent: train | gap | val | test | gap |
-    train where it is long enough (validation and test in the class's interior, spanning
-    its whole cross-section), else train | gap | val | test (one seeded coin toss for all
-    classes picks the direction). Training centres of the other classes keep clear of a
+    ``layout="rows"``: each class's rows are cut into bands train | gap | val | test (one
+    seeded coin toss for all classes picks the direction), so training spans every
+    class's whole width, boundaries and interior alike. ``"interior"``: bands along the
+    class's longer extent, train | gap | val | test | gap | train where it is long enough
+    (validation and test inside the class, spanning its cross-section), else as "rows"
+    along that extent. (Measured on slice309 with the context branch: "interior" trains
+    on each class's ends only, next to other areas, and validation fell from 0.65 to 0.59
+    while training accuracy reached 0.99.) Training centres of the other classes keep clear of a
     small class's validation and test bands. Then, globally, every validation and test footprint
     keeps at least ``gap`` pixels from every training footprint of any class, so test
     pixels never come near training pixels; validation and test bands are a patch apart.
@@ -209,7 +223,7 @@ def split_regions(strict, centre, *, patch_size, gap, fractions, rng, report=Non
     flip = rng.random() < 0.5
     bands, small = [], []
     for c, (sm, cm) in enumerate(zip(strict, centre)):
-        b, axis, interior = _class_bands(sm, cm, f, P=P, G=P + gap, flip=flip, min_band=P // 2)
+        b, axis, interior = _class_bands(sm, cm, f, P=P, G=P + gap, flip=flip, min_band=P // 2, layout=layout)
         bands.append(b)
         if not interior:
             small.append(c)
@@ -250,7 +264,7 @@ def _slice_fractions(n, k, fractions):
     return (0.0, 0.0, 1.0)
 
 
-def eligible_positions(slices, *, n_classes, patch_size, gap, fractions, seed):
+def eligible_positions(slices, *, n_classes, patch_size, gap, fractions, seed, layout="rows"):
     """Eligible centres per split and class: ``{split: [array (n, 3) of (slice, cy, cx)]}``.
 
     With three or more slices each slice goes whole to one split (the last to test, the
@@ -276,8 +290,9 @@ def eligible_positions(slices, *, n_classes, patch_size, gap, fractions, seed):
             fr = _slice_fractions(n, k, fractions)
             rng = np.random.default_rng([seed, k])
             per_class = []
-            region = split_regions(strict, centre, patch_size=P, gap=gap, fractions=fr, rng=rng, report=per_class)
-            info.append({"slice": k, "layout": "bands along each class's longer extent", "fractions": list(fr),
+            region = split_regions(strict, centre, patch_size=P, gap=gap, fractions=fr, rng=rng, report=per_class,
+                                   layout=layout)
+            info.append({"slice": k, "layout": f"{layout} bands per class", "fractions": list(fr),
                          "per_class": per_class})
         for s in SPLITS:
             for c in range(n_classes):
@@ -287,17 +302,31 @@ def eligible_positions(slices, *, n_classes, patch_size, gap, fractions, seed):
     return out, info
 
 
+def draw_train(pools, n_per_class, rng):
+    """A fresh balanced training :class:`PatchSet` from per-class pools of eligible (slice, cy, cx)."""
+    chosen = []
+    for c, pool in enumerate(pools):
+        take = min(n_per_class, len(pool))
+        idx = rng.choice(len(pool), size=take, replace=False) if take else np.zeros(0, np.int64)
+        chosen.append(np.concatenate([pool[idx], np.full((take, 1), c)], axis=1))
+    arr = np.concatenate(chosen).astype(np.int64)
+    arr = arr[rng.permutation(len(arr))]
+    return PatchSet(arr[:, 0], arr[:, 1:3], arr[:, 3])
+
+
 def sample_patches(slices, *, n_classes, patch_size, n_per_class, gap=None,
-                   fractions=(0.6, 0.2, 0.2), seed=0):
+                   fractions=(0.6, 0.2, 0.2), seed=0, layout="rows", pools=None):
     """Sample balanced train/val/test patches; return ``{split: PatchSet}`` and a report.
 
     The report holds the split layout and, per split and class, how many patches were
-    asked for, how many distinct positions were eligible and how many were taken.
+    asked for, how many distinct positions were eligible and how many were taken. A
+    list passed as ``pools`` receives the training pools (one array of eligible
+    ``(slice, cy, cx)`` per class), for :func:`draw_train` to redraw training patches.
     """
     gap = patch_size if gap is None else gap
     rng = np.random.default_rng(seed)
     cand, layout = eligible_positions(slices, n_classes=n_classes, patch_size=patch_size,
-                                      gap=gap, fractions=fractions, seed=seed)
+                                      gap=gap, fractions=fractions, seed=seed, layout=layout)
     mode = "by slice" if len(slices) >= 3 else "by spatial bands per class"
     sets, report = {}, {"mode": mode, "gap": gap, "layout": layout, "per_split": {}}
     for s in SPLITS:
@@ -313,6 +342,9 @@ def sample_patches(slices, *, n_classes, patch_size, n_per_class, gap=None,
         arr = arr[rng.permutation(len(arr))]
         sets[s] = PatchSet(arr[:, 0], arr[:, 1:3], arr[:, 3])
         report["per_split"][s] = rep
+        if s == "train" and pools is not None:
+            pools.extend(np.concatenate(cand[s][c]) if cand[s][c] else np.zeros((0, 3), np.int64)
+                         for c in range(n_classes))
     for s in SPLITS:
         if len(sets[s]) == 0:
             raise BrainrtError(f"no {s} patch could be placed; the annotated areas are too small for "

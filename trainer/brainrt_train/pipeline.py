@@ -54,6 +54,19 @@ def _inputs(slices, patches, patch_size, context, dtype_max):
     return x
 
 
+def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
+    """``epoch -> (x_unit, y)``: a fresh balanced training set from the training regions."""
+    import torch
+
+    from .data import draw_train
+
+    def redraw(epoch):
+        ps = draw_train(pools, n_train, np.random.default_rng([seed, 1, epoch]))
+        return _inputs(slices, ps, patch_size, context, dtype_max), torch.from_numpy(ps.labels)
+
+    return redraw
+
+
 def torch_features(model, x_unit, norm, batch=256):
     """Last-hidden-layer features of unit-range inputs (the exported graph matches them to 1e-4)."""
     import torch
@@ -67,7 +80,7 @@ def torch_features(model, x_unit, norm, batch=256):
 def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_train=2000, n_val=1000,
                      n_test=1000, epochs=30, batch_size=64, lr=1e-4, schedule="constant", seed=0, k=4,
                      gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None,
-                     context=0, checkpoint=None, init_from=None):
+                     context=0, checkpoint=None, init_from=None, layout="rows", redraw=False):
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
     Returns the :class:`~brainrt.manifest.Manifest`. The bundle is built in a temporary folder beside ``out`` and
@@ -75,6 +88,8 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
     branch (see :mod:`brainrt_train.model`). ``checkpoint`` keeps the best weights of a
     long run on disk as training goes; ``init_from`` takes such a file instead of
     training (same data, split and seed), so a run trained elsewhere can be exported here.
+    ``layout`` picks the split bands (:func:`brainrt_train.data.split_regions`); ``redraw``
+    draws new training positions from the training regions every epoch.
     """
     import torch
 
@@ -101,8 +116,9 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
     dtype = slices[0].image.dtype
     dtype_max = float(np.iinfo(dtype).max) if dtype.kind == "u" else 1.0
     n = len(cmap.names)
-    sets, report = sample_patches(slices, n_classes=n, patch_size=patch_size, seed=seed, gap=gap,
-                                  n_per_class={"train": n_train, "val": n_val, "test": n_test})
+    pools = []
+    sets, report = sample_patches(slices, n_classes=n, patch_size=patch_size, seed=seed, gap=gap, layout=layout,
+                                  n_per_class={"train": n_train, "val": n_val, "test": n_test}, pools=pools)
     for s in SPLITS:
         log.info("%s patches per class: %s", s, {cmap.names[c]: v["taken"] for c, v in report["per_split"][s].items()})
     data = {s: (_inputs(slices, sets[s], patch_size, context, dtype_max), torch.from_numpy(sets[s].labels))
@@ -117,7 +133,8 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         model, history, train_seconds = fit(data["train"], data["val"], n_classes=n, patch_size=patch_size, norm=norm,
                                             epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed,
                                             max_minutes=max_minutes, progress=progress, context=context,
-                                            checkpoint=checkpoint)
+                                            checkpoint=checkpoint, redraw=_redraw(slices, pools, n_train, patch_size,
+                                                                                  context, dtype_max, seed) if redraw else None)
     cnn_pred = predict(model, data["test"][0], norm).argmax(1).numpy()
     y_test = data["test"][1].numpy()
     metrics = {"cnn": classification_metrics(y_test, cnn_pred, list(cmap.names))}

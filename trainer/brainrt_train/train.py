@@ -70,13 +70,15 @@ def predict(model, x_unit, norm, batch=256):
 
 
 def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, schedule, seed,
-        max_minutes=None, device="cpu", progress=None, context=0, checkpoint=None):
+        max_minutes=None, device="cpu", progress=None, context=0, checkpoint=None, redraw=None):
     """Train the paper's CNN; return the best-on-validation model and the history.
 
     ``train`` and ``val`` are ``(x_unit, y)`` tensors. The checkpoint with the best
     validation accuracy is kept. ``max_minutes`` stops before an epoch that would not
     finish in time. ``checkpoint`` (a path) receives the best state so far after every
-    improvement, so a long run can be exported even if it is stopped.
+    improvement, so a long run can be exported even if it is stopped. ``redraw(epoch)``,
+    if given, returns a fresh ``(x_unit, y)`` training set for each epoch after the first
+    (new positions from the same regions: far more distinct patches to learn from).
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -94,6 +96,8 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
         bar = tqdm(total=epochs * len(yt), unit="patch", desc="train", mininterval=5.0, smoothing=0.05)
     for epoch in range(epochs):
         te = time.perf_counter()
+        if redraw is not None and epoch > 0:
+            xt, yt = redraw(epoch)
         model.train()
         perm = torch.randperm(len(yt), generator=gen)
         loss_sum, correct, seen = 0.0, 0, 0
