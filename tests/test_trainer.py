@@ -93,7 +93,7 @@ def test_report_counts_match_the_patch_sets(loaded_slice):
     sl, cmap = loaded_slice
     n = (150, 60, 60)
     sets, report = _sample(sl, cmap, n=n)
-    assert report["mode"] == "by spatial row bands per class"
+    assert report["mode"] == "by spatial bands per class"
     for s, want in zip(SPLITS, n):
         per = report["per_split"][s]
         assert sorted(per) == list(range(len(cmap.names)))

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Meter, blocks
-from .errors import BrainrtError
+from .errors import BrainrtError, check_float
 from .geometry import cell_centre, upsample
 from .grid import FeatureGrid, load_features, zarr_attrs
 from .heads import OFF_TISSUE, ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
+from .smooth import RowSmoother, smooth_probabilities
 from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_STRIDE, make_plan, read_mask
 
 log = logging.getLogger("brainrt")
@@ -30,7 +31,8 @@ __all__ = ["ClassMapResult", "FeatureGrid", "classify", "classify_image", "class
 
 
 def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
-              threshold=None, batch_size=DEFAULT_BATCH_SIZE, out=None, progress=False, pixel_size_um=None, z=None):
+              threshold=None, batch_size=DEFAULT_BATCH_SIZE, out=None, progress=False, pixel_size_um=None, z=None,
+              standardize=True):
     """Features of the patch centred on every tissue cell of a stride grid.
 
     Parameters
@@ -43,30 +45,28 @@ def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     stride : int
         Grid step in pixels; cell ``(i, j)`` is centred on ``(i*stride + stride//2, j*stride + stride//2)``.
     method : {"auto", "patch", "dense"}
-        "dense" evaluates large tiles at once (strides dividing 16 or multiples of 16);
-        "auto" uses it whenever it applies. Both give the same features.
+        "dense" evaluates large tiles at once (strides dividing 16 or multiples of 16;
+        "auto" uses it whenever it applies); both give the same features.
     tissue : None, "otsu", "all", ndarray (H, W) or a mask TIFF path
         Which cells to featurize: Otsu threshold (default), every cell, or a user mask.
-    min_tissue : float
-        Minimum tissue fraction of a patch for its cell to count.
-    threshold : float or None
-        Fixed intensity threshold instead of Otsu's.
+    min_tissue, threshold : float
+        Minimum tissue fraction of a patch for its cell to count; fixed threshold instead of Otsu's.
     batch_size : int
-        Patches per onnxruntime call on the per-patch path.
+        Patches per predictor call (per-patch path).
     out : str, Path or None
         Write the grid to this zarr folder (atomically) instead of keeping it in memory.
     progress : bool
-        Show a progress bar with patches/s and ETA.
+        Show a progress bar (patches/s, ETA).
     pixel_size_um : float or None
         Default: the TIFF's, else 1.17.
+    standardize : bool
+        Map the tissue histogram onto the training tissue's (:mod:`brainrt.intensity`).
 
-    Returns
-    -------
-    FeatureGrid
-        ``features`` (R, C, F) float32 with R, C = ceil(H / stride), ceil(W / stride).
+    Returns a :class:`FeatureGrid`: ``features`` (R, C, F) float32, R, C = ceil(H / stride), ceil(W / stride).
     """
     plan = make_plan(image, bundle, stride=stride, method=method, tissue=tissue, min_tissue=min_tissue,
-                     threshold=threshold, z=z, pixel_size_um=pixel_size_um, batch_size=batch_size)
+                     threshold=threshold, z=z, pixel_size_um=pixel_size_um, batch_size=batch_size,
+                     standardize=standardize)
     return featurize_plan(plan, bundle, out=out, progress=progress)
 
 
@@ -101,7 +101,7 @@ def _check_grid(grid, bundle):
         raise BrainrtError(f"features were computed by model {grid.model_id}, not by this bundle ({bundle.model_id})")
 
 
-def classify(grid, bundle, *, head=None):
+def classify(grid, bundle, *, head=None, smooth=None):
     """Area of every featurized cell by a head of the bundle.
 
     Parameters
@@ -110,6 +110,9 @@ def classify(grid, bundle, *, head=None):
         From :func:`featurize` or :func:`load_features` with the same bundle.
     head : str or None
         "logreg" (default), "linsvm", "rbfsvm" or "cnn" (the network's own output layer).
+    smooth : float or None
+        Gaussian smoothing of the class scores before the argmax, sigma in micrometres
+        (:mod:`brainrt.smooth`); None: the bundle's default (chosen on validation), 0: off.
 
     Returns
     -------
@@ -117,36 +120,67 @@ def classify(grid, bundle, *, head=None):
     """
     _check_grid(grid, bundle)
     clf = Classifier.of(bundle, head)
-    return clf.result(apply_rows(grid.features, grid.valid, clf.fn, clf.empty(grid.shape)), grid, bundle)
+    out = apply_rows(grid.features, grid.valid, clf.fn, clf.empty(grid.shape))
+    sigma, space = _smoothing(bundle, clf, smooth, grid.pixel_size_um, grid.stride)
+    if sigma > 0:
+        out = smooth_probabilities(out, grid.valid, sigma, space=space)
+    return clf.result(out, grid, bundle)
+
+
+def _smoothing(bundle, clf, smooth, pixel_size_um, stride):
+    """(sigma in grid cells, space) of a classification: ``smooth`` um, or the bundle's default."""
+    default = bundle.manifest.smoothing
+    if smooth is None:
+        smooth = default.sigma_um if default else 0.0
+    smooth = check_float(smooth, "smooth", "classify", low=0.0, high=1e6)
+    if smooth > 0 and not clf.proba:
+        log.info("no smoothing: this head gives no class probabilities")
+        return 0.0, "log"
+    return smooth / (pixel_size_um * stride), (default.space if default else "log")
 
 
 def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="auto", tissue=None,
                    min_tissue=DEFAULT_MIN_TISSUE, threshold=None, batch_size=DEFAULT_BATCH_SIZE, progress=False,
-                   pixel_size_um=None, z=None):
+                   pixel_size_um=None, z=None, smooth=None, standardize=True):
     """Featurize and classify a slice in one streaming pass (features never held whole).
 
-    Same options as :func:`featurize` plus ``head``; same result as
-    ``classify(featurize(image, bundle, ...), bundle, head=head)``, with memory bounded by
-    one block of grid rows whatever the slice size. The returned grid has no features.
+    Same options as :func:`featurize` plus ``head`` and ``smooth`` (see :func:`classify`);
+    same result as ``classify(featurize(image, bundle, ...), bundle, head=head,
+    smooth=smooth)``, with memory bounded by one block of grid rows whatever the slice
+    size. The returned grid has no features.
     """
     Classifier.of(bundle, head)  # a bad head fails before the plan's work
     plan = make_plan(image, bundle, stride=stride, method=method, tissue=tissue, min_tissue=min_tissue,
                      threshold=threshold, z=z, pixel_size_um=pixel_size_um, batch_size=batch_size,
-                     owner="classify_image")
-    return classify_plan(plan, bundle, head=head, progress=progress)
+                     standardize=standardize, owner="classify_image")
+    return classify_plan(plan, bundle, head=head, smooth=smooth, progress=progress)
 
 
-def classify_plan(plan, bundle, *, head=None, progress=False):
-    """:func:`classify_image` of a checked plan."""
+def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False):
+    """:func:`classify_image` of a checked plan; smoothing streams with the blocks (a halo of rows)."""
     clf = Classifier.of(bundle, head)
+    sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)
+    smoother, done = (RowSmoother(sigma, space=space) if sigma > 0 else None), 0
     meter = Meter(plan.n_cells, progress=progress)
     out = clf.empty(plan.shape)
     try:
         for b in blocks(plan, bundle.predictor(plan.method, stride=plan.stride), meter=meter):
             apply_rows(b.features, b.valid, clf.fn, out[b.r0 : b.r1])
+            if smoother is not None:
+                done = _put_rows(out, smoother.push(out[b.r0 : b.r1], b.valid), done)
+        if smoother is not None:
+            _put_rows(out, smoother.flush(), done)
     finally:
         stats = _close(meter, plan, "featurized and classified")
     return clf.result(out, FeatureGrid.of_plan(plan, None, bundle.model_id, stats), bundle)
+
+
+def _put_rows(out, rows, done):
+    """Write consecutive smoothed row blocks into ``out`` from row ``done``; return the next row."""
+    for r in rows:
+        out[done : done + len(r)] = r
+        done += len(r)
+    return done
 
 
 def cluster(grid, bundle):

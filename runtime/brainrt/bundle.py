@@ -187,14 +187,19 @@ class Bundle:
         m, P = self.manifest, self.patch_size
         norm = dict(mean=m.normalization.mean, std=m.normalization.std, n_features=m.n_features)
         if kind == "patch":
-            return PatchPredictor(self.session, m.onnx.input, (P,), **norm)
+            return PatchPredictor(self.session, m.onnx.input, (m.footprint,), **norm)
         if kind != "dense":
             raise param_error("kind", "Bundle.predictor", "'patch' or 'dense'", kind)
         stride = check_positive_int(stride, "stride", "Bundle.predictor")
         d = stride if stride <= 16 else 16
         if d not in self.dense_strides or stride % d:
             raise BrainrtError(f"{self.path}: bundle has no dense graph for stride {stride}")
-        return DensePredictor(self.dense_session(d), m.dense_onnx.input, d, window_size(P), window_offset(P), **norm)
+        g = m.dense_onnx
+        if g.offset is None:  # the patch's centred window
+            window, offset = window_size(P), window_offset(P)
+        else:  # a window inside a wider footprint: its offset relative to the patch's top-left
+            window, offset = g.window, g.offset - (m.footprint - P) // 2
+        return DensePredictor(self.dense_session(d), g.input, d, window, offset, **norm)
 
     # Convenience views of the manifest --------------------------------------------------
     @property

@@ -31,6 +31,8 @@ DENSE_MAX_TILE = 1024
 #: in onnxruntime holds 3200 floats per output position (12.8 kB), plus 4 kB of FC1
 #: output: 160 x 160 positions keep that near 430 MB, so a whole slice stays under 2 GB.
 DENSE_MAX_OUT = 160
+#: Most input pixels per batch on the per-patch path (64 MB of float32).
+BATCH_PIXELS = 1 << 24
 #: Cells per block on the per-patch path, in batches.
 BATCHES_PER_BLOCK = 4
 
@@ -92,6 +94,7 @@ def blocks(plan, predictor, *, rows=None, meter=None):
 def _patch_blocks(plan, predictor, r0, r1, meter):
     """Per-patch path: blocks of rows holding about BATCHES_PER_BLOCK batches of cells."""
     n, C = plan.batch_size, plan.shape[1]
+    n = max(1, min(n, BATCH_PIXELS // max(w * w for w in predictor.windows)))  # context windows are large
     buffers = [np.empty((n, 1, w, w), np.float32) for w in predictor.windows]
     step = max(1, min(plan.shape[0], (BATCHES_PER_BLOCK * n) // max(C, 1) or 1))
     for b0 in range(r0, r1, step):

@@ -84,26 +84,32 @@ class IntensityMap:
     values: np.ndarray
     targets: np.ndarray
     dtype: np.dtype
+    out_dtype: np.dtype
 
     def apply(self, block):
-        """``block`` mapped; integer blocks keep their dtype (nearest level), floats become float32."""
+        """``block`` mapped into ``out_dtype`` (the training images' type: integers are the nearest level)."""
         block = np.asarray(block)
         if self.dtype.kind in "ui":
-            info = np.iinfo(self.dtype)
-            lut = np.clip(np.rint(self.targets), info.min, info.max).astype(self.dtype)
-            return lut[block]
-        return np.interp(block, self.values, self.targets).astype(np.float32)
+            return self._lut()[block]
+        out = np.interp(block, self.values, self.targets)
+        return self._cast(out)
 
-    def lut(self):
-        """The table of an integer map (index = input value), as float64."""
-        return np.asarray(self.targets, np.float64)
+    def _lut(self):
+        return self._cast(self.targets)
+
+    def _cast(self, x):
+        if self.out_dtype.kind in "ui":
+            info = np.iinfo(self.out_dtype)
+            return np.clip(np.rint(x), info.min, info.max).astype(self.out_dtype)
+        return np.asarray(x, np.float32)
 
 
-def fit_map(image, threshold, target_quantiles) -> IntensityMap:
+def fit_map(image, threshold, target_quantiles, *, out_dtype=None) -> IntensityMap:
     """The map that takes the tissue (``image > threshold``) of ``image`` onto ``target_quantiles``.
 
-    Background values (at or below ``threshold``) map by the same monotone curve, so
-    they stay below the tissue. ``target_quantiles`` come from :func:`tissue_quantiles`.
+    Background values (at or below ``threshold``) are shifted with the darkest tissue
+    value, so they stay below the tissue. ``target_quantiles`` come from
+    :func:`tissue_quantiles`, in the units of ``out_dtype`` (default: the image's).
     """
     image = np.asarray(image)
     values, counts = _histogram(image, threshold)
@@ -120,4 +126,4 @@ def fit_map(image, threshold, target_quantiles) -> IntensityMap:
     if below.any() and seen.any():
         first = values[seen][0]
         targets[below] = np.minimum(values[below] - first + targets[seen][0], targets[seen][0])
-    return IntensityMap(values, targets, image.dtype)
+    return IntensityMap(values, targets, image.dtype, np.dtype(out_dtype or image.dtype))

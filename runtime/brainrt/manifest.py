@@ -134,18 +134,75 @@ class DenseGraphs:
     output: str
     strides: tuple
     window: int
+    offset: int | None = None  # window start inside the footprint (None: the patch's centred window)
+    footprint: int | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d):
         known, extra = _split(cls, d, "manifest dense_onnx")
+        opt = {k: int(known[k]) for k in ("offset", "footprint") if known.get(k) is not None}
         return cls(files={str(k): str(v) for k, v in known["files"].items()}, input=known["input"],
                    output=known["output"], strides=tuple(int(s) for s in known["strides"]),
-                   window=int(known["window"]), extra=extra)
+                   window=int(known["window"]), **opt, extra=extra)
 
     def file(self, stride):
         """Graph file of the dense stride ``stride``."""
         return self.files[str(stride)]
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The context branch: the network also reads a ``footprint`` px field around each
+    patch (same centre), averaged ``factor`` x ``factor``."""
+
+    factor: int
+    footprint: int
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest context")
+        return cls(factor=int(known["factor"]), footprint=int(known["footprint"]), extra=extra)
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """The training tissue's gray-value quantiles at ``len(quantiles)`` even probabilities
+    (values in the training images' units); new slices are mapped onto them."""
+
+    quantiles: tuple
+    tissue: str = "pixels above each training slice's Otsu threshold"
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest intensity")
+        return cls(**{**known, "quantiles": tuple(float(q) for q in known["quantiles"])}, extra=extra)
+
+    def to_dict(self):
+        return _plain(self)
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """Default map regularization: Gaussian smoothing of class scores, ``sigma_um`` micrometres."""
+
+    sigma_um: float
+    space: str = "log"
+    chosen_on: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest smoothing")
+        return cls(**{**known, "sigma_um": float(known["sigma_um"])}, extra=extra)
 
     def to_dict(self):
         return _plain(self)
@@ -243,6 +300,9 @@ class Manifest:
     normalization: Normalization
     onnx: OnnxGraph
     dense_onnx: DenseGraphs | None = None
+    context: Context | None = None
+    intensity: Intensity | None = None
+    smoothing: Smoothing | None = None
     heads: dict
     default_head: str = "logreg"
     versions: dict = field(default_factory=dict)
@@ -269,7 +329,9 @@ class Manifest:
     def _typed(cls, d):
         known, extra = _split(cls, d, "manifest")
         dense, training = known.get("dense_onnx"), known.get("training")
-        return cls(**{**known, "classes": tuple(ClassSpec.from_dict(c) for c in known["classes"]),
+        parts = {k: t.from_dict(known[k]) for k, t in (("context", Context), ("intensity", Intensity),
+                                                        ("smoothing", Smoothing)) if known.get(k)}
+        return cls(**{**known, **parts, "classes": tuple(ClassSpec.from_dict(c) for c in known["classes"]),
                       "patch_size": int(known["patch_size"]), "n_features": int(known["n_features"]),
                       "normalization": Normalization.from_dict(known["normalization"]),
                       "onnx": OnnxGraph.from_dict(known["onnx"]),
@@ -314,6 +376,11 @@ class Manifest:
     @property
     def dense_strides(self) -> tuple:
         return self.dense_onnx.strides if self.dense_onnx else ()
+
+    @property
+    def footprint(self) -> int:
+        """Side of the pixels one position reads (the per-patch graph's input): the patch, or its context field."""
+        return self.context.footprint if self.context else self.patch_size
 
     @property
     def model_id(self) -> str:

@@ -7,6 +7,7 @@ The defaults live here too (pixel size, stride, method, tissue fraction).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import numpy as np
 from .errors import BrainrtError, check_float, check_image, check_positive_int, file_error, param_error
 from .geometry import grid_shape
 from .tissue import _tissue_grid
+
+log = logging.getLogger("brainrt")
 
 #: Pixel size of the paper's data, micrometres; used when neither the caller nor the TIFF gives one.
 DEFAULT_PIXEL_SIZE_UM = 1.17
@@ -52,6 +55,9 @@ class Plan:
         Patches per predictor call on the per-patch path.
     source : str
         The file read, or "image" for an array (names the input in messages).
+    standardized : bool
+        Whether ``image`` was mapped onto the training tissue's intensity quantiles
+        (then it holds the training images' pixel type).
     """
 
     image: np.ndarray
@@ -62,6 +68,7 @@ class Plan:
     pixel_size_um: float = DEFAULT_PIXEL_SIZE_UM
     batch_size: int = DEFAULT_BATCH_SIZE
     source: str = "image"
+    standardized: bool = False
 
     @property
     def shape(self) -> tuple:
@@ -83,12 +90,15 @@ class Plan:
 
 
 def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
-              threshold=None, z=None, pixel_size_um=None, batch_size=DEFAULT_BATCH_SIZE, owner="featurize"):
+              threshold=None, z=None, pixel_size_um=None, batch_size=DEFAULT_BATCH_SIZE, standardize=True,
+              owner="featurize"):
     """Check everything and return the :class:`Plan`.
 
     ``image`` is an array (H, W) (or a stack with ``z``) or a TIFF path; ``tissue`` is
     None or "otsu" (Otsu's threshold, or ``threshold``), "all", a mask array or a mask
     TIFF path; ``pixel_size_um`` defaults to the TIFF's, else :data:`DEFAULT_PIXEL_SIZE_UM`.
+    ``standardize`` maps the image's tissue histogram onto the bundle's training tissue
+    (:mod:`brainrt.intensity`) when the bundle records one.
     Errors name the file for file problems and the parameter (of ``owner``) otherwise.
     """
     stride = check_positive_int(stride, "stride", owner)
@@ -103,7 +113,28 @@ def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     valid = _valid_cells(image, source, tissue, z=z, patch_size=bundle.patch_size, stride=stride,
                          threshold=threshold, min_tissue=min_tissue, owner=owner)
     px = float(pixel_size_um or tiff_px or DEFAULT_PIXEL_SIZE_UM)
-    return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source)
+    intensity = bundle.manifest.intensity if standardize else None
+    if intensity is not None:
+        image = standardize_image(image, intensity, threshold, bundle.manifest.normalization.trained_dtype)
+    return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, intensity is not None)
+
+
+def standardize_image(image, intensity, threshold, trained_dtype):
+    """``image`` mapped onto the training tissue's quantiles, in the training pixel type.
+
+    Tissue is ``image > threshold`` (Otsu's threshold when None). A slice with no
+    tissue above the threshold is left as it is.
+    """
+    from .intensity import fit_map
+    from .tissue import otsu_threshold
+
+    t = otsu_threshold(image) if threshold is None else threshold
+    try:
+        imap = fit_map(image, t, intensity.quantiles, out_dtype=trained_dtype)
+    except ValueError:  # no tissue pixel: nothing to match
+        log.warning("intensity standardization skipped: no pixel above the tissue threshold %g", t)
+        return image
+    return imap.apply(image)
 
 
 def _resolve_method(method, stride, dense_strides, owner):

@@ -54,6 +54,37 @@ def _inputs(slices, patches, patch_size, context, dtype_max):
     return x
 
 
+def _tissue_quantiles(slices):
+    """Intensity quantiles of the training tissue (pixels above each slice's Otsu threshold)."""
+    from brainrt.intensity import tissue_quantiles
+    from brainrt.tissue import otsu_threshold
+
+    return tissue_quantiles((sl.image, otsu_threshold(sl.image)) for sl in slices)
+
+
+def _with_smoothing(tmp, manifest, slices, cmap, report, *, patch_size, seed, gap, layout):
+    """Choose the default smoothing on validation pixels, record it (and its table) in the manifest."""
+    import dataclasses
+
+    from brainrt.bundle import Bundle
+    from brainrt.manifest import Smoothing
+
+    from .evaluate import choose_smoothing, split_footprints
+
+    fr = tuple(report["layout"][0].get("fractions", (0.6, 0.2, 0.2)))
+    regions = split_footprints(slices, n_classes=len(cmap.names), patch_size=patch_size, gap=gap,
+                               fractions=fr, seed=seed, layout=layout)
+    best, table = choose_smoothing(Bundle.load(tmp), slices, regions, list(cmap.names))
+    log.info("smoothing chosen on validation: sigma %.0f um (%s space), macro F1 %.3f", best["sigma_um"],
+             best["space"], best["macro_f1"])
+    sm = Smoothing(sigma_um=best["sigma_um"], space=best["space"], chosen_on="validation split, macro F1, stride 16",
+                   extra={"table": table})
+    manifest = dataclasses.replace(manifest, smoothing=sm)
+    (tmp / MANIFEST).write_text(manifest.to_json())
+    verify_bundle(tmp)
+    return manifest
+
+
 def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
     """``epoch -> (x_unit, y)``: a fresh balanced training set from the training regions."""
     import torch
@@ -80,7 +111,7 @@ def torch_features(model, x_unit, norm, batch=256):
 def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_train=2000, n_val=1000,
                      n_test=1000, epochs=30, batch_size=64, lr=1e-4, schedule="constant", seed=0, k=4,
                      gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None,
-                     context=0, checkpoint=None, init_from=None, layout="rows", redraw=False):
+                     context=0, checkpoint=None, init_from=None, layout="rows", redraw=False, smooth_choice=True):
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
     Returns the :class:`~brainrt.manifest.Manifest`. The bundle is built in a temporary folder beside ``out`` and
@@ -89,7 +120,8 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
     long run on disk as training goes; ``init_from`` takes such a file instead of
     training (same data, split and seed), so a run trained elsewhere can be exported here.
     ``layout`` picks the split bands (:func:`brainrt_train.data.split_regions`); ``redraw``
-    draws new training positions from the training regions every epoch.
+    draws new training positions from the training regions every epoch. ``smooth_choice``
+    picks the default map smoothing on the validation split's pixels.
     """
     import torch
 
@@ -182,7 +214,8 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
             "normalization": {"scale": 1.0 / dtype_max, "mean": norm["mean"], "std": norm["std"],
                               "formula": "(pixel * scale - mean) / std", "trained_dtype": str(dtype)},
             "onnx": {"file": "features.onnx", "input": onnx_report["input"], "output": onnx_report["output"],
-                     "opset": onnx_report["opset"], "input_shape": ["batch", 1, patch_size, patch_size]},
+                     "opset": onnx_report["opset"], "input_shape": ["batch", 1, plain.footprint, plain.footprint]},
+            "intensity": {"quantiles": [float(q) for q in _tissue_quantiles(slices)]},
             "dense_onnx": dense_info,
             "heads": head_files,
             "default_head": "logreg",
@@ -203,5 +236,8 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         })
         (tmp / MANIFEST).write_text(manifest.to_json())
         verify_bundle(tmp)
+        if smooth_choice:
+            manifest = _with_smoothing(tmp, manifest, slices, cmap, report, patch_size=patch_size, seed=seed,
+                                       gap=gap if gap is not None else patch_size, layout=layout)
     log.info("bundle written to %s", out)
     return manifest
