@@ -35,12 +35,17 @@ class SyntheticSlice:
 
 def _area_layout(shape, n_areas, rng):
     """Areas as curved bands along x (as areas lie in a coronal/axial slice), codes 1..n."""
+    phase = rng.uniform(0, 2 * np.pi)
+    edges = np.linspace(0, 1, n_areas + 1)[1:-1] + rng.uniform(-0.03, 0.03, n_areas - 1)
+    return _bands(shape, phase, edges)
+
+
+def _bands(shape, phase, edges):
+    """Area codes 1..len(edges)+1 of curved bands with a bend of ``phase`` and borders at ``edges`` (0..1 of x)."""
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    phase = rng.uniform(0, 2 * np.pi)
     bend = 0.06 * w * np.sin(2 * np.pi * yy / (1.5 * h) + phase)
     u = (xx + bend) / w  # roughly 0..1 along x
-    edges = np.linspace(0, 1, n_areas + 1)[1:-1] + rng.uniform(-0.03, 0.03, n_areas - 1)
     return (np.searchsorted(edges, u) + 1).astype(np.uint8)
 
 
@@ -136,6 +141,12 @@ def make_slice(shape=(512, 768), *, n_areas=4, seed=0, background=True, vessels=
     rng = np.random.default_rng(seed)
     shape = tuple(int(s) for s in shape)
     mask = _area_layout(shape, n_areas, rng)
+    return _render(mask, n_areas, rng, background=background, vessels=vessels, levels=levels)
+
+
+def _render(mask, n_areas, rng, *, background, vessels, levels):
+    """The :class:`SyntheticSlice` of an area layout: textures, vessels, noise, background (mask updated in place)."""
+    shape = mask.shape
     img = _textures(mask, n_areas, rng)
     if vessels:
         img *= 1 - 0.5 * _vessels(shape, vessels, rng)
@@ -153,3 +164,43 @@ def make_slice(shape=(512, 768), *, n_areas=4, seed=0, background=True, vessels=
 def synthetic_class_map(n_areas=4):
     """The class map (name -> list of codes) that matches :func:`make_slice`."""
     return {AREAS[c]["name"]: [c] for c in range(1, n_areas + 1)}
+
+
+@dataclass(frozen=True)
+class SyntheticVolume:
+    """A synthetic stack: ``image`` (Z, H, W) uint8, ``mask`` (Z, H, W) uint8 area codes."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    names: dict
+
+
+def make_volume(shape=(6, 256, 384), *, n_areas=4, seed=0, drift=0.08, background=True, vessels=2, levels=None):
+    """Generate a synthetic annotated stack whose areas drift smoothly with z.
+
+    Each slice is a :func:`make_slice`-like slice (own textures, vessels and noise, seeded
+    by ``(seed, z)``); the area borders move by up to ``drift`` of the width and the bands'
+    bend turns slowly from the first slice to the last, as anatomy does between sections.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (slices, height, width).
+    drift : float
+        Largest shift of an area border over the stack, as a fraction of the width.
+    Other parameters as in :func:`make_slice`.
+    """
+    if not 2 <= n_areas <= len(AREAS):
+        raise ValueError(f"n_areas must be in 2..{len(AREAS)}, got {n_areas}")
+    nz, h, w = (int(s) for s in shape)
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi)
+    edges = np.linspace(0, 1, n_areas + 1)[1:-1] + rng.uniform(-0.03, 0.03, n_areas - 1)
+    image, mask = np.empty((nz, h, w), np.uint8), np.empty((nz, h, w), np.uint8)
+    for z in range(nz):
+        t = z / max(nz - 1, 1)  # 0..1 through the stack
+        m = _bands((h, w), phase + 0.8 * t, edges + drift * np.sin(0.5 * np.pi * t))
+        s = _render(m, n_areas, np.random.default_rng([seed, z]), background=background, vessels=vessels,
+                    levels=levels)
+        image[z], mask[z] = s.image, s.mask
+    return SyntheticVolume(image, mask, {code: AREAS[code]["name"] for code in range(1, n_areas + 1)})
