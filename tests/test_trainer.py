@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from click.testing import CliRunner
 from brainrt.bundle import SCHEMA_VERSION, hash_tree, sha256_file, verify_bundle
 from brainrt.errors import BrainrtError
 from brainrt_train.data import PRESETS, SPLITS, ClassMap, load_slice, sample_patches
-from conftest import TINY_PATCH, listing, write_tiff
+from conftest import TINY_PATCH, TINY_TRAIN, listing, write_tiff
 
 P = TINY_PATCH
 
@@ -390,3 +391,75 @@ def test_shipped_bundle_on_slice309(shared_data, shipped_bundle_path):
     assert grid.features.shape == (16, 16, 64)
     labels = brainrt.classify(grid, bundle).labels
     assert labels.min() >= -1 and labels.max() < len(bundle.class_names)
+
+
+# --------------------------------------------------------------------------- context branch
+@pytest.fixture(scope="module")
+def context_bundle_path(tmp_path_factory, training_data):
+    """A tiny bundle with the context branch (4x field): 64 px patches, 256 px footprints."""
+    from brainrt_train.pipeline import train_and_export
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-context"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_and_export([(training_data["image"], training_data["mask"])], out,
+                         class_map=str(training_data["class_map"]),
+                         **{**TINY_TRAIN, "n_train": 30, "n_val": 20, "n_test": 20}, context=4, smooth_choice=False)
+    return out
+
+
+def test_context_bundle_records_its_footprint_and_intensity(context_bundle_path):
+    import brainrt
+
+    m = brainrt.Bundle.load(context_bundle_path).manifest
+    assert m.context.factor == 4 and m.footprint == 4 * TINY_PATCH
+    assert tuple(m.onnx.input_shape[2:]) == (4 * TINY_PATCH, 4 * TINY_PATCH)
+    assert m.dense_onnx.window == 4 * 54 and m.dense_onnx.offset == 4 * 5  # 4x the 54 px window of a 64 px patch
+    assert len(m.intensity.quantiles) == 1001 and list(m.intensity.quantiles) == sorted(m.intensity.quantiles)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4, 8, 16, 32])
+def test_context_dense_path_equals_per_patch_path(context_bundle_path, synthetic_slice, stride):
+    """Dense graphs of a context model give the per-patch features at every stride (edges included)."""
+    import brainrt
+
+    bundle = brainrt.Bundle.load(context_bundle_path)
+    image = synthetic_slice.image[: 96 + stride * 3, : 160 + stride * 2]  # crops smaller than the footprint
+    dense = brainrt.featurize(image, bundle, stride=stride, method="dense", tissue="all")
+    patch = brainrt.featurize(image, bundle, stride=stride, method="patch", tissue="all")
+    assert dense.features.shape == patch.features.shape
+    np.testing.assert_allclose(dense.features, patch.features, atol=1e-4)
+
+
+def test_context_model_matches_the_trained_network(context_bundle_path, training_data):
+    """The exported graph (raw footprint in) equals the trained network on (patch, pooled context)."""
+    import onnxruntime as ort
+    import torch
+
+    from brainrt_train.model import PaperCNN, PlainCNN
+
+    torch.manual_seed(0)
+    model = PaperCNN(4, patch_size=64, context=4).eval()
+    plain = PlainCNN(model)
+    x = torch.randn(3, 1, 256, 256)
+    patch = x[:, :, 96:160, 96:160]
+    ctx = x.reshape(3, 1, 64, 4, 64, 4).mean((3, 5))
+    with torch.no_grad():
+        np.testing.assert_allclose(plain(x).numpy(), model.features(torch.cat([patch, ctx], 1)).numpy(), atol=1e-5)
+
+
+def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice):
+    """Training's pooled context (reflected at the edges) equals pooling the runtime's gathered footprint."""
+    from brainrt.tiling import _PAD_REFLECT, _gather_patches
+
+    from brainrt_train.data import PatchSet, extract_context, Slice
+
+    img = synthetic_slice.image
+    sl = Slice(None, None, img, np.zeros(img.shape, np.int8))
+    centres = np.array([[5, 7], [200, 300], [img.shape[0] - 3, img.shape[1] - 1]])
+    ps = PatchSet(np.zeros(3, np.int64), centres, np.zeros(3, np.int64))
+    got = extract_context([sl], ps, 64, 4)
+    buf = np.empty((3, 1, 256, 256), np.float32)
+    _gather_patches(img, centres, buf, _PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
+    ref = buf[:, 0].reshape(3, 64, 4, 64, 4).mean((2, 4))
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
