@@ -1,0 +1,287 @@
+"""Volumes: lazy stack readers and the volume plan (which slices, which row bands, how).
+
+A volume is read one slice at a time, never whole: :func:`open_volume` returns a small
+picklable :class:`VolumeSource` (paths and geometry only) whose :meth:`~VolumeSource.read`
+opens the file and reads one z; a Dask worker calls it itself, so no pixels travel
+through the client. Three kinds of input:
+
+- a 3D TIFF stack (multi-page, ImageJ or OME), read through tifffile's zarr view of its
+  first series (one page per read, contiguous ImageJ stacks included);
+- a folder of 2D TIFFs, one per z, in natural order (``s2.tif`` before ``s10.tif``);
+- a zarr array, or an OME-Zarr image (its full-resolution level), by local path or an
+  fsspec URL where the filesystem package is installed.
+
+:func:`make_volume_plan` checks everything once (like :func:`brainrt.plan.make_plan` for
+a slice) and returns the frozen :class:`VolumePlan`: the slices, the grid, the row bands
+(the unit of work: one task per (z, band)) and the per-slice plan options.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BrainrtError, check_positive_int, file_error, param_error
+from .geometry import grid_shape
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """A lazily read stack: ``kind`` ("tiff", "folder", "zarr"), its ``path`` (and ``files``
+    of a folder, ``array`` path inside a zarr group), ``shape`` (Z, H, W), ``dtype`` and the
+    voxel size in micrometres where the file records it."""
+
+    kind: str
+    path: str
+    shape: tuple
+    dtype: str
+    pixel_size_um: float | None = None
+    z_spacing_um: float | None = None
+    files: tuple = ()
+    array: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def read(self, z: int) -> np.ndarray:
+        """Slice ``z`` as a 2D array (reads only that slice)."""
+        if self.kind == "folder":
+            import tifffile
+
+            return np.asarray(tifffile.imread(self.files[z]))
+        if self.kind == "tiff":
+            import tifffile
+            import zarr
+
+            with tifffile.TiffFile(self.path) as tif:
+                store = tif.series[0].aszarr()
+                try:
+                    return np.asarray(zarr.open(store, mode="r")[z])
+                finally:
+                    store.close()
+        return np.asarray(_open_zarr_array(self.path, self.array)[z])
+
+
+def natural_key(name: str):
+    """Sort key that orders embedded numbers by value (``s2`` before ``s10``)."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
+def is_volume_path(path) -> bool:
+    """Whether ``path`` names a stack-like input a slice reader cannot take (a folder or a zarr)."""
+    p = str(path).rstrip("/")
+    return "://" in p or p.endswith(".zarr") or Path(p).is_dir()
+
+
+def open_volume(path) -> VolumeSource:
+    """The :class:`VolumeSource` of a 3D TIFF, a folder of 2D TIFFs or a zarr / OME-Zarr path.
+
+    Reads metadata only. Raises the one-line :class:`BrainrtError` naming the file.
+    """
+    p = str(path).rstrip("/")
+    if "://" not in p and not Path(p).exists():
+        raise file_error(p, "no such file or folder")
+    if "://" in p or p.endswith(".zarr") or (Path(p) / "zarr.json").exists() or (Path(p) / ".zarray").exists() \
+            or (Path(p) / ".zgroup").exists():
+        return _open_zarr_source(p)
+    if Path(p).is_dir():
+        return _open_folder(p)
+    return _open_tiff_stack(p)
+
+
+def _open_tiff_stack(path):
+    import tifffile
+
+    from .io import _first_line, _pixel_size
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype, axes = tuple(series.shape), series.dtype, series.axes
+            px = _pixel_size(tif)
+            spacing = (tif.imagej_metadata or {}).get("spacing")
+            if tif.is_ome and tif.ome_metadata:
+                m = re.search(r'PhysicalSizeZ="([0-9.eE+-]+)"', tif.ome_metadata)
+                spacing = float(m.group(1)) if m else spacing
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
+    if len(shape) != 3 or axes.endswith("S"):
+        raise file_error(path, f"expected a 3D grayscale stack (Z, Y, X), got shape {shape} (axes {axes})")
+    return VolumeSource("tiff", str(path), shape, np.dtype(dtype).str, px, float(spacing) if spacing else None)
+
+
+def _open_folder(path):
+    import tifffile
+
+    files = sorted((f for f in Path(path).iterdir() if f.suffix.lower() in TIFF_SUFFIXES and f.is_file()),
+                   key=lambda f: natural_key(f.name))
+    if not files:
+        raise file_error(path, "is a folder with no .tif/.tiff files")
+    from .io import _pixel_size
+
+    with tifffile.TiffFile(files[0]) as tif:
+        page, px = tif.series[0], _pixel_size(tif)
+        shape, dtype = tuple(page.shape), page.dtype
+    if len(shape) != 2:
+        raise file_error(files[0], f"expected a 2D grayscale slice in the folder {path}, got shape {shape}")
+    return VolumeSource("folder", str(path), (len(files),) + shape, np.dtype(dtype).str, px,
+                        files=tuple(str(f) for f in files))
+
+
+def _open_zarr_array(path, array=""):
+    import zarr
+
+    node = zarr.open(path, mode="r")
+    return node[array] if array else node
+
+
+def _open_zarr_source(path):
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:
+        raise file_error(path, f"cannot open as zarr ({type(exc).__name__})") from None
+    array, px, dz = "", None, None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ms = attrs.get("ome", attrs).get("multiscales")
+        if not ms:
+            raise file_error(path, "is a zarr group but not an OME-Zarr image (no multiscales); give the array's path")
+        ds = ms[0]["datasets"][0]
+        array = ds["path"]
+        names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
+        scale = next((t["scale"] for t in ds.get("coordinateTransformations", []) if t["type"] == "scale"), None)
+        if scale and names[-3:] == ["z", "y", "x"]:
+            dz, px = float(scale[-3]), float(scale[-1])
+        node = node[array]
+    shape = tuple(node.shape)
+    if len(shape) != 3:
+        raise file_error(path, f"expected a 3D (Z, Y, X) array, got shape {shape}")
+    return VolumeSource("zarr", str(path), shape, np.dtype(node.dtype).str, px, dz, array=array)
+
+
+def parse_z(z, n_slices, owner="classify"):
+    """The slice indices of ``z``: an int, "a:b" (Python range, either end optional), "all" or None (all)."""
+    if z is None or (isinstance(z, str) and z.strip() == "all"):
+        return tuple(range(n_slices))
+    try:
+        if isinstance(z, str) and ":" in z:
+            a, b = (s.strip() for s in z.split(":", 1))
+            zs = tuple(range(n_slices))[slice(int(a) if a else None, int(b) if b else None)]
+        else:
+            zi = int(z)
+            if not 0 <= zi < n_slices:
+                raise ValueError
+            zs = (zi,)
+    except ValueError:
+        raise param_error("z", owner, f"an index in 0..{n_slices - 1}, a range 'a:b' or 'all'", z) from None
+    if not zs:
+        raise param_error("z", owner, f"a non-empty range of the stack's {n_slices} slices", z)
+    return zs
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """A checked volume job; everything a worker needs to redo any block (picklable, small).
+
+    ``task`` is "featurize" or "classify"; ``zs`` the slices; ``bands`` the grid row ranges
+    (one task per (z, band)); ``slice_options`` the keyword arguments of
+    :func:`brainrt.plan.make_plan` for each slice; ``model`` the bundle folder and
+    ``model_hash`` its manifest's sha256 (the workers' bundle cache key); ``sigma_cells`` and
+    ``space`` the in-plane smoothing of classify.
+    """
+
+    source: VolumeSource
+    task: str
+    zs: tuple
+    grid: tuple
+    bands: tuple
+    stride: int
+    method: str
+    pixel_size_um: float
+    z_spacing_um: float
+    model: str
+    model_hash: str
+    model_id: str
+    class_names: tuple
+    class_codes: tuple
+    n_features: int
+    head: str | None = None
+    sigma_cells: float = 0.0
+    space: str = "log"
+    threads: int = 1
+    slice_options: dict = field(default_factory=dict)
+
+    def fingerprint(self) -> dict:
+        """What makes two runs' outputs the same (a resume must match it exactly)."""
+        s = self.source
+        return {"source": s.path, "kind": s.kind, "shape": list(s.shape), "task": self.task, "zs": list(self.zs),
+                "stride": self.stride, "method": self.method, "bands": [list(b) for b in self.bands],
+                "pixel_size_um": self.pixel_size_um, "z_spacing_um": self.z_spacing_um, "model_hash": self.model_hash,
+                "head": self.head, "sigma_cells": self.sigma_cells, "space": self.space,
+                "slice_options": {k: v for k, v in sorted(self.slice_options.items())}}
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.zs) * len(self.bands)
+
+
+def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, method="auto", tissue=None,
+                     min_tissue=0.5, threshold=None, pixel_size_um=None, z_spacing_um=None, batch_size=256,
+                     standardize=True, head=None, smooth=None, band_rows=None, threads=1):
+    """Check a volume job and return its :class:`VolumePlan`.
+
+    ``source`` is a path (see :func:`open_volume`) or a :class:`VolumeSource`; ``tissue``
+    is None (Otsu per slice), "otsu" or "all" (a mask volume is not supported yet);
+    ``band_rows`` is the grid rows per task (default: the engine's dense tile height, so a
+    band costs no extra halo). Other options as in :func:`brainrt.featurize` and
+    :func:`brainrt.classify`.
+    """
+    from .api import _smoothing
+    from .bundle import MANIFEST, sha256_file
+    from .engine import dense_geometry
+    from .heads import Classifier
+    from .plan import DEFAULT_PIXEL_SIZE_UM, _resolve_method
+
+    owner = f"{task} (volume)"
+    if task not in ("featurize", "classify"):
+        raise param_error("task", owner, "'featurize' or 'classify'", task)
+    src = source if isinstance(source, VolumeSource) else open_volume(source)
+    if tissue not in (None, "otsu", "all"):
+        raise param_error("tissue", owner, "'otsu' or 'all' for a volume (a mask volume is not supported)", tissue)
+    stride = check_positive_int(stride, "stride", owner)
+    nz, h, w = src.shape
+    if min(h, w) < bundle.patch_size:
+        raise file_error(src.path, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
+    zs = parse_z(z, nz, owner)
+    method = _resolve_method(method, stride, bundle.dense_strides, owner)
+    grid = grid_shape((h, w), stride)
+    if band_rows is None:  # the dense path's tile height (no extra halo), else 64 rows
+        band_rows = 64
+        if method == "dense":
+            q, out_side = dense_geometry(stride, bundle.predictor("dense", stride=stride))
+            band_rows = out_side // q
+    band_rows = check_positive_int(band_rows, "band_rows", owner)
+    bands = tuple((r, min(grid[0], r + band_rows)) for r in range(0, grid[0], band_rows))
+    px = float(pixel_size_um or src.pixel_size_um or DEFAULT_PIXEL_SIZE_UM)
+    dz = float(z_spacing_um or src.z_spacing_um or px)
+    sigma, space = 0.0, "log"
+    if task == "classify":
+        clf = Classifier.of(bundle, head)
+        sigma, space = _smoothing(bundle, clf, smooth, px, stride)
+        if not clf.proba:
+            raise BrainrtError(f"head {head!r} gives no class probabilities; a volume needs one that does")
+    opts = dict(stride=stride, method=method, tissue=tissue, min_tissue=float(min_tissue),
+                threshold=None if threshold is None else float(threshold), pixel_size_um=px,
+                batch_size=check_positive_int(batch_size, "batch_size", owner), standardize=bool(standardize))
+    return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, str(Path(bundle.path).resolve()),
+                      sha256_file(Path(bundle.path) / MANIFEST), bundle.model_id, tuple(bundle.class_names),
+                      tuple(bundle.class_codes), bundle.n_features, head, float(sigma), space,
+                      check_positive_int(threads, "threads", owner), opts)
