@@ -258,7 +258,7 @@ def _ome_metadata(vplan, root):
         colors=[{"label-value": int(c), "rgba": [int(round(255 * v)) for v in colors[i]] + [255]}
                 for i, c in enumerate(vplan.class_codes)] + [{"label-value": OFF_TISSUE, "rgba": [0, 0, 0, 0]}],
         properties=[{"label-value": int(c), "name": n} for n, c in zip(vplan.class_names, vplan.class_codes)]
-        + [{"label-value": OFF_TISSUE, "name": "off tissue"}])
+        + [{"label-value": OFF_TISSUE, "name": "off tissue"}], source={"image": "../../"})
 
 
 def _partial(out):

@@ -111,7 +111,7 @@ def _open_tiff_stack(path):
                 spacing = float(m.group(1)) if m else spacing
     except Exception as exc:  # tifffile raises many types for broken files
         raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
-    if len(shape) != 3 or axes.endswith("S"):
+    if len(shape) != 3 or "S" in axes:
         raise file_error(path, f"expected a 3D grayscale stack (Z, Y, X), got shape {shape} (axes {axes})")
     return VolumeSource("tiff", str(path), shape, np.dtype(dtype).str, px, float(spacing) if spacing else None)
 

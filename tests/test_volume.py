@@ -1,0 +1,177 @@
+"""Volumes on a real 2-process local Dask cluster: exact equality with the serial path, TIFF-folder
+and zarr inputs, resume after a client kill, a worker killed mid-run, OME-Zarr metadata."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import write_tiff
+
+SHAPE = (4, 192, 256)
+STRIDE = 16
+BAND = 4  # grid rows per task: 12 x 16 grid -> 3 bands per slice, 12 blocks
+SMOOTH = 30.0  # um: about 1.6 grid cells, so a band's smoothing needs its neighbours' rows
+
+
+@pytest.fixture(scope="module")
+def volume():
+    from brainrt.synth import make_volume
+
+    return make_volume(SHAPE, seed=3)
+
+
+@pytest.fixture(scope="module")
+def stack_tif(tmp_path_factory, volume):
+    return write_tiff(tmp_path_factory.mktemp("vol") / "stack.tif", volume.image, photometric="minisblack")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as cluster, Client(cluster) as c:
+        yield c
+
+
+def _plan(source, bundle, **kw):
+    from brainrt.volume import make_volume_plan
+
+    return make_volume_plan(source, bundle, stride=STRIDE, band_rows=BAND, smooth=SMOOTH, **kw)
+
+
+def _arrays(path):
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return {k: np.asarray(root[k]) for k in ("0", "labels/areas/0", "labels/areas/1")}
+
+
+@pytest.fixture(scope="module")
+def serial_out(tmp_path_factory, stack_tif, tiny_bundle):
+    from brainrt.volrun import run_volume
+
+    out = tmp_path_factory.mktemp("serial") / "serial.ome.zarr"
+    run_volume(_plan(stack_tif, tiny_bundle), out, bundle=tiny_bundle)
+    return out
+
+
+def _same(a, b):
+    x, y = _arrays(a), _arrays(b)
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_make_volume_drifts(volume):
+    assert volume.image.shape == SHAPE and volume.image.dtype == np.uint8
+    changed = [(volume.mask[z] != volume.mask[z + 1]).mean() for z in range(SHAPE[0] - 1)]
+    assert all(0 < c < 0.2 for c in changed)  # areas move, smoothly
+
+
+def test_serial_equals_2d_path(serial_out, volume, tiny_bundle):
+    import brainrt
+    from brainrt.geometry import upsample
+
+    arr = _arrays(serial_out)
+    for z in (0, 3):
+        res = brainrt.classify_image(volume.image[z], tiny_bundle, stride=STRIDE, smooth=SMOOTH)
+        np.testing.assert_allclose(np.moveaxis(arr["0"][:, z], 0, -1), res.probabilities, atol=1e-6)
+        full = upsample(res.cell_codes(), STRIDE, SHAPE[1:])
+        assert (arr["labels/areas/0"][z] == full).mean() > 0.999
+        np.testing.assert_array_equal(arr["labels/areas/1"][z], arr["labels/areas/0"][z][::2, ::2])
+
+
+def test_parse_z():
+    from brainrt.errors import BrainrtError
+    from brainrt.volume import parse_z
+
+    assert parse_z("all", 5) == (0, 1, 2, 3, 4) and parse_z("1:3", 5) == (1, 2) and parse_z(4, 5) == (4,)
+    assert parse_z(":2", 5) == (0, 1)
+    for bad in ("9", "x", "3:1"):
+        with pytest.raises(BrainrtError, match="'z' parameter"):
+            parse_z(bad, 5)
+
+
+def test_dask_equals_serial_and_ome_metadata(client, serial_out, stack_tif, tiny_bundle, tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Multiscales, Reader
+
+    from brainrt.volrun import run_volume
+
+    out = tmp_path / "dask.ome.zarr"
+    stats = run_volume(_plan(stack_tif, tiny_bundle), out, client=client)
+    assert stats["computed_blocks"] == 12
+    _same(out, serial_out)
+    assert sorted(os.listdir(tmp_path)) == ["dask.ome.zarr"]  # no partial left
+    nodes = list(Reader(parse_url(str(out)))())
+    image = next(n for n in nodes if n.load(Multiscales) and not n.load(Label))
+    assert [a["name"] for a in image.metadata["axes"]] == ["c", "z", "y", "x"]
+    label = next(n for n in nodes if n.load(Label))
+    scales = [t[0]["scale"] for t in label.metadata["coordinateTransformations"]]
+    assert scales[0] == pytest.approx([1.17, 1.17, 1.17]) and scales[1] == pytest.approx([1.17, 2.34, 2.34])
+    names = {v["name"] for v in label.metadata["properties"].values()}
+    assert set(tiny_bundle.class_names) <= names and set(label.metadata["color"]) >= set(tiny_bundle.class_codes)
+
+
+def test_folder_and_zarr_inputs(client, serial_out, volume, tiny_bundle, tmp_path):
+    import zarr
+
+    from brainrt.volrun import run_volume
+    from brainrt.volume import open_volume
+
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(SHAPE[0]):  # natural order: s2 before s10
+        write_tiff(folder / f"s{[0, 2, 10, 11][z]}.tif", volume.image[z])
+    zpath = tmp_path / "stack.zarr"
+    zarr.create_array(str(zpath), shape=SHAPE, chunks=(1, 64, 64), dtype="uint8")[:] = volume.image
+    for src in (folder, zpath):
+        assert open_volume(src).shape == SHAPE
+        out = tmp_path / f"{src.stem}.ome.zarr"
+        run_volume(_plan(src, tiny_bundle), out, client=client)
+        _same(out, serial_out)
+
+
+def test_client_kill_resume_and_refusal(client, serial_out, stack_tif, tiny_bundle, tmp_path):
+    from brainrt.errors import BrainrtError
+    from brainrt.volrun import run_volume
+    from brainrt.volume import make_volume_plan
+
+    out = tmp_path / "resumed.ome.zarr"
+
+    def die(n):
+        if n >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_volume(_plan(stack_tif, tiny_bundle), out, client=client, on_task=die)
+    assert not out.exists()
+    with pytest.raises(BrainrtError, match="other arguments.*stride 16 vs 32"):
+        run_volume(make_volume_plan(stack_tif, tiny_bundle, stride=32, band_rows=BAND, smooth=SMOOTH), out,
+                   client=client)
+    stats = run_volume(_plan(stack_tif, tiny_bundle), out, client=client)
+    assert stats["skipped_records"] >= 5 and stats["computed_blocks"] < 12
+    _same(out, serial_out)
+
+
+def test_worker_killed_mid_run(client, serial_out, stack_tif, tiny_bundle, tmp_path):
+    from brainrt.volrun import run_volume
+
+    victim = sorted(client.scheduler_info()["workers"])[0]
+    pid = client.run(os.getpid, workers=[victim])[victim]
+    killed = []
+
+    def kill(n):  # after two tasks, SIGKILL one worker process (its nanny starts a new one)
+        if n >= 2 and not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    out = tmp_path / "killed.ome.zarr"
+    run_volume(_plan(stack_tif, tiny_bundle), out, client=client, on_task=kill)
+    assert killed
+    _same(out, serial_out)
+    client.wait_for_workers(2, timeout=60)
