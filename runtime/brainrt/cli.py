@@ -85,7 +85,8 @@ def _grid_options(f):
         click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (nonzero = tissue)."),
         click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu)."),
         click.option("--all-cells", is_flag=True, help="Featurize every cell, background included."),
-        click.option("--z", type=int, default=None, help="Slice index of a 3D TIFF stack."),
+        click.option("--z", type=_ZArg(), default=None,
+                     help="Slice index of a 3D stack; featurize and classify also take a range a:b or 'all' (a volume)."),
         click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
         click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)."),
         click.option("--batch-size", default=256, show_default=True, help="Patches per onnxruntime call."),
@@ -95,8 +96,41 @@ def _grid_options(f):
     return f
 
 
+class _ZArg(click.ParamType):
+    """--z: an int (one slice) or, for volumes, "a:b" or "all" (kept as a string)."""
+
+    name = "z"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value is None:
+            return value
+        text = str(value).strip()
+        return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _volume_options(f):
+    f = click.option("--scheduler", default=None, help="Volumes: address of a running Dask scheduler.")(f)
+    return click.option("--workers", type=int, default=None,
+                        help="Volumes: worker processes of a local Dask cluster (default: one per core).")(f)
+
+
+def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **task_kw):
+    """A volume (--z a:b or all, a TIFF folder or a zarr stack): one Dask run into an OME-Zarr or zarr folder."""
+    from .volrun import process_volume
+
+    out = out or _default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
+    bundle = _prepare(out, model, threads, is_dir=True)
+    opts = _plan_options(**dict(kw, z=None))
+    vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
+                               progress=_progress(), threads=threads or 1, **dict(opts, z=kw["z"] or "all"), **task_kw)
+    click.echo(f"wrote {out}: {len(vplan.zs)} slices, grid {vplan.grid[0]} x {vplan.grid[1]}, {st['blocks']} blocks "
+               f"({st['computed_blocks']} computed) in {st['seconds']:.1f} s ({st['blocks_per_s'] or 0:.2f} blocks/s)")
+
+
 def _plan_options(tissue_mask, all_cells, pixel_size, **kw):
     """The grid options as keyword arguments of :func:`brainrt.make_plan`."""
+    if isinstance(kw.get("z"), str):
+        raise BrainrtError(f"--z {kw['z']} names several slices; only featurize and classify run volumes")
     return dict(kw, tissue=tissue_mask or ("all" if all_cells else None), pixel_size_um=pixel_size)
 
 
@@ -116,6 +150,12 @@ def _progress():
 
 def _is_zarr(source):
     return str(source).rstrip("/").endswith(".zarr")
+
+
+def _is_volume(source, z):
+    from .volume import is_volume_input
+
+    return is_volume_input(source, z)
 
 
 def _default_out(source, suffix):
@@ -143,10 +183,18 @@ def _grid_and_image(source, bundle, kw):
 @_model_option
 @_grid_options
 @click.option("-o", "--out", default=None, type=click.Path(), help="Output .zarr folder (default: SLICE.features.zarr).")
+@_volume_options
 @one_line_errors
-def featurize(slice_tif, model, threads, out, **kw):
-    """Features of every tissue patch of SLICE_TIF on a stride grid, saved as zarr."""
+def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
+    """Features of every tissue patch of SLICE_TIF on a stride grid, saved as zarr.
+
+    A volume (a 3D stack with --z a:b or all, a folder of TIFFs, a zarr stack) runs on Dask
+    (--workers N local processes, or --scheduler ADDRESS) into one zarr, (z, rows, cols, 64).
+    """
     from . import api
+
+    if _is_volume(slice_tif, kw["z"]):
+        return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler, kw)
 
     out = out or _default_out(slice_tif, ".features.zarr")
     bundle = _prepare(out, model, threads, is_dir=True)
@@ -163,16 +211,23 @@ def featurize(slice_tif, model, threads, out, **kw):
 @click.option("--head", default=None, help="Classifier head: logreg (default), linsvm, rbfsvm, cnn.")
 @click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
+@_volume_options
 @one_line_errors
-def classify(source, model, threads, head, truth, out, **kw):
+def classify(source, model, threads, workers, scheduler, head, truth, out, **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
     Writes the label map at full resolution (OME-TIFF), per-class probabilities at grid
     resolution (OME-TIFF, same physical scale), an overlay PNG and, with --truth,
-    accuracy, confusion matrix and per-class F1 (JSON + PNG).
+    accuracy, confusion matrix and per-class F1 (JSON + PNG). A volume (a 3D stack with --z
+    a:b or all, a TIFF folder, a zarr stack) runs on Dask into one OME-Zarr (-o OUT.ome.zarr).
     """
     from . import api
     from .outputs import write_classification
+
+    if _is_volume(source, kw["z"]):
+        if truth:
+            raise BrainrtError("--truth scores one slice; it does not apply to a volume")
+        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head)
 
     out = out or _default_out(source, ".labels.ome.tif")
     bundle = _prepare(out, model, threads)

@@ -1,0 +1,176 @@
+"""The plugin's work, without Qt: generators that yield progress and return napari layer data.
+
+Each job is a generator: it yields the fraction done after every block of grid rows
+(:func:`brainrt.engine.blocks`), so a napari ``thread_worker`` can report progress and
+stop between blocks when Cancel is pressed, and it returns a list of layer-data tuples
+``(data, kwargs, layer_type)`` that the widget adds all at once (nothing is half-added).
+Errors are :class:`~brainrt.errors.BrainrtError` s with one line; the widget shows them as
+notifications.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import api
+from ..bundle import Bundle
+from ..engine import Meter, blocks
+from ..errors import BrainrtError, file_error
+from ..geometry import upsample
+from ..grid import FeatureGrid
+from ..plan import make_plan
+
+
+@dataclass(frozen=True)
+class Source:
+    """A 2D image taken from a napari layer: the pixels and where they sit in the world.
+
+    ``scale`` and ``translate`` are the layer's last two axes (y, x); ``z`` is the slice
+    index of a 3D layer (None for 2D); ``name`` names the layer in messages and outputs.
+    """
+
+    image: np.ndarray
+    scale: tuple
+    translate: tuple
+    name: str
+    z: int | None = None
+
+    @property
+    def pixel_size_um(self):
+        """The layer's pixel size, taken as micrometres; None (the runtime's default) for an unscaled layer."""
+        return None if float(self.scale[-1]) == 1.0 else float(self.scale[-1])
+
+    def label(self, what):
+        return f"{what} ({self.name}{'' if self.z is None else f', z={self.z}'})"
+
+
+@functools.lru_cache(maxsize=4)
+def load_bundle(path):
+    """A loaded bundle, verified once per folder and then reused (hashing weights takes a moment)."""
+    path = Path(path)
+    if not str(path) or not path.is_dir():
+        raise file_error(path, "not a model bundle folder")
+    return Bundle.load(path)
+
+
+def featurize_steps(source, bundle, *, stride):
+    """Yield the fraction of cells done after each block; return the :class:`FeatureGrid`."""
+    plan = make_plan(source.image, bundle, stride=stride, pixel_size_um=source.pixel_size_um, owner="napari")
+    features = np.zeros(plan.shape + (bundle.n_features,), np.float32)
+    meter = Meter(plan.n_cells)
+    yield 0.0
+    for b in blocks(plan, bundle.predictor(plan.method, stride=plan.stride), meter=meter):
+        features[b.r0 : b.r1] = b.features
+        yield meter.n / max(plan.n_cells, 1)
+    return FeatureGrid.of_plan(plan, features, bundle.model_id, meter.close(plan.method))
+
+
+def _grid_layer(data, source, grid, name, **kw):
+    """Image-layer kwargs of a grid-resolution map: each cell covers its stride x stride pixels exactly."""
+    s = grid.stride
+    scale = tuple(float(v) * s for v in source.scale)
+    translate = tuple(t + (s - 1) / 2 * float(v) for t, v in zip(source.translate, source.scale))
+    return data, dict(name=name, scale=scale, translate=translate, **kw), "image"
+
+
+def _labels_layer(cells, source, grid, name, names, **kw):
+    """Labels at full resolution (cell index + 1, 0 off the region) with a name per value and colours."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from ..plots import class_colors
+
+    full = upsample((np.asarray(cells) + 1).astype(np.uint16), grid.stride, grid.image_shape)
+    colors = class_colors(len(names))
+    cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
+                                           **{i + 1: (*colors[i], 1.0) for i in range(len(names))}})
+    features = {"index": np.arange(len(names) + 1), "name": ["none", *names]}
+    return full, dict(name=name, scale=tuple(source.scale), translate=tuple(source.translate), colormap=cmap,
+                      features=features, opacity=0.5, metadata={"brainrt_names": list(names)}, **kw), "labels"
+
+
+def area_map_job(source, bundle_path, *, stride=16, head=None, smooth=None):
+    """Area map: a Labels layer of the classes and one probability image per class."""
+    bundle = load_bundle(bundle_path)
+    grid = yield from featurize_steps(source, bundle, stride=stride)
+    result = api.classify(grid, bundle, head=head, smooth=smooth)
+    layers = [_labels_layer(result.labels, source, grid, source.label("areas"), result.names)]
+    if result.probabilities is not None:
+        layers += [_grid_layer(result.probabilities[..., i], source, grid, source.label(f"p({n})"),
+                               colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=False)
+                   for i, n in enumerate(result.names)]
+    return layers
+
+
+def clusters_job(source, bundle_path, *, stride=16):
+    """GMM clusters (Labels) and per-area log-likelihood maps (low everywhere = outlier)."""
+    bundle = load_bundle(bundle_path)
+    grid = yield from featurize_steps(source, bundle, stride=stride)
+    clusters, loglik = api.cluster(grid, bundle)
+    n = int(clusters.max()) + 1
+    layers = [_labels_layer(clusters, source, grid, source.label("clusters"), [f"cluster {i}" for i in range(n)])]
+    finite = loglik[np.isfinite(loglik)]
+    limits = (float(np.percentile(finite, 1)), float(finite.max())) if finite.size else (0.0, 1.0)
+    layers += [_grid_layer(loglik[..., i], source, grid, source.label(f"loglik({name})"), colormap="viridis",
+                           contrast_limits=limits, visible=i == 0) for i, name in enumerate(bundle.class_names)]
+    return layers
+
+
+def subdivide_job(source, bundle_path, *, region, stride=16, k=4, interior=True, area=None, head=None):
+    """PCA + KMeans inside a region: ``region(grid)`` gives the cells (R, C) bool, or None with ``area``."""
+    bundle = load_bundle(bundle_path)
+    grid = yield from featurize_steps(source, bundle, stride=stride)
+    cells = api.region_cells(grid, bundle, area=area, head=head) if region is None else region(grid, source)
+    if not np.any(cells):
+        raise BrainrtError(f"{source.name}: the region holds no grid cell of the image")
+    sub = api.subdivide(grid, region=cells, k=k, interior=interior)
+    what = f"subdivide {area}" if region is None else "subdivide"
+    return [_labels_layer(sub, source, grid, source.label(what), [f"cluster {i}" for i in range(k)])]
+
+
+def cell_world(grid, source):
+    """World (y, x) coordinates of every grid cell's centre, (R, C, 2)."""
+    from ..geometry import cell_centre
+
+    R, C = grid.shape
+    ys = cell_centre(np.arange(R), grid.stride) * float(source.scale[0]) + source.translate[0]
+    xs = cell_centre(np.arange(C), grid.stride) * float(source.scale[1]) + source.translate[1]
+    return np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1)
+
+
+def layer_region(kind, data, scale, translate, *, value=0, z=None):
+    """``region(grid, source)`` of a Labels layer (``value``, or any nonzero) or a Shapes layer (inside any shape)."""
+
+    def region(grid, source):
+        world = cell_world(grid, source)
+        if kind == "shapes":
+            return _inside_shapes(data, (world - translate) / scale)
+        labels = np.asarray(data[z] if (z is not None and np.ndim(data) == 3) else data)
+        idx = np.rint((world - translate) / scale).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < labels.shape), axis=-1)
+        vals = np.zeros(idx.shape[:2], labels.dtype)
+        vals[inside] = labels[idx[inside][:, 0], idx[inside][:, 1]]
+        return vals == value if value else vals != 0
+
+    return region
+
+
+def _inside_shapes(shapes, points):
+    """Which ``points`` (R, C, 2), in the Shapes layer's data coordinates, lie inside any shape (y, x)."""
+    from matplotlib.path import Path as MplPath
+
+    flat = points.reshape(-1, 2)
+    inside = np.zeros(len(flat), bool)
+    for kind, verts in shapes:
+        verts = np.asarray(verts, float)[:, -2:]
+        if kind == "ellipse":  # napari stores the four corners of its bounding box
+            c, a, b = verts.mean(0), (verts[1] - verts[0]) / 2, (verts[3] - verts[0]) / 2
+            t = np.linspace(0, 2 * np.pi, 64)[:, None]
+            verts = c + np.cos(t) * a + np.sin(t) * b
+        if kind in ("line", "path") or len(verts) < 3:
+            continue
+        inside |= MplPath(verts).contains_points(flat)
+    return inside.reshape(points.shape[:2])
