@@ -27,6 +27,7 @@ into place when every task is done. The bundle is loaded once per worker process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -312,6 +313,8 @@ def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=
     out = Path(out)
     tmp, already = _open_partial(vplan, out)
     t0 = time.perf_counter()
+    if client is not None:
+        log.info("dask dashboard: %s", client.dashboard_link)
     bar = _bar(vplan, progress)
     try:
         if client is None:
@@ -365,7 +368,6 @@ def _run_dask(vplan, tmp, client, bar, on_task):
     """Submit one task per block (and per slice's finish); workers read, compute and write themselves."""
     from dask.distributed import as_completed
 
-    log.info("dask dashboard: %s", client.dashboard_link)
     import uuid
 
     futures, kind, run = [], {}, uuid.uuid4().hex[:8]
@@ -389,3 +391,38 @@ def _run_dask(vplan, tmp, client, bar, on_task):
         client.cancel(futures)
         raise
     return counts
+
+
+# --------------------------------------------------------------------------- one call
+@contextlib.contextmanager
+def dask_client(*, workers=None, scheduler=None):
+    """A ``dask.distributed.Client``: of the scheduler at ``scheduler``, else of a local cluster of
+    ``workers`` processes (default: one per core) with one thread each."""
+    from dask.distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def process_volume(source, bundle, out, *, task="classify", client=None, workers=None, scheduler=None,
+                   progress=False, **options):
+    """Plan and run a volume into ``out`` (see :func:`make_volume_plan` for ``options``).
+
+    ``client``: a ``dask.distributed.Client`` to run on; without one, a local cluster of
+    ``workers`` processes or the scheduler at ``scheduler`` is used for the run.
+    Returns ``(plan, statistics)``.
+    """
+    from .volume import make_volume_plan
+
+    vplan = make_volume_plan(source, bundle, task=task, **options)
+    if client is not None:
+        return vplan, run_volume(vplan, out, client=client, progress=progress)
+    with dask_client(workers=workers, scheduler=scheduler) as c:
+        return vplan, run_volume(vplan, out, client=c, progress=progress)

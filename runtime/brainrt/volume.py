@@ -73,10 +73,17 @@ def natural_key(name: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def is_volume_path(path) -> bool:
-    """Whether ``path`` names a stack-like input a slice reader cannot take (a folder or a zarr)."""
+def is_volume_input(path, z=None) -> bool:
+    """Whether ``path`` with ``z`` is a volume job: ``z`` a range or "all", a folder of TIFFs,
+    or a zarr that is not a saved feature grid (which has a ``features`` array)."""
     p = str(path).rstrip("/")
-    return "://" in p or p.endswith(".zarr") or Path(p).is_dir()
+    if isinstance(z, str) and not z.strip().lstrip("-").isdigit():
+        return True
+    if "://" in p:
+        return True
+    if p.endswith(".zarr") or Path(p).is_dir():
+        return not (Path(p) / "features").exists()
+    return False
 
 
 def open_volume(path) -> VolumeSource:
@@ -235,7 +242,7 @@ class VolumePlan:
 
 def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, method="auto", tissue=None,
                      min_tissue=0.5, threshold=None, pixel_size_um=None, z_spacing_um=None, batch_size=256,
-                     standardize=True, head=None, smooth=None, band_rows=None, threads=1):
+                     standardize=True, head=None, smooth=None, band_rows=None, threads=1, precision=None, series=None):
     """Check a volume job and return its :class:`VolumePlan`.
 
     ``source`` is a path (see :func:`open_volume`) or a :class:`VolumeSource`; ``tissue``
@@ -250,9 +257,15 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, met
     from .heads import Classifier
     from .plan import DEFAULT_PIXEL_SIZE_UM, _resolve_method
 
+    from . import plan as plan_module
+
     owner = f"{task} (volume)"
     if task not in ("featurize", "classify"):
         raise param_error("task", owner, "'featurize' or 'classify'", task)
+    if precision not in (None, getattr(plan_module, "DEFAULT_PRECISION", None)):
+        raise param_error("precision", owner, "the default for a volume (int8 volumes are not supported yet)", precision)
+    if series not in (None, 0):
+        raise param_error("series", owner, "None for a volume (the first series is read)", series)
     src = source if isinstance(source, VolumeSource) else open_volume(source)
     if tissue not in (None, "otsu", "all"):
         raise param_error("tissue", owner, "'otsu' or 'all' for a volume (a mask volume is not supported)", tissue)
