@@ -175,3 +175,36 @@ def test_worker_killed_mid_run(client, serial_out, stack_tif, tiny_bundle, tmp_p
     assert killed
     _same(out, serial_out)
     client.wait_for_workers(2, timeout=60)
+
+
+def test_featurize_volume_matches_2d(client, stack_tif, volume, tiny_bundle, tmp_path):
+    import zarr
+
+    import brainrt
+    from brainrt.volrun import run_volume
+    from brainrt.volume import make_volume_plan
+
+    out = tmp_path / "f.zarr"
+    run_volume(make_volume_plan(stack_tif, tiny_bundle, task="featurize", z="1:3", stride=STRIDE, band_rows=BAND),
+               out, client=client)
+    root = zarr.open_group(str(out), mode="r")
+    assert root["features"].shape == (2, 12, 16, tiny_bundle.n_features)
+    assert root["features"].chunks[:2] == (1, BAND)
+    grid = brainrt.featurize(volume.image[2], tiny_bundle, stride=STRIDE)
+    np.testing.assert_allclose(root["features"][1], grid.features, atol=1e-5)
+    np.testing.assert_array_equal(root["valid"][1], grid.valid)
+
+
+def test_cli_volume(stack_tif, tiny_bundle_path, tmp_path):
+    from click.testing import CliRunner
+
+    from brainrt.cli import main
+
+    out = tmp_path / "cli.ome.zarr"
+    args = ["classify", str(stack_tif), "--z", "0:2", "--stride", "32", "-o", str(out), "--workers", "1",
+            "--model", str(tiny_bundle_path)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "2 slices" in res.output and out.is_dir()
+    res = CliRunner().invoke(main, ["cluster", str(stack_tif), "--z", "all", "--model", str(tiny_bundle_path)])
+    assert res.exit_code == 2 and "only featurize and classify" in res.output
