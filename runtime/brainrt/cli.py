@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from .errors import BrainrtError
-from .plan import DEFAULT_PIXEL_SIZE_UM
+from .manifest import PRECISIONS
+from .plan import DEFAULT_PIXEL_SIZE_UM, DEFAULT_PRECISION
 
 log = logging.getLogger("brainrt")
 
@@ -38,6 +39,9 @@ def one_line_errors(fn):
             click.echo(f"Error: {exc.name} is not installed; install brainrt with the [train] extra "
                        "for training (pip install 'brainrt[train]')", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no output was written", err=True)
+            sys.exit(130)  # 128 + SIGINT, as shells expect
 
     return wrapper
 
@@ -65,8 +69,12 @@ class _Commands(click.Group):
 @click.group(cls=_Commands)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-def main(verbose, quiet):
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bars on stderr (default: only when stderr is a terminal).")
+@click.pass_context
+def main(ctx, verbose, quiet, progress):
     """brainrt: maps of brain architecture from micron-scale images with CNN features."""
+    ctx.obj = {"progress": progress}
     level = logging.ERROR if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
@@ -82,14 +90,20 @@ def _grid_options(f):
         click.option("--stride", default=16, show_default=True, help="Grid step in pixels."),
         click.option("--method", type=click.Choice(["auto", "patch", "dense"]), default="auto", show_default=True,
                      help="Dense (whole tiles) or per-patch evaluation; auto picks dense when it applies."),
+        click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
+                     help="Network arithmetic: int8 runs the bundle's int8 graphs (dense path about 3.5x faster, "
+                          "maps 99.4% equal on slice309)."),
         click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (nonzero = tissue)."),
         click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu)."),
         click.option("--all-cells", is_flag=True, help="Featurize every cell, background included."),
         click.option("--z", type=_ZArg(), default=None,
                      help="Slice index of a 3D stack; featurize and classify also take a range a:b or 'all' (a volume)."),
+        click.option("--series", type=int, default=None, help="Series of a multi-series (OME-)TIFF."),
         click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
         click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)."),
         click.option("--batch-size", default=256, show_default=True, help="Patches per onnxruntime call."),
+        click.option("--standardize/--no-standardize", default=True, show_default=True,
+                     help="Map the slice's tissue histogram onto the training tissue's (when the bundle records it)."),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -134,18 +148,26 @@ def _plan_options(tissue_mask, all_cells, pixel_size, **kw):
     return dict(kw, tissue=tissue_mask or ("all" if all_cells else None), pixel_size_um=pixel_size)
 
 
-def _prepare(out, model, threads, *, is_dir=False):
-    """Fail on an unwritable output path before any work (and before a progress bar); load the bundle."""
+def _prepare(out, model, threads, *, is_dir=False, inputs=()):
+    """Fail on an unwritable output path, or one that is an input, before any work (and before a
+    progress bar); load the bundle."""
     from .api import default_model
     from .bundle import Bundle
-    from .io import check_target
+    from .io import check_not_input, check_target
+    from .outputs import siblings
 
     check_target(out, is_dir=is_dir)
+    check_not_input([out, *([] if is_dir else siblings(out))], inputs)
     return Bundle.load(model or default_model(), threads=threads)
 
 
 def _progress():
-    return log.isEnabledFor(logging.INFO)  # no bar with -q
+    """Progress bars: as asked (--progress/--no-progress), else only on a terminal and never with -q."""
+    ctx = click.get_current_context(silent=True)
+    asked = (ctx.find_root().obj or {}).get("progress") if ctx else None
+    if asked is not None:
+        return asked
+    return log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
 
 
 def _is_zarr(source):
@@ -197,8 +219,9 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
         return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler, kw)
 
     out = out or _default_out(slice_tif, ".features.zarr")
-    bundle = _prepare(out, model, threads, is_dir=True)
-    grid = api.featurize(slice_tif, bundle, out=out, progress=_progress(), **_plan_options(**kw))
+    bundle = _prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]))
+    plan = api.make_plan(slice_tif, bundle, **_plan_options(**kw))
+    grid = api.featurize_plan(plan, bundle, out=out, progress=_progress())
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
                f"by the {st['method']} path in {st['seconds']:.1f} s ({st['patches_per_s']:.0f} patches/s)")
@@ -209,11 +232,14 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
 @_model_option
 @_grid_options
 @click.option("--head", default=None, help="Classifier head: logreg (default), linsvm, rbfsvm, cnn.")
+@click.option("--smooth", type=float, default=None,
+              help="Smooth class scores before the argmax, sigma in um (default: the bundle's, chosen on "
+                   "validation; 0: off).")
 @click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
 @_volume_options
 @one_line_errors
-def classify(source, model, threads, workers, scheduler, head, truth, out, **kw):
+def classify(source, model, threads, workers, scheduler, head, smooth, truth, out, **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
     Writes the label map at full resolution (OME-TIFF), per-class probabilities at grid
@@ -227,15 +253,15 @@ def classify(source, model, threads, workers, scheduler, head, truth, out, **kw)
     if _is_volume(source, kw["z"]):
         if truth:
             raise BrainrtError("--truth scores one slice; it does not apply to a volume")
-        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head)
+        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head, smooth=smooth)
 
     out = out or _default_out(source, ".labels.ome.tif")
-    bundle = _prepare(out, model, threads)
+    bundle = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]))
     if _is_zarr(source):
-        result, image = api.classify(api.load_features(source, bundle=bundle), bundle, head=head), None
+        result, image = api.classify(api.load_features(source, bundle=bundle), bundle, head=head, smooth=smooth), None
     else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
         plan = api.make_plan(source, bundle, **_plan_options(**kw))
-        result, image = api.classify_plan(plan, bundle, head=head, progress=_progress()), plan.image
+        result, image = api.classify_plan(plan, bundle, head=head, smooth=smooth, progress=_progress()), plan.image
     metrics = api.score(result, truth, bundle, z=kw["z"]) if truth else None
     msg = f"wrote {', '.join(write_classification(out, result, image=image, metrics=metrics))}"
     if metrics:
@@ -255,7 +281,7 @@ def cluster(source, model, threads, out, **kw):
     from .outputs import write_clusters
 
     out = out or _default_out(source, ".clusters.ome.tif")
-    bundle = _prepare(out, model, threads)
+    bundle = _prepare(out, model, threads, inputs=(source, kw["tissue_mask"]))
     grid, image = _grid_and_image(source, bundle, kw)
     clusters, loglik = api.cluster(grid, bundle)
     click.echo(f"wrote {', '.join(write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image))}")
@@ -269,9 +295,11 @@ def cluster(source, model, threads, out, **kw):
 @click.option("--roi", type=click.Path(), default=None, help="Or a TIFF mask of the region (nonzero = inside).")
 @click.option("-k", "--clusters", "k", default=4, show_default=True)
 @click.option("--head", default=None, help="Classifier head used with --area.")
+@click.option("--interior/--whole", default=True, show_default=True,
+              help="Only cells whose patch lies inside the region (patches crossing its border cluster by the border).")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Sub-division OME-TIFF (default: SOURCE.subdivide.ome.tif).")
 @one_line_errors
-def subdivide(source, model, threads, area, roi, k, head, out, **kw):
+def subdivide(source, model, threads, area, roi, k, head, interior, out, **kw):
     """PCA + KMeans of the features inside one area or ROI (e.g. cortical layers)."""
     from . import api
     from .outputs import write_subdivision
@@ -279,10 +307,10 @@ def subdivide(source, model, threads, area, roi, k, head, out, **kw):
     if (area is None) == (roi is None):
         raise BrainrtError("give exactly one of --area NAME or --roi MASK")
     out = out or _default_out(source, ".subdivide.ome.tif")
-    bundle = _prepare(out, model, threads)
+    bundle = _prepare(out, model, threads, inputs=(source, roi, kw["tissue_mask"]))
     grid, image = _grid_and_image(source, bundle, kw)
     region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw["z"])
-    sub = api.subdivide(grid, region=region, k=k)
+    sub = api.subdivide(grid, region=region, k=k, interior=interior)
     click.echo(f"wrote {', '.join(write_subdivision(out, sub, grid, image=image, title=f'{area or roi}: k={k}'))}")
 
 

@@ -107,8 +107,8 @@ class IntensityMap:
 def fit_map(image, threshold, target_quantiles, *, out_dtype=None) -> IntensityMap:
     """The map that takes the tissue (``image > threshold``) of ``image`` onto ``target_quantiles``.
 
-    Background values (at or below ``threshold``) are shifted with the darkest tissue
-    value, so they stay below the tissue. ``target_quantiles`` come from
+    Background values (at or below ``threshold``) are scaled with the darkest tissue
+    value (0 stays 0), so they stay below the tissue whatever the pixel type. ``target_quantiles`` come from
     :func:`tissue_quantiles`, in the units of ``out_dtype`` (default: the image's).
     """
     image = np.asarray(image)
@@ -122,8 +122,8 @@ def fit_map(image, threshold, target_quantiles, *, out_dtype=None) -> IntensityM
     # a monotone curve through (value, mid-rank) of every occupied bin; others interpolate
     r = np.interp(values, values[seen], ranks[seen])
     targets = np.interp(r, probs, tq)
-    below = values <= threshold  # background: shift with the darkest tissue value, keep order
+    below = values <= threshold  # background: scaled with the darkest tissue value (0 stays 0), order kept
     if below.any() and seen.any():
-        first = values[seen][0]
-        targets[below] = np.minimum(values[below] - first + targets[seen][0], targets[seen][0])
+        first, target_first = values[seen][0], targets[seen][0]
+        targets[below] = (values[below] / first) * target_first if first > 0 else target_first  # exact ratio first: scale-free
     return IntensityMap(values, targets, image.dtype, np.dtype(out_dtype or image.dtype))
