@@ -1,0 +1,157 @@
+"""Benchmark of volume runs: one synthetic stack serially, on 1 and on 2 local Dask workers.
+
+Prints blocks/s, the speed-up per worker, the scheduler's overhead (serial vs 1 worker)
+and the peak RSS of every worker, then an estimate for the full 720-slice volume of
+1420 x 5805 px at stride 1 and 4 on 1, 16 and 128 workers from the measured per-cell cost
+(the stride-1 cost is measured on one slice of the stack), with the bytes read and written.
+
+    python tools/bench_volume.py                          # 16 x 512 x 768, stride 4, slice309 bundle
+    python tools/bench_volume.py --shape 4 192 256 --stride 16 --model models/synthetic-demo   # quick
+
+Each worker runs onnxruntime on one thread (one process per core); the serial run too,
+so the three runs compare the same work per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "runtime"))
+
+FULL = dict(slices=720, h=1420, w=5805, dtype_bytes=1)  # the thalamocortical volume (uint8)
+
+
+def _FakeSource(shape):
+    from brainrt.volume import VolumeSource
+
+    return VolumeSource("tiff", "full-volume", shape, "|u1")
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _warm(vplan):
+    """Load the bundle and compile the kernels on a worker (one band of the first slice, discarded)."""
+    from brainrt.engine import blocks
+    from brainrt.volrun import slice_plan, worker_bundle
+
+    bundle = worker_bundle(vplan)
+    plan = slice_plan(vplan, bundle, vplan.zs[0])
+    for _ in blocks(plan, bundle.predictor(plan.method, stride=plan.stride), rows=vplan.bands[0]):
+        pass
+    return True
+
+
+def _du(path):
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _run(vplan, out, n_workers, bundle):
+    """(seconds, peak RSS per worker in MB) of one run (after a warm-up of every worker)."""
+    from brainrt.volrun import run_volume
+
+    if n_workers == 0:
+        t = time.perf_counter()
+        run_volume(vplan, out, bundle=bundle)
+        return time.perf_counter() - t, [_peak_rss_mb()]
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        client.run(_warm, vplan)
+        t = time.perf_counter()
+        run_volume(vplan, out, client=client)
+        dt = time.perf_counter() - t
+        rss = client.run(_peak_rss_mb)
+    return dt, sorted(rss.values())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shape", type=int, nargs=3, default=(16, 512, 768), metavar=("Z", "H", "W"))
+    ap.add_argument("--stride", type=int, default=4)
+    ap.add_argument("--model", default=str(ROOT / "models" / "slice309-paper6"))
+    ap.add_argument("--band-rows", type=int, default=None)
+    ap.add_argument("--skip-stride1", action="store_true", help="Do not measure the stride-1 cost of one slice.")
+    args = ap.parse_args(argv)
+
+    import tifffile
+
+    import brainrt
+    from brainrt.synth import make_volume
+    from brainrt.volrun import run_volume
+    from brainrt.volume import make_volume_plan
+
+    work = Path(tempfile.mkdtemp(prefix="bench-volume-"))
+    try:
+        stack = work / "stack.tif"
+        tifffile.imwrite(stack, make_volume(tuple(args.shape), seed=0).image, photometric="minisblack")
+        bundle = brainrt.Bundle.load(args.model, threads=1)
+        vplan = make_volume_plan(stack, bundle, stride=args.stride, band_rows=args.band_rows)
+        _warm(vplan)  # the serial process too: bundle loaded, kernels compiled
+        cells = sum(int(brainrt.make_plan(vplan.source.read(z), bundle, stride=args.stride).valid.sum())
+                    for z in vplan.zs)
+        print(f"stack {tuple(args.shape)} uint8, stride {args.stride}, {vplan.method} path, grid {vplan.grid}, "
+              f"{len(vplan.bands)} band(s) of {vplan.bands[0][1] - vplan.bands[0][0]} rows per slice, "
+              f"{vplan.n_blocks} blocks, {cells} tissue cells; model {Path(args.model).name}")
+        times = {}
+        for n in (0, 1, 2):
+            out = work / f"out{n}.ome.zarr"
+            dt, rss = _run(vplan, out, n, bundle)
+            times[n] = dt
+            label = "serial" if n == 0 else f"{n} worker{'s' * (n > 1)}"
+            print(f"{label:>10}: {dt:7.2f} s  {vplan.n_blocks / dt:6.2f} blocks/s  {cells / dt:8.0f} cells/s  "
+                  f"peak RSS {', '.join(f'{r:.0f}' for r in rss)} MB")
+        print(f"speed-up 1 -> 2 workers: {times[1] / times[2]:.2f}x ({times[1] / times[2] / 2:.0%} per worker); "
+              f"scheduler overhead (1 worker vs serial): {times[1] / times[0] - 1:+.1%}")
+        label_bytes = _du(work / "out2.ome.zarr" / "labels")
+        per_cell = {args.stride: times[0] / cells}
+        if not args.skip_stride1 and args.stride != 1:
+            p1 = make_volume_plan(stack, bundle, stride=1, z="0")
+            t = time.perf_counter()
+            run_volume(p1, work / "s1.ome.zarr", bundle=bundle)
+            c1 = int(brainrt.make_plan(vplan.source.read(0), bundle, stride=1).valid.sum())
+            per_cell[1] = (time.perf_counter() - t) / c1
+            print(f"stride 1, one slice: {c1} cells in {per_cell[1] * c1:.1f} s ({1 / per_cell[1]:.0f} cells/s, serial)")
+        _estimate(bundle, per_cell, cells / len(vplan.zs) / (vplan.grid[0] * vplan.grid[1]), times[1] / times[2] / 2, label_bytes / len(vplan.zs) / (args.shape[1] * args.shape[2]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _estimate(bundle, per_cell, tissue, efficiency, label_bytes_per_px):
+    """The full volume on 1, 16, 128 workers from the per-cell seconds of one worker (one core)."""
+    S, H, W = FULL["slices"], FULL["h"], FULL["w"]
+    from brainrt.volume import make_volume_plan
+
+    n_classes = len(bundle.class_names)
+    print(f"\nestimate: {S} slices of {H} x {W} px, tissue fraction {tissue:.2f} (as in the stack), "
+          f"parallel efficiency {efficiency:.0%} per worker (measured 1 -> 2)")
+    for s, sec in sorted(per_cell.items()):
+        R, C = -(-H // s), -(-W // s)
+        per_slice = sec * R * C * tissue
+        bands = len(make_volume_plan(_FakeSource((1, H, W)), bundle, stride=s).bands)
+        read = S * H * W * FULL["dtype_bytes"] * bands  # a band task reads its whole slice (whole-slice statistics)
+        probs = S * R * C * n_classes * 4
+        labels = S * H * W * label_bytes_per_px
+        row = ", ".join(f"{n} worker{'s' * (n > 1)}: {S * per_slice / (n * (efficiency if n > 1 else 1)) / 3600:.2f} h"
+                        for n in (1, 16, 128))
+        print(f"  stride {s}: {per_slice:.0f} s per slice per worker -> {row}")
+        print(f"    read: {read / 1e9:.1f} GB ({bands} bands per slice, each task reads its whole slice; "
+              f"{S * H * W * FULL['dtype_bytes'] / 1e9:.1f} GB once)")
+        print(f"    written: labels + pyramid {labels / 1e9:.1f} GB (compressed, as measured per pixel), "
+              f"probabilities {probs / 1e9:.1f} GB raw float32 (twice during the run: the unsmoothed scratch), "
+              f"features if featurized {S * R * C * 64 * 4 / 1e12:.2f} TB raw float32")
+
+
+if __name__ == "__main__":
+    main()
