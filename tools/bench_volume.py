@@ -40,15 +40,15 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _warm(vplan):
-    """Load the bundle and compile the kernels on a worker (one band of the first slice, discarded)."""
-    from brainrt.engine import blocks
-    from brainrt.volrun import slice_plan, worker_bundle
+def _warm(vplan, folder):
+    """Load the bundle, compile the kernels and write once (zarr's first write is slow) in this process."""
+    import dataclasses
+    import os
 
-    bundle = worker_bundle(vplan)
-    plan = slice_plan(vplan, bundle, vplan.zs[0])
-    for _ in blocks(plan, bundle.predictor(plan.method, stride=plan.stride), rows=vplan.bands[0]):
-        pass
+    from brainrt.volrun import run_volume, worker_bundle
+
+    one = dataclasses.replace(vplan, zs=vplan.zs[:1])
+    run_volume(one, Path(folder) / f"warm-{os.getpid()}.ome.zarr", bundle=worker_bundle(vplan))
     return True
 
 
@@ -68,7 +68,7 @@ def _run(vplan, out, n_workers, bundle):
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=40) as cluster, Client(cluster) as client:
-        client.run(_warm, vplan)
+        client.run(_warm, vplan, str(Path(out).parent))
         t = time.perf_counter()
         run_volume(vplan, out, client=client)
         dt = time.perf_counter() - t
@@ -98,7 +98,7 @@ def main(argv=None):
         tifffile.imwrite(stack, make_volume(tuple(args.shape), seed=0).image, photometric="minisblack")
         bundle = brainrt.Bundle.load(args.model, threads=1)
         vplan = make_volume_plan(stack, bundle, stride=args.stride, band_rows=args.band_rows)
-        _warm(vplan)  # the serial process too: bundle loaded, kernels compiled
+        _warm(vplan, work)  # the serial process too: bundle loaded, kernels compiled
         cells = sum(int(brainrt.make_plan(vplan.source.read(z), bundle, stride=args.stride).valid.sum())
                     for z in vplan.zs)
         print(f"stack {tuple(args.shape)} uint8, stride {args.stride}, {vplan.method} path, grid {vplan.grid}, "
