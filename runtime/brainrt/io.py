@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PIXEL_TYPES, check_image, file_error
+from .errors import PIXEL_TYPES, BrainrtError, check_image, file_error
 
 #: Pixel types of masks (label codes): an image's, or any integer type read as int64.
 MASK_TYPES = PIXEL_TYPES + (np.dtype(np.int64),)
 
 
-def read_tiff(path, *, z=None, what="image"):
+def read_tiff(path, *, z=None, what="image", series=None):
     """Read a 2D grayscale image from a TIFF file.
 
     Parameters
@@ -32,6 +32,8 @@ def read_tiff(path, *, z=None, what="image"):
         Index of the slice to take from a 3D stack; required for stacks.
     what : str
         What the file is, for error messages ("image", "label mask").
+    series : int or None, keyword-only
+        Series of a multi-series (OME-)TIFF; required when the file holds several.
 
     Returns
     -------
@@ -41,7 +43,7 @@ def read_tiff(path, *, z=None, what="image"):
         Pixel size from the TIFF's resolution tags, if it has any.
     """
     path = Path(path)
-    arr, axes, pixel_size = _read_series(path)
+    arr, axes, pixel_size = _read_series(path, series)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and axes.endswith("S"):
         raise file_error(path, f"expected a 2D grayscale {what}, got an RGB(A) image of shape {arr.shape}")
     if arr.ndim == 3:
@@ -59,20 +61,44 @@ def read_tiff(path, *, z=None, what="image"):
     return check_image(arr, path, types=MASK_TYPES), pixel_size
 
 
-def _read_series(path):
-    """(array, axes, pixel size or None) of the TIFF's first series, or the one-line error."""
+def _read_series(path, index=None):
+    """(array, axes, pixel size or None) of one series of the TIFF (the only one, or ``index``), or the one-line error."""
     import tifffile
 
+    if path.is_dir():
+        raise file_error(path, "is a directory, not a TIFF file")
     if not path.is_file():
         raise file_error(path, "no such file")
     if path.stat().st_size == 0:
         raise file_error(path, "empty file (0 bytes), not a TIFF")
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
+            series = _pick_series(path, tif.series, index)
             return np.asarray(series.asarray()), series.axes, _pixel_size(tif)
+    except BrainrtError:
+        raise
     except Exception as exc:  # tifffile raises many types for broken files
         raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def _pick_series(path, series, index):
+    """The series ``index`` (None: the only one), or the error listing every series and its shape."""
+    if index is None and len(series) == 1:
+        return series[0]
+    listing = "; ".join(f"{i}: {s.axes} {tuple(s.shape)} {s.dtype}" for i, s in enumerate(series))
+    if index is None:
+        raise file_error(path, f"holds {len(series)} series ({listing}); pass --series N (series= in Python) to choose one")
+    if not 0 <= index < len(series):
+        raise file_error(path, f"--series {index} is outside the file's {len(series)} series ({listing})")
+    return series[index]
+
+
+def check_not_input(targets, inputs):
+    """Raise the one-line error if an output path resolves to one of the command's input files."""
+    ins = {Path(p).resolve(): p for p in inputs if p is not None and isinstance(p, (str, Path)) and Path(p).exists()}
+    for target in targets:
+        if Path(target).resolve() in ins:
+            raise file_error(target, "is an input of this command; refusing to overwrite it (choose another -o)")
 
 
 def _first_line(exc):

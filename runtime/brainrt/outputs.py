@@ -26,6 +26,15 @@ def _sibling(out, suffix):
     return out.parent / f"{name}{suffix}"
 
 
+#: Files the writers put beside their main output ``X.ome.tif`` (as ``X<suffix>``).
+SIBLING_SUFFIXES = (".probabilities.ome.tif", ".overlay.png", ".metrics.json", ".confusion.png", ".loglik.ome.tif")
+
+
+def siblings(out):
+    """Every path a writer may put beside the main output ``out``."""
+    return [_sibling(out, suffix) for suffix in SIBLING_SUFFIXES]
+
+
 def write_features(path, blocks, *, valid, n_features, attrs):
     """Stream feature blocks into a zarr group written beside ``path`` and renamed into place.
 

@@ -173,6 +173,7 @@ class SubdivideWidget(JobWidget):
     title = "sub-divide"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
+        self.viewer = napari_viewer  # the region choices list its layers
         self.region = ComboBox(choices=self._regions, label="region")
         self.area = LineEdit(value="", label="area name")
         self.value = SpinBox(value=0, min=0, max=65535, label="label value (0: any)")

@@ -1,0 +1,240 @@
+"""The napari plugin (issue 12): manifest, sample data, reader, and each widget in a real viewer.
+
+Widget tests use napari's ``make_napari_viewer`` and pytest-qt on the demo slice with the
+shipped synthetic-demo bundle. napari's canvas needs OpenGL: on a headless machine install
+``xvfb`` and ``libgl1-mesa-dri`` (and the xcb libraries Qt asks for) with apt-get and the
+pip package ``pytest-xvfb``, which starts a virtual display for the run. Without a display
+the viewer tests skip and say so; ``QT_QPA_PLATFORM=offscreen`` is not enough (vispy gets
+no OpenGL context).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+napari = pytest.importorskip("napari", reason="napari is not installed (pip install -e '.[napari]')")
+pytest.importorskip("pytestqt", reason="pytest-qt is not installed (pip install -e '.[napari]')")
+
+DEMO_BUNDLE = ROOT / "models" / "synthetic-demo"
+NO_DISPLAY = ("no display for napari's OpenGL canvas: install xvfb and libgl1-mesa-dri (plus the xcb libraries, "
+              "see README) with apt-get and pytest-xvfb with pip, or run under a desktop session")
+needs_display = pytest.mark.skipif(not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"),
+                                   reason=NO_DISPLAY)
+PX = 1.17
+
+
+def test_base_import_needs_no_qt_or_napari():
+    code = ("import sys, brainrt, brainrt.cli, brainrt.api; "
+            "bad = [m for m in ('napari', 'PyQt5', 'qtpy', 'magicgui', 'brainrt.napari') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_napari_finds_the_plugin():
+    from npe2 import PluginManager
+
+    pm = PluginManager()
+    pm.discover()
+    manifest = pm.get_manifest("brainrt")
+    assert {w.display_name for w in manifest.contributions.widgets} == {"Area map", "Outliers and clusters",
+                                                                         "Sub-divide"}
+    assert [s.key for s in manifest.contributions.sample_data] == ["demo"]
+    assert manifest.contributions.readers[0].accepts_directories
+
+
+def test_sample_data_is_the_demo_slice_with_truth():
+    from brainrt.napari._sample import demo_slice
+
+    (image, ikw, itype), (truth, tkw, ttype) = demo_slice()
+    assert itype == "image" and ttype == "labels" and image.shape == truth.shape == (768, 1152)
+    assert ikw["scale"] == tkw["scale"] == (PX, PX)
+    assert "sparse-large" in tkw["features"]["name"]
+
+
+def test_reader_opens_feature_zarr(tmp_path):
+    import brainrt
+    from brainrt.napari._reader import get_reader
+    from brainrt.napari._sample import demo_slice
+
+    bundle = brainrt.Bundle.load(DEMO_BUNDLE)
+    image = demo_slice()[0][0]
+    out = tmp_path / "demo.features.zarr"
+    grid = brainrt.featurize(image, bundle, stride=32, out=out)
+    assert get_reader(str(tmp_path)) is None and get_reader(str(tmp_path / "nothing.zarr")) is None
+    layers = get_reader(str(out))(str(out))
+    (feats, fkw, _), (rgb, rkw, _) = layers
+    assert feats.shape == (bundle.n_features, *grid.shape) and fkw["scale"] == (1.0, 32 * PX, 32 * PX)
+    assert rgb.shape == (*grid.shape, 3) and rkw["rgb"] and rkw["scale"] == (32 * PX, 32 * PX)
+    assert rgb[~grid.valid].max() == 0 and rgb[grid.valid].max() > 0.5
+
+
+# --------------------------------------------------------------------------- widgets in a viewer
+@pytest.fixture
+def viewer(make_napari_viewer):
+    from brainrt.napari._sample import demo_slice
+
+    v = make_napari_viewer()
+    for data, kw, kind in demo_slice():
+        getattr(v, f"add_{kind}")(data, **kw)
+    return v
+
+
+@pytest.fixture
+def notes():
+    """Notifications shown during the test (message strings)."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def keep(event):
+        seen.append(str(event.message if hasattr(event, "message") else event))
+
+    notification_manager.notification_ready.connect(keep)
+    yield seen
+    notification_manager.notification_ready.disconnect(keep)
+
+
+def _widget(cls, viewer, *, image="brainrt demo slice", bundle=DEMO_BUNDLE, stride=16):
+    w = cls(viewer)
+    viewer.window.add_dock_widget(w)
+    w.reset_choices()
+    w.bundle.value = bundle
+    w.image.value = viewer.layers[image]
+    w.stride.value = stride
+    return w
+
+
+def _run(qtbot, w, timeout=120_000):
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=timeout)  # the widget is idle again (finished)
+
+
+@needs_display
+def test_area_map_adds_labels_and_probabilities_at_the_layer_scale(viewer, qtbot):
+    from napari.layers import Labels
+
+    from brainrt.napari._widgets import AreaMapWidget
+
+    w = _widget(AreaMapWidget, viewer)
+    n0 = len(viewer.layers)
+    _run(qtbot, w)
+    areas = viewer.layers["areas (brainrt demo slice)"]
+    names = areas.metadata["brainrt_names"]
+    assert isinstance(areas, Labels) and areas.data.shape == (768, 1152)
+    assert tuple(areas.scale) == (PX, PX)
+    assert list(areas.features["name"]) == ["none", *names]  # hovering shows the area's name
+    probs = [viewer.layers[f"p({n}) (brainrt demo slice)"] for n in names]
+    assert len(viewer.layers) == n0 + 1 + len(names)
+    for p in probs:
+        assert p.data.shape == (48, 72) and np.allclose(p.scale, (16 * PX, 16 * PX))
+        assert np.allclose(p.translate, (7.5 * PX, 7.5 * PX))  # cell (0, 0) covers pixels 0..15
+    # the map is right on the demo slice most of the time (truth codes 1..4 = class index + 1)
+    truth = viewer.layers["brainrt demo truth"].data
+    sel = (truth > 0) & (areas.data > 0)
+    assert (areas.data[sel] == truth[sel]).mean() > 0.6
+    assert w.progress.value == 100
+
+
+@needs_display
+def test_cancel_leaves_no_layer(viewer, qtbot, notes):
+    from brainrt.napari._widgets import AreaMapWidget
+
+    w = _widget(AreaMapWidget, viewer, stride=4)
+    n0 = len(viewer.layers)
+    worker = w.run()
+    worker.yielded.connect(lambda f: w.cancel())  # cancel at the first progress report
+    with qtbot.waitSignal(worker.aborted, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    assert len(viewer.layers) == n0 and w.status.value == "cancelled" and w.run_button.enabled
+
+
+@pytest.mark.parametrize("case", ["bad bundle", "image too small", "no tissue"])
+@needs_display
+def test_errors_notify_one_line_and_add_nothing(case, viewer, qtbot, notes, tmp_path):
+    from brainrt.napari._widgets import AreaMapWidget
+
+    if case == "image too small":
+        viewer.add_image(np.full((40, 50), 120, np.uint8), name="tiny")
+    if case == "no tissue":
+        viewer.add_image(np.zeros((300, 300), np.uint8), name="empty")
+    image = {"image too small": "tiny", "no tissue": "empty"}.get(case, "brainrt demo slice")
+    bundle = tmp_path if case == "bad bundle" else DEMO_BUNDLE
+    w = _widget(AreaMapWidget, viewer, image=image, bundle=bundle)
+    n0 = len(viewer.layers)
+    _run(qtbot, w)
+    qtbot.waitUntil(lambda: bool(notes), timeout=5000)
+    expected = {"bad bundle": "not a model bundle", "image too small": "smaller than one",
+                "no tissue": "no tissue found"}[case]
+    assert any(expected in n for n in notes), notes
+    assert all("\n" not in n and "Traceback" not in n for n in notes), notes
+    assert len(viewer.layers) == n0 and w.status.value == "failed"
+
+
+@needs_display
+def test_clusters_widget(viewer, qtbot):
+    import brainrt
+    from brainrt.napari._widgets import ClustersWidget
+
+    w = _widget(ClustersWidget, viewer, stride=32)
+    _run(qtbot, w)
+    clusters = viewer.layers["clusters (brainrt demo slice)"]
+    assert clusters.data.shape == (768, 1152) and tuple(clusters.scale) == (PX, PX)
+    for name in brainrt.Bundle.load(DEMO_BUNDLE).class_names:
+        ll = viewer.layers[f"loglik({name}) (brainrt demo slice)"]
+        assert ll.data.shape == (24, 36) and np.allclose(ll.scale, (32 * PX, 32 * PX))
+
+
+@needs_display
+def test_subdivide_inside_a_drawn_shape(viewer, qtbot):
+    from brainrt.napari._widgets import SubdivideWidget
+
+    # a rectangle over pixels 100..600 x 100..700, drawn in world units (um) like the image
+    viewer.add_shapes([np.array([[100, 100], [100, 700], [600, 700], [600, 100]]) * PX], shape_type="rectangle",
+                      name="roi")
+    w = _widget(SubdivideWidget, viewer)
+    w.region.value = viewer.layers["roi"]
+    w.k.value, w.interior.value = 3, False
+    _run(qtbot, w)
+    sub = viewer.layers["subdivide (brainrt demo slice)"]
+    inside = sub.data > 0
+    assert tuple(sub.scale) == (PX, PX) and set(np.unique(sub.data)) == {0, 1, 2, 3}
+    ys, xs = np.nonzero(inside)
+    assert ys.min() >= 100 - 16 and ys.max() < 600 + 16 and xs.min() >= 100 - 16 and xs.max() < 700 + 16
+
+
+@needs_display
+def test_subdivide_one_area_of_an_area_map(viewer, qtbot):
+    from brainrt.napari._widgets import AreaMapWidget, SubdivideWidget
+
+    _run(qtbot, _widget(AreaMapWidget, viewer))
+    areas = viewer.layers["areas (brainrt demo slice)"]
+    name = areas.metadata["brainrt_names"][1]
+    w = _widget(SubdivideWidget, viewer)
+    w.region.value, w.area.value, w.k.value = areas, name, 3
+    _run(qtbot, w)
+    sub = viewer.layers["subdivide (brainrt demo slice)"].data
+    assert (sub > 0).any() and np.all(areas.data[sub > 0] == 2)  # only inside that area
+
+
+@needs_display
+def test_a_3d_layer_follows_the_viewer_z(make_napari_viewer):
+    from brainrt.napari._widgets import AreaMapWidget
+
+    viewer = make_napari_viewer()
+    stack = np.stack([np.full((200, 200), v, np.uint8) for v in (10, 20, 30)])
+    viewer.add_image(stack, name="stack", scale=(5.0, PX, PX))
+    viewer.dims.set_current_step(0, 2)
+    w = AreaMapWidget(viewer)
+    w.reset_choices()
+    w.image.value = viewer.layers["stack"]
+    src = w.source()
+    assert src.z == 2 and src.image.shape == (200, 200) and src.image[0, 0] == 30
+    assert src.scale == (PX, PX) and src.label("areas") == "areas (stack, z=2)"
