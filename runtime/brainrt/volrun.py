@@ -17,12 +17,16 @@ give identical outputs:
    rows of the neighbouring bands, so it reads the slice's raw probabilities band by band
    through :class:`~brainrt.smooth.RowSmoother` (same result as the 2D path, bounded
    memory) and writes the smoothed probabilities and the full-resolution label pyramid.
+3. :func:`zsmooth_slice` (classify with z-regularization, one per z, after the finish
+   tasks of the slices within its kernel's reach): the in-plane smoothed probabilities
+   of the neighbouring slices, Gaussian-weighted along z and normalized over tissue cells
+   (separable: in-plane first, then across z), a band at a time; then the outputs.
 
 Every task writes a completion record after its data; a rerun skips recorded tasks
 (resume). The output is assembled under ``.NAME.partial`` beside the target, which holds
 the run's fingerprint; a rerun with other arguments is refused, and the folder is renamed
 into place when every task is done. The bundle is loaded once per worker process
-(verified once, cached by its manifest's sha256). z-regularization is not implemented.
+(verified once, cached by its manifest's sha256).
 """
 
 from __future__ import annotations
@@ -142,8 +146,6 @@ def finish_slice(vplan, store, z, *_deps):
     """Smooth slice ``z``'s probabilities in the plane and write them and its label pyramid (classify)."""
     import zarr
 
-    from .geometry import upsample
-    from .heads import OFF_TISSUE
     from .smooth import RowSmoother
 
     name = f"f{z}"
@@ -152,7 +154,7 @@ def finish_slice(vplan, store, z, *_deps):
     root = zarr.open_group(str(store), mode="r+")
     zi, (R, C) = vplan.zs.index(z), vplan.grid
     raw, valid = root["scratch/probabilities"], root["scratch/valid"]
-    probs = root["0"]
+    probs, zsm = root["0"], vplan.z_sigma > 0
     smoother = RowSmoother(vplan.sigma_cells, space=vplan.space) if vplan.sigma_cells > 0 else None
     labels, done = np.full((R, C), -1, np.int16), 0
     v_all = np.asarray(valid[zi])
@@ -162,8 +164,11 @@ def finish_slice(vplan, store, z, *_deps):
         n = len(p)
         v = v_all[done : done + n]
         p = np.where(v[..., None], p, 0).astype(np.float32)
-        probs[:, zi, done : done + n] = np.moveaxis(p, -1, 0)
-        labels[done : done + n] = np.where(v, p.argmax(-1), -1)
+        if zsm:  # the z pass reads it, then writes the outputs
+            root["scratch/planar"][zi, done : done + n] = p
+        else:
+            probs[:, zi, done : done + n] = np.moveaxis(p, -1, 0)
+            labels[done : done + n] = np.where(v, p.argmax(-1), -1)
         done += n
 
     for r0, r1 in vplan.bands:
@@ -176,13 +181,52 @@ def finish_slice(vplan, store, z, *_deps):
     if smoother is not None:
         for s in smoother.flush():
             put(s)
+    if not zsm:
+        _write_labels(vplan, root, zi, labels)
+    _mark(store, name)
+    return 1
+
+
+def zsmooth_slice(vplan, store, z, *_deps):
+    """Smooth slice ``z``'s in-plane smoothed probabilities across neighbouring slices (Gaussian of
+    ``vplan.z_sigma`` slices, normalized over tissue cells like in the plane) and write the outputs."""
+    import zarr
+
+    from .smooth import _from_scores, _kernel, _to_scores, radius
+
+    name = f"g{z}"
+    if _record(store, name).exists():
+        return 0
+    root = zarr.open_group(str(store), mode="r+")
+    zi, (R, C), r = vplan.zs.index(z), vplan.grid, radius(vplan.z_sigma)
+    lo, hi = max(0, zi - r), min(len(vplan.zs), zi + r + 1)
+    w = _kernel(vplan.z_sigma)[lo - zi + r : hi - zi + r]
+    planar, valid, probs = root["scratch/planar"], root["scratch/valid"], root["0"]
+    labels = np.full((R, C), -1, np.int16)
+    for r0, r1 in vplan.bands:
+        p, v = np.asarray(planar[lo:hi, r0:r1]), np.asarray(valid[lo:hi, r0:r1])
+        num = den = 0.0
+        for j in range(hi - lo):  # same order of terms for every cell
+            sj, dj = _to_scores(p[j], v[j], vplan.space)
+            num, den = num + w[j] * sj, den + w[j] * dj
+        out = _from_scores(num, den, v[zi - lo], vplan.space)
+        probs[:, zi, r0:r1] = np.moveaxis(out, -1, 0)
+        labels[r0:r1] = np.where(v[zi - lo], out.argmax(-1), -1)
+    _write_labels(vplan, root, zi, labels)
+    _mark(store, name)
+    return 1
+
+
+def _write_labels(vplan, root, zi, labels):
+    """The label pyramid of slice position ``zi`` from its grid labels (class indices, -1 off tissue)."""
+    from .geometry import upsample
+    from .heads import OFF_TISSUE
+
     codes = np.asarray(list(vplan.class_codes) + [OFF_TISSUE], np.uint8)[labels]
     full = upsample(codes, vplan.stride, vplan.source.shape[1:])
     for level in range(_n_levels(vplan.source.shape[1:])):
         f = 2**level
         root[f"labels/areas/{level}"][zi] = full[::f, ::f]
-    _mark(store, name)
-    return 1
 
 
 def _n_levels(shape):
@@ -209,6 +253,9 @@ def _create_store(vplan, tmp):
         root.create_array("scratch/probabilities", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
                           fill_value=0.0)
         root.create_array("scratch/valid", shape=(Z, R, C), chunks=(1, band, cc), dtype="bool", fill_value=False)
+        if vplan.z_sigma > 0:
+            root.create_array("scratch/planar", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
+                              fill_value=0.0)
         root.create_array("0", shape=(K, Z, R, C), chunks=(1, 1, min(R, 1024), min(C, 1024)), dtype="float32",
                           fill_value=0.0)
         _ome_metadata(vplan, root)
@@ -361,6 +408,10 @@ def _run_serial(vplan, tmp, bundle, bar, on_task):
         if vplan.task == "classify":
             counts[1] += finish_slice(vplan, tmp, z)
             _tick(bar, on_task, counts, 1)
+    if vplan.z_sigma > 0:
+        for z in vplan.zs:
+            counts[1] += zsmooth_slice(vplan, tmp, z)
+            _tick(bar, on_task, counts, 1)
     return counts
 
 
@@ -370,7 +421,7 @@ def _run_dask(vplan, tmp, client, bar, on_task):
 
     import uuid
 
-    futures, kind, run = [], {}, uuid.uuid4().hex[:8]
+    futures, kind, run, finished = [], {}, uuid.uuid4().hex[:8], []
     for z, blocks in _tasks(vplan):
         fs = [client.submit(fn, vplan, str(tmp), *args, key=f"brainrt-block-z{z}-r{args[1][0]}-{run}", retries=2)
               for fn, args in blocks]
@@ -379,6 +430,16 @@ def _run_dask(vplan, tmp, client, bar, on_task):
         if vplan.task == "classify":
             f = client.submit(finish_slice, vplan, str(tmp), z, *fs, key=f"brainrt-finish-z{z}-{run}",
                               retries=2)
+            futures.append(f)
+            finished.append(f)
+            kind[f.key] = 1
+    if vplan.z_sigma > 0:
+        from .smooth import radius
+
+        r = radius(vplan.z_sigma)
+        for i, z in enumerate(vplan.zs):
+            f = client.submit(zsmooth_slice, vplan, str(tmp), z, *finished[max(0, i - r) : i + r + 1],
+                              key=f"brainrt-zsmooth-z{z}-{run}", retries=2)
             futures.append(f)
             kind[f.key] = 1
     counts = [0, 0]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, check_positive_int, file_error, param_error
+from .errors import BrainrtError, check_float, check_positive_int, file_error, param_error
 from .geometry import grid_shape
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -225,6 +225,7 @@ class VolumePlan:
     space: str = "log"
     threads: int = 1
     slice_options: dict = field(default_factory=dict)
+    z_sigma: float = 0.0
 
     def fingerprint(self) -> dict:
         """What makes two runs' outputs the same (a resume must match it exactly)."""
@@ -232,7 +233,7 @@ class VolumePlan:
         return {"source": s.path, "kind": s.kind, "shape": list(s.shape), "task": self.task, "zs": list(self.zs),
                 "stride": self.stride, "method": self.method, "bands": [list(b) for b in self.bands],
                 "pixel_size_um": self.pixel_size_um, "z_spacing_um": self.z_spacing_um, "model_hash": self.model_hash,
-                "head": self.head, "sigma_cells": self.sigma_cells, "space": self.space,
+                "head": self.head, "sigma_cells": self.sigma_cells, "space": self.space, "z_sigma": self.z_sigma,
                 "slice_options": {k: v for k, v in sorted(self.slice_options.items())}}
 
     @property
@@ -242,13 +243,15 @@ class VolumePlan:
 
 def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, method="auto", tissue=None,
                      min_tissue=0.5, threshold=None, pixel_size_um=None, z_spacing_um=None, batch_size=256,
-                     standardize=True, head=None, smooth=None, band_rows=None, threads=1, precision=None, series=None):
+                     standardize=True, head=None, smooth=None, band_rows=None, threads=1, precision=None, series=None,
+                     smooth_z=0.0):
     """Check a volume job and return its :class:`VolumePlan`.
 
     ``source`` is a path (see :func:`open_volume`) or a :class:`VolumeSource`; ``tissue``
     is None (Otsu per slice), "otsu" or "all" (a mask volume is not supported yet);
     ``band_rows`` is the grid rows per task (default: the engine's dense tile height, so a
-    band costs no extra halo). Other options as in :func:`brainrt.featurize` and
+    band costs no extra halo); ``smooth_z`` is the sigma in micrometres of the smoothing of
+    class probabilities across slices (0: off), after the in-plane ``smooth``. Other options as in :func:`brainrt.featurize` and
     :func:`brainrt.classify`.
     """
     from .api import _smoothing
@@ -286,6 +289,9 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, met
     px = float(pixel_size_um or src.pixel_size_um or DEFAULT_PIXEL_SIZE_UM)
     dz = float(z_spacing_um or src.z_spacing_um or px)
     sigma, space = 0.0, "log"
+    smooth_z = check_float(smooth_z or 0.0, "smooth_z", owner, low=0.0, high=1e6)
+    if smooth_z and task != "classify":
+        raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
     if task == "classify":
         clf = Classifier.of(bundle, head)
         sigma, space = _smoothing(bundle, clf, smooth, px, stride)
@@ -297,4 +303,4 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, met
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, str(Path(bundle.path).resolve()),
                       sha256_file(Path(bundle.path) / MANIFEST), bundle.model_id, tuple(bundle.class_names),
                       tuple(bundle.class_codes), bundle.n_features, head, float(sigma), space,
-                      check_positive_int(threads, "threads", owner), opts)
+                      check_positive_int(threads, "threads", owner), opts, smooth_z / dz)
