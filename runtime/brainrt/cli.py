@@ -238,8 +238,10 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
 @click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
 @_volume_options
+@click.option("--smooth-z", type=float, default=0.0, show_default=True,
+              help="Volumes: also smooth class scores across slices, sigma in um (0: off).")
 @one_line_errors
-def classify(source, model, threads, workers, scheduler, head, smooth, truth, out, **kw):
+def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, out, **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
     Writes the label map at full resolution (OME-TIFF), per-class probabilities at grid
@@ -253,7 +255,10 @@ def classify(source, model, threads, workers, scheduler, head, smooth, truth, ou
     if _is_volume(source, kw["z"]):
         if truth:
             raise BrainrtError("--truth scores one slice; it does not apply to a volume")
-        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head, smooth=smooth)
+        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head, smooth=smooth,
+                           smooth_z=smooth_z)
+    if smooth_z:
+        raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")
 
     out = out or _default_out(source, ".labels.ome.tif")
     bundle = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]))
