@@ -12,7 +12,7 @@ window: their features are compared for exact equality.
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import sys
 from pathlib import Path
 
@@ -25,8 +25,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
 from brainrt_train.quantize import (  # noqa: E402
-    INT8_WEIGHTS, agreement, cosine_rows, int8_name, preprocess, quantize_bundle_graphs, quantize_graphs,
-    run_graph, sample_footprints, transfer_ranges)
+    INT8_WEIGHTS, agreement, cosine_rows, int8_name, preprocess, quantize_graphs, run_graph, sample_footprints,
+    transfer_ranges)
 
 ROOT = Path(__file__).resolve().parents[1]
 COS_MEDIAN, COS_P1, LABELS = 0.999, 0.99, 0.95
@@ -38,18 +38,14 @@ def _footprints(image, manifest, n, seed):
 
 
 @pytest.fixture(scope="module")
-def int8_bundle(tmp_path_factory, tiny_bundle_path, synthetic_slice):
-    """A copy of the tiny bundle with int8 graphs added (all three calibration methods tried)."""
+def int8_bundle(tiny_bundle_path):
+    """The tiny bundle (its export adds the int8 graphs, all three calibration methods tried)."""
     import joblib
 
-    folder = tmp_path_factory.mktemp("int8") / "tiny"
-    shutil.copytree(tiny_bundle_path, folder)
+    folder = Path(tiny_bundle_path)
     manifest = json.loads((folder / "manifest.json").read_text())
-    x = _footprints(synthetic_slice.image, manifest, 256, seed=0)
     head = joblib.load(folder / manifest["heads"][manifest["default_head"]])
-    dense = {**manifest["dense_onnx"], "offset": manifest["dense_onnx"].get("offset", manifest["window"]["offset"])}
-    entry = quantize_bundle_graphs(folder, x[:128], x[128:], head=head, dense=dense)
-    return folder, manifest, entry, head
+    return folder, manifest, manifest["int8"], head
 
 
 def test_int8_graphs_load_and_are_recorded(int8_bundle):
@@ -200,3 +196,72 @@ def test_training_footprints_are_the_normalized_training_patches(training_data):
     centres = {tuple(c) for c in sets["train"].centres}
     assert any(np.allclose(wide[0, 0], (pad[cy : cy + 256, cx : cx + 256] / 255 - 0.4) / 0.2, atol=1e-5)
                for cy, cx in centres)
+
+
+# --------------------------------------------------------------------------- runtime: precision="int8"
+@pytest.fixture
+def fp32_only_bundle(tiny_bundle_copy):
+    """A copy of the tiny bundle without its int8 graphs (as bundles exported before them)."""
+    import dataclasses
+
+    from brainrt.bundle import MANIFEST, hash_tree, verify_bundle
+
+    m = verify_bundle(tiny_bundle_copy)
+    for f in [m.int8.file, *m.int8.dense_files.values(), m.int8.weights]:
+        (tiny_bundle_copy / f).unlink()
+    m = dataclasses.replace(m, int8=None, files=hash_tree(tiny_bundle_copy))
+    (tiny_bundle_copy / MANIFEST).write_text(m.to_json())
+    return tiny_bundle_copy
+
+
+def test_runtime_int8_dense_map_equals_int8_per_patch_map(tiny_bundle, synthetic_slice):
+    import brainrt
+
+    image = synthetic_slice.image[:300, :420]
+    dense = brainrt.featurize(image, tiny_bundle, stride=4, method="dense", precision="int8")
+    patch = brainrt.featurize(image, tiny_bundle, stride=4, method="patch", precision="int8")
+    assert dense.stats["precision"] == patch.stats["precision"] == "int8"
+    np.testing.assert_array_equal(dense.valid, patch.valid)
+    np.testing.assert_array_equal(dense.features, patch.features)  # same windows, same integer arithmetic
+    fp32 = brainrt.featurize(image, tiny_bundle, stride=4, method="dense")
+    v = fp32.valid
+    a = agreement(fp32.features[v], dense.features[v], head=tiny_bundle.head(tiny_bundle.manifest.default_head))
+    assert a["cosine_median"] >= COS_MEDIAN and a["cosine_p1"] >= COS_P1 and a["label_agreement"] >= LABELS, a
+    labels = brainrt.classify_image(image, tiny_bundle, stride=4, precision="int8").labels
+    np.testing.assert_array_equal(labels, brainrt.classify(dense, tiny_bundle).labels)
+
+
+def test_precision_errors_are_one_line(tiny_bundle, fp32_only_bundle, synthetic_slice):
+    import brainrt
+    from brainrt.errors import BrainrtError
+
+    with pytest.raises(BrainrtError, match=r"^The 'precision' parameter of featurize must be one of \('fp32', "
+                                           r"'int8'\)\. Got 'int4' instead\.$"):
+        brainrt.featurize(synthetic_slice.image, tiny_bundle, precision="int4")
+    old = brainrt.Bundle.load(fp32_only_bundle)
+    assert old.manifest.precisions == ("fp32",)
+    with pytest.raises(BrainrtError, match=rf"^{re.escape(str(fp32_only_bundle))}: bundle has no int8 graphs; "
+                                           r"use precision fp32, or add them with tools/quantize_bundle\.py"):
+        brainrt.classify_image(synthetic_slice.image, old, precision="int8")
+    with pytest.raises(BrainrtError, match="no int8 graphs"):
+        old.predictor("dense", stride=4, precision="int8")
+
+
+def test_cli_precision(tiny_bundle_path, fp32_only_bundle, slice_tif, tmp_path):
+    import zarr
+    from click.testing import CliRunner
+
+    from brainrt.cli import main
+
+    out = tmp_path / "f.zarr"
+    res = CliRunner().invoke(main, ["featurize", str(slice_tif), "-m", str(tiny_bundle_path), "--stride", "8",
+                                    "--precision", "int8", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert zarr.open_group(str(out), mode="r").attrs["precision"] == "int8"
+    res = CliRunner().invoke(main, ["classify", str(slice_tif), "-m", str(fp32_only_bundle), "--precision", "int8",
+                                    "-o", str(tmp_path / "l.ome.tif")])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines()[-1].endswith("bundle has no int8 graphs; use precision fp32, or add them "
+                                                        "with tools/quantize_bundle.py (bundles exported by this "
+                                                        "brainrt have them)")
+    assert not (tmp_path / "l.ome.tif").exists()

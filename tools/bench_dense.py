@@ -1,10 +1,20 @@
-"""Benchmark: naive torch per patch vs the runtime's per-patch path vs the dense path.
+"""Benchmark: naive torch per patch vs the runtime's per-patch path vs the dense path, fp32 and int8.
 
 One run, one crop of a real slice, one thread count, side by side. Prints patches/s,
 each path's ratio to naive, the dense path's multiply-adds/s against the sgemm peak
 measured in the same run, and the share of wall time spent in tiling and stitching.
 
-    python tools/bench_dense.py --model models/slice309-paper6 --image ../shared/data/slice309.tif
+int8: the dense path with the bundle's int8 graphs, timed interleaved with fp32 on the
+same crop (``int8/fp32 dense speed: <ratio>x``), and, with ``--mask``, its agreement
+with fp32 over the whole slice at stride 4 (``int8 label agreement (stride 4):
+<fraction>`` over tissue, feature cosine similarity median and 1st percentile, pixel
+accuracy of both against the annotation). A bundle without int8 graphs gets a
+temporary int8 copy calibrated on the image (tools/quantize_bundle.py), said so.
+``--whole-slice`` also classifies the whole slice at stride 1 in a child process and
+prints its wall time and peak RSS (minutes).
+
+    python tools/bench_dense.py --model models/slice309-paper6 --image ../shared/data/slice309.tif \
+        --mask ../shared/data/slice309_areas.tif [--whole-slice int8]
 """
 
 from __future__ import annotations
@@ -13,7 +23,11 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -64,6 +78,55 @@ def naive_torch(image, bundle, n_patches, batch=256, threads=None):
     return n_patches / (time.perf_counter() - t)
 
 
+def int8_bundle(bundle, image_path, tmp, threads):
+    """``bundle`` if it has int8 graphs, else a temporary copy with them (calibrated on ``image_path``)."""
+    import brainrt
+
+    if "int8" in bundle.manifest.precisions:
+        return bundle
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quantize_bundle import quantize_bundle
+
+    out = Path(tmp) / (bundle.path.name + "-int8")
+    entry = quantize_bundle(bundle.path, out, calib_image=image_path)
+    print(f"note: {bundle.path} has no int8 graphs; timing a copy quantized now ({entry['calibration']['method']} "
+          f"calibration on {Path(image_path).name})")
+    return brainrt.Bundle.load(out, threads=threads)
+
+
+def int8_agreement(image_path, mask_path, bundle, stride=4):
+    """fp32 vs int8 over the slice's tissue at ``stride``: labels, feature cosine, pixel accuracy."""
+    import brainrt
+
+    out = {}
+    for p in ("fp32", "int8"):
+        g = brainrt.featurize(image_path, bundle, stride=stride, precision=p)
+        r = brainrt.classify(g, bundle)
+        out[p] = (g, r, brainrt.score(r, mask_path, bundle)["pixel_accuracy"])
+    (g32, r32, acc32), (g8, r8, acc8) = out["fp32"], out["int8"]
+    v = g32.valid
+    a, b = g32.features[v].astype(np.float64), g8.features[v].astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    cos = np.where((na == 0) & (nb == 0), 1.0, (a * b).sum(1) / np.maximum(na * nb, 1e-30))
+    return {"label_agreement": float((r32.labels[v] == r8.labels[v]).mean()), "n_cells": int(v.sum()),
+            "cosine_median": float(np.median(cos)), "cosine_p1": float(np.percentile(cos, 1)),
+            "pixel_accuracy_fp32": acc32, "pixel_accuracy_int8": acc8,
+            "seconds_fp32": g32.stats["seconds"], "seconds_int8": g8.stats["seconds"]}
+
+
+def whole_slice(model, image_path, precision, threads):
+    """Classify the whole slice at stride 1 in a fresh process: (seconds from reading the TIFF to the
+    label map, wall seconds of the process, peak RSS bytes of the process)."""
+    code = ("import resource, sys, time, brainrt; b = brainrt.Bundle.load(sys.argv[1], threads=int(sys.argv[4]) or None); "
+            "t = time.perf_counter(); brainrt.classify_image(sys.argv[2], b, stride=1, precision=sys.argv[3]); "
+            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, str(model), str(image_path), precision, str(threads or 0)],
+                          check=True, capture_output=True, text=True)
+    secs, rss_kib = done.stdout.split()[-2:]
+    return float(secs), time.perf_counter() - t, int(rss_kib) * 1024  # ru_maxrss is in KiB on Linux
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/slice309-paper6")
@@ -73,6 +136,9 @@ def main(argv=None):
     ap.add_argument("--naive-patches", type=int, default=512, help="Patches timed for the naive path.")
     ap.add_argument("--patch-stride", type=int, default=4, help="Grid stride for the per-patch runtime path.")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--mask", default=None, help="Annotation of --image: int8 agreement at stride 4 over the slice.")
+    ap.add_argument("--whole-slice", nargs="*", default=None, choices=["fp32", "int8"],
+                    help="Also classify the whole slice at stride 1 with these precisions (default int8; minutes).")
     ap.add_argument("--json", default=None, help="Also write the results here.")
     args = ap.parse_args(argv)
 
@@ -87,7 +153,9 @@ def main(argv=None):
     peak = sgemm_peak()
     naive = statistics.median(naive_torch(crop, bundle, args.naive_patches, threads=args.threads)
                               for _ in range(args.repeats))
-    per_patch, dense, shares = [], [], []
+    tmp = tempfile.TemporaryDirectory(prefix="bench-int8-")
+    bundle = int8_bundle(bundle, args.image, tmp.name, args.threads)
+    per_patch, dense, shares, dense8 = [], [], [], []
     for _ in range(args.repeats):
         g = brainrt.featurize(crop, bundle, stride=args.patch_stride, method="patch", tissue="all")
         per_patch.append(g.stats["patches_per_s"])
@@ -95,10 +163,13 @@ def main(argv=None):
         dense.append(g.stats["patches_per_s"])
         t = g.stats["timings"]
         shares.append((t["tiling"] + t["stitching"]) / g.stats["seconds"])
+        g = brainrt.featurize(crop, bundle, stride=1, method="dense", tissue="all", precision="int8")
+        dense8.append(g.stats["patches_per_s"])  # right after fp32 on the same crop: the ratio sees the same load
     per_patch, dense, share = statistics.median(per_patch), statistics.median(dense), statistics.median(shares)
+    dense8 = statistics.median(dense8)
     macs = dense * dense_macs_per_position(bundle.patch_size)
     rows = [("naive torch eager, per patch", naive), (f"runtime per-patch (stride {args.patch_stride})", per_patch),
-            ("runtime dense (stride 1)", dense)]
+            ("runtime dense (stride 1)", dense), ("runtime dense int8 (stride 1)", dense8)]
     print(f"crop {c} x {c} of {args.image}, {args.threads} threads, medians of {args.repeats} runs")
     print(f"{'path':38s} {'patches/s':>12s} {'x naive':>9s}")
     for name, v in rows:
@@ -106,11 +177,28 @@ def main(argv=None):
     print(f"sgemm peak (numpy, float32): {peak / 1e9:.1f} G multiply-adds/s")
     print(f"dense: {macs / 1e9:.1f} G multiply-adds/s = {100 * macs / peak:.0f}% of the sgemm peak")
     print(f"dense: tiling + stitching = {100 * share:.1f}% of wall time")
+    results = {"naive": naive, "per_patch": per_patch, "dense": dense, "sgemm_peak_macs": peak, "dense_macs": macs,
+               "tiling_stitching_share": share, "crop": c, "threads": args.threads}
+    results["int8"] = {"dense": dense8, "ratio": dense8 / dense}
+    print(f"int8/fp32 dense speed: {dense8 / dense:.2f}x")
+    if args.mask:
+        a = int8_agreement(args.image, args.mask, bundle)
+        results["int8"]["agreement"] = a
+        print(f"int8 label agreement (stride 4): {a['label_agreement']:.4f}")
+        print(f"int8 feature cosine similarity (stride 4, {a['n_cells']} tissue cells): median {a['cosine_median']:.5f}, "
+              f"1st percentile {a['cosine_p1']:.5f}")
+        print(f"pixel accuracy vs annotation (stride 4): fp32 {a['pixel_accuracy_fp32']:.4f}, int8 "
+              f"{a['pixel_accuracy_int8']:.4f} ({100 * (a['pixel_accuracy_int8'] - a['pixel_accuracy_fp32']):+.2f} points)")
+    whole = [] if args.whole_slice is None else (args.whole_slice or ["int8"])  # bare --whole-slice: int8
+    for p in whole:
+        secs, wall, rss = whole_slice(bundle.path, args.image, p, args.threads)
+        results["int8"][f"whole_slice_stride1_{p}"] = {"seconds": secs, "process_wall_s": wall, "peak_rss_bytes": rss}
+        print(f"whole slice, stride 1, {p}: {secs:.1f} s featurize + classify ({wall:.1f} s process wall), "
+              f"peak RSS {rss / 1e9:.2f} GB")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"naive": naive, "per_patch": per_patch, "dense": dense, "sgemm_peak_macs": peak,
-                       "dense_macs": macs, "tiling_stitching_share": share, "crop": c, "threads": args.threads}, f,
-                      indent=2)
+            json.dump(results, f, indent=2)
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 For bundles exported before the trainer wrote int8 graphs itself. The source bundle's
 hashes are checked first; the copy gets ``*.int8.onnx``, ``weights_int8.bin`` and an
 ``int8`` manifest entry (files, scheme, calibration set and method, agreement with
-fp32 on held-out footprints), with every file's sha256 recomputed. The calibration
+fp32 on held-out footprints), with every file's sha256 recomputed (an older manifest
+is written in the current schema). The calibration
 footprints are drawn at random tissue positions of the image (Otsu), or inside
 ``--calib-mask`` > 0; the held-out check footprints come from a second, disjoint draw.
 """
@@ -13,19 +14,19 @@ footprints are drawn at random tissue positions of the image (Otsu), or inside
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "runtime"), str(ROOT / "trainer")]
 
-from brainrt.bundle import MANIFEST, hash_tree  # noqa: E402
+from brainrt.bundle import MANIFEST, hash_tree, verify_bundle  # noqa: E402
+from brainrt.geometry import window_offset  # noqa: E402
+from brainrt.manifest import Int8Graphs  # noqa: E402
 from brainrt_train.quantize import INT8_WEIGHTS, METHODS, quantize_bundle_graphs, sample_footprints  # noqa: E402
 
 
@@ -44,22 +45,22 @@ def quantize_bundle(bundle, out, *, calib_image, calib_mask=None, n_calib=512, n
     import joblib
 
     bundle, out = Path(bundle), Path(out)
-    manifest = json.loads((bundle / MANIFEST).read_text())
-    if hash_tree(bundle) != manifest["files"]:
-        raise SystemExit(f"{bundle}: files do not match the manifest's sha256; refusing to use it")
+    manifest = verify_bundle(bundle)  # every file's sha256 first
     if out.exists():
         raise SystemExit(f"{out}: already exists")
     image = _read_image(calib_image)
+    if manifest.intensity is not None:  # as the runtime sees the image
+        from brainrt.plan import standardize_image
+
+        image = standardize_image(image, manifest.intensity, None, manifest.normalization.trained_dtype)
     mask = _read_image(calib_mask) if calib_mask else None
-    ctx = manifest.get("context") or {}
-    footprint = int(ctx.get("footprint") or manifest["patch_size"])
-    x = sample_footprints(image, footprint=footprint, n=n_calib + n_check, normalization=manifest["normalization"],
-                          seed=seed, mask=mask)
+    x = sample_footprints(image, footprint=manifest.footprint, n=n_calib + n_check, seed=seed, mask=mask,
+                          normalization=dataclasses.asdict(manifest.normalization))
     x_calib, x_check = x[:n_calib], x[n_calib:]
-    head = joblib.load(bundle / manifest["heads"][manifest["default_head"]])  # hashes checked above
-    dense = manifest.get("dense_onnx")
-    if dense is not None:
-        dense = {**dense, "offset": dense.get("offset", manifest["window"]["offset"])}
+    head = joblib.load(bundle / manifest.heads[manifest.default_head])
+    g = manifest.dense_onnx
+    dense = g and {"files": g.files, "window": g.window,
+                   "offset": window_offset(manifest.patch_size) if g.offset is None else g.offset}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=out.parent) as tmp:
         work = Path(tmp) / out.name
@@ -68,12 +69,12 @@ def quantize_bundle(bundle, out, *, calib_image, calib_mask=None, n_calib=512, n
             old.unlink(missing_ok=True)
         where = f"{calib_mask and 'inside ' + Path(calib_mask).name or 'tissue (Otsu) of'} {Path(calib_image).name}"
         entry = quantize_bundle_graphs(work, x_calib, x_check, head=head, dense=dense, methods=methods,
-                                       patch_file=manifest["onnx"]["file"],
+                                       patch_file=manifest.onnx.file,
                                        calibration_set=f"{n_calib} footprints at random positions in {where} "
                                                        f"(seed {seed}); check set: {n_check} more")
-        manifest["int8"] = entry
-        manifest["files"] = hash_tree(work)
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = dataclasses.replace(manifest, int8=Int8Graphs.from_dict(entry), files=hash_tree(work))
+        (work / MANIFEST).write_text(manifest.to_json())
+        verify_bundle(work)
         work.rename(out)
     return entry
 

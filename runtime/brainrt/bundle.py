@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import BrainrtError, check_positive_int, file_error, param_error
 from .geometry import window_offset, window_size
-from .manifest import SCHEMA_VERSION, Manifest
+from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
 from .predictor import DensePredictor, PatchPredictor
 
 log = logging.getLogger("brainrt")
@@ -166,40 +166,57 @@ class Bundle:
         loaded = _load_heads(path, manifest.heads) if heads else {}
         return cls(path=path, manifest=manifest, session=session, heads=loaded, options=(opts, chosen))
 
-    def dense_session(self, stride):
-        """The fully convolutional graph for ``stride``, created once and then reused."""
+    def _session(self, rel):
+        """The session of the bundle's graph file ``rel``, created once and then reused."""
         with self._lock:
-            if stride not in self._dense:
+            if rel not in self._dense:
                 import onnxruntime as ort
 
                 opts, chosen = self.options
-                rel = self.manifest.dense_onnx.file(stride)
-                self._dense[stride] = ort.InferenceSession(str(self.path / rel), opts, providers=chosen)
-            return self._dense[stride]
+                self._dense[rel] = ort.InferenceSession(str(self.path / rel), opts, providers=chosen)
+            return self._dense[rel]
 
-    def predictor(self, kind="patch", *, stride=None):
+    def dense_session(self, stride, precision="fp32"):
+        """The fully convolutional graph for ``stride`` (fp32, or its int8 copy), created once and then reused."""
+        if precision == "int8":
+            return self._session(self.manifest.int8.dense_file(stride))
+        return self._session(self.manifest.dense_onnx.file(stride))
+
+    def check_precision(self, precision, owner="Bundle.predictor"):
+        """``precision`` if the bundle has graphs of it; else the one-line error."""
+        if precision not in PRECISIONS:
+            raise param_error("precision", owner, f"one of {PRECISIONS}", precision)
+        if precision not in self.manifest.precisions:
+            raise file_error(self.path, "bundle has no int8 graphs; use precision fp32, or add them with "
+                                        "tools/quantize_bundle.py (bundles exported by this brainrt have them)")
+        return precision
+
+    def predictor(self, kind="patch", *, stride=None, precision="fp32"):
         """A :mod:`~brainrt.predictor` over this bundle's graphs.
 
         ``kind="patch"``: batches of (N, 1, P, P) patches. ``kind="dense"``: tiles, for
         the grid ``stride`` (a dense stride of the bundle, or a multiple of 16 which
-        subsamples the stride-16 graph).
+        subsamples the stride-16 graph). ``precision="int8"`` runs the int8 copies of the
+        graphs (same inputs, outputs and geometry).
         """
         m, P = self.manifest, self.patch_size
+        precision = self.check_precision(precision)
         norm = dict(mean=m.normalization.mean, std=m.normalization.std, n_features=m.n_features)
         if kind == "patch":
-            return PatchPredictor(self.session, m.onnx.input, (m.footprint,), **norm)
+            session = self.session if precision == "fp32" else self._session(m.int8.file)
+            return PatchPredictor(session, m.onnx.input, (m.footprint,), **norm)
         if kind != "dense":
             raise param_error("kind", "Bundle.predictor", "'patch' or 'dense'", kind)
         stride = check_positive_int(stride, "stride", "Bundle.predictor")
         d = stride if stride <= 16 else 16
-        if d not in self.dense_strides or stride % d:
-            raise BrainrtError(f"{self.path}: bundle has no dense graph for stride {stride}")
+        if d not in self.dense_strides or stride % d or (precision == "int8" and not m.int8.dense_file(d)):
+            raise BrainrtError(f"{self.path}: bundle has no {precision} dense graph for stride {stride}")
         g = m.dense_onnx
         if g.offset is None:  # the patch's centred window
             window, offset = window_size(P), window_offset(P)
         else:  # a window inside a wider footprint: its offset relative to the patch's top-left
             window, offset = g.window, g.offset - (m.footprint - P) // 2
-        return DensePredictor(self.dense_session(d), g.input, d, window, offset, **norm)
+        return DensePredictor(self.dense_session(d, precision), g.input, d, window, offset, **norm)
 
     # Convenience views of the manifest --------------------------------------------------
     @property

@@ -60,9 +60,10 @@ class FeatureGrid:
 
 
 def zarr_attrs(plan, model_id) -> dict:
-    """Attributes of a zarr feature grid: format, geometry, model and pixel size."""
+    """Attributes of a zarr feature grid: format, geometry, model, precision and pixel size."""
     return {"format": ZARR_FORMAT, "stride": plan.stride, "patch_size": plan.patch_size,
-            "image_shape": list(plan.image_shape), "model_id": model_id, "pixel_size_um": plan.pixel_size_um,
+            "image_shape": list(plan.image_shape), "model_id": model_id, "precision": plan.precision,
+            "pixel_size_um": plan.pixel_size_um,
             "grid": "cell (i, j) is the patch centred on pixel (i*stride + stride//2, j*stride + stride//2)"}
 
 

@@ -208,6 +208,43 @@ class Smoothing:
         return _plain(self)
 
 
+#: Arithmetic a bundle's graphs may come in (fp32 always; int8 when :class:`Int8Graphs` are recorded).
+PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class Int8Graphs:
+    """int8 copies of the feature graphs (QDQ: s8 weights per output channel, u8 activations).
+
+    Same inputs, outputs and geometry as the fp32 graphs: ``file`` is the per-patch
+    graph's copy, ``dense_files`` the dense graphs' (by stride), ``weights`` their shared
+    weights file. ``calibration`` records the set and the method that fixed the
+    activation ranges; ``agreement`` how closely the per-patch copy follows fp32 on
+    held-out footprints (``label_agreement`` through the default head,
+    ``cosine_median`` and ``cosine_p1`` of the features).
+    """
+
+    file: str
+    dense_files: dict = field(default_factory=dict)
+    weights: str = ""
+    calibration: dict = field(default_factory=dict)
+    agreement: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, "manifest int8")
+        return cls(**{**known, "dense_files": {str(k): str(v) for k, v in known.get("dense_files", {}).items()}},
+                   extra=extra)
+
+    def dense_file(self, stride):
+        """int8 graph file of the dense stride ``stride`` (None if there is none)."""
+        return self.dense_files.get(str(stride))
+
+    def to_dict(self):
+        return _plain(self)
+
+
 @dataclass(frozen=True)
 class TrainingSlice:
     """One training slice: file names, their sha256 and the image shape."""
@@ -303,6 +340,7 @@ class Manifest:
     context: Context | None = None
     intensity: Intensity | None = None
     smoothing: Smoothing | None = None
+    int8: Int8Graphs | None = None
     heads: dict
     default_head: str = "logreg"
     versions: dict = field(default_factory=dict)
@@ -330,7 +368,7 @@ class Manifest:
         known, extra = _split(cls, d, "manifest")
         dense, training = known.get("dense_onnx"), known.get("training")
         parts = {k: t.from_dict(known[k]) for k, t in (("context", Context), ("intensity", Intensity),
-                                                        ("smoothing", Smoothing)) if known.get(k)}
+                                                        ("smoothing", Smoothing), ("int8", Int8Graphs)) if known.get(k)}
         return cls(**{**known, **parts, "classes": tuple(ClassSpec.from_dict(c) for c in known["classes"]),
                       "patch_size": int(known["patch_size"]), "n_features": int(known["n_features"]),
                       "normalization": Normalization.from_dict(known["normalization"]),
@@ -376,6 +414,11 @@ class Manifest:
     @property
     def dense_strides(self) -> tuple:
         return self.dense_onnx.strides if self.dense_onnx else ()
+
+    @property
+    def precisions(self) -> tuple:
+        """Arithmetic the bundle's graphs come in: "fp32", and "int8" when it holds int8 copies."""
+        return PRECISIONS if self.int8 else PRECISIONS[:1]
 
     @property
     def footprint(self) -> int:

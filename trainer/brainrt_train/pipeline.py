@@ -98,6 +98,25 @@ def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
     return redraw
 
 
+def _int8_graphs(tmp, slices, sets, *, footprint, dense_info, head, normalization, seed, n=512):
+    """int8 copies of the graphs just exported, calibrated on training footprints; their manifest entry.
+
+    The calibration method is the one whose per-patch copy agrees best with fp32 on
+    validation footprints (:mod:`brainrt_train.quantize`).
+    """
+    from .quantize import quantize_bundle_graphs, training_footprints
+
+    x_cal = training_footprints(slices, sets["train"], footprint=footprint, normalization=normalization, n=n, seed=seed)
+    x_chk = training_footprints(slices, sets["val"], footprint=footprint, normalization=normalization, n=n, seed=seed)
+    entry = quantize_bundle_graphs(tmp, x_cal, x_chk, head=head, dense=dense_info,
+                                   calibration_set=f"{len(x_cal)} of the {len(sets['train'])} training footprints "
+                                                   f"(seed {seed}); agreement on {len(x_chk)} validation footprints")
+    a = entry["agreement"]
+    log.info("int8 graphs (%s calibration): labels %.4f equal to fp32, feature cosine median %.5f, 1st pct %.5f",
+             entry["calibration"]["method"], a["label_agreement"], a["cosine_median"], a["cosine_p1"])
+    return entry
+
+
 def torch_features(model, x_unit, norm, batch=256):
     """Last-hidden-layer features of unit-range inputs (the exported graph matches them to 1e-4)."""
     import torch
@@ -111,7 +130,8 @@ def torch_features(model, x_unit, norm, batch=256):
 def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_train=2000, n_val=1000,
                      n_test=1000, epochs=30, batch_size=64, lr=1e-4, schedule="constant", seed=0, k=4,
                      gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None,
-                     context=0, checkpoint=None, init_from=None, layout="rows", redraw=False, smooth_choice=True):
+                     context=0, checkpoint=None, init_from=None, layout="rows", redraw=False, smooth_choice=True,
+                     int8=True):
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
     Returns the :class:`~brainrt.manifest.Manifest`. The bundle is built in a temporary folder beside ``out`` and
@@ -121,7 +141,8 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
     training (same data, split and seed), so a run trained elsewhere can be exported here.
     ``layout`` picks the split bands (:func:`brainrt_train.data.split_regions`); ``redraw``
     draws new training positions from the training regions every epoch. ``smooth_choice``
-    picks the default map smoothing on the validation split's pixels.
+    picks the default map smoothing on the validation split's pixels. ``int8`` adds int8
+    copies of the graphs, calibrated on training footprints (:mod:`brainrt_train.quantize`).
     """
     import torch
 
@@ -197,6 +218,9 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         from .export import share_weights
 
         share_weights([tmp / "features.onnx"] + [tmp / f for f in (dense_info or {}).get("files", {}).values()], tmp)
+        normalization = {"scale": 1.0 / dtype_max, "mean": norm["mean"], "std": norm["std"]}
+        int8_info = (_int8_graphs(tmp, slices, sets, footprint=plain.footprint, dense_info=dense_info,
+                                  head=heads["logreg"], normalization=normalization, seed=seed) if int8 else None)
         write_json(tmp / "metrics.json", {"history": history, **metrics, "onnx_parity": onnx_report})
         manifest = Manifest.from_dict({
             "schema_version": SCHEMA_VERSION,
@@ -217,6 +241,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
                      "opset": onnx_report["opset"], "input_shape": ["batch", 1, plain.footprint, plain.footprint]},
             "intensity": {"quantiles": [float(q) for q in _tissue_quantiles(slices)]},
             "dense_onnx": dense_info,
+            "int8": int8_info,
             "heads": head_files,
             "default_head": "logreg",
             "versions": _versions(),

@@ -70,12 +70,12 @@ def _reader(input_name, x, batch):
     return _Batches()
 
 
-def calibrate(path, x, *, method="minmax", batch=32, chunk=128):
+def calibrate(path, x, *, method="minmax", batch=32):
     """Activation ranges of the graph at ``path`` over inputs ``x``: ``{tensor: (lo, hi)}`` float32.
 
-    ``x`` is fed in chunks so the histogram methods (which keep every activation of what
-    they are fed) stay within a few hundred MB. onnxruntime's calibrators print their
-    progress; it is silenced.
+    The histogram methods (which keep every activation of what they are fed, and need
+    equal shapes within one feed) get one batch per feed; their histograms merge
+    across feeds. onnxruntime's calibrators print their progress; it is silenced.
     """
     import onnxruntime as ort
     from onnxruntime.quantization import create_calibrator
@@ -86,9 +86,9 @@ def calibrate(path, x, *, method="minmax", batch=32, chunk=128):
                                 calibrate_method=_method(method), extra_options={"symmetric": False})
         if method == "minmax":
             cal.collect_data(_reader(name, x, batch))
-        else:  # histograms merge across calls; the raw activations of one chunk are dropped after each
-            for i in range(0, len(x), chunk):
-                cal.collect_data(_reader(name, x[i : i + chunk], batch))
+        else:
+            for i in range(0, len(x), batch):
+                cal.collect_data(_reader(name, x[i : i + batch], batch))
         ranges = cal.compute_data()
         del cal
     return {k: (np.float32(v.range_value[0]), np.float32(v.range_value[1])) for k, v in ranges.items()}
@@ -187,7 +187,7 @@ def quantize_graphs(folder, out, x_calib, *, method="minmax", patch_file="featur
             own = transfer_ranges(ranges, src_model, onnx.load(str(pre), load_external_data=False))
             if own is None:  # layers differ (context branch): calibrate this graph on the same footprints
                 own = calibrate(pre, _dense_inputs(x_calib, dense["window"], dense.get("offset", 0)),
-                                method=method, batch=1, chunk=16)
+                                method=method, batch=1)
                 how[name] = "calibrated"
             else:
                 how[name] = f"ranges of {patch_file}"
