@@ -7,6 +7,7 @@ and the peak RSS of every worker, then an estimate for the full 720-slice volume
 
     python tools/bench_volume.py                          # 16 x 512 x 768, stride 4, slice309 bundle
     python tools/bench_volume.py --shape 4 192 256 --stride 16 --model models/synthetic-demo   # quick
+    python tools/bench_volume.py --full-band 1       # one stride-1 band of a 1420 x 5805 slice: peak RSS
 
 Each worker runs onnxruntime on one thread (one process per core); the serial run too,
 so the three runs compare the same work per core.
@@ -76,6 +77,39 @@ def _run(vplan, out, n_workers, bundle):
     return dt, sorted(rss.values())
 
 
+def _band_task(vplan, store):
+    """Run the first band of the first slice in this (fresh) worker; its seconds and the process's peak RSS."""
+    from brainrt.volrun import run_block
+
+    t = time.perf_counter()
+    run_block(vplan, store, vplan.zs[0], vplan.bands[0])
+    return time.perf_counter() - t, _peak_rss_mb()
+
+
+def full_band(model, stride, work):
+    """Peak RSS of a fresh worker process running one default band of a full-size slice at ``stride``."""
+    import tifffile
+    from dask.distributed import Client, LocalCluster
+
+    import brainrt
+    from brainrt.synth import make_volume
+    from brainrt.volrun import _create_store
+    from brainrt.volume import make_volume_plan
+
+    path = Path(work) / "full.tif"
+    tifffile.imwrite(path, make_volume((1, FULL["h"], FULL["w"]), seed=0).image, photometric="minisblack")
+    vplan = make_volume_plan(path, brainrt.Bundle.load(model, threads=1), stride=stride)
+    store = Path(work) / "full.partial"
+    store.mkdir()
+    _create_store(vplan, store)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        dt, rss = client.submit(_band_task, vplan, str(store)).result()
+    r0, r1 = vplan.bands[0]
+    print(f"full-size slice {FULL['h']} x {FULL['w']}, stride {stride}: one band ({r1 - r0} of {vplan.grid[0]} grid "
+          f"rows, {(r1 - r0) * vplan.grid[1]} cells) in {dt:.1f} s on one worker; its peak RSS {rss:.0f} MB")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=(16, 512, 768), metavar=("Z", "H", "W"))
@@ -83,7 +117,15 @@ def main(argv=None):
     ap.add_argument("--model", default=str(ROOT / "models" / "slice309-paper6"))
     ap.add_argument("--band-rows", type=int, default=None)
     ap.add_argument("--skip-stride1", action="store_true", help="Do not measure the stride-1 cost of one slice.")
+    ap.add_argument("--full-band", type=int, default=None, metavar="STRIDE",
+                    help="Only measure one band of a full-size slice at STRIDE in a fresh worker (time, peak RSS).")
     args = ap.parse_args(argv)
+    if args.full_band:
+        work = Path(tempfile.mkdtemp(prefix="bench-volume-"))
+        try:
+            return full_band(args.model, args.full_band, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
     import tifffile
 

@@ -52,6 +52,8 @@ STATE = ".brainrt"
 #: Smallest side of the label pyramid's coarsest level (levels halve until below it), and most levels.
 PYRAMID_MIN, PYRAMID_LEVELS = 64, 5
 LABEL_CHUNK = 1024
+#: Bytes of neighbouring slices' probabilities the z pass reads at a time.
+Z_BYTES = 64 << 20
 
 _BUNDLES: dict = {}
 _SLICES: OrderedDict = OrderedDict()
@@ -203,7 +205,9 @@ def zsmooth_slice(vplan, store, z, *_deps):
     w = _kernel(vplan.z_sigma)[lo - zi + r : hi - zi + r]
     planar, valid, probs = root["scratch/planar"], root["scratch/valid"], root["0"]
     labels = np.full((R, C), -1, np.int16)
-    for r0, r1 in vplan.bands:
+    step = max(1, Z_BYTES // ((hi - lo) * C * len(vplan.class_names) * 4))  # rows per read: bounded memory
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
         p, v = np.asarray(planar[lo:hi, r0:r1]), np.asarray(valid[lo:hi, r0:r1])
         num = den = 0.0
         for j in range(hi - lo):  # same order of terms for every cell
