@@ -84,8 +84,12 @@ def slice_plan(vplan, bundle, z):
         if key in _SLICES:
             _SLICES.move_to_end(key)
             return _SLICES[key]
+    image = vplan.source.read(z)
+    if image.shape != tuple(vplan.source.shape[1:]):
+        raise file_error(vplan.source.name, f"slice {z} has shape {image.shape}, not the stack's "
+                                            f"{tuple(vplan.source.shape[1:])}")
     try:
-        plan = make_plan(vplan.source.read(z), bundle, owner=vplan.task, **vplan.slice_options)
+        plan = make_plan(image, bundle, owner=vplan.task, **vplan.slice_options)
     except BrainrtError as exc:
         if "no tissue found" not in str(exc):
             raise BrainrtError(f"{vplan.source.name} z={z}: {exc}") from None
@@ -382,12 +386,6 @@ def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=
             "seconds": round(dt, 3), "blocks_per_s": round(computed_blocks / dt, 3) if dt else None}
 
 
-def _tasks(vplan):
-    """(block tasks per z, finish task per z) as ``(fn, args)``, in order."""
-    for z in vplan.zs:
-        yield z, [(run_block, (z, band)) for band in vplan.bands]
-
-
 def _bar(vplan, progress):
     if not progress:
         return None
@@ -397,6 +395,7 @@ def _bar(vplan, progress):
 
 
 def _tick(bar, on_task, counts, i):
+    """One task done (``i``: 0 a block, 1 a slice task): the bar counts blocks; ``on_task`` gets the computed ones."""
     if bar is not None and i == 0:
         bar.update(1)
     if on_task is not None:
@@ -404,10 +403,10 @@ def _tick(bar, on_task, counts, i):
 
 
 def _run_serial(vplan, tmp, bundle, bar, on_task):
-    counts = [0, 0]
-    for z, blocks in _tasks(vplan):
-        for fn, args in blocks:
-            counts[0] += fn(vplan, tmp, *args, bundle)
+    counts = [0, 0]  # blocks, slice tasks computed
+    for z in vplan.zs:
+        for band in vplan.bands:
+            counts[0] += run_block(vplan, tmp, z, band, bundle)
             _tick(bar, on_task, counts, 0)
         if vplan.task == "classify":
             counts[1] += finish_slice(vplan, tmp, z)
@@ -426,9 +425,9 @@ def _run_dask(vplan, tmp, client, bar, on_task):
     import uuid
 
     futures, kind, run, finished = [], {}, uuid.uuid4().hex[:8], []
-    for z, blocks in _tasks(vplan):
-        fs = [client.submit(fn, vplan, str(tmp), *args, key=f"brainrt-block-z{z}-r{args[1][0]}-{run}", retries=2)
-              for fn, args in blocks]
+    for z in vplan.zs:
+        fs = [client.submit(run_block, vplan, str(tmp), z, band, key=f"brainrt-block-z{z}-r{band[0]}-{run}", retries=2)
+              for band in vplan.bands]
         futures += fs
         kind.update((f.key, 0) for f in fs)
         if vplan.task == "classify":

@@ -18,6 +18,7 @@ a slice) and returns the frozen :class:`VolumePlan`: the slices, the grid, the r
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +33,10 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 
 @dataclass(frozen=True)
 class VolumeSource:
-    """A lazily read stack: ``kind`` ("tiff", "folder", "zarr"), its ``path`` (and ``files``
-    of a folder, ``array`` path inside a zarr group), ``shape`` (Z, H, W), ``dtype`` and the
-    voxel size in micrometres where the file records it."""
+    """A lazily read stack: ``kind`` ("tiff", "folder", "zarr"), its ``path`` (and the
+    ``array`` path inside a zarr group), ``shape`` (Z, H, W), ``dtype`` and the voxel size in
+    micrometres where the file records it. Small: one copy travels with every task (a
+    folder's file list is made again where it is read, once per process)."""
 
     kind: str
     path: str
@@ -42,7 +44,6 @@ class VolumeSource:
     dtype: str
     pixel_size_um: float | None = None
     z_spacing_um: float | None = None
-    files: tuple = ()
     array: str = ""
 
     @property
@@ -54,7 +55,7 @@ class VolumeSource:
         if self.kind == "folder":
             import tifffile
 
-            return np.asarray(tifffile.imread(self.files[z]))
+            return np.asarray(tifffile.imread(folder_files(self.path)[z]))
         if self.kind == "tiff":
             import tifffile
             import zarr
@@ -123,11 +124,18 @@ def _open_tiff_stack(path):
     return VolumeSource("tiff", str(path), shape, np.dtype(dtype).str, px, float(spacing) if spacing else None)
 
 
+@functools.lru_cache(maxsize=8)
+def folder_files(path) -> tuple:
+    """The TIFF files of a folder in natural order (cached per process)."""
+    files = sorted((f for f in Path(path).iterdir() if f.suffix.lower() in TIFF_SUFFIXES and f.is_file()),
+                   key=lambda f: natural_key(f.name))
+    return tuple(str(f) for f in files)
+
+
 def _open_folder(path):
     import tifffile
 
-    files = sorted((f for f in Path(path).iterdir() if f.suffix.lower() in TIFF_SUFFIXES and f.is_file()),
-                   key=lambda f: natural_key(f.name))
+    files = folder_files(str(path))
     if not files:
         raise file_error(path, "is a folder with no .tif/.tiff files")
     from .io import _pixel_size
@@ -137,8 +145,7 @@ def _open_folder(path):
         shape, dtype = tuple(page.shape), page.dtype
     if len(shape) != 2:
         raise file_error(files[0], f"expected a 2D grayscale slice in the folder {path}, got shape {shape}")
-    return VolumeSource("folder", str(path), (len(files),) + shape, np.dtype(dtype).str, px,
-                        files=tuple(str(f) for f in files))
+    return VolumeSource("folder", str(path), (len(files),) + shape, np.dtype(dtype).str, px)
 
 
 def _open_zarr_array(path, array=""):
