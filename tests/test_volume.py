@@ -231,3 +231,15 @@ def test_z_smoothing(client, serial_out, stack_tif, tiny_bundle, tmp_path):
     want = np.where(valid, e / e.sum(0), 0)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.array_equal(got, planar.astype(np.float32))
+
+
+def test_dask_imported_only_for_volumes(tiny_bundle_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, brainrt; from brainrt import cli, volume, volrun; from brainrt.synth import make_slice; "
+            f"b = brainrt.Bundle.load({str(tiny_bundle_path)!r}); "
+            "brainrt.classify_image(make_slice((256, 256)).image, b, stride=32); "
+            "print(sorted({'dask', 'distributed', 'ome_zarr'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
