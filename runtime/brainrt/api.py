@@ -26,8 +26,8 @@ from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEF
 log = logging.getLogger("brainrt")
 
 __all__ = ["ClassMapResult", "FeatureGrid", "classify", "classify_image", "classify_plan", "cluster", "featurize",
-           "featurize_plan", "load_features", "make_plan", "pixel_metrics", "region_cells", "score", "subdivide",
-           "upsample"]
+           "featurize_plan", "interior_cells", "load_features", "make_plan", "pixel_metrics", "region_cells",
+           "score", "subdivide", "upsample"]
 
 
 def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
@@ -200,7 +200,7 @@ def cluster(grid, bundle):
     return gmm_clusters(grid.features, grid.valid, bundle), area_loglik(grid.features, grid.valid, bundle)
 
 
-def subdivide(grid, *, region, k=4, n_components=10, seed=0):
+def subdivide(grid, *, region, k=4, n_components=10, seed=0, interior=False):
     """PCA + KMeans of the features inside one region (e.g. one area's cells).
 
     Parameters
@@ -210,6 +210,10 @@ def subdivide(grid, *, region, k=4, n_components=10, seed=0):
         Cells to sub-divide (combined with ``grid.valid``).
     k : int
         Number of clusters.
+    interior : bool
+        Only cells whose whole patch lies inside the region (:func:`interior_cells`): patches
+        that cross the region's border see the neighbouring area, and cluster by that
+        (thin strips along the border) rather than by the region's own structure.
 
     Returns
     -------
@@ -221,9 +225,7 @@ def subdivide(grid, *, region, k=4, n_components=10, seed=0):
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
 
-    sel = np.asarray(region, bool) & grid.valid
-    if sel.sum() < k:
-        raise BrainrtError(f"the region holds {int(sel.sum())} featurized cells, fewer than k={k}")
+    sel = _selection(region, grid, k, interior)
     rows = np.flatnonzero(sel.any(axis=1))
     f = np.concatenate([np.asarray(grid.features[r])[sel[r]] for r in rows])
     z = StandardScaler().fit_transform(f)
@@ -235,6 +237,26 @@ def subdivide(grid, *, region, k=4, n_components=10, seed=0):
     out = np.full(grid.shape, -1, np.int16)
     out[sel] = remap[lab]
     return out
+
+
+def _selection(region, grid, k, interior):
+    """The featurized cells of ``region`` (only its interior, if asked); at least ``k`` of them."""
+    sel = np.asarray(region, bool) & grid.valid
+    if interior:
+        sel = interior_cells(sel, grid)
+    if sel.sum() < k:
+        where = "the region's interior (cells whose patch lies inside it)" if interior else "the region"
+        raise BrainrtError(f"{where} holds {int(sel.sum())} featurized cells, fewer than k={k}")
+    return sel
+
+
+def interior_cells(region, grid):
+    """Cells of ``region`` whose patch lies inside it: the region eroded by half a patch (the paper sampled
+    inside areas). The image edge does not count as a border."""
+    from scipy.ndimage import binary_erosion
+
+    r = -(-(grid.patch_size // 2) // grid.stride)  # ceil(P/2 / stride) cells
+    return binary_erosion(np.asarray(region, bool), np.ones((2 * r + 1, 2 * r + 1), bool), border_value=1)
 
 
 def region_cells(grid, bundle, *, area=None, roi=None, head=None, z=None):

@@ -162,6 +162,7 @@ class Bundle:
             session = ort.InferenceSession(str(path / manifest.onnx.file), opts, providers=chosen)
         except Exception as exc:
             raise file_error(path, f"cannot load the ONNX graph ({type(exc).__name__})") from None
+        check_graph(path, manifest, session)
         log.info("brainrt: bundle %s on %s", path.name, session.get_providers()[0])
         loaded = _load_heads(path, manifest.heads) if heads else {}
         return cls(path=path, manifest=manifest, session=session, heads=loaded, options=(opts, chosen))
@@ -257,6 +258,29 @@ class Bundle:
                 f"{self.path}: bundle has no head {name!r}; available: {', '.join(sorted(self.heads))}"
             )
         return self.heads[name]
+
+
+def _dims(arg):
+    """Fixed dimensions of an ONNX input or output (None for symbolic ones)."""
+    return [d if isinstance(d, int) else None for d in arg.shape]
+
+
+def check_graph(path, manifest, session):
+    """Refuse, in one line, a per-patch graph that disagrees with its manifest (names, input shape, output size)."""
+    ins, outs = session.get_inputs(), session.get_outputs()
+    g, F, side = manifest.onnx, manifest.n_features, manifest.footprint
+    problems = []
+    if g.input not in [i.name for i in ins]:
+        problems.append(f"input {g.input!r} (the graph's: {', '.join(i.name for i in ins)})")
+    elif [d for d in _dims(next(i for i in ins if i.name == g.input))[1:]] not in ([1, side, side], [None] * 3):
+        shape = _dims(next(i for i in ins if i.name == g.input))
+        problems.append(f"input (N, 1, {side}, {side}) (the graph's: {tuple(shape)})")
+    if g.output not in [o.name for o in outs]:
+        problems.append(f"output {g.output!r} (the graph's: {', '.join(o.name for o in outs)})")
+    elif _dims(next(o for o in outs if o.name == g.output))[-1] not in (F, None):
+        problems.append(f"{F} features (the graph's output: {tuple(_dims(next(o for o in outs if o.name == g.output)))})")
+    if problems:
+        raise file_error(path, f"manifest does not match {g.file}: it says {'; '.join(problems)}; refusing to load it")
 
 
 def _load_heads(path, files):

@@ -31,7 +31,7 @@ def run_demo(out, *, model=None, seed=7):
     written = write_clusters(out / "clusters.ome.tif", clusters, loglik, grid, bundle.class_names, image=s.image)
     yield f"cluster: wrote {', '.join(written)}"
     first = bundle.class_names[0]
-    sub = api.subdivide(grid, region=result.labels == 0, k=3)
+    sub = api.subdivide(grid, region=result.labels == 0, k=3, interior=True)  # patches inside the area
     written = write_subdivision(out / "subdivide.ome.tif", sub, grid, image=s.image, title=f"{first}: k=3")
     yield f"subdivide {first}: wrote {', '.join(written)}"
     yield f"done: open the PNGs in {out}/"

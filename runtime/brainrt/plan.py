@@ -96,15 +96,15 @@ class Plan:
 
 def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
               threshold=None, z=None, pixel_size_um=None, batch_size=DEFAULT_BATCH_SIZE, standardize=True,
-              owner="featurize", precision=DEFAULT_PRECISION):
+              owner="featurize", series=None, precision=DEFAULT_PRECISION):
     """Check everything and return the :class:`Plan`.
 
     ``image`` is an array (H, W) (or a stack with ``z``) or a TIFF path; ``tissue`` is
     None or "otsu" (Otsu's threshold, or ``threshold``), "all", a mask array or a mask
     TIFF path; ``pixel_size_um`` defaults to the TIFF's, else :data:`DEFAULT_PIXEL_SIZE_UM`.
     ``standardize`` maps the image's tissue histogram onto the bundle's training tissue
-    (:mod:`brainrt.intensity`) when the bundle records one. ``precision`` "int8" runs the
-    bundle's int8 graphs.
+    (:mod:`brainrt.intensity`) when the bundle records one. ``series`` picks one series of a
+    multi-series TIFF. ``precision`` "int8" runs the bundle's int8 graphs.
     Errors name the file for file problems and the parameter (of ``owner``) otherwise.
     """
     stride = check_positive_int(stride, "stride", owner)
@@ -116,11 +116,12 @@ def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
         raise param_error("pixel_size_um", owner, "a positive float", pixel_size_um)
     method = _resolve_method(method, stride, bundle.dense_strides, owner)
     precision = bundle.check_precision(precision, owner)
-    image, source, tiff_px = _read_image(image, z, bundle.patch_size)
+    image, source, tiff_px = _read_image(image, z, bundle.patch_size, series)
     valid = _valid_cells(image, source, tissue, z=z, patch_size=bundle.patch_size, stride=stride,
                          threshold=threshold, min_tissue=min_tissue, owner=owner)
     px = float(pixel_size_um or tiff_px or DEFAULT_PIXEL_SIZE_UM)
     intensity = bundle.manifest.intensity if standardize else None
+    _warn_narrow_range(image, source, intensity is not None)
     if intensity is not None:
         image = standardize_image(image, intensity, threshold, bundle.manifest.normalization.trained_dtype)
     return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, intensity is not None,
@@ -134,15 +135,32 @@ def standardize_image(image, intensity, threshold, trained_dtype):
     tissue above the threshold is left as it is.
     """
     from .intensity import fit_map
-    from .tissue import otsu_threshold
+    from .tissue import auto_threshold
 
-    t = otsu_threshold(image) if threshold is None else threshold
+    t = auto_threshold(image, quiet=True) if threshold is None else threshold
     try:
         imap = fit_map(image, t, intensity.quantiles, out_dtype=trained_dtype)
     except ValueError:  # no tissue pixel: nothing to match
         log.warning("intensity standardization skipped: no pixel above the tissue threshold %g", t)
         return image
     return imap.apply(image)
+
+
+#: A pixel range below this fraction of the pixel type's full range draws a warning.
+NARROW_RANGE = 1 / 64
+
+
+def _warn_narrow_range(image, source, standardized):
+    """Warn when the pixel values span a tiny part of their type's range (the network then sees a flat image)."""
+    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
+    full = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else 1.0
+    if hi - lo >= NARROW_RANGE * full:
+        return
+    how = ("intensity standardization maps it onto the training tissue's" if standardized else
+           "this bundle records no training intensities to map it onto, so the map may be one class; "
+           "rescale the slice to its pixel type's range")
+    log.warning("%s: pixel values span only %g..%g, %.2g%% of the %s range; %s", source, lo, hi,
+                100 * (hi - lo) / full, image.dtype, how)
 
 
 def _resolve_method(method, stride, dense_strides, owner):
@@ -160,12 +178,12 @@ def _is_path(x) -> bool:
     return isinstance(x, (str, Path))
 
 
-def _read_image(image, z, patch_size):
+def _read_image(image, z, patch_size, series=None):
     """(checked 2D image, its name in messages, pixel size of the TIFF or None)."""
     if _is_path(image):
         from .io import read_tiff
 
-        arr, px = read_tiff(image, z=z)
+        arr, px = read_tiff(image, z=z, series=series)
         return check_image(arr, str(image), finite=False, min_side=patch_size), str(image), px
     image = np.asarray(image)
     if z is not None and image.ndim == 3:

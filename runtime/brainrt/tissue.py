@@ -66,7 +66,7 @@ def auto_threshold(image, *, quiet=False) -> float:
         log.info("no background in the intensity histogram (Otsu separability %.2f < %.2f): every pixel counts "
                  "as tissue; pass a threshold or a tissue mask to choose otherwise", separability, UNIMODAL_SEPARABILITY)
     lo = float(np.nanmin(image))
-    return lo - 1.0 if image.dtype.kind in "ui" else float(np.nextafter(lo, -np.inf))
+    return lo - (1.0 if image.dtype.kind in "ui" else max(abs(lo), 1.0) * 1e-6)  # representable in float32
 
 
 def _otsu(image, *, separability=False):
@@ -217,7 +217,7 @@ def _tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5,
     else:
         if threshold is None:
             threshold = auto_threshold(image)
-            if threshold < np.nanmin(image):  # no background: every cell, edge cells included
+            if threshold < float(np.nanmin(image)):  # no background: every cell, edge cells included
                 return np.ones(grid_shape(image.shape, stride), bool)
         band = lambda a, b: image[a:b] > threshold  # noqa: E731
     # the pixel mask is formed a band of rows at a time: memory does not grow with the slice
