@@ -333,7 +333,8 @@ def _open_partial(vplan, out):
         old = json.loads(run.read_text())
         new = json.loads(json.dumps(vplan.fingerprint()))
         if old != new:
-            diff = ", ".join(f"{k} {old.get(k)!r} vs {new.get(k)!r}" for k in new if old.get(k) != new.get(k))
+            diff = ", ".join([f"{k} {_short(old.get(k))} vs {_short(new.get(k))}" for k in new
+                              if old.get(k) != new.get(k)][:3])
             raise file_error(out, f"an unfinished run with other arguments is in {tmp} ({diff}); rerun it with "
                                   "the same arguments to resume, or delete that folder")
         return tmp, len(list((tmp / STATE / "done").iterdir()))
@@ -342,6 +343,11 @@ def _open_partial(vplan, out):
     tmp.mkdir()
     _create_store(vplan, tmp)
     return tmp, 0
+
+
+def _short(value, n=40):
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _finalize(vplan, tmp, out):

@@ -238,10 +238,9 @@ class VolumePlan:
         """What makes two runs' outputs the same (a resume must match it exactly)."""
         s = self.source
         return {"source": s.path, "kind": s.kind, "shape": list(s.shape), "task": self.task, "zs": list(self.zs),
-                "stride": self.stride, "method": self.method, "bands": [list(b) for b in self.bands],
-                "pixel_size_um": self.pixel_size_um, "z_spacing_um": self.z_spacing_um, "model_hash": self.model_hash,
+                **{k: v for k, v in sorted(self.slice_options.items())}, "model_hash": self.model_hash,
                 "head": self.head, "sigma_cells": self.sigma_cells, "space": self.space, "z_sigma": self.z_sigma,
-                "slice_options": {k: v for k, v in sorted(self.slice_options.items())}}
+                "z_spacing_um": self.z_spacing_um, "bands": [list(b) for b in self.bands]}
 
     @property
     def n_blocks(self) -> int:
