@@ -245,3 +245,14 @@ def test_demo_subdivides_the_interior(tmp_path):
     other = areas != areas[inside][0]
     near_border = binary_dilation(other, np.ones((33, 33), bool))
     assert inside.any() and not (inside & near_border).any()
+
+
+def test_volume_output_that_is_the_input_folder_is_refused(tmp_path, tiny_bundle_path, synthetic_slice):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(2):
+        write_tiff(folder / f"s{z}.tif", synthetic_slice.image[:192, :256])
+    before = sorted(p.name for p in folder.iterdir())
+    r = _run(["classify", folder, "-m", tiny_bundle_path, "-o", folder])
+    assert "is an input" in _one_error(r)
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -133,7 +133,7 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **tas
     from .volrun import process_volume
 
     out = out or _default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
-    bundle = _prepare(out, model, threads, is_dir=True)
+    bundle = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")))
     opts = _plan_options(**dict(kw, z=None))
     vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
                                progress=_progress(), threads=threads or 1, **dict(opts, z=kw["z"] or "all"), **task_kw)
