@@ -243,3 +243,18 @@ def test_dask_imported_only_for_volumes(tiny_bundle_path):
             "print(sorted({'dask', 'distributed', 'ome_zarr'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_blank_slice_is_off_tissue(volume, tiny_bundle, tmp_path):
+    import zarr
+
+    from brainrt.volrun import run_volume
+    from brainrt.volume import make_volume_plan
+
+    stack = volume.image[:2].copy()
+    stack[1] = 0  # past the tissue's end
+    path = write_tiff(tmp_path / "blank.tif", stack, photometric="minisblack")
+    out = tmp_path / "blank.ome.zarr"
+    run_volume(make_volume_plan(path, tiny_bundle, stride=32), out, bundle=tiny_bundle)
+    labels = np.asarray(zarr.open_group(str(out), mode="r")["labels/areas/0"])
+    assert (labels[1] == 255).all() and (labels[0] != 255).any()
