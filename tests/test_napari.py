@@ -238,3 +238,14 @@ def test_a_3d_layer_follows_the_viewer_z(make_napari_viewer):
     src = w.source()
     assert src.z == 2 and src.image.shape == (200, 200) and src.image[0, 0] == 30
     assert src.scale == (PX, PX) and src.label("areas") == "areas (stack, z=2)"
+
+
+@needs_display
+def test_plugin_contributions_load_in_napari(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("brainrt", "demo")
+    assert [layer.name for layer in viewer.layers] == ["brainrt demo slice", "brainrt demo truth"]
+    for name in ("Area map", "Outliers and clusters", "Sub-divide"):
+        dock, widget = viewer.window.add_plugin_dock_widget("brainrt", name)
+        widget.reset_choices()
+        assert widget.image.value is viewer.layers["brainrt demo slice"]
