@@ -258,3 +258,19 @@ def test_blank_slice_is_off_tissue(volume, tiny_bundle, tmp_path):
     run_volume(make_volume_plan(path, tiny_bundle, stride=32), out, bundle=tiny_bundle)
     labels = np.asarray(zarr.open_group(str(out), mode="r")["labels/areas/0"])
     assert (labels[1] == 255).all() and (labels[0] != 255).any()
+
+
+def test_int8_volume_matches_2d(volume, stack_tif, tiny_bundle, tmp_path):
+    import zarr
+
+    import brainrt
+    from brainrt.volrun import run_volume
+    from brainrt.volume import make_volume_plan
+
+    if "int8" not in tiny_bundle.manifest.precisions:
+        pytest.skip("the tiny bundle has no int8 graphs")
+    out = tmp_path / "int8.ome.zarr"
+    run_volume(make_volume_plan(stack_tif, tiny_bundle, stride=32, z="2", precision="int8"), out, bundle=tiny_bundle)
+    got = np.asarray(zarr.open_group(str(out), mode="r")["0"][:, 0])
+    want = brainrt.classify_image(volume.image[2], tiny_bundle, stride=32, precision="int8").probabilities
+    np.testing.assert_allclose(np.moveaxis(got, 0, -1), want, atol=1e-6)

@@ -135,7 +135,7 @@ def run_block(vplan, store, z, band, bundle=None):
         from .heads import Classifier, apply_rows
 
         clf = Classifier.of(bundle, vplan.head) if vplan.task == "classify" else None
-        for b in blocks(plan, bundle.predictor(plan.method, stride=plan.stride), rows=band):
+        for b in blocks(plan, bundle.predictor(plan.method, stride=plan.stride, precision=plan.precision), rows=band):
             rows = slice(b.r0 - r0, b.r1 - r0)
             if clf is None:
                 out[rows] = b.features

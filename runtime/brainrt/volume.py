@@ -271,8 +271,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, met
     owner = f"{task} (volume)"
     if task not in ("featurize", "classify"):
         raise param_error("task", owner, "'featurize' or 'classify'", task)
-    if precision not in (None, getattr(plan_module, "DEFAULT_PRECISION", None)):
-        raise param_error("precision", owner, "the default for a volume (int8 volumes are not supported yet)", precision)
+    precision = bundle.check_precision(precision or plan_module.DEFAULT_PRECISION, owner)
     if series not in (None, 0):
         raise param_error("series", owner, "None for a volume (the first series is read)", series)
     src = source if isinstance(source, VolumeSource) else open_volume(source)
@@ -305,7 +304,8 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, met
             raise BrainrtError(f"head {head!r} gives no class probabilities; a volume needs one that does")
     opts = dict(stride=stride, method=method, tissue=tissue, min_tissue=float(min_tissue),
                 threshold=None if threshold is None else float(threshold), pixel_size_um=px,
-                batch_size=check_positive_int(batch_size, "batch_size", owner), standardize=bool(standardize))
+                batch_size=check_positive_int(batch_size, "batch_size", owner), standardize=bool(standardize),
+                precision=precision)
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, str(Path(bundle.path).resolve()),
                       sha256_file(Path(bundle.path) / MANIFEST), bundle.model_id, tuple(bundle.class_names),
                       tuple(bundle.class_codes), bundle.n_features, head, float(sigma), space,
