@@ -130,13 +130,19 @@ def _volume_options(f):
 
 def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **task_kw):
     """A volume (--z a:b or all, a TIFF folder or a zarr stack): one Dask run into an OME-Zarr or zarr folder."""
-    from .volrun import process_volume
+    from .volrun import partial_path, process_volume
 
     out = out or _default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
     bundle = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")))
     opts = _plan_options(**dict(kw, z=None))
-    vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
-                               progress=_progress(), threads=threads or 1, **dict(opts, z=kw["z"] or "all"), **task_kw)
+    try:
+        vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
+                                   progress=_progress(), threads=threads or 1, **dict(opts, z=kw["z"] or "all"),
+                                   **task_kw)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted; the finished blocks are kept in {partial_path(out)}: rerun the same command to "
+                   "resume", err=True)
+        sys.exit(130)
     click.echo(f"wrote {out}: {len(vplan.zs)} slices, grid {vplan.grid[0]} x {vplan.grid[1]}, {st['blocks']} blocks "
                f"({st['computed_blocks']} computed) in {st['seconds']:.1f} s ({st['blocks_per_s'] or 0:.2f} blocks/s)")
 

@@ -317,7 +317,8 @@ def _ome_metadata(vplan, root):
         + [{"label-value": OFF_TISSUE, "name": "off tissue"}], source={"image": "../../"})
 
 
-def _partial(out):
+def partial_path(out):
+    """The folder a volume output is assembled in (kept by an interrupted run, for its resume)."""
     out = Path(out)
     return out.parent / f".{out.name}.partial"
 
@@ -327,7 +328,7 @@ def _open_partial(vplan, out):
     from .io import check_target
 
     check_target(out, is_dir=True)
-    tmp = _partial(out)
+    tmp = partial_path(out)
     run = tmp / STATE / "run.json"
     if run.is_file():
         old = json.loads(run.read_text())
@@ -471,6 +472,7 @@ def dask_client(*, workers=None, scheduler=None):
     from dask.distributed import Client, LocalCluster
 
     logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)  # "still alive, killing" after an interrupt
     if scheduler:
         with Client(scheduler) as client:
             yield client
