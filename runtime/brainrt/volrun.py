@@ -338,7 +338,7 @@ def _open_partial(vplan, out):
                               if old.get(k) != new.get(k)][:3])
             raise file_error(out, f"an unfinished run with other arguments is in {tmp} ({diff}); rerun it with "
                                   "the same arguments to resume, or delete that folder")
-        return tmp, len(list((tmp / STATE / "done").iterdir()))
+        return tmp, sum(1 for p in (tmp / STATE / "done").iterdir() if not p.name.endswith(".tmp"))
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
