@@ -97,12 +97,13 @@ def int8_bundle(bundle, image_path, tmp, threads):
 def int8_agreement(image_path, mask_path, bundle, stride=4):
     """fp32 vs int8 over the slice's tissue at ``stride``: labels, feature cosine, pixel accuracy."""
     import brainrt
+    from brainrt.api import score
 
     out = {}
     for p in ("fp32", "int8"):
         g = brainrt.featurize(image_path, bundle, stride=stride, precision=p)
         r = brainrt.classify(g, bundle)
-        out[p] = (g, r, brainrt.score(r, mask_path, bundle)["pixel_accuracy"])
+        out[p] = (g, r, score(r, mask_path, bundle)["pixel_accuracy"])
     (g32, r32, acc32), (g8, r8, acc8) = out["fp32"], out["int8"]
     v = g32.valid
     a, b = g32.features[v].astype(np.float64), g8.features[v].astype(np.float64)
