@@ -10,7 +10,9 @@ and the peak RSS of every worker, then an estimate for the full 720-slice volume
     python tools/bench_volume.py --full-band 1       # one stride-1 band of a 1420 x 5805 slice: peak RSS
 
 Each worker runs onnxruntime on one thread (one process per core); the serial run too,
-so the three runs compare the same work per core.
+so the three runs compare the same work per core. "workers busy" is the CPU time the
+computing processes got per wall-clock second: below the worker count, something else
+on the machine took the cores (the speed-up then measures the machine, not the scheduler).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ def _FakeSource(shape):
     return VolumeSource("tiff", "full-volume", shape, "|u1")
 
 
+def _cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -58,23 +65,25 @@ def _du(path):
 
 
 def _run(vplan, out, n_workers, bundle):
-    """(seconds, peak RSS per worker in MB) of one run (after a warm-up of every worker)."""
+    """(seconds, peak RSS per worker in MB, CPU seconds of the workers) of one run (after a warm-up)."""
     from brainrt.volrun import run_volume
 
     if n_workers == 0:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_s()
         run_volume(vplan, out, bundle=bundle)
-        return time.perf_counter() - t, [_peak_rss_mb()]
+        return time.perf_counter() - t, [_peak_rss_mb()], _cpu_s() - c
     from dask.distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=40) as cluster, Client(cluster) as client:
         client.run(_warm, vplan, str(Path(out).parent))
+        c = client.run(_cpu_s)
         t = time.perf_counter()
         run_volume(vplan, out, client=client)
         dt = time.perf_counter() - t
+        c = {k: v - c[k] for k, v in client.run(_cpu_s).items()}
         rss = client.run(_peak_rss_mb)
-    return dt, sorted(rss.values())
+    return dt, sorted(rss.values()), sum(c.values())
 
 
 def _band_task(vplan, store):
@@ -155,11 +164,11 @@ def main(argv=None):
         times = {}
         for n in (0, 1, 2):
             out = work / f"out{n}.ome.zarr"
-            dt, rss = _run(vplan, out, n, bundle)
+            dt, rss, cpu = _run(vplan, out, n, bundle)
             times[n] = dt
             label = "serial" if n == 0 else f"{n} worker{'s' * (n > 1)}"
             print(f"{label:>10}: {dt:7.2f} s  {vplan.n_blocks / dt:6.2f} blocks/s  {cells / dt:8.0f} cells/s  "
-                  f"peak RSS {', '.join(f'{r:.0f}' for r in rss)} MB")
+                  f"peak RSS {', '.join(f'{r:.0f}' for r in rss)} MB; workers busy {cpu / dt:.2f} cores")
         print(f"speed-up 1 -> 2 workers: {times[1] / times[2]:.2f}x ({times[1] / times[2] / 2:.0%} per worker); "
               f"scheduler overhead (1 worker vs serial): {times[1] / times[0] - 1:+.1%}")
         label_bytes = _du(work / "out2.ome.zarr" / "labels")
