@@ -18,7 +18,7 @@ from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, make_plan
 from conftest import ROOT, write_tiff
 
 RUNTIME = ROOT / "runtime" / "brainrt"
-SHIPPED = [ROOT / "models" / "slice309-paper6", ROOT / "models" / "synthetic-demo"]
+SHIPPED = [ROOT / "models" / "synthetic-demo"]  # schema 1 as exported (slice309-paper6 is schema 2 since its retraining)
 
 
 # --------------------------------------------------------------------------- manifest

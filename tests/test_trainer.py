@@ -269,10 +269,11 @@ def test_features_onnx_in_plain_onnxruntime(tiny_bundle_path, n):
 def test_shipped_bundle_features(shipped_bundle_path):
     import onnxruntime as ort
 
-    m = verify_bundle(shipped_bundle_path)  # a schema 1 bundle, migrated on reading
+    m = verify_bundle(shipped_bundle_path)
     assert m.patch_size == 128 and m.n_features == 64
     sess = ort.InferenceSession(str(shipped_bundle_path / m.onnx.file), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((4, 1, 128, 128)).astype(np.float32)
+    fp = m.footprint  # 512 with the context branch
+    x = np.random.default_rng(0).standard_normal((4, 1, fp, fp)).astype(np.float32)
     (y,) = sess.run(None, {m.onnx.input: x})
     assert y.shape == (4, 64) and np.isfinite(y).all()
 

@@ -148,7 +148,7 @@ def run_block(vplan, store, z, band, bundle=None):
     return 1
 
 
-def finish_slice(vplan, store, z, *_deps):
+def finish_slice(vplan, store, z, *_deps):  # long: one streamed pass (smooth, write, pyramid) kept readable in order
     """Smooth slice ``z``'s probabilities in the plane and write them and its label pyramid (classify)."""
     import zarr
 

@@ -250,7 +250,7 @@ class VolumePlan:
 def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, method="auto", tissue=None,
                      min_tissue=0.5, threshold=None, pixel_size_um=None, z_spacing_um=None, batch_size=256,
                      standardize=True, head=None, smooth=None, band_rows=None, threads=1, precision=None, series=None,
-                     smooth_z=0.0):
+                     smooth_z=0.0):  # long: the volume's input edge, one check per option in one place
     """Check a volume job and return its :class:`VolumePlan`.
 
     ``source`` is a path (see :func:`open_volume`) or a :class:`VolumeSource`; ``tissue``
