@@ -135,13 +135,9 @@ class PlainCNN(nn.Module):
         o, w = self.offset, self.window
         patch, ctx = self.split(x)
         h = _run_stack(self.convs, patch[:, :, o : o + w, o : o + w]).flatten(1)
-        if self.context:  # FC1 in two halves whose bytes equal the dense graphs' (stored once per bundle)
-            hc = _run_stack(self.ctx_convs, ctx[:, :, o : o + w, o : o + w]).flatten(1)
-            n = h.shape[1]
-            w1 = self.fc1.weight
-            h = torch.relu(F.linear(h, w1[:, :n].contiguous()) + F.linear(hc, w1[:, n:].contiguous()) + self.fc1.bias)
-        else:
-            h = torch.relu(self.fc1(h))
+        if self.context:
+            h = torch.cat([h, _run_stack(self.ctx_convs, ctx[:, :, o : o + w, o : o + w]).flatten(1)], 1)
+        h = torch.relu(self.fc1(h))
         return torch.relu(self.fc2(h))
 
     def logits(self, x):
