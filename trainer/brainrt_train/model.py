@@ -121,6 +121,12 @@ class PlainCNN(nn.Module):
                 new.weight.copy_(w), new.bias.copy_(b)
             self.head = nn.Linear(trained.out.in_features, trained.out.out_features)
             self.head.load_state_dict(trained.out.state_dict())
+            if self.context:  # FC1 by branch: the main half's bytes equal the dense graphs' (stored once)
+                n = self.fc1.in_features - CTX_SPEC[-1][1] * final_map_size(self.patch_size) ** 2
+                self.fc1_main = nn.Linear(n, self.fc1.out_features)
+                self.fc1_main.weight.copy_(self.fc1.weight[:, :n]), self.fc1_main.bias.copy_(self.fc1.bias)
+                self.fc1_ctx = nn.Linear(self.fc1.in_features - n, self.fc1.out_features, bias=False)
+                self.fc1_ctx.weight.copy_(self.fc1.weight[:, n:])
         self.eval()
 
     def split(self, x):
@@ -136,8 +142,10 @@ class PlainCNN(nn.Module):
         patch, ctx = self.split(x)
         h = _run_stack(self.convs, patch[:, :, o : o + w, o : o + w]).flatten(1)
         if self.context:
-            h = torch.cat([h, _run_stack(self.ctx_convs, ctx[:, :, o : o + w, o : o + w]).flatten(1)], 1)
-        h = torch.relu(self.fc1(h))
+            hc = _run_stack(self.ctx_convs, ctx[:, :, o : o + w, o : o + w]).flatten(1)
+            h = torch.relu(self.fc1_main(h) + self.fc1_ctx(hc))
+        else:
+            h = torch.relu(self.fc1(h))
         return torch.relu(self.fc2(h))
 
     def logits(self, x):
