@@ -45,13 +45,16 @@ def sgemm_peak(n=2048, repeats=5):
     return n**3 / statistics.median(times)
 
 
-def dense_macs_per_position(patch_size=128):
-    """Multiply-adds per output position of the dense graph at stride 1."""
+def dense_macs_per_position(patch_size=128, context=0):
+    """Multiply-adds per output position of the dense graph at stride 1 (context branch included)."""
     from brainrt.geometry import final_map_size
 
     m = final_map_size(patch_size)
     conv = 7 * 7 * 1 * 16 + 5 * 5 * 16 * 32 + 3 * 3 * 32 * 64 + 3 * 3 * 64 * 128
-    return conv + m * m * 128 * 1024 + 1024 * 64
+    macs = conv + m * m * 128 * 1024 + 1024 * 64
+    if context:  # conv 7/16, 5/32, 3/32, 3/16 at full resolution (a trous) and its FC1 half
+        macs += 7 * 7 * 16 + 5 * 5 * 16 * 32 + 3 * 3 * 32 * 32 + 3 * 3 * 32 * 16 + m * m * 16 * 1024
+    return macs
 
 
 def naive_torch(image, bundle, n_patches, batch=256, threads=None):
@@ -63,8 +66,11 @@ def naive_torch(image, bundle, n_patches, batch=256, threads=None):
     if threads:
         torch.set_num_threads(threads)
     P = bundle.patch_size
-    model = PlainCNN(PaperCNN(len(bundle.class_names), patch_size=P).eval())  # same shape and cost
+    ctx = bundle.manifest.context.factor if bundle.manifest.context else 0
+    model = PlainCNN(PaperCNN(len(bundle.class_names), patch_size=P, context=ctx).eval())  # same shape and cost
     norm = bundle.normalization
+    P = bundle.manifest.footprint  # the pixels the network reads (512 with the context branch)
+    image = np.pad(image, P // 2, mode="reflect") if min(image.shape) <= P else image
     rng = np.random.default_rng(0)
     h, w = image.shape
     ys = rng.integers(0, h - P, n_patches)
@@ -168,7 +174,8 @@ def main(argv=None):
         dense8.append(g.stats["patches_per_s"])  # right after fp32 on the same crop: the ratio sees the same load
     per_patch, dense, share = statistics.median(per_patch), statistics.median(dense), statistics.median(shares)
     dense8 = statistics.median(dense8)
-    macs = dense * dense_macs_per_position(bundle.patch_size)
+    ctx = bundle.manifest.context.factor if bundle.manifest.context else 0
+    macs = dense * dense_macs_per_position(bundle.patch_size, ctx)
     rows = [("naive torch eager, per patch", naive), (f"runtime per-patch (stride {args.patch_stride})", per_patch),
             ("runtime dense (stride 1)", dense), ("runtime dense int8 (stride 1)", dense8)]
     print(f"crop {c} x {c} of {args.image}, {args.threads} threads, medians of {args.repeats} runs")
