@@ -101,6 +101,8 @@ def choose_smoothing(bundle, slices, regions, names, *, stride=16, pixel_size_um
     """
     table = []
     grids = [class_probabilities(bundle, sl.image, stride=stride) for sl in slices]
+    truth = np.concatenate([sl.labels.ravel() for sl in slices])
+    region = np.concatenate([r.ravel() for r in regions[split]])
     for space in ("log", "prob"):
         for sigma in SIGMAS_UM:
             if sigma == 0 and space == "prob":
@@ -108,8 +110,6 @@ def choose_smoothing(bundle, slices, regions, names, *, stride=16, pixel_size_um
             preds = [labels_of(p, v, stride=stride, shape=sl.labels.shape, sigma_cells=sigma / (pixel_size_um * stride),
                                space=space) for (p, v), sl in zip(grids, slices)]
             pred = np.concatenate([x.ravel() for x in preds])
-            truth = np.concatenate([sl.labels.ravel() for sl in slices])
-            region = np.concatenate([r.ravel() for r in regions[split]])
             sc = pixel_scores(pred, truth, region, names)
             table.append({"sigma_um": sigma, "space": space, "pixel_accuracy": sc["pixel_accuracy"],
                           "macro_f1": sc["macro_f1"],
