@@ -464,3 +464,34 @@ def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice):
     _gather_patches(img, centres, buf, _PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
     ref = buf[:, 0].reshape(3, 64, 4, 64, 4).mean((2, 4))
     np.testing.assert_allclose(got, ref, rtol=1e-6)
+
+
+def test_tissue_edge_cuts_only_the_context_ring():
+    import torch
+
+    from brainrt_train.train import tissue_edge
+
+    s = 128
+    ctx = torch.full((400, 1, s, s), 0.5)
+    out = tissue_edge(ctx, torch.Generator().manual_seed(0), p=1.0)
+    lo, hi = s * 3 // 8, s * 5 // 8  # the patch inside the pooled context
+    assert torch.equal(out[:, :, lo:hi, lo:hi], ctx[:, :, lo:hi, lo:hi])
+    cut = (out != 0.5).flatten(1)
+    assert bool(cut.any(1).all())  # p=1: every sample has a border somewhere
+    assert float(out[out != 0.5].max()) <= 0.08
+    # the cut is one straight side: a half-plane, so the background touches the frame
+    frame = torch.ones(s, s, dtype=torch.bool)
+    frame[1:-1, 1:-1] = False
+    assert bool((cut.view(-1, s, s) & frame).flatten(1).any(1).all())
+    kept = tissue_edge(ctx, torch.Generator().manual_seed(0), p=0.0)
+    assert torch.equal(kept, ctx)
+
+
+def test_augment_leaves_single_scale_patches_without_a_border():
+    import torch
+
+    from brainrt_train.train import augment
+
+    x = torch.full((64, 1, 32, 32), 0.5)
+    y = augment(x, torch.Generator().manual_seed(1), edge_p=1.0)
+    assert y.shape == x.shape and float(y.min()) > -0.5  # no constant-background cut in channel 0
