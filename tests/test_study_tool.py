@@ -22,14 +22,12 @@ EXPECTED_KEYS = {"setup", "features", "exp1_heads", "exp2_baselines", "exp3_unsu
 
 
 @pytest.fixture(scope="module")
-def study_run(tmp_path_factory):
-    """Synthetic slice (background on the left beside 'Ctx', 'WM' next to it), a 1-epoch
-    64 px bundle, random ResNet-18 weights in torchvision's format, and one --quick run."""
+def study_data(tmp_path_factory):
+    """Synthetic slice (background on the left beside 'Ctx', 'WM' next to it): its folder,
+    holding img.tif, mask.tif and classes.json."""
     import tifffile
 
     from brainrt.synth import make_slice
-    from brainrt_train.pipeline import train_and_export
-    import study_features as sf
 
     d = tmp_path_factory.mktemp("study")
     s = make_slice((320, 576), seed=3, n_areas=4)
@@ -41,17 +39,44 @@ def study_run(tmp_path_factory):
     tifffile.imwrite(d / "mask.tif", mask)
     cmap = {"classes": {"Ctx": [1], "WM": [2], "VP": [3], "ZI": [4]}, "ignore": [], "unlabeled": [0]}
     (d / "classes.json").write_text(json.dumps(cmap))
+    return d
+
+
+def run_study(d, bundle, out, *extra):
+    cmd = [sys.executable, str(TOOLS / "study.py"), "--model", str(bundle), "--image", str(d / "img.tif"),
+           "--mask", str(d / "mask.tif"), "-o", str(out), "--quick", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def study_run(study_data):
+    """A 1-epoch 64 px bundle, random ResNet-18 weights in torchvision's format, and one --quick run."""
+    from brainrt_train.pipeline import train_and_export
+    import study_features as sf
+
+    d = study_data
     train_and_export([(d / "img.tif", d / "mask.tif")], d / "bundle", class_map=str(d / "classes.json"),
                      patch_size=64, n_train=20, n_val=8, n_test=10, epochs=1, lr=1e-3, seed=0)
     sd = sf.build_resnet18().state_dict()
     sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     torch.save(sd, d / "resnet18.pth")
     out = d / "study"
-    cmd = [sys.executable, str(TOOLS / "study.py"), "--model", str(d / "bundle"), "--image", str(d / "img.tif"),
-           "--mask", str(d / "mask.tif"), "-o", str(out), "--quick", "--resnet18-weights", str(d / "resnet18.pth"),
-           "--threads", "2", "--noise-levels", "0", "0.1", "0.3"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    proc = run_study(d, d / "bundle", out, "--resnet18-weights", str(d / "resnet18.pth"), "--threads", "2",
+                     "--noise-levels", "0", "0.1", "0.3")
     return proc, out
+
+
+@pytest.fixture(scope="module")
+def context_bundle(study_data):
+    """A 1-epoch bundle with the context branch: 64 px patches, 256 px footprints (no dense or
+    int8 graphs: the runtime's per-patch path, and a fast export)."""
+    from brainrt_train.pipeline import train_and_export
+
+    d = study_data
+    train_and_export([(d / "img.tif", d / "mask.tif")], d / "ctx-bundle", class_map=str(d / "classes.json"),
+                     patch_size=64, n_train=20, n_val=8, n_test=10, epochs=1, lr=1e-3, seed=0, context=4,
+                     dense=False, int8=False, smooth_choice=False)
+    return d / "ctx-bundle"
 
 
 def test_quick_run_writes_report_figures_and_results(study_run):
@@ -136,3 +161,58 @@ def test_neighbour_verdict_and_ray():
     d = study._ray_to_background(tissue, np.array([5.0, 5.0, 5.0]), np.array([10.0, 10.0, 10.0]),
                                  np.array([0.0, 0.0, 0.0]), np.array([1.0, -1.0, 0.0]))
     assert d[0] == 15 and np.isnan(d[1]) and np.isnan(d[2])
+
+
+def test_quick_run_on_a_context_bundle_feeds_the_trained_network_its_footprints(study_data, context_bundle):
+    """The trained features of a context bundle come from each patch's footprint (256 px here),
+    the baselines' from the 64 px patch; every experiment gives numbers."""
+    out = study_data / "study-ctx"
+    proc = run_study(study_data, context_bundle, out, "--threads", "1", "--noise-levels", "0", "0.3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert "errors" not in results
+    s = results["setup"]
+    assert s["footprint"] == 256 and s["context"]["factor"] == 4 and s["patch_size"] == 64
+    assert set(results["features"]) == {"trained", "random", "handcrafted"}
+    assert results["features"]["trained"]["dim"] == 64
+    e1 = results["exp1_heads"]
+    assert e1["full_test_split"]  # 10 test patches per class: the bundle's whole test split
+    for h in ("logreg", "linsvm", "rbfsvm", "cnn"):
+        acc, recorded = e1[h]["test_accuracy"], e1[h]["bundle_manifest_accuracy"]
+        assert 0.0 <= acc <= 1.0 and abs(acc - recorded) <= 1.5 / 40  # the trainer's number (one patch of slack)
+    assert 0.0 <= results["exp2_baselines"]["trained"]["logreg_train_accuracy"] <= 1.0
+    assert np.isfinite(results["exp3_unsupervised"]["trained"]["v_measure"])
+    e4 = results["exp4_noise"]["accuracy"]
+    assert len(e4["trained"]) == 2 and all(0.0 <= a <= 1.0 for a in e4["trained"])
+    assert np.isfinite(results["exp5_structure"]["block_error"]["trained"])
+    assert results["exp6_subdivision"]["cells"] > 0 and results["exp7_scale"]["cells"] > 0
+    report = (out / "REPORT.md").read_text()
+    assert "context branch** (footprint 256 px)" in report.split("## 1.")[0]
+
+
+def test_trained_features_are_the_runtime_features_of_the_footprint(context_bundle, study_data):
+    """``features_of`` cuts what the extractor reads: for a context network, the footprint the
+    runtime's per-patch path reads (edges mirrored alike); for the baselines, the patch."""
+    from types import SimpleNamespace
+
+    import tifffile
+
+    import brainrt
+    import study
+    import study_features as sf
+
+    image = tifffile.imread(study_data / "img.tif")
+    bundle = brainrt.Bundle.load(context_bundle, threads=1)
+    st = SimpleNamespace(image=image, scale=1 / 255, P=64, F=256, extractors={"trained": sf.trained_extractor(bundle),
+                         "handcrafted": sf.handcrafted_extractor()}, sides={"trained": 256})
+    stride = 32
+    grid = brainrt.featurize(image, bundle, stride=stride, method="patch", tissue="all", standardize=False)
+    cells = np.array([[0, 0], [3, 7], [grid.shape[0] - 1, grid.shape[1] - 1]])
+    centres = cells * stride + stride // 2
+    got = study.features_of(st, "trained", centres)
+    np.testing.assert_allclose(got, grid.features[cells[:, 0], cells[:, 1]], atol=1e-4)
+    cy, cx = centres[1]
+    patch = image[cy - 32 : cy + 32, cx - 32 : cx + 32]
+    np.testing.assert_allclose(study.features_of(st, "handcrafted", centres[1:2])[0],
+                               sf.handcrafted(patch[None] / 255.0)[0], rtol=1e-5, atol=1e-6)

@@ -132,6 +132,7 @@ class Study:
     names: list = None
     codes: list = None  # codes per class
     P: int = 0
+    F: int = 0  # footprint: the pixels the trained network reads per patch (P, or its context field)
     seed: int = 0
     scale: float = 1.0
     pixel_size: float = 1.17
@@ -140,9 +141,10 @@ class Study:
     mask: np.ndarray = None
     slices: list = None
     split: dict = None  # gap, fractions
-    patches: dict = field(default_factory=dict)  # split -> (N, P, P) raw pixels
+    centres: dict = field(default_factory=dict)  # split -> (N, 2) patch centres (cy, cx) in the slice
     y: dict = field(default_factory=dict)
     extractors: dict = field(default_factory=dict)
+    sides: dict = field(default_factory=dict)  # kind -> side of the square each extractor reads (P or F)
     feats: dict = field(default_factory=dict)  # kind -> split -> (N, F)
     fitted: dict = field(default_factory=dict)  # kind -> head name -> estimator
     results: dict = field(default_factory=dict)
@@ -160,14 +162,31 @@ class Study:
         return self.out / name
 
 
-def features_of(st, kind, patches, *, noise=0.0, noise_seed=0, batch=256):
-    """Features of raw patches by one extractor, with optional Gaussian noise (unit intensity)."""
-    fn = st.extractors[kind]
+def cut_inputs(st, side, centres):
+    """The pixels an extractor reads: the ``side`` x ``side`` square centred on each of ``centres``
+    ((n, 2) int, rows ``cy - side//2 ..``), raw values as float32 ``(n, side, side)``.
+
+    Cut by the runtime's own gather (:func:`brainrt.tiling.gather_patches`, what ``brainrt.featurize``
+    feeds the per-patch graph; pixels past the image edge mirrored as it mirrors them), with no
+    normalization. ``side`` = P gives the trainer's patches (:func:`brainrt_train.data.extract`);
+    ``side`` = the bundle's footprint gives a context network's input, the same pixels the runtime reads.
+    """
+    from brainrt.tiling import gather_patches
+
+    out = np.empty((len(centres), 1, side, side), np.float32)
+    return gather_patches(st.image, np.asarray(centres, np.int64), side, out, scale=1.0, mean=0.0, std=1.0)[:, 0]
+
+
+def features_of(st, kind, centres, *, noise=0.0, noise_seed=0):
+    """Features by one extractor of the patches centred on ``centres``, each cut at the side that
+    extractor reads (:func:`cut_inputs`), with optional Gaussian noise (unit intensity) on those pixels."""
+    fn, side = st.extractors[kind], st.sides.get(kind, st.P)
+    batch = int(np.clip(2**24 // (side * side), 16, 256))  # 256 patches of 128 px; 64 footprints of 512 px
     rng = np.random.default_rng(noise_seed) if noise else None
     out = []
-    for i in range(0, len(patches), batch):
+    for i in range(0, len(centres), batch):
         # as the trainer: float32 pixels divided by the dtype's maximum (brainrt_train.train.to_unit)
-        x = patches[i : i + batch].astype(np.float32) / np.float32(1.0 / st.scale)
+        x = cut_inputs(st, side, centres[i : i + batch]) / np.float32(1.0 / st.scale)
         if noise:
             x = np.clip(x + rng.normal(0.0, noise, x.shape).astype(np.float32), 0.0, 1.0)
         out.append(np.asarray(fn(x), np.float32))
@@ -217,13 +236,17 @@ def setup(st):
     from brainrt.bundle import Bundle
     from brainrt.io import read_tiff
     from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, intensity_scale
-    from brainrt_train.data import ClassMap, PatchSet, extract, load_slice, sample_patches
+    from brainrt_train.data import ClassMap, load_slice, sample_patches
 
     a = st.args
+    if a.threads:  # the runtime's gathers (numba) too
+        import numba
+
+        numba.set_num_threads(max(1, min(a.threads, numba.config.NUMBA_NUM_THREADS)))
     st.bundle = b = Bundle.load(a.model, threads=a.threads)
     m = b.manifest
     tr = m.training
-    st.names, st.P = list(b.class_names), b.patch_size
+    st.names, st.P, st.F = list(b.class_names), b.patch_size, m.footprint
     st.codes = m.codes_per_class
     st.seed = int(tr.seed)
     cmap = ClassMap.from_dict(m.class_map, source=f"{a.model}/manifest.json")
@@ -255,9 +278,8 @@ def setup(st):
     for s in ("train", "test"):
         ps = sets[s]
         idx = np.arange(len(ps)) if limits[s] is None else np.sort(per_class_subset(ps.labels, limits[s], st.K))
-        sub = PatchSet(ps.slice_idx[idx], ps.centres[idx], ps.labels[idx])
-        st.patches[s] = extract(st.slices, sub, st.P)
-        st.y[s] = sub.labels.astype(np.int64)
+        st.centres[s] = np.asarray(ps.centres[idx], np.int64)  # one slice: slice_idx is 0
+        st.y[s] = ps.labels[idx].astype(np.int64)
     hist = []
     mpath = Path(a.model) / "metrics.json"
     if mpath.is_file():
@@ -269,7 +291,8 @@ def setup(st):
     st.results["setup"] = {
         "training": training,
         "bundle": str(a.model), "model_id": b.model_id, "classes": st.names, "codes": st.codes,
-        "patch_size": st.P, "normalization": b.normalization.to_dict(), "seed": st.seed, "gap": gap,
+        "patch_size": st.P, "footprint": st.F, "context": m.context.to_dict() if m.context else None,
+        "normalization": b.normalization.to_dict(), "seed": st.seed, "gap": gap,
         "fractions": list(fractions), "image": str(a.image), "mask": str(a.mask),
         "image_sha256_matches_bundle": same_data["image"], "mask_sha256_matches_bundle": same_data["mask"],
         "split_counts_recreated": taken, "split_counts_manifest": manifest_taken,
@@ -279,7 +302,8 @@ def setup(st):
         "quick": bool(quick), "threads": a.threads or os.cpu_count(),
         "bundle_metrics": m.metrics,
     }
-    log(f"bundle {b.model_id}: {st.K} classes {st.names}, P={st.P}; using {len(st.y['train'])} train / "
+    log(f"bundle {b.model_id}: {st.K} classes {st.names}, P={st.P}"
+        + (f", context branch: footprint {st.F} px" if m.context else "") + f"; using {len(st.y['train'])} train / "
         f"{len(st.y['test'])} test patches")
 
 
@@ -288,6 +312,7 @@ def build_extractors(st):
 
     torch.set_num_threads(st.args.threads or os.cpu_count() or 1)
     st.extractors["trained"] = sf.trained_extractor(st.bundle)
+    st.sides["trained"] = st.F  # the network's own input: the patch, or its context footprint
     st.extractors["random"] = sf.random_cnn_extractor(st.K, st.P, st.bundle.normalization.to_dict(), seed=st.args.baseline_seed,
                                                       workdir=None if st.args.quick else st.workdir,
                                                       threads=st.args.threads)
@@ -306,7 +331,7 @@ def compute_features(st):
     info = {}
     for kind in st.extractors:
         t = time.perf_counter()
-        st.feats[kind] = {s: features_of(st, kind, st.patches[s]) for s in ("train", "test")}
+        st.feats[kind] = {s: features_of(st, kind, st.centres[s]) for s in ("train", "test")}
         dt = time.perf_counter() - t
         n = sum(len(v) for v in st.feats[kind].values())
         info[kind] = {"dim": int(st.feats[kind]["train"].shape[1]), "seconds": round(dt, 1),
@@ -423,7 +448,7 @@ def exp4_noise(st):
     """Logistic-regression accuracy when Gaussian noise is added to the test images."""
     n = st.args.noise_per_class or (10 if st.args.quick else 300)
     idx = per_class_subset(st.y["test"], n, st.K)
-    x, y = st.patches["test"][idx], st.y["test"][idx]
+    cen, y = st.centres["test"][idx], st.y["test"][idx]
     levels = list(st.args.noise_levels)
     res = {"levels": levels, "n_test": int(len(idx)), "per_class": n, "accuracy": {}}
     for kind in st.extractors:
@@ -434,7 +459,7 @@ def exp4_noise(st):
                 clf.fit(st.feats[kind]["train"], st.y["train"])
         accs = []
         for li, s in enumerate(levels):
-            f = features_of(st, kind, x, noise=s, noise_seed=st.seed * 1000 + li)
+            f = features_of(st, kind, cen, noise=s, noise_seed=st.seed * 1000 + li)
             accs.append(float((clf.predict(f) == y).mean()))
         res["accuracy"][kind] = accs
         log(f"exp4: {kind} " + " ".join(f"{s}:{a:.3f}" for s, a in zip(levels, accs)))
@@ -661,7 +686,7 @@ def exp6_subdivision(st):
     P = st.P
     ys, xs = np.nonzero(region_px)
     H, W = st.image.shape
-    m = P // 2 + stride
+    m = st.F // 2 + stride  # every pixel a cell's footprint reads (the context field too), not a mirror
     y0, y1 = max(0, ys.min() - m), min(H, ys.max() + 1 + m)
     x0, x1 = max(0, xs.min() - m), min(W, xs.max() + 1 + m)
     if a.quick:  # cap the crop for speed
@@ -862,6 +887,17 @@ def _report_header(st, w, total_seconds):
     if s:
         w(f"- Bundle `{s['bundle']}` (model id `{s['model_id']}`), classes {', '.join(s['classes'])}, "
           f"patch {s['patch_size']} px, seed {s['seed']}, split gap {s['gap']} px, fractions {s['fractions']}.")
+        ctx = s.get("context")
+        if ctx:
+            w(f"- The bundle has a **context branch** (footprint {ctx['footprint']} px): its network reads the "
+              f"{ctx['footprint']} px field around each {s['patch_size']} px patch (same centre; the field averaged "
+              f"{ctx['factor']} x {ctx['factor']} inside the graph). The trained-CNN features are computed on each "
+              f"patch's {ctx['footprint']} px footprint, cut by the runtime's own gather (the pixels "
+              "`brainrt.featurize` reads; mirrored past the image edge) and normalized as the manifest says; the baselines "
+              f"(random-weight CNN, hand-crafted, ResNet-18) see only the {s['patch_size']} px patch, so the trained "
+              "features draw on more pixels than theirs.")
+        else:
+            w(f"- Single-scale bundle: every feature type reads the same {s['patch_size']} px patch.")
         w(f"- Data: `{s['image']}` / `{s['mask']}`; sha256 equal to the bundle's training data: image "
           f"{'yes' if s['image_sha256_matches_bundle'] else 'NO'}, mask {'yes' if s['mask_sha256_matches_bundle'] else 'NO'}.")
         w(f"- Split re-created with `brainrt_train.data.sample_patches` from the manifest; per-class counts equal "
@@ -945,7 +981,10 @@ def _report_exp2(st, w):
               f"({(tr - others[bk]) * 100:+.1f} points for the trained features). Heads: scikit-learn pipelines "
               "StandardScaler + LogisticRegression(C=1) / LinearSVC(C=0.1) / SVC(rbf, C=1, gamma='scale'), the "
               "bundle's own settings. " + ("ResNet-18 was run." if "resnet18" in e2 else
-                                              "ResNet-18: skipped (no `--resnet18-weights`)."))
+                                              "ResNet-18: skipped (no `--resnet18-weights`).")
+              + (f" Same patch centres, but the trained CNN reads each patch's {R['setup']['footprint']} px context "
+                 f"footprint and the baselines only the {R['setup']['patch_size']} px patch (see Setup)."
+                 if (R.get("setup") or {}).get("context") else ""))
             warn = {k: v["warnings"] for k, v in e2.items() if isinstance(v, dict) and v.get("warnings")}
             if warn:
                 w(f"Fit warnings: {warn}.")
@@ -1001,7 +1040,10 @@ def _report_exp4(st, w):
     if e4:
         w(f"Logistic regression (fitted on clean training features) on {e4['n_test']} test patches "
           f"({e4['per_class']} per class) with Gaussian noise added in unit intensity, clipped to [0, 1]; the "
-          "same noise for every feature type.")
+          "same noise level for every feature type, drawn independently on every pixel that feature type reads"
+          + (f" (for the trained CNN of this context bundle: the whole {R['setup']['footprint']} px footprint, "
+             f"patch and context field alike; for the baselines: the {R['setup']['patch_size']} px patch)"
+             if (R.get("setup") or {}).get("context") else "") + ".")
         w("")
         w("| features | " + " | ".join(f"std {s}" for s in e4["levels"]) + " | retained at max |")
         w("| --- | " + " | ".join("---" for _ in e4["levels"]) + " | --- |")

@@ -1,7 +1,10 @@
 """Feature extractors compared in ``tools/study.py``.
 
-Every ``*_extractor`` returns a function that maps a batch of unit-range patches
-``(N, P, P)`` float32 in [0, 1] to ``(N, F)`` float32 features (the caller batches):
+Every ``*_extractor`` returns a function that maps a batch of unit-range squares
+``(N, S, S)`` float32 in [0, 1] to ``(N, F)`` float32 features (the caller cuts and batches
+them, ``tools/study.py::cut_inputs``). S is the patch size P for every extractor but the
+trained one, which reads the bundle's footprint (``Manifest.footprint``: P, or the context
+field of a context bundle, e.g. 512 px around a 128 px patch):
 
 - ``trained``: the bundle's ONNX feature graph (the CNN's last hidden layer, 64 features);
 - ``random``: the same architecture with random weights (a fixed seed, batch norm folded);
@@ -17,8 +20,10 @@ import numpy as np
 
 # --------------------------------------------------------------------------- trained (ONNX)
 def trained_extractor(bundle):
-    """Features of the bundle's ONNX graph; normalization as in the manifest ((x - mean) / std
-    on unit-range pixels, i.e. ``(pixel * scale - mean) / std``)."""
+    """Features of the bundle's ONNX graph from unit-range footprints ``(N, S, S)``, S =
+    ``bundle.manifest.footprint`` (the graph's input side: the patch, or its context field);
+    normalization as in the manifest ((x - mean) / std on unit-range pixels, i.e.
+    ``(pixel * scale - mean) / std``)."""
     norm = bundle.normalization
     name = bundle.manifest.onnx.input
     sess = bundle.session
