@@ -495,3 +495,26 @@ def test_augment_leaves_single_scale_patches_without_a_border():
     x = torch.full((64, 1, 32, 32), 0.5)
     y = augment(x, torch.Generator().manual_seed(1), edge_p=1.0)
     assert y.shape == x.shape and float(y.min()) > -0.5  # no constant-background cut in channel 0
+
+
+def test_rotate_scale_keeps_channels_registered_and_identity_is_exact():
+    import torch
+
+    from brainrt_train.train import rotate_scale
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 64, 64, generator=g)
+    both = rotate_scale(torch.cat([x, x], 1), torch.Generator().manual_seed(5))
+    assert torch.equal(both[:, 0], both[:, 1])  # one transform for patch and context
+    same = rotate_scale(x, torch.Generator().manual_seed(5), max_deg=0.0, max_scale=0.0)
+    assert torch.allclose(same, x, atol=1e-5)
+    turned = rotate_scale(x, torch.Generator().manual_seed(5))
+    assert not torch.allclose(turned, x, atol=1e-2)
+    # a disc centred in the sample stays centred when turned and rescaled
+    r = torch.arange(64) - 31.5
+    disc = ((r[:, None] ** 2 + r[None, :] ** 2) < 15**2).float()[None, None].repeat(8, 1, 1, 1)
+    out = rotate_scale(disc, torch.Generator().manual_seed(7))
+    w = out[:, 0]
+    cy = (w.sum(2) * r).sum(1) / w.sum((1, 2))
+    cx = (w.sum(1) * r).sum(1) / w.sum((1, 2))
+    assert float(cy.abs().max()) < 0.5 and float(cx.abs().max()) < 0.5

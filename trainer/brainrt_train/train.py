@@ -53,8 +53,29 @@ def tissue_edge(ctx, gen, p=EDGE_P):
     return torch.where(cut[:, None], level[:, None, None, None], ctx)
 
 
-def augment(x, gen, *, edge_p=EDGE_P):
-    """Random tissue edge in the context, dihedral transform, gray-level jitter, blur, noise.
+#: Share of training batches turned by a free angle and rescaled (see :func:`rotate_scale`).
+ROTATE_P = 0.5
+
+
+def rotate_scale(x, gen, *, max_deg=45.0, max_scale=0.15):
+    """Turn each sample of ``x`` (N, C, P, P) about its centre by a random angle and rescale it.
+
+    The dihedral group only turns by right angles; fibre bundles and cell rows run at
+    every angle, and neighbouring slices differ in scale and shear a little. Channels
+    share the transform (patch and context stay registered); corners are mirrored in.
+    """
+    n = x.shape[0]
+    a = (torch.rand(n, generator=gen) * 2 - 1) * math.radians(max_deg)
+    z = torch.exp((torch.rand(n, generator=gen) * 2 - 1) * math.log1p(max_scale))
+    cos, sin = torch.cos(a) / z, torch.sin(a) / z
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], 1), torch.stack([sin, cos, torch.zeros(n)], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def augment(x, gen, *, edge_p=EDGE_P, rotate_p=ROTATE_P):
+    """Random tissue edge in the context, free rotation and scale, dihedral transform,
+    gray-level jitter, blur, noise.
 
     ``x`` is (N, C, P, P) in [0, 1] (channel 1, if any, the pooled context: it gets the
     same geometric and gray-level transform). These make a model trained on a 19-level
@@ -63,6 +84,8 @@ def augment(x, gen, *, edge_p=EDGE_P):
     n = x.shape[0]
     if x.shape[1] > 1 and edge_p > 0:
         x = torch.cat([x[:, :1], tissue_edge(x[:, 1:2], gen, edge_p)], 1)
+    if rotate_p > 0 and float(torch.rand(1, generator=gen)) < rotate_p:
+        x = rotate_scale(x, gen)
     k = int(torch.randint(0, 4, (1,), generator=gen))
     x = torch.rot90(x, k, dims=(2, 3))
     flip = torch.rand(n, generator=gen) < 0.5
