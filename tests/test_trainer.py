@@ -518,3 +518,23 @@ def test_rotate_scale_keeps_channels_registered_and_identity_is_exact():
     cy = (w.sum(2) * r).sum(1) / w.sum((1, 2))
     cx = (w.sum(1) * r).sum(1) / w.sum((1, 2))
     assert float(cy.abs().max()) < 0.5 and float(cx.abs().max()) < 0.5
+
+
+@pytest.mark.parametrize("name", ["border_p", "rotate_p"])
+def test_augmentation_shares_are_checked(tmp_path, synthetic_slice, class_map_json, name):
+    from brainrt_train.pipeline import train_and_export
+
+    img = write_tiff(tmp_path / "img.tif", synthetic_slice.image)
+    mask = write_tiff(tmp_path / "img_areas.tif", synthetic_slice.mask)
+    before = listing(tmp_path)
+    with pytest.raises(BrainrtError, match=name):
+        train_and_export([(img, mask)], tmp_path / "b", class_map=class_map_json, **{name: 1.5})
+    assert listing(tmp_path) == before
+
+
+def test_train_and_export_cli_offers_the_context_options():
+    from brainrt.cli import main
+
+    out = CliRunner().invoke(main, ["train-and-export", "--help"]).output
+    for opt in ("--context", "--layout", "--redraw", "--border-p", "--rotate-p", "--checkpoint"):
+        assert opt in out

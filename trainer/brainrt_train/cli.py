@@ -30,6 +30,14 @@ from brainrt.errors import BrainrtError
 @click.option("-k", "--clusters", "k", default=4, show_default=True, help="KMeans clusters of the pca_kmeans head.")
 @click.option("--gap", type=int, default=None, help="Min. pixels between training and evaluation patches (default: one patch).")
 @click.option("--z", type=int, default=None, help="Slice index in 3D stacks.")
+@click.option("--context", type=click.Choice(["0", "4"]), default="0", show_default=True,
+              help="4: add the context branch (the 4x wider field, pooled to the patch size); 0: the paper's network.")
+@click.option("--layout", type=click.Choice(["rows", "interior"]), default="rows", show_default=True,
+              help="Split bands per class (see brainrt_train.data.split_regions).")
+@click.option("--redraw/--no-redraw", default=False, show_default=True, help="Draw fresh training positions every epoch.")
+@click.option("--border-p", type=click.FloatRange(0, 1), default=None, help="Share of samples given a tissue border in their context (default 0.6).")
+@click.option("--rotate-p", type=click.FloatRange(0, 1), default=None, help="Share of batches turned by a free angle and rescaled (default 0).")
+@click.option("--checkpoint", type=click.Path(), default=None, help="Keep the best weights here as training goes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
 @one_line_errors
 def train_and_export_cmd(images, masks, class_map, out, **kw):
@@ -38,6 +46,7 @@ def train_and_export_cmd(images, masks, class_map, out, **kw):
         raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
     from .pipeline import train_and_export
 
+    kw["context"] = int(kw["context"])
     m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, **kw)
     click.echo(f"wrote {out}: CNN test accuracy {m.test_accuracy('cnn'):.3f}, "
                f"logreg {m.test_accuracy('logreg') or float('nan'):.3f}")

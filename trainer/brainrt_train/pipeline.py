@@ -131,7 +131,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
                      n_test=1000, epochs=30, batch_size=64, lr=1e-4, schedule="constant", seed=0, k=4,
                      gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None,
                      context=0, checkpoint=None, init_from=None, layout="rows", redraw=False, smooth_choice=True,
-                     int8=True):
+                     int8=True, border_p=None, rotate_p=None):
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
     Returns the :class:`~brainrt.manifest.Manifest`. The bundle is built in a temporary folder beside ``out`` and
@@ -143,12 +143,15 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
     draws new training positions from the training regions every epoch. ``smooth_choice``
     picks the default map smoothing on the validation split's pixels. ``int8`` adds int8
     copies of the graphs, calibrated on training footprints (:mod:`brainrt_train.quantize`).
+    ``border_p`` / ``rotate_p``: shares of samples given a tissue border in their context /
+    of batches turned and rescaled (defaults :data:`~brainrt_train.train.EDGE_P`,
+    :data:`~brainrt_train.train.ROTATE_P`).
     """
     import torch
 
     from .export import export_features
     from .heads import fit_heads
-    from .train import classification_metrics, fit, load_checkpoint, predict, to_unit
+    from .train import EDGE_P, ROTATE_P, classification_metrics, fit, load_checkpoint, predict, to_unit
     from brainrt.plots import confusion_png
 
     t_start = time.perf_counter()
@@ -162,6 +165,11 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         raise param_error("patch_size", "train_and_export", f"an int >= {MIN_WINDOW + NET_STRIDE}", patch_size)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise param_error("lr", "train_and_export", "a positive float", lr)
+    border_p = EDGE_P if border_p is None else border_p
+    rotate_p = ROTATE_P if rotate_p is None else rotate_p
+    for name, value in (("border_p", border_p), ("rotate_p", rotate_p)):
+        if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+            raise param_error(name, "train_and_export", "a share in [0, 1]", value)
     slices = [load_slice(img, msk, cmap, z=z) for img, msk in pairs]
     dtypes = {s.image.dtype for s in slices}
     if len(dtypes) > 1:
@@ -186,7 +194,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         model, history, train_seconds = fit(data["train"], data["val"], n_classes=n, patch_size=patch_size, norm=norm,
                                             epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed,
                                             max_minutes=max_minutes, progress=progress, context=context,
-                                            checkpoint=checkpoint, redraw=_redraw(slices, pools, n_train, patch_size,
+                                            checkpoint=checkpoint, border_p=border_p, rotate_p=rotate_p, redraw=_redraw(slices, pools, n_train, patch_size,
                                                                                   context, dtype_max, seed) if redraw else None)
     cnn_pred = predict(model, data["test"][0], norm).argmax(1).numpy()
     y_test = data["test"][1].numpy()
@@ -251,7 +259,9 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
                 "split": {k2: v for k2, v in report.items() if k2 != "per_split"},
                 "counts": {s: {cmap.names[c]: v for c, v in report["per_split"][s].items()} for s in SPLITS},
                 "seed": seed, "epochs_run": len(history), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "schedule": schedule, "train_seconds": round(train_seconds, 1),
+                "schedule": schedule, "context": context, "layout": layout, "redraw": bool(redraw),
+                "augment": {"border_p": border_p if context else 0.0, "rotate_p": rotate_p},
+                "train_seconds": round(train_seconds, 1),
                 "total_seconds": round(time.perf_counter() - t_start, 1),
             },
             "metrics": {"cnn_test_accuracy": metrics["cnn"]["accuracy"],

@@ -53,8 +53,9 @@ def tissue_edge(ctx, gen, p=EDGE_P):
     return torch.where(cut[:, None], level[:, None, None, None], ctx)
 
 
-#: Share of training batches turned by a free angle and rescaled (see :func:`rotate_scale`).
-ROTATE_P = 0.5
+#: Share of training batches turned by a free angle and rescaled (see :func:`rotate_scale`);
+#: off by default (measured on slice309: validation pixel macro F1 0.621 with 0.5, 0.668 without).
+ROTATE_P = 0.0
 
 
 def rotate_scale(x, gen, *, max_deg=45.0, max_scale=0.15):
@@ -126,13 +127,15 @@ def predict(model, x_unit, norm, batch=256):
 
 
 def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, schedule, seed,
-        max_minutes=None, device="cpu", progress=None, context=0, checkpoint=None, redraw=None):
+        max_minutes=None, device="cpu", progress=None, context=0, checkpoint=None, redraw=None,
+        border_p=EDGE_P, rotate_p=ROTATE_P):
     """Train the paper's CNN; return the best-on-validation model and the history.
 
     ``train`` and ``val`` are ``(x_unit, y)`` tensors. The checkpoint with the best
     validation accuracy is kept. ``max_minutes`` stops before an epoch that would not
     finish in time. ``checkpoint`` (a path) receives the best state so far after every
-    improvement, so a long run can be exported even if it is stopped. ``redraw(epoch)``,
+    improvement, so a long run can be exported even if it is stopped. ``border_p`` and
+    ``rotate_p`` are the shares of augmentation by :func:`tissue_edge` and :func:`rotate_scale`. ``redraw(epoch)``,
     if given, returns a fresh ``(x_unit, y)`` training set for each epoch after the first
     (new positions from the same regions: far more distinct patches to learn from).
     """
@@ -161,7 +164,7 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            xb = normalize(augment(xt[idx], gen), norm).to(device)
+            xb = normalize(augment(xt[idx], gen, edge_p=border_p, rotate_p=rotate_p), norm).to(device)
             yb = yt[idx].to(device)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
