@@ -493,7 +493,7 @@ def test_augment_leaves_single_scale_patches_without_a_border():
     from brainrt_train.train import augment
 
     x = torch.full((64, 1, 32, 32), 0.5)
-    y = augment(x, torch.Generator().manual_seed(1), edge_p=1.0)
+    y = augment(x, torch.Generator().manual_seed(1), border_p=1.0)
     assert y.shape == x.shape and float(y.min()) > -0.5  # no constant-background cut in channel 0
 
 

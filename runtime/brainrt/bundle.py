@@ -267,18 +267,18 @@ def _dims(arg):
 
 def check_graph(path, manifest, session):
     """Refuse, in one line, a per-patch graph that disagrees with its manifest (names, input shape, output size)."""
-    ins, outs = session.get_inputs(), session.get_outputs()
+    ins = {i.name: _dims(i) for i in session.get_inputs()}
+    outs = {o.name: _dims(o) for o in session.get_outputs()}
     g, F, side = manifest.onnx, manifest.n_features, manifest.footprint
     problems = []
-    if g.input not in [i.name for i in ins]:
-        problems.append(f"input {g.input!r} (the graph's: {', '.join(i.name for i in ins)})")
-    elif [d for d in _dims(next(i for i in ins if i.name == g.input))[1:]] not in ([1, side, side], [None] * 3):
-        shape = _dims(next(i for i in ins if i.name == g.input))
-        problems.append(f"input (N, 1, {side}, {side}) (the graph's: {tuple(shape)})")
-    if g.output not in [o.name for o in outs]:
-        problems.append(f"output {g.output!r} (the graph's: {', '.join(o.name for o in outs)})")
-    elif _dims(next(o for o in outs if o.name == g.output))[-1] not in (F, None):
-        problems.append(f"{F} features (the graph's output: {tuple(_dims(next(o for o in outs if o.name == g.output)))})")
+    if g.input not in ins:
+        problems.append(f"input {g.input!r} (the graph's: {', '.join(ins)})")
+    elif ins[g.input][1:] not in ([1, side, side], [None] * 3):
+        problems.append(f"input (N, 1, {side}, {side}) (the graph's: {tuple(ins[g.input])})")
+    if g.output not in outs:
+        problems.append(f"output {g.output!r} (the graph's: {', '.join(outs)})")
+    elif outs[g.output][-1] not in (F, None):
+        problems.append(f"{F} features (the graph's output: {tuple(outs[g.output])})")
     if problems:
         raise file_error(path, f"manifest does not match {g.file}: it says {'; '.join(problems)}; refusing to load it")
 

@@ -59,25 +59,43 @@ def _json(v):
     return v
 
 
+class _Part:
+    """What every manifest part shares: read from a JSON object (``_where`` names the part
+    in errors, ``_coerce`` turns the known fields' JSON values into their types; unknown
+    keys go to ``extra``) and write back (:func:`_plain`)."""
+
+    _where = "manifest"
+
+    @classmethod
+    def _coerce(cls, known):
+        return known
+
+    @classmethod
+    def from_dict(cls, d):
+        known, extra = _split(cls, d, cls._where)
+        return cls(**cls._coerce(known), extra=extra)
+
+    def to_dict(self):
+        return _plain(self)
+
+
 @dataclass(frozen=True)
-class ClassSpec:
+class ClassSpec(_Part):
     """One area: its name and the mask codes it covers (label maps write the first)."""
 
     name: str
     codes: tuple
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest classes")
-        return cls(name=str(known["name"]), codes=tuple(int(c) for c in known["codes"]), extra=extra)
+    _where = "manifest classes"
 
-    def to_dict(self):
-        return _plain(self)
+    @classmethod
+    def _coerce(cls, k):
+        return {"name": str(k["name"]), "codes": tuple(int(c) for c in k["codes"])}
 
 
 @dataclass(frozen=True, kw_only=True)
-class Normalization:
+class Normalization(_Part):
     """Network input: ``(pixel * scale - mean) / std``.
 
     ``scale`` records the training images' dtype (1/255 for uint8); at run time the
@@ -91,18 +109,15 @@ class Normalization:
     trained_dtype: str = "uint8"
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest normalization")
-        return cls(**{**known, "mean": float(known["mean"]), "std": float(known["std"]),
-                      "scale": float(known["scale"])}, extra=extra)
+    _where = "manifest normalization"
 
-    def to_dict(self):
-        return _plain(self)
+    @classmethod
+    def _coerce(cls, k):
+        return {**k, "mean": float(k["mean"]), "std": float(k["std"]), "scale": float(k["scale"])}
 
 
 @dataclass(frozen=True)
-class OnnxGraph:
+class OnnxGraph(_Part):
     """The per-patch feature graph: ``input`` (N, 1, P, P) float32 -> ``output`` (N, F)."""
 
     file: str
@@ -112,17 +127,15 @@ class OnnxGraph:
     input_shape: tuple = ()
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest onnx")
-        return cls(**{**known, "input_shape": tuple(known.get("input_shape", ()))}, extra=extra)
+    _where = "manifest onnx"
 
-    def to_dict(self):
-        return _plain(self)
+    @classmethod
+    def _coerce(cls, k):
+        return {**k, "input_shape": tuple(k.get("input_shape", ()))}
 
 
 @dataclass(frozen=True)
-class DenseGraphs:
+class DenseGraphs(_Part):
     """Fully convolutional graphs, one per dense stride: ``input`` (1, 1, H, W) -> ``output`` (1, F, h, w).
 
     ``output[:, :, i, j]`` holds the features of the window whose top-left is tile pixel
@@ -138,24 +151,21 @@ class DenseGraphs:
     footprint: int | None = None
     extra: dict = field(default_factory=dict)
 
+    _where = "manifest dense_onnx"
+
     @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest dense_onnx")
-        opt = {k: int(known[k]) for k in ("offset", "footprint") if known.get(k) is not None}
-        return cls(files={str(k): str(v) for k, v in known["files"].items()}, input=known["input"],
-                   output=known["output"], strides=tuple(int(s) for s in known["strides"]),
-                   window=int(known["window"]), **opt, extra=extra)
+    def _coerce(cls, k):
+        opt = {n: int(k[n]) for n in ("offset", "footprint") if k.get(n) is not None}
+        return {"files": {str(a): str(b) for a, b in k["files"].items()}, "input": k["input"], "output": k["output"],
+                "strides": tuple(int(s) for s in k["strides"]), "window": int(k["window"]), **opt}
 
     def file(self, stride):
         """Graph file of the dense stride ``stride``."""
         return self.files[str(stride)]
 
-    def to_dict(self):
-        return _plain(self)
-
 
 @dataclass(frozen=True)
-class Context:
+class Context(_Part):
     """The context branch: the network also reads a ``footprint`` px field around each
     patch (same centre), averaged ``factor`` x ``factor``."""
 
@@ -163,17 +173,15 @@ class Context:
     footprint: int
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest context")
-        return cls(factor=int(known["factor"]), footprint=int(known["footprint"]), extra=extra)
+    _where = "manifest context"
 
-    def to_dict(self):
-        return _plain(self)
+    @classmethod
+    def _coerce(cls, k):
+        return {"factor": int(k["factor"]), "footprint": int(k["footprint"])}
 
 
 @dataclass(frozen=True)
-class Intensity:
+class Intensity(_Part):
     """The training tissue's gray-value quantiles at ``len(quantiles)`` even probabilities
     (values in the training images' units); new slices are mapped onto them."""
 
@@ -181,17 +189,15 @@ class Intensity:
     tissue: str = "pixels above each training slice's Otsu threshold"
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest intensity")
-        return cls(**{**known, "quantiles": tuple(float(q) for q in known["quantiles"])}, extra=extra)
+    _where = "manifest intensity"
 
-    def to_dict(self):
-        return _plain(self)
+    @classmethod
+    def _coerce(cls, k):
+        return {**k, "quantiles": tuple(float(q) for q in k["quantiles"])}
 
 
 @dataclass(frozen=True)
-class Smoothing:
+class Smoothing(_Part):
     """Default map regularization: Gaussian smoothing of class scores, ``sigma_um`` micrometres."""
 
     sigma_um: float
@@ -199,13 +205,11 @@ class Smoothing:
     chosen_on: str = ""
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest smoothing")
-        return cls(**{**known, "sigma_um": float(known["sigma_um"])}, extra=extra)
+    _where = "manifest smoothing"
 
-    def to_dict(self):
-        return _plain(self)
+    @classmethod
+    def _coerce(cls, k):
+        return {**k, "sigma_um": float(k["sigma_um"])}
 
 
 #: Arithmetic a bundle's graphs may come in (fp32 always; int8 when :class:`Int8Graphs` are recorded).
@@ -213,7 +217,7 @@ PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
-class Int8Graphs:
+class Int8Graphs(_Part):
     """int8 copies of the feature graphs (QDQ: s8 weights per output channel, u8 activations).
 
     Same inputs, outputs and geometry as the fp32 graphs: ``file`` is the per-patch
@@ -231,22 +235,19 @@ class Int8Graphs:
     agreement: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
+    _where = "manifest int8"
+
     @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest int8")
-        return cls(**{**known, "dense_files": {str(k): str(v) for k, v in known.get("dense_files", {}).items()}},
-                   extra=extra)
+    def _coerce(cls, k):
+        return {**k, "dense_files": {str(a): str(b) for a, b in k.get("dense_files", {}).items()}}
 
     def dense_file(self, stride):
         """int8 graph file of the dense stride ``stride`` (None if there is none)."""
         return self.dense_files.get(str(stride))
 
-    def to_dict(self):
-        return _plain(self)
-
 
 @dataclass(frozen=True)
-class TrainingSlice:
+class TrainingSlice(_Part):
     """One training slice: file names, their sha256 and the image shape."""
 
     image: str
@@ -256,17 +257,15 @@ class TrainingSlice:
     shape: tuple
     extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest training data")
-        return cls(**{**known, "shape": tuple(known["shape"])}, extra=extra)
+    _where = "manifest training data"
 
-    def to_dict(self):
-        return _plain(self)
+    @classmethod
+    def _coerce(cls, k):
+        return {**k, "shape": tuple(k["shape"])}
 
 
 @dataclass(frozen=True, kw_only=True)
-class Training:
+class Training(_Part):
     """How the bundle was trained: data, split (the sampler's report), per-split counts, options."""
 
     data: tuple
@@ -282,10 +281,11 @@ class Training:
     total_seconds: float | None = None
     extra: dict = field(default_factory=dict)
 
+    _where = "manifest training"
+
     @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, "manifest training")
-        return cls(**{**known, "data": tuple(TrainingSlice.from_dict(s) for s in known["data"])}, extra=extra)
+    def _coerce(cls, k):
+        return {**k, "data": tuple(TrainingSlice.from_dict(s) for s in k["data"])}
 
     @property
     def gap(self) -> int:
@@ -304,9 +304,6 @@ class Training:
     def asked(self, split) -> int:
         """Patches asked per class in ``split``."""
         return max(int(v["asked"]) for v in self.counts[split].values())
-
-    def to_dict(self):
-        return _plain(self)
 
 
 def _migrate(d):

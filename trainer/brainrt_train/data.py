@@ -161,16 +161,11 @@ def _layout(fractions, P, G, interior):
     return segs, gaps
 
 
-def _extent(m):
-    """``(axis, lo, hi)`` of the longer extent of the True pixels of ``m``."""
+def _extent(m, axis=None):
+    """``(axis, lo, hi)`` of the True pixels of ``m`` along ``axis`` (None: the longer extent)."""
     ext = [np.flatnonzero(m.any(axis=1 - ax)) for ax in (0, 1)]
-    ax = int(np.argmax([(e[-1] - e[0]) if e.size else -1 for e in ext]))
+    ax = int(np.argmax([(e[-1] - e[0]) if e.size else -1 for e in ext])) if axis is None else axis
     return (ax, ext[ax][0], ext[ax][-1] + 1) if ext[ax].size else (ax, 0, 0)
-
-
-def _rows(m):
-    r = np.flatnonzero(m.any(axis=1))
-    return (r[0], r[-1] + 1) if r.size else (0, 0)
 
 
 def _class_bands(sm, cm, f, *, P, G, flip, min_band, layout):
@@ -183,7 +178,7 @@ def _class_bands(sm, cm, f, *, P, G, flip, min_band, layout):
     for interior, m in ((True, sm), (False, cm)):
         if layout == "rows" and interior:
             continue
-        ax, lo, hi = _extent(m) if layout == "interior" else (0,) + _rows(m)
+        ax, lo, hi = _extent(m, axis=None if layout == "interior" else 0)
         segs, gaps = _layout(f, P, G, interior)
         usable = hi - lo - sum(gaps)
         if not interior or min(sh for _, sh in segs) * usable >= min_band:
@@ -302,8 +297,10 @@ def eligible_positions(slices, *, n_classes, patch_size, gap, fractions, seed, l
     return out, info
 
 
-def draw_train(pools, n_per_class, rng):
-    """A fresh balanced training :class:`PatchSet` from per-class pools of eligible (slice, cy, cx)."""
+def draw_balanced(pools, n_per_class, rng):
+    """A balanced :class:`PatchSet`: up to ``n_per_class`` distinct positions from each class's
+    pool of eligible ``(slice, cy, cx)``, shuffled (the first draw of every split, and each
+    epoch's fresh training set)."""
     chosen = []
     for c, pool in enumerate(pools):
         take = min(n_per_class, len(pool))
@@ -321,7 +318,7 @@ def sample_patches(slices, *, n_classes, patch_size, n_per_class, gap=None,
     The report holds the split layout and, per split and class, how many patches were
     asked for, how many distinct positions were eligible and how many were taken. A
     list passed as ``pools`` receives the training pools (one array of eligible
-    ``(slice, cy, cx)`` per class), for :func:`draw_train` to redraw training patches.
+    ``(slice, cy, cx)`` per class), for :func:`draw_balanced` to redraw training patches.
     """
     gap = patch_size if gap is None else gap
     rng = np.random.default_rng(seed)
@@ -331,20 +328,13 @@ def sample_patches(slices, *, n_classes, patch_size, n_per_class, gap=None,
     sets, report = {}, {"mode": mode, "gap": gap, "layout": layout, "per_split": {}}
     for s in SPLITS:
         want = n_per_class[s]
-        chosen, rep = [], {}
-        for c in range(n_classes):
-            pool = np.concatenate(cand[s][c]) if cand[s][c] else np.zeros((0, 3), np.int64)
-            take = min(want, len(pool))
-            idx = rng.choice(len(pool), size=take, replace=False) if take else np.zeros(0, np.int64)
-            chosen.append(np.concatenate([pool[idx], np.full((take, 1), c)], axis=1))
-            rep[c] = {"asked": int(want), "eligible_positions": int(len(pool)), "taken": int(take)}
-        arr = np.concatenate(chosen).astype(np.int64)
-        arr = arr[rng.permutation(len(arr))]
-        sets[s] = PatchSet(arr[:, 0], arr[:, 1:3], arr[:, 3])
-        report["per_split"][s] = rep
+        split_pools = [np.concatenate(cand[s][c]) if cand[s][c] else np.zeros((0, 3), np.int64)
+                       for c in range(n_classes)]
+        sets[s] = draw_balanced(split_pools, want, rng)
+        report["per_split"][s] = {c: {"asked": int(want), "eligible_positions": int(len(pool)),
+                                      "taken": int(min(want, len(pool)))} for c, pool in enumerate(split_pools)}
         if s == "train" and pools is not None:
-            pools.extend(np.concatenate(cand[s][c]) if cand[s][c] else np.zeros((0, 3), np.int64)
-                         for c in range(n_classes))
+            pools.extend(split_pools)
     for s in SPLITS:
         if len(sets[s]) == 0:
             raise BrainrtError(f"no {s} patch could be placed; the annotated areas are too small for "

@@ -62,8 +62,11 @@ def _tissue_quantiles(slices):
     return tissue_quantiles((sl.image, otsu_threshold(sl.image)) for sl in slices)
 
 
-def _with_smoothing(tmp, manifest, slices, cmap, report, *, patch_size, seed, gap, layout):
-    """Choose the default smoothing on validation pixels, record it (and its table) in the manifest."""
+def _with_smoothing(tmp, manifest, slices, *, layout):
+    """Choose the default smoothing on validation pixels, record it (and its table) in the manifest.
+
+    The validation region is re-created from the split the manifest records (seed, gap, fractions).
+    """
     import dataclasses
 
     from brainrt.bundle import Bundle
@@ -71,10 +74,10 @@ def _with_smoothing(tmp, manifest, slices, cmap, report, *, patch_size, seed, ga
 
     from .evaluate import choose_smoothing, split_footprints
 
-    fr = tuple(report["layout"][0].get("fractions", (0.6, 0.2, 0.2)))
-    regions = split_footprints(slices, n_classes=len(cmap.names), patch_size=patch_size, gap=gap,
-                               fractions=fr, seed=seed, layout=layout)
-    best, table = choose_smoothing(Bundle.load(tmp), slices, regions, list(cmap.names))
+    t = manifest.training
+    regions = split_footprints(slices, n_classes=len(manifest.class_names), patch_size=manifest.patch_size, gap=t.gap,
+                               fractions=t.fractions, seed=t.seed, layout=layout)
+    best, table = choose_smoothing(Bundle.load(tmp), slices, regions, list(manifest.class_names))
     log.info("smoothing chosen on validation: sigma %.0f um (%s space), macro F1 %.3f", best["sigma_um"],
              best["space"], best["macro_f1"])
     sm = Smoothing(sigma_um=best["sigma_um"], space=best["space"], chosen_on="validation split, macro F1, stride 16",
@@ -89,10 +92,10 @@ def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
     """``epoch -> (x_unit, y)``: a fresh balanced training set from the training regions."""
     import torch
 
-    from .data import draw_train
+    from .data import draw_balanced
 
     def redraw(epoch):
-        ps = draw_train(pools, n_train, np.random.default_rng([seed, 1, epoch]))
+        ps = draw_balanced(pools, n_train, np.random.default_rng([seed, 1, epoch]))
         return _inputs(slices, ps, patch_size, context, dtype_max), torch.from_numpy(ps.labels)
 
     return redraw
@@ -144,14 +147,14 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
     picks the default map smoothing on the validation split's pixels. ``int8`` adds int8
     copies of the graphs, calibrated on training footprints (:mod:`brainrt_train.quantize`).
     ``border_p`` / ``rotate_p``: shares of samples given a tissue border in their context /
-    of batches turned and rescaled (defaults :data:`~brainrt_train.train.EDGE_P`,
+    of batches turned and rescaled (defaults :data:`~brainrt_train.train.BORDER_P`,
     :data:`~brainrt_train.train.ROTATE_P`).
     """
     import torch
 
     from .export import export_features
     from .heads import fit_heads
-    from .train import EDGE_P, ROTATE_P, classification_metrics, fit, load_checkpoint, predict, to_unit
+    from .train import BORDER_P, ROTATE_P, classification_metrics, fit, load_checkpoint, predict, to_unit
     from brainrt.plots import confusion_png
 
     t_start = time.perf_counter()
@@ -165,7 +168,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         raise param_error("patch_size", "train_and_export", f"an int >= {MIN_WINDOW + NET_STRIDE}", patch_size)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise param_error("lr", "train_and_export", "a positive float", lr)
-    border_p = EDGE_P if border_p is None else border_p
+    border_p = BORDER_P if border_p is None else border_p
     rotate_p = ROTATE_P if rotate_p is None else rotate_p
     for name, value in (("border_p", border_p), ("rotate_p", rotate_p)):
         if not (isinstance(value, (int, float)) and 0 <= value <= 1):
@@ -191,11 +194,12 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         norm, history, train_seconds = ck["norm"], ck.get("history", []), float("nan")
         log.info("weights from %s (best of %d epochs), no training", init_from, len(history))
     else:
+        redraw_fn = _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed) if redraw else None
         model, history, train_seconds = fit(data["train"], data["val"], n_classes=n, patch_size=patch_size, norm=norm,
                                             epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed,
                                             max_minutes=max_minutes, progress=progress, context=context,
-                                            checkpoint=checkpoint, border_p=border_p, rotate_p=rotate_p, redraw=_redraw(slices, pools, n_train, patch_size,
-                                                                                  context, dtype_max, seed) if redraw else None)
+                                            checkpoint=checkpoint, redraw=redraw_fn, border_p=border_p,
+                                            rotate_p=rotate_p)
     cnn_pred = predict(model, data["test"][0], norm).argmax(1).numpy()
     y_test = data["test"][1].numpy()
     metrics = {"cnn": classification_metrics(y_test, cnn_pred, list(cmap.names))}
@@ -243,8 +247,7 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
                        "note": "the network sees the centred window of each patch; patch rows cy - P//2 .. cy - P//2 + P - 1"},
             "net_stride": NET_STRIDE,
             "n_features": int(feats["train"].shape[1]),
-            "normalization": {"scale": 1.0 / dtype_max, "mean": norm["mean"], "std": norm["std"],
-                              "formula": "(pixel * scale - mean) / std", "trained_dtype": str(dtype)},
+            "normalization": {**normalization, "formula": "(pixel * scale - mean) / std", "trained_dtype": str(dtype)},
             "onnx": {"file": "features.onnx", "input": onnx_report["input"], "output": onnx_report["output"],
                      "opset": onnx_report["opset"], "input_shape": ["batch", 1, plain.footprint, plain.footprint]},
             "intensity": {"quantiles": [float(q) for q in _tissue_quantiles(slices)]},
@@ -272,7 +275,6 @@ def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_tr
         (tmp / MANIFEST).write_text(manifest.to_json())
         verify_bundle(tmp)
         if smooth_choice:
-            manifest = _with_smoothing(tmp, manifest, slices, cmap, report, patch_size=patch_size, seed=seed,
-                                       gap=gap if gap is not None else patch_size, layout=layout)
+            manifest = _with_smoothing(tmp, manifest, slices, layout=layout)
     log.info("bundle written to %s", out)
     return manifest

@@ -22,11 +22,11 @@ def to_unit(patches, dtype_max):
     return (t / dtype_max).unsqueeze(1)
 
 
-#: Share of training samples whose context gets a tissue edge (see :func:`tissue_edge`).
-EDGE_P = 0.6
+#: Share of training samples whose context gets a tissue border (see :func:`tissue_edge`).
+BORDER_P = 0.6
 
 
-def tissue_edge(ctx, gen, p=EDGE_P):
+def tissue_edge(ctx, gen, p=BORDER_P):
     """Cut the pooled context ``ctx`` (N, 1, S, S) along a random line: beyond it, background.
 
     On slice309 every training patch of WM and HypoTh has the tissue's border (black
@@ -43,12 +43,13 @@ def tissue_edge(ctx, gen, p=EDGE_P):
     if not bool(hit.any()):
         return ctx
     theta = torch.rand(n, generator=gen) * (2 * math.pi)
+    cos, sin = theta.cos(), theta.sin()
     inner = s / 8 * math.sqrt(2) + 1  # the patch's corner, plus a pixel
-    reach = (s - 1) / 2 * (theta.cos().abs() + theta.sin().abs())  # the frame's farthest point along theta
+    reach = (s - 1) / 2 * (cos.abs() + sin.abs())  # the frame's farthest point along theta
     dist = inner + torch.rand(n, generator=gen) ** 2 * (reach - inner - 2)  # near the patch more often: big cuts
     level = torch.rand(n, generator=gen) * 0.08
     r = torch.arange(s, dtype=ctx.dtype) - (s - 1) / 2
-    proj = torch.cos(theta)[:, None, None] * r[None, None, :] + torch.sin(theta)[:, None, None] * r[None, :, None]
+    proj = cos[:, None, None] * r[None, None, :] + sin[:, None, None] * r[None, :, None]
     cut = (proj > dist[:, None, None]) & hit[:, None, None]
     return torch.where(cut[:, None], level[:, None, None, None], ctx)
 
@@ -74,7 +75,7 @@ def rotate_scale(x, gen, *, max_deg=45.0, max_scale=0.15):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def augment(x, gen, *, edge_p=EDGE_P, rotate_p=ROTATE_P):
+def augment(x, gen, *, border_p=BORDER_P, rotate_p=ROTATE_P):
     """Random tissue edge in the context, free rotation and scale, dihedral transform,
     gray-level jitter, blur, noise.
 
@@ -83,8 +84,8 @@ def augment(x, gen, *, edge_p=EDGE_P, rotate_p=ROTATE_P):
     slice indifferent to fine gray levels, so it also works on full-depth slices.
     """
     n = x.shape[0]
-    if x.shape[1] > 1 and edge_p > 0:
-        x = torch.cat([x[:, :1], tissue_edge(x[:, 1:2], gen, edge_p)], 1)
+    if x.shape[1] > 1 and border_p > 0:
+        x = torch.cat([x[:, :1], tissue_edge(x[:, 1:2], gen, border_p)], 1)
     if rotate_p > 0 and float(torch.rand(1, generator=gen)) < rotate_p:
         x = rotate_scale(x, gen)
     k = int(torch.randint(0, 4, (1,), generator=gen))
@@ -128,7 +129,7 @@ def predict(model, x_unit, norm, batch=256):
 
 def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, schedule, seed,
         max_minutes=None, device="cpu", progress=None, context=0, checkpoint=None, redraw=None,
-        border_p=EDGE_P, rotate_p=ROTATE_P):
+        border_p=BORDER_P, rotate_p=ROTATE_P):
     """Train the paper's CNN; return the best-on-validation model and the history.
 
     ``train`` and ``val`` are ``(x_unit, y)`` tensors. The checkpoint with the best
@@ -164,7 +165,7 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            xb = normalize(augment(xt[idx], gen, edge_p=border_p, rotate_p=rotate_p), norm).to(device)
+            xb = normalize(augment(xt[idx], gen, border_p=border_p, rotate_p=rotate_p), norm).to(device)
             yb = yt[idx].to(device)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
