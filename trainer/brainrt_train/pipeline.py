@@ -1,23 +1,164 @@
-"""``train-and-export``: from annotated slices to a verified model bundle."""
+"""``train-and-export``: from annotated slices to a verified model bundle.
+
+:func:`train_and_export` runs the steps in order, each a function of what the ones
+before it returned: :func:`load_data` (the slices), :func:`sample` (the split and the
+training inputs), :func:`train` (or weights from a checkpoint), then inside the bundle
+folder being built :func:`export_graphs`, :func:`fit_bundle_heads`, the int8 copies,
+:func:`build_manifest` (the typed :class:`~brainrt.manifest.Manifest`) and
+:func:`write_bundle`. :class:`TrainOptions` holds every option, checked once.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import joblib
 import numpy as np
+import torch
 
-from brainrt.bundle import MANIFEST, LinearHead, hash_tree, verify_bundle
+from brainrt.bundle import MANIFEST, Bundle, LinearHead, hash_tree, verify_bundle
 from brainrt.errors import BrainrtError, check_positive_int, file_error, param_error
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
+from brainrt.intensity import tissue_quantiles
 from brainrt.io import atomic_path, write_json
-from brainrt.manifest import SCHEMA_VERSION, Manifest
+from brainrt.manifest import (ClassSpec, Context, DenseGraphs, Int8Graphs, Intensity, Manifest, Normalization,
+                              OnnxGraph, Smoothing, Training, TrainingSlice)
+from brainrt.plots import confusion_png
+from brainrt.tissue import otsu_threshold
 
-from .data import SPLITS, ClassMap, extract, load_slice, sample_patches
+from .data import SPLITS, ClassMap, draw_balanced, extract, extract_context, load_slice, sample_patches
+from .evaluate import choose_smoothing, split_footprints
+from .export import export_dense, export_features, share_weights
+from .heads import fit_heads
+from .train import BORDER_P, ROTATE_P, classification_metrics, fit, load_checkpoint, predict, to_unit
 
 log = logging.getLogger("brainrt.train")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOptions:
+    """Every option of ``train-and-export`` (the command's flags), checked when built.
+
+    ``context=4`` adds the context branch (see :mod:`brainrt_train.model`). ``checkpoint``
+    keeps the best weights of a long run on disk as training goes; ``init_from`` takes such
+    a file instead of training (same data, split and seed), so a run trained elsewhere can
+    be exported here. ``layout`` picks the split bands (:func:`brainrt_train.data.split_regions`);
+    ``redraw`` draws new training positions from the training regions every epoch.
+    ``smooth_choice`` picks the default map smoothing on the validation split's pixels.
+    ``int8`` adds int8 copies of the graphs, calibrated on training footprints
+    (:mod:`brainrt_train.quantize`). ``border_p`` / ``rotate_p``: shares of samples given a
+    tissue border in their context / of batches turned and rescaled (None: the defaults
+    :data:`~brainrt_train.train.BORDER_P`, :data:`~brainrt_train.train.ROTATE_P`).
+    """
+
+    class_map: str | ClassMap = "prasad2020"
+    patch_size: int = 128
+    n_train: int = 2000
+    n_val: int = 1000
+    n_test: int = 1000
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-4
+    schedule: str = "constant"
+    seed: int = 0
+    k: int = 4
+    gap: int | None = None
+    max_minutes: float | None = None
+    z: int | None = None
+    dense: bool = True
+    progress: bool | None = None
+    context: int = 0
+    checkpoint: str | Path | None = None
+    init_from: str | Path | None = None
+    layout: str = "rows"
+    redraw: bool = False
+    smooth_choice: bool = True
+    int8: bool = True
+    border_p: float | None = None
+    rotate_p: float | None = None
+
+    def __post_init__(self):
+        for name in ("patch_size", "epochs", "batch_size"):
+            check_positive_int(getattr(self, name), name, "train_and_export")
+        if self.patch_size < MIN_WINDOW + NET_STRIDE:
+            raise param_error("patch_size", "train_and_export", f"an int >= {MIN_WINDOW + NET_STRIDE}", self.patch_size)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise param_error("lr", "train_and_export", "a positive float", self.lr)
+        for name, default in (("border_p", BORDER_P), ("rotate_p", ROTATE_P)):
+            value = default if getattr(self, name) is None else getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise param_error(name, "train_and_export", "a share in [0, 1]", value)
+            object.__setattr__(self, name, value)
+
+    @property
+    def n_per_class(self) -> dict:
+        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
+
+
+@dataclass(frozen=True)
+class Data:
+    """The annotated slices, their class map and their (common) pixel type."""
+
+    slices: list
+    cmap: ClassMap
+    dtype: np.dtype
+
+    @property
+    def dtype_max(self) -> float:
+        """What the pixel type's full range maps to 1 (floats are taken as already in [0, 1])."""
+        return float(np.iinfo(self.dtype).max) if self.dtype.kind == "u" else 1.0
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.cmap.names)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The split: ``sets`` (PatchSet per split), the sampler's ``report``, the training regions'
+    ``pools`` and ``inputs`` (``(x_unit, y)`` tensors per split)."""
+
+    sets: dict
+    report: dict
+    pools: list
+    inputs: dict
+
+
+@dataclass(frozen=True)
+class Trained:
+    """The trained network, its input normalization (``mean``, ``std`` of unit-range inputs),
+    the epoch ``history``, training time and the network's test metrics."""
+
+    model: object
+    norm: dict
+    history: list
+    seconds: float
+    cnn_metrics: dict
+
+
+@dataclass(frozen=True)
+class Graphs:
+    """The exported fp32 graphs: the per-patch export's ``report``, the plain network they were
+    exported from (``plain``) and the dense graphs' manifest entry (None without them)."""
+
+    report: dict
+    plain: object
+    dense: dict | None
+
+
+@dataclass(frozen=True)
+class Heads:
+    """The fitted heads (by name), their bundle files, their test metrics and the feature count."""
+
+    heads: dict
+    files: dict
+    metrics: dict
+    n_features: int
 
 
 def _versions():
@@ -43,11 +184,6 @@ def onnx_features(path, x_norm, batch=256):
 
 def _inputs(slices, patches, patch_size, context, dtype_max):
     """Training inputs in [0, 1]: ``(N, 1, P, P)`` patches, or ``(N, 2, P, P)`` with the pooled context."""
-    import torch
-
-    from .data import extract_context
-    from .train import to_unit
-
     x = to_unit(extract(slices, patches, patch_size), dtype_max)
     if context:
         x = torch.cat([x, to_unit(extract_context(slices, patches, patch_size, context), dtype_max)], 1)
@@ -56,9 +192,6 @@ def _inputs(slices, patches, patch_size, context, dtype_max):
 
 def _tissue_quantiles(slices):
     """Intensity quantiles of the training tissue (pixels above each slice's Otsu threshold)."""
-    from brainrt.intensity import tissue_quantiles
-    from brainrt.tissue import otsu_threshold
-
     return tissue_quantiles((sl.image, otsu_threshold(sl.image)) for sl in slices)
 
 
@@ -67,13 +200,6 @@ def _with_smoothing(tmp, manifest, slices, *, layout):
 
     The validation region is re-created from the split the manifest records (seed, gap, fractions).
     """
-    import dataclasses
-
-    from brainrt.bundle import Bundle
-    from brainrt.manifest import Smoothing
-
-    from .evaluate import choose_smoothing, split_footprints
-
     t = manifest.training
     regions = split_footprints(slices, n_classes=len(manifest.class_names), patch_size=manifest.patch_size, gap=t.gap,
                                fractions=t.fractions, seed=t.seed, layout=layout)
@@ -83,17 +209,12 @@ def _with_smoothing(tmp, manifest, slices, *, layout):
     sm = Smoothing(sigma_um=best["sigma_um"], space=best["space"], chosen_on="validation split, macro F1, stride 16",
                    extra={"table": table})
     manifest = dataclasses.replace(manifest, smoothing=sm)
-    (tmp / MANIFEST).write_text(manifest.to_json())
-    verify_bundle(tmp)
+    write_bundle(tmp, manifest)
     return manifest
 
 
 def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
     """``epoch -> (x_unit, y)``: a fresh balanced training set from the training regions."""
-    import torch
-
-    from .data import draw_balanced
-
     def redraw(epoch):
         ps = draw_balanced(pools, n_train, np.random.default_rng([seed, 1, epoch]))
         return _inputs(slices, ps, patch_size, context, dtype_max), torch.from_numpy(ps.labels)
@@ -122,159 +243,168 @@ def _int8_graphs(tmp, slices, sets, *, footprint, dense_info, head, normalizatio
 
 def torch_features(model, x_unit, norm, batch=256):
     """Last-hidden-layer features of unit-range inputs (the exported graph matches them to 1e-4)."""
-    import torch
-
     model.eval()
     with torch.no_grad():
         out = [model.features((x_unit[i : i + batch] - norm["mean"]) / norm["std"]) for i in range(0, len(x_unit), batch)]
     return torch.cat(out).numpy()
 
 
-def train_and_export(pairs, out, *, class_map="prasad2020", patch_size=128, n_train=2000, n_val=1000,
-                     n_test=1000, epochs=30, batch_size=64, lr=1e-4, schedule="constant", seed=0, k=4,
-                     gap=None, max_minutes=None, overwrite=False, z=None, dense=True, progress=None,
-                     context=0, checkpoint=None, init_from=None, layout="rows", redraw=False, smooth_choice=True,
-                     int8=True, border_p=None, rotate_p=None):
+def load_data(pairs, opts: TrainOptions) -> Data:
+    """Read the ``(image, mask)`` pairs; every image must have the same pixel type."""
+    cmap = opts.class_map if isinstance(opts.class_map, ClassMap) else ClassMap.resolve(opts.class_map)
+    slices = [load_slice(img, msk, cmap, z=opts.z) for img, msk in pairs]
+    dtypes = {s.image.dtype for s in slices}
+    if len(dtypes) > 1:
+        raise BrainrtError(f"images have different pixel types {sorted(map(str, dtypes))}; convert them to one")
+    return Data(slices, cmap, slices[0].image.dtype)
+
+
+def sample(data: Data, opts: TrainOptions) -> Samples:
+    """Split the slices (:func:`brainrt_train.data.sample_patches`) and cut the inputs of each split."""
+    pools = []
+    sets, report = sample_patches(data.slices, n_classes=data.n_classes, patch_size=opts.patch_size, seed=opts.seed,
+                                  gap=opts.gap, layout=opts.layout, n_per_class=opts.n_per_class, pools=pools)
+    names = data.cmap.names
+    for s in SPLITS:
+        log.info("%s patches per class: %s", s, {names[c]: v["taken"] for c, v in report["per_split"][s].items()})
+    inputs = {s: (_inputs(data.slices, sets[s], opts.patch_size, opts.context, data.dtype_max),
+                  torch.from_numpy(sets[s].labels)) for s in SPLITS}
+    return Samples(sets, report, pools, inputs)
+
+
+def train(data: Data, samples: Samples, opts: TrainOptions) -> Trained:
+    """Train the network (or take it from ``opts.init_from``) and score it on the test split."""
+    xt = samples.inputs["train"][0]
+    norm = {"mean": float(xt.mean()), "std": float(xt.std()) or 1.0}
+    if opts.init_from:
+        model, ck = load_checkpoint(opts.init_from)
+        norm, history, seconds = ck["norm"], ck.get("history", []), float("nan")
+        log.info("weights from %s (best of %d epochs), no training", opts.init_from, len(history))
+    else:
+        redraw = (_redraw(data.slices, samples.pools, opts.n_train, opts.patch_size, opts.context, data.dtype_max,
+                          opts.seed) if opts.redraw else None)
+        model, history, seconds = fit(samples.inputs["train"], samples.inputs["val"], n_classes=data.n_classes,
+                                      patch_size=opts.patch_size, norm=norm, epochs=opts.epochs,
+                                      batch_size=opts.batch_size, lr=opts.lr, schedule=opts.schedule, seed=opts.seed,
+                                      max_minutes=opts.max_minutes, progress=opts.progress, context=opts.context,
+                                      checkpoint=opts.checkpoint, redraw=redraw, border_p=opts.border_p,
+                                      rotate_p=opts.rotate_p)
+    x_test, y_test = samples.inputs["test"]
+    cnn = classification_metrics(y_test.numpy(), predict(model, x_test, norm).argmax(1).numpy(), list(data.cmap.names))
+    log.info("CNN test accuracy %.3f", cnn["accuracy"])
+    return Trained(model, norm, history, seconds, cnn)
+
+
+def export_graphs(tmp, trained: Trained, opts: TrainOptions) -> Graphs:
+    """Export the per-patch graph and (``opts.dense``) the dense graphs into ``tmp``, sharing their weights."""
+    report, plain = export_features(trained.model, tmp / "features.onnx", patch_size=opts.patch_size, seed=opts.seed)
+    dense = export_dense(plain, tmp, patch_size=opts.patch_size, seed=opts.seed) if opts.dense else None
+    share_weights([tmp / "features.onnx"] + [tmp / f for f in (dense or {}).get("files", {}).values()], tmp)
+    return Graphs(report, plain, dense)
+
+
+def fit_bundle_heads(tmp, data: Data, samples: Samples, trained: Trained, graphs: Graphs, opts: TrainOptions) -> Heads:
+    """Fit the heads on the network's training features, save them (and the network's own
+    linear head) under ``tmp/heads`` and plot the network's test confusion matrix."""
+    feats = {s: torch_features(trained.model, samples.inputs[s][0], trained.norm) for s in ("train", "test")}
+    heads, metrics = fit_heads(feats["train"], samples.inputs["train"][1].numpy(), feats["test"],
+                               samples.inputs["test"][1].numpy(), n_classes=data.n_classes, k=opts.k, seed=opts.seed)
+    (tmp / "heads").mkdir()
+    files = {}
+    for name, head in heads.items():
+        joblib.dump(head, tmp / "heads" / f"{name}.joblib")
+        files[name] = f"heads/{name}.joblib"
+    fc = graphs.plain.head
+    LinearHead(fc.weight.detach().numpy(), fc.bias.detach().numpy()).save(tmp / "heads" / "cnn.npz")
+    files["cnn"] = "heads/cnn.npz"
+    cnn = trained.cnn_metrics
+    confusion_png(tmp / "confusion.png", cnn["confusion_matrix"], list(data.cmap.names),
+                  title=f"CNN, test patches (accuracy {cnn['accuracy']:.3f})")
+    return Heads(heads, files, metrics, int(feats["train"].shape[1]))
+
+
+def build_manifest(tmp, data: Data, samples: Samples, trained: Trained, graphs: Graphs, heads: Heads,
+                   int8: dict | None, opts: TrainOptions, *, total_seconds: float) -> Manifest:
+    """The bundle's manifest, every file now in ``tmp`` hashed (no smoothing chosen yet)."""
+    cmap, fp = data.cmap, graphs.plain.footprint
+    context = (Context(opts.context, fp, extra={"note": "the network also sees the footprint (rows cy - F//2 ..) "
+                                                        "averaged factor x factor"}) if opts.context else None)
+    r = graphs.report
+    return Manifest(
+        created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        classes=tuple(ClassSpec(nm, tuple(cs)) for nm, cs in zip(cmap.names, cmap.codes)),
+        class_map=cmap.to_dict(), patch_size=opts.patch_size, context=context,
+        window={"size": window_size(opts.patch_size), "offset": window_offset(opts.patch_size),
+                "note": "the network sees the centred window of each patch; patch rows cy - P//2 .. cy - P//2 + P - 1"},
+        net_stride=NET_STRIDE, n_features=heads.n_features, normalization=_normalization(data, trained),
+        onnx=OnnxGraph("features.onnx", r["input"], r["output"], r["opset"], ("batch", 1, fp, fp)),
+        intensity=Intensity(tuple(float(q) for q in _tissue_quantiles(data.slices))),
+        dense_onnx=DenseGraphs.from_dict(graphs.dense) if graphs.dense else None,
+        int8=Int8Graphs.from_dict(int8) if int8 else None,
+        heads=heads.files, default_head="logreg", versions=_versions(),
+        training=_training(data, samples, trained, opts, total_seconds=total_seconds),
+        metrics=_metrics(trained.cnn_metrics, heads.metrics), files=hash_tree(tmp))
+
+
+def _normalization(data: Data, trained: Trained) -> Normalization:
+    return Normalization(scale=1.0 / data.dtype_max, mean=trained.norm["mean"], std=trained.norm["std"],
+                         trained_dtype=str(data.dtype))
+
+
+def _training(data: Data, samples: Samples, trained: Trained, opts: TrainOptions, *, total_seconds) -> Training:
+    """The manifest's record of the training data, split and options."""
+    names, report = data.cmap.names, samples.report
+    return Training(
+        data=tuple(TrainingSlice(s.image_path.name, s.mask_path.name, s.sha256["image"], s.sha256["mask"],
+                                 tuple(s.image.shape)) for s in data.slices),
+        split={k: v for k, v in report.items() if k != "per_split"},
+        counts={s: {names[c]: v for c, v in report["per_split"][s].items()} for s in SPLITS},
+        seed=opts.seed, epochs_run=len(trained.history), epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+        schedule=opts.schedule, train_seconds=round(trained.seconds, 1), total_seconds=round(total_seconds, 1),
+        extra={"context": opts.context, "layout": opts.layout, "redraw": bool(opts.redraw),
+               "augment": {"border_p": opts.border_p if opts.context else 0.0, "rotate_p": opts.rotate_p}})
+
+
+def _metrics(cnn, head_metrics) -> dict:
+    """The manifest's test scores: the network's accuracy and per-class F1, each head's scores."""
+    return {"cnn_test_accuracy": cnn["accuracy"], "cnn_per_class_f1": {k: v["f1"] for k, v in cnn["per_class"].items()},
+            **{f"{h}_{m}": v for h, ms in head_metrics.items() for m, v in ms.items() if m != "fit_seconds"}}
+
+
+def write_bundle(tmp, manifest: Manifest):
+    """Write ``manifest.json`` into the bundle folder ``tmp`` and verify the folder against it."""
+    (tmp / MANIFEST).write_text(manifest.to_json())
+    verify_bundle(tmp)
+
+
+def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | None = None, **kw) -> Manifest:
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
-    Returns the :class:`~brainrt.manifest.Manifest`. The bundle is built in a temporary folder beside ``out`` and
-    renamed into place only when complete and verified. ``context=4`` adds the context
-    branch (see :mod:`brainrt_train.model`). ``checkpoint`` keeps the best weights of a
-    long run on disk as training goes; ``init_from`` takes such a file instead of
-    training (same data, split and seed), so a run trained elsewhere can be exported here.
-    ``layout`` picks the split bands (:func:`brainrt_train.data.split_regions`); ``redraw``
-    draws new training positions from the training regions every epoch. ``smooth_choice``
-    picks the default map smoothing on the validation split's pixels. ``int8`` adds int8
-    copies of the graphs, calibrated on training footprints (:mod:`brainrt_train.quantize`).
-    ``border_p`` / ``rotate_p``: shares of samples given a tissue border in their context /
-    of batches turned and rescaled (defaults :data:`~brainrt_train.train.BORDER_P`,
-    :data:`~brainrt_train.train.ROTATE_P`).
+    Options are :class:`TrainOptions`' fields, given as keywords (or as ``options``, which
+    keywords then override). Returns the :class:`~brainrt.manifest.Manifest`. The bundle
+    is built in a temporary folder beside ``out`` and renamed into place only when complete
+    and verified.
     """
-    import torch
-
-    from .export import export_features
-    from .heads import fit_heads
-    from .train import BORDER_P, ROTATE_P, classification_metrics, fit, load_checkpoint, predict, to_unit
-    from brainrt.plots import confusion_png
-
+    opts = dataclasses.replace(options, **kw) if options is not None else TrainOptions(**kw)
     t_start = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
         raise file_error(out, "already exists; pass --overwrite to replace it")
-    cmap = ClassMap.resolve(class_map) if not isinstance(class_map, ClassMap) else class_map
-    for name, value in (("patch_size", patch_size), ("epochs", epochs), ("batch_size", batch_size)):
-        check_positive_int(value, name, "train_and_export")
-    if patch_size < MIN_WINDOW + NET_STRIDE:
-        raise param_error("patch_size", "train_and_export", f"an int >= {MIN_WINDOW + NET_STRIDE}", patch_size)
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise param_error("lr", "train_and_export", "a positive float", lr)
-    border_p = BORDER_P if border_p is None else border_p
-    rotate_p = ROTATE_P if rotate_p is None else rotate_p
-    for name, value in (("border_p", border_p), ("rotate_p", rotate_p)):
-        if not (isinstance(value, (int, float)) and 0 <= value <= 1):
-            raise param_error(name, "train_and_export", "a share in [0, 1]", value)
-    slices = [load_slice(img, msk, cmap, z=z) for img, msk in pairs]
-    dtypes = {s.image.dtype for s in slices}
-    if len(dtypes) > 1:
-        raise BrainrtError(f"images have different pixel types {sorted(map(str, dtypes))}; convert them to one")
-    dtype = slices[0].image.dtype
-    dtype_max = float(np.iinfo(dtype).max) if dtype.kind == "u" else 1.0
-    n = len(cmap.names)
-    pools = []
-    sets, report = sample_patches(slices, n_classes=n, patch_size=patch_size, seed=seed, gap=gap, layout=layout,
-                                  n_per_class={"train": n_train, "val": n_val, "test": n_test}, pools=pools)
-    for s in SPLITS:
-        log.info("%s patches per class: %s", s, {cmap.names[c]: v["taken"] for c, v in report["per_split"][s].items()})
-    data = {s: (_inputs(slices, sets[s], patch_size, context, dtype_max), torch.from_numpy(sets[s].labels))
-            for s in SPLITS}
-    xt = data["train"][0]
-    norm = {"mean": float(xt.mean()), "std": float(xt.std()) or 1.0}
-    if init_from:
-        model, ck = load_checkpoint(init_from)
-        norm, history, train_seconds = ck["norm"], ck.get("history", []), float("nan")
-        log.info("weights from %s (best of %d epochs), no training", init_from, len(history))
-    else:
-        redraw_fn = _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed) if redraw else None
-        model, history, train_seconds = fit(data["train"], data["val"], n_classes=n, patch_size=patch_size, norm=norm,
-                                            epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule, seed=seed,
-                                            max_minutes=max_minutes, progress=progress, context=context,
-                                            checkpoint=checkpoint, redraw=redraw_fn, border_p=border_p,
-                                            rotate_p=rotate_p)
-    cnn_pred = predict(model, data["test"][0], norm).argmax(1).numpy()
-    y_test = data["test"][1].numpy()
-    metrics = {"cnn": classification_metrics(y_test, cnn_pred, list(cmap.names))}
-    log.info("CNN test accuracy %.3f", metrics["cnn"]["accuracy"])
-
+    data = load_data(pairs, opts)
+    samples = sample(data, opts)
+    trained = train(data, samples, opts)
     with atomic_path(out, overwrite=overwrite, is_dir=True) as tmp:
-        onnx_report, plain = export_features(model, tmp / "features.onnx", patch_size=patch_size, seed=seed)
-        feats = {s: torch_features(model, data[s][0], norm) for s in SPLITS}
-        heads, head_metrics = fit_heads(feats["train"], data["train"][1].numpy(), feats["test"], y_test,
-                                        n_classes=n, k=k, seed=seed)
-        metrics["heads"] = head_metrics
-        (tmp / "heads").mkdir()
-        import joblib
-
-        head_files = {}
-        for name, head in heads.items():
-            joblib.dump(head, tmp / "heads" / f"{name}.joblib")
-            head_files[name] = f"heads/{name}.joblib"
-        LinearHead(plain.head.weight.detach().numpy(), plain.head.bias.detach().numpy()).save(tmp / "heads" / "cnn.npz")
-        head_files["cnn"] = "heads/cnn.npz"
-        confusion_png(tmp / "confusion.png", metrics["cnn"]["confusion_matrix"], list(cmap.names),
-                      title=f"CNN, test patches (accuracy {metrics['cnn']['accuracy']:.3f})")
-        dense_info = None
-        if dense:
-            from .export import export_dense
-
-            dense_info = export_dense(plain, tmp, patch_size=patch_size, seed=seed)
-        from .export import share_weights
-
-        share_weights([tmp / "features.onnx"] + [tmp / f for f in (dense_info or {}).get("files", {}).values()], tmp)
-        normalization = {"scale": 1.0 / dtype_max, "mean": norm["mean"], "std": norm["std"]}
-        int8_info = (_int8_graphs(tmp, slices, sets, footprint=plain.footprint, dense_info=dense_info,
-                                  head=heads["logreg"], normalization=normalization, seed=seed) if int8 else None)
-        write_json(tmp / "metrics.json", {"history": history, **metrics, "onnx_parity": onnx_report})
-        manifest = Manifest.from_dict({
-            "schema_version": SCHEMA_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "classes": [{"name": nm, "codes": list(cs)} for nm, cs in zip(cmap.names, cmap.codes)],
-            "class_map": cmap.to_dict(),
-            "patch_size": patch_size,
-            "context": ({"factor": context, "footprint": plain.footprint,
-                         "note": "the network also sees the footprint (rows cy - F//2 ..) averaged factor x factor"}
-                        if context else None),
-            "window": {"size": window_size(patch_size), "offset": window_offset(patch_size),
-                       "note": "the network sees the centred window of each patch; patch rows cy - P//2 .. cy - P//2 + P - 1"},
-            "net_stride": NET_STRIDE,
-            "n_features": int(feats["train"].shape[1]),
-            "normalization": {**normalization, "formula": "(pixel * scale - mean) / std", "trained_dtype": str(dtype)},
-            "onnx": {"file": "features.onnx", "input": onnx_report["input"], "output": onnx_report["output"],
-                     "opset": onnx_report["opset"], "input_shape": ["batch", 1, plain.footprint, plain.footprint]},
-            "intensity": {"quantiles": [float(q) for q in _tissue_quantiles(slices)]},
-            "dense_onnx": dense_info,
-            "int8": int8_info,
-            "heads": head_files,
-            "default_head": "logreg",
-            "versions": _versions(),
-            "training": {
-                "data": [{"image": s.image_path.name, "mask": s.mask_path.name, "image_sha256": s.sha256["image"],
-                          "mask_sha256": s.sha256["mask"], "shape": list(s.image.shape)} for s in slices],
-                "split": {k2: v for k2, v in report.items() if k2 != "per_split"},
-                "counts": {s: {cmap.names[c]: v for c, v in report["per_split"][s].items()} for s in SPLITS},
-                "seed": seed, "epochs_run": len(history), "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "schedule": schedule, "context": context, "layout": layout, "redraw": bool(redraw),
-                "augment": {"border_p": border_p if context else 0.0, "rotate_p": rotate_p},
-                "train_seconds": round(train_seconds, 1),
-                "total_seconds": round(time.perf_counter() - t_start, 1),
-            },
-            "metrics": {"cnn_test_accuracy": metrics["cnn"]["accuracy"],
-                        "cnn_per_class_f1": {k2: v["f1"] for k2, v in metrics["cnn"]["per_class"].items()},
-                        **{f"{h}_{m}": v for h, ms in head_metrics.items() for m, v in ms.items() if m != "fit_seconds"}},
-            "files": hash_tree(tmp),
-        })
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        verify_bundle(tmp)
-        if smooth_choice:
-            manifest = _with_smoothing(tmp, manifest, slices, layout=layout)
+        graphs = export_graphs(tmp, trained, opts)
+        heads = fit_bundle_heads(tmp, data, samples, trained, graphs, opts)
+        int8 = (_int8_graphs(tmp, data.slices, samples.sets, footprint=graphs.plain.footprint, dense_info=graphs.dense,
+                             head=heads.heads["logreg"], normalization=_normalization(data, trained).to_dict(),
+                             seed=opts.seed) if opts.int8 else None)
+        write_json(tmp / "metrics.json", {"history": trained.history, "cnn": trained.cnn_metrics,
+                                          "heads": heads.metrics, "onnx_parity": graphs.report})
+        manifest = build_manifest(tmp, data, samples, trained, graphs, heads, int8, opts,
+                                  total_seconds=time.perf_counter() - t_start)
+        write_bundle(tmp, manifest)
+        if opts.smooth_choice:
+            manifest = _with_smoothing(tmp, manifest, data.slices, layout=opts.layout)
     log.info("bundle written to %s", out)
     return manifest
