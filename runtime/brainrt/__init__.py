@@ -16,13 +16,15 @@ Layers: :mod:`brainrt.plan` (the input edge, a checked Plan) -> :mod:`brainrt.en
 from .api import (ClassMapResult, classify, classify_image, cluster, featurize, load_features, make_plan,
                   pixel_metrics, subdivide, upsample)
 from .bundle import Bundle
+from .derive import save_bundle
 from .errors import BrainrtError
+from .fit import fit_heads
 from .grid import FeatureGrid
 from .io import read_tiff
 from .manifest import Manifest
 from .plan import Plan
 
 __all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "Manifest", "Plan", "featurize", "classify",
-           "classify_image", "cluster", "subdivide", "load_features", "make_plan", "upsample", "pixel_metrics",
+           "classify_image", "cluster", "fit_heads", "save_bundle", "subdivide", "load_features", "make_plan", "upsample", "pixel_metrics",
            "read_tiff"]
 __version__ = "0.1.0"

@@ -325,6 +325,72 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, **kw):
     click.echo(f"wrote {', '.join(write_subdivision(out, sub, grid, image=image, title=f'{area or roi}: k={k}'))}")
 
 
+class _LabelsList(click.Command):
+    """``--labels A B C``: every word after ``--labels`` up to the next option is one stroke image."""
+
+    def parse_args(self, ctx, args):
+        out, taking = [], False
+        for a in args:
+            if a == "--labels":
+                taking = True
+            elif taking and not a.startswith("-"):
+                out += ["--labels", a]
+            else:
+                taking = False
+                out.append(a)
+        return super().parse_args(ctx, out)
+
+
+@main.command(cls=_LabelsList)
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--labels", "strokes", multiple=True, required=True, type=click.Path(),
+              help="Stroke images, one per IMAGE in order (0 = unlabeled, other values = class-map codes); "
+                   "a stroke stack goes with an image stack (its slices that hold strokes are used).")
+@_model_option
+@click.option("--class-map", default=None, type=click.Path(),
+              help="JSON of the classes: {\"classes\": {\"name\": [codes]}, \"colors\": {\"name\": \"#rrggbb\"}} "
+                   "(default: the parent bundle's).")
+@click.option("--stride", default=16, show_default=True, help="Grid step of the stroke cells in pixels.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the cross-validation folds.")
+@click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (2D images only).")
+@click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu).")
+@click.option("--all-cells", is_flag=True, help="Every stroke cell counts as tissue.")
+@click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores).")
+@click.option("--standardize/--no-standardize", default=True, show_default=True,
+              help="Map each slice's tissue histogram onto the parent's training tissue.")
+@click.option("-o", "--out", required=True, type=click.Path(), help="The new bundle folder.")
+@one_line_errors
+def fit(images, strokes, model, class_map, stride, seed, tissue_mask, threshold, all_cells, threads, standardize,
+        out):
+    """Fit new heads on the parent bundle's features from painted strokes; write a derived bundle.
+
+    IMAGES are slices (or stacks) and --labels their stroke images: a sparse label image
+    per slice whose codes name areas of the class map (the parent's, or --class-map JSON
+    for new areas). The new bundle works with every command (classify, cluster, volumes).
+    """
+    from .api import default_model
+    from .bundle import Bundle
+    from .derive import check_fit_target, save_bundle
+    from .fit import fit_heads
+    from .io import check_not_input
+
+    parent_path = model or default_model()
+    check_fit_target(out, parent_path)
+    check_not_input([out], [*images, *strokes, class_map, tissue_mask])
+    parent = Bundle.load(parent_path, threads=threads)
+    tissue = tissue_mask or ("all" if all_cells else None)
+    fitted = fit_heads(list(images), list(strokes), parent, class_map=class_map, stride=stride, seed=seed,
+                       tissue=tissue, threshold=threshold, standardize=standardize)
+    save_bundle(fitted, parent, out)
+    rec = fitted.record
+    counts = ", ".join(f"{n} {c['strokes']}/{c['cells']}" for n, c in rec["counts"].items())
+    cv = rec["cv"]
+    score = (f"grouped CV ({cv['folds']} folds by stroke) balanced accuracy {cv['balanced_accuracy'][str(cv['C'])]:.3f}"
+             f" at C={cv['C']}" if cv["folds"] else "no CV (fewer than 2 strokes of some class)")
+    click.echo(f"wrote {out}: {len(fitted.samples.y)} stroke cells (strokes/cells: {counts}); {score}; "
+               f"features {rec['seconds']['features']:.1f} s, fit {rec['seconds']['fit'] + rec['seconds']['cv']:.1f} s")
+
+
 @main.command()
 @click.option("-o", "--out", default="brainrt-demo", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("-m", "--model", default=None, type=click.Path(), help="Bundle (default: the shipped synthetic demo bundle).")

@@ -404,6 +404,12 @@ class Manifest:
         return [c.codes[0] for c in self.classes]
 
     @property
+    def class_colors(self) -> list | None:
+        """Colour of each class ("#rrggbb") where the class map records them (bundles fitted from strokes), else None."""
+        colors = [c.extra.get("color") for c in self.classes]
+        return colors if all(colors) else None
+
+    @property
     def codes_per_class(self) -> list:
         """Every mask code of each class (a class may cover several codes)."""
         return [list(c.codes) for c in self.classes]

@@ -36,8 +36,13 @@ def confusion_png(path, cm, names, *, title="Confusion matrix"):
     save_figure(fig, path)
 
 
-def class_colors(n):
+def class_colors(n, given=None):
+    """RGB (n, 3) of n classes: ``given`` colours (e.g. "#rrggbb" from a class map) or the tab10 / tab20 palette."""
     plt = _plt()
+    if given:
+        from matplotlib.colors import to_rgb
+
+        return np.array([to_rgb(c) for c in given])
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return np.array([cmap(i)[:3] for i in range(n)])
 

@@ -204,3 +204,58 @@ def make_volume(shape=(6, 256, 384), *, n_areas=4, seed=0, drift=0.08, backgroun
                     levels=levels)
         image[z], mask[z] = s.image, s.mask
     return SyntheticVolume(image, mask, {code: AREAS[code]["name"] for code in range(1, n_areas + 1)})
+
+
+def draw_strokes(mask, n_per_area, *, codes=None, length=150, width=3, margin=64, where=None, seed=0):
+    """Straight strokes drawn inside each area of a label mask, as a user paints them (seeded, reproducible).
+
+    Each stroke is a line of ``length`` px and ``width`` px whose every pixel lies at least
+    ``margin`` px inside its area (and inside ``where``, if given), apart from the other
+    strokes (so each is its own connected component); an area too small for it gets
+    shorter strokes, or fewer. Returns a label image of the mask's shape and type, 0 =
+    unlabeled, the area's code under its strokes.
+    """
+    from scipy.ndimage import binary_erosion
+
+    mask = np.asarray(mask)
+    rng = np.random.default_rng(seed)
+    out, blocked = np.zeros_like(mask), np.zeros(mask.shape, bool)
+    codes = sorted(int(c) for c in np.unique(mask) if c != 0) if codes is None else list(codes)
+    for code in codes:
+        inside = mask == code if where is None else (mask == code) & np.asarray(where, bool)
+        inside = binary_erosion(inside, iterations=margin) if margin else inside
+        for _ in range(n_per_area):
+            ys, xs = np.nonzero(inside & ~blocked)
+            line = _stroke_line(inside & ~blocked, ys, xs, length, rng) if ys.size else None
+            if line is not None:
+                _paint(out, blocked, line, code, width)
+    return out
+
+
+def _paint(out, blocked, line, code, width):
+    """Paint the line ``width`` px wide with ``code``; block its surroundings for the next strokes."""
+    from scipy.ndimage import binary_dilation
+
+    py, px = line
+    pad = 2 * width + 3
+    y0, x0 = max(int(py.min()) - pad, 0), max(int(px.min()) - pad, 0)
+    y1, x1 = int(py.max()) + pad + 1, int(px.max()) + pad + 1
+    m = np.zeros((min(y1, out.shape[0]) - y0, min(x1, out.shape[1]) - x0), bool)
+    m[py - y0, px - x0] = True
+    stroke = binary_dilation(m, iterations=width // 2) if width > 1 else m
+    out[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]][stroke] = code
+    blocked[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]] |= binary_dilation(stroke, iterations=width + 1)
+
+
+def _stroke_line(inside, ys, xs, length, rng, tries=200):
+    """Pixel indices of a random straight line inside ``inside`` (from one of its pixels ``ys, xs``), or None."""
+    for attempt in range(tries):
+        n = max(2, int(length * (1 - attempt / tries)))  # shorter after failures
+        i = rng.integers(ys.size)
+        t = rng.uniform(0, np.pi)
+        py = np.rint(ys[i] + np.arange(n) * np.sin(t)).astype(np.int64)
+        px = np.rint(xs[i] + np.arange(n) * np.cos(t)).astype(np.int64)
+        ok = (py >= 0) & (py < inside.shape[0]) & (px >= 0) & (px < inside.shape[1])
+        if ok.all() and inside[py, px].all():
+            return py, px
+    return None

@@ -1,0 +1,272 @@
+"""Heads fitted on a bundle's frozen features from a few painted strokes (a lab's own areas, no retraining).
+
+A stroke image is a sparse label image of a slice: 0 = unlabeled, other values = mask
+codes of a class map (the parent bundle's, or a JSON's with new areas, see
+:mod:`brainrt.derive`). One stroke is a connected component of one code. A grid cell
+takes the stroke that covers most of its stride x stride pixels; only those cells are
+featurized (the plan's valid cells become the stroke cells, so the dense path runs only
+the tiles that hold strokes), or they are read from features computed once (the napari
+widget). Several images, or z-slices of a stack, train one head.
+
+The classifier is a class-balanced logistic regression on standardized features (the
+method's simple classifier); its regularization ``C`` is chosen by cross-validation
+grouped by stroke (the cells of one stroke are neighbours, not independent samples, so
+they never sit on both sides of a fold). Per-area Gaussian densities give the outlier
+maps of ``brainrt cluster``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BrainrtError, file_error
+
+log = logging.getLogger("brainrt")
+
+#: Regularization strengths tried by the grouped cross-validation (inverse, as scikit-learn's ``C``).
+C_GRID = (0.01, 0.1, 1.0, 10.0)
+#: ``C`` when there are too few strokes per class to cross-validate.
+DEFAULT_C = 1.0
+MAX_FOLDS = 5
+#: Covariance regularization of the per-area densities (standardized features; few cells per area).
+DENSITY_REG = 0.1
+
+__all__ = ["CellLabels", "Fitted", "Samples", "cell_labels", "fit_heads", "fit_samples", "samples_of_grid",
+           "stroke_samples"]
+
+
+@dataclass(frozen=True)
+class CellLabels:
+    """Strokes on a stride grid: ``classes`` (R, C) class index (-1: no stroke), ``strokes`` (R, C) stroke id
+    (-1: none, ids unique over everything fitted together), ``n_strokes`` and ``pixels`` per class."""
+
+    classes: np.ndarray
+    strokes: np.ndarray
+    n_strokes: int
+    pixels: np.ndarray
+
+    @property
+    def mask(self):
+        return self.classes >= 0
+
+
+def cell_labels(strokes, table, stride, grid_shape, *, source="strokes", first_id=0):
+    """:class:`CellLabels` of a stroke image (codes of ``table``, a :class:`~brainrt.derive.ClassTable`)."""
+    from scipy.ndimage import label
+
+    idx = table.class_index(strokes, source=source)
+    comp = np.zeros(idx.shape, np.int64)
+    n = 0
+    for k in np.unique(idx[idx >= 0]):
+        lab, m = label(idx == k, structure=np.ones((3, 3), bool))
+        comp[lab > 0] = lab[lab > 0] + n
+        n += m
+    R, C = grid_shape
+    ys, xs = np.nonzero(comp)
+    cell = (ys // stride) * C + xs // stride
+    keys, counts = np.unique(cell * (n + 1) + comp[ys, xs], return_counts=True)
+    cells, comps = keys // (n + 1), keys % (n + 1)
+    order = np.lexsort((-counts, cells))  # per cell, the stroke covering most of it first
+    first = order[np.r_[True, cells[order][1:] != cells[order][:-1]]]
+    stroke_of = np.full(R * C, -1, np.int64)
+    stroke_of[cells[first]] = comps[first]
+    class_of_comp = np.full(n + 1, -1, np.int64)
+    class_of_comp[comp[ys, xs]] = idx[ys, xs]
+    classes = np.where(stroke_of > 0, class_of_comp[np.maximum(stroke_of, 0)], -1).reshape(R, C)
+    ids = np.where(stroke_of > 0, stroke_of - 1 + first_id, -1).reshape(R, C)
+    pixels = np.bincount(idx[idx >= 0], minlength=len(table.names))
+    return CellLabels(classes.astype(np.int16), ids, n, pixels)
+
+
+@dataclass
+class Samples:
+    """Stroke cells' features ``X`` (N, F) float32, class indices ``y``, stroke ids ``groups``, and per class
+    the strokes, cells and pixels they came from (``dropped``: stroke cells off the tissue)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray
+    pixels: np.ndarray
+    dropped: int = 0
+    sources: list = field(default_factory=list)
+
+    @classmethod
+    def concat(cls, parts):
+        return cls(np.concatenate([p.X for p in parts]), np.concatenate([p.y for p in parts]),
+                   np.concatenate([p.groups for p in parts]), sum(p.pixels for p in parts),
+                   sum(p.dropped for p in parts), [s for p in parts for s in p.sources])
+
+    def counts(self, names):
+        """Per class name: strokes, cells and stroke pixels."""
+        return {n: {"strokes": int(np.unique(self.groups[self.y == i]).size), "cells": int((self.y == i).sum()),
+                    "pixels": int(self.pixels[i])} for i, n in enumerate(names)}
+
+
+def samples_of_grid(features, valid, cells, *, source="strokes"):
+    """:class:`Samples` of the stroke cells of a feature grid (``features`` (R, C, F), ``valid`` (R, C)).
+
+    A stroke none of whose cells is featurized (valid) lies outside the tissue: an error."""
+    on = cells.mask & np.asarray(valid, bool)
+    lost = np.setdiff1d(np.unique(cells.strokes[cells.mask]), np.unique(cells.strokes[on]))
+    if lost.size:
+        r, c = np.argwhere(cells.strokes == lost[0])[0]
+        raise file_error(source, f"{lost.size} stroke(s) lie outside the tissue (no featurized cell under them; the "
+                                 f"first near grid cell ({r}, {c})); paint on tissue or give a tissue mask")
+    dropped = int((cells.mask & ~on).sum())
+    if dropped:
+        log.info("%s: %d stroke cells off the tissue were left out", source, dropped)
+    X = np.asarray(features[on] if isinstance(features, np.ndarray) else np.asarray(features)[on], np.float32)
+    return Samples(X, cells.classes[on].astype(np.int64), cells.strokes[on], cells.pixels, dropped, [source])
+
+
+def stroke_samples(image, strokes, bundle, table, *, stride=16, first_id=0, source="strokes", **plan_kw):
+    """Featurize only the stroke cells of one slice and return their :class:`Samples`.
+
+    ``plan_kw`` go to :func:`brainrt.make_plan` (tissue, threshold, pixel_size_um, standardize, ...).
+    """
+    from .api import featurize_plan, make_plan
+
+    strokes = np.asarray(strokes)
+    plan = make_plan(image, bundle, stride=stride, owner="fit_heads", **plan_kw)
+    if strokes.shape != plan.image_shape:
+        raise file_error(source, f"stroke labels of shape {strokes.shape} differ from the image's "
+                                 f"{plan.image_shape}")
+    cells = cell_labels(strokes, table, stride, plan.shape, source=source, first_id=first_id)
+    if not cells.mask.any():
+        raise file_error(source, "holds no stroke (every pixel is 0, unlabeled)")
+    sub = dataclasses.replace(plan, valid=plan.valid & cells.mask)
+    if not sub.valid.any():
+        return samples_of_grid(np.zeros(plan.shape + (bundle.n_features,), np.float32), sub.valid, cells,
+                               source=source)
+    grid = featurize_plan(sub, bundle)
+    return samples_of_grid(grid.features, plan.valid, cells, source=source)
+
+
+def _check_classes(samples, names):
+    """At least two classes with strokes; name the classes without any."""
+    present = np.unique(samples.y)
+    if present.size < 2:
+        only = names[int(present[0])] if present.size else "none"
+        raise BrainrtError(f"the strokes hold only one class ({only}); paint strokes of at least two areas")
+    missing = [n for i, n in enumerate(names) if i not in present]
+    if missing:
+        log.warning("no strokes of %s: the new heads never predict %s", ", ".join(missing),
+                    "it" if len(missing) == 1 else "them")
+
+
+def _logreg(C, seed):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=3000,
+                                                              random_state=seed))
+
+
+def choose_c(X, y, groups, *, seed=0, grid=C_GRID):
+    """(C, cross-validation report): balanced accuracy and macro F1 of out-of-fold predictions, folds grouped
+    by stroke and stratified by class. Fewer than two strokes of some class: no CV, :data:`DEFAULT_C`."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    per_class = min(np.unique(groups[y == k]).size for k in np.unique(y))
+    if per_class < 2:
+        return DEFAULT_C, {"folds": 0, "C": DEFAULT_C, "note": "fewer than 2 strokes of some class: no "
+                                                               "cross-validation, C left at its default"}
+    folds = min(MAX_FOLDS, per_class)
+    splits = list(StratifiedGroupKFold(folds, shuffle=True, random_state=seed).split(X, y, groups))
+    scores = {}
+    for C in grid:
+        pred = np.empty_like(y)
+        for tr, te in splits:
+            pred[te] = _logreg(C, seed).fit(X[tr], y[tr]).predict(X[te])
+        scores[C] = (balanced_accuracy_score(y, pred), f1_score(y, pred, average="macro"))
+    best = max(grid, key=lambda c: (round(scores[c][0], 6), -c))  # ties: the stronger regularization
+    return best, {"folds": folds, "grouped_by": "stroke", "C": best,
+                  "balanced_accuracy": {str(c): round(s[0], 4) for c, s in scores.items()},
+                  "macro_f1": {str(c): round(s[1], 4) for c, s in scores.items()}}
+
+
+def fit_samples(samples, names, *, seed=0, cv=True):
+    """Heads fitted on stroke samples: ``{"logreg", "area_density"}`` and the cross-validation report.
+
+    BLAS runs on one thread here: on these small matrices (hundreds of cells x 64 features)
+    its threads only wait for each other (12x slower on 2 busy cores)."""
+    from threadpoolctl import threadpool_limits
+
+    _check_classes(samples, names)
+    with threadpool_limits(1):
+        return _fit(samples, seed, cv)
+
+
+def _fit(samples, seed, cv):
+    from .densities import AreaDensity
+
+    t = time.perf_counter()
+    C, report = choose_c(samples.X, samples.y, samples.groups, seed=seed) if cv else (DEFAULT_C, {"folds": 0})
+    t_cv = time.perf_counter() - t
+    heads = {"logreg": _logreg(C, seed).fit(samples.X, samples.y),
+             "area_density": AreaDensity(n_components=1, reg_covar=DENSITY_REG, random_state=seed)
+             .fit(samples.X, samples.y)}
+    report.update(cv_seconds=round(t_cv, 3), fit_seconds=round(time.perf_counter() - t - t_cv, 3))
+    return heads, report
+
+
+@dataclass
+class Fitted:
+    """What :func:`fit_heads` made: the heads, the class table, the samples and the record of the fit."""
+
+    heads: dict
+    table: object
+    samples: Samples
+    record: dict
+
+
+def _pairs(images, strokes):
+    images = list(images) if isinstance(images, (list, tuple)) else [images]
+    strokes = list(strokes) if isinstance(strokes, (list, tuple)) else [strokes]
+    if len(images) != len(strokes):
+        raise BrainrtError(f"{len(images)} image(s) but {len(strokes)} stroke image(s); give one stroke image "
+                           "per image, in the same order")
+    return list(zip(images, strokes))
+
+
+def fit_heads(images, strokes, bundle, *, class_map=None, stride=16, seed=0, cv=True, **plan_kw):
+    """Fit new heads on ``bundle``'s frozen features from painted strokes.
+
+    Parameters
+    ----------
+    images, strokes : one or a list of arrays (H, W) / (Z, H, W) or TIFF paths, paired in order
+        A stack's slices that hold strokes are used (a stroke stack matches its image stack).
+    bundle : Bundle
+        The parent: its graphs make the features, its class map is the default.
+    class_map : None, dict or JSON path
+        Names, codes and colours of the classes (see :class:`brainrt.derive.ClassTable`).
+    stride : int
+        Grid step of the stroke cells (the features of one cell: the patch around its centre).
+    plan_kw
+        Options of :func:`brainrt.make_plan` (tissue, threshold, pixel_size_um, standardize, ...).
+
+    Returns a :class:`Fitted`; :func:`brainrt.derive.save_bundle` writes it as a bundle.
+    """
+    from .derive import ClassTable, read_pair, stroke_record
+
+    table = ClassTable.resolve(class_map, bundle)
+    t0, parts = time.perf_counter(), []
+    for image, stroke in _pairs(images, strokes):
+        for img, lab, name in read_pair(image, stroke):
+            first = sum(int(np.unique(p.groups).size) for p in parts)
+            parts.append(stroke_samples(img, lab, bundle, table, stride=stride, first_id=first, source=name,
+                                        **plan_kw))
+    samples = Samples.concat(parts)
+    t_feat = time.perf_counter() - t0
+    heads, report = fit_samples(samples, table.names, seed=seed, cv=cv)
+    record = {"stride": stride, "seed": seed, "strokes": [stroke_record(i, s) for i, s in _pairs(images, strokes)],
+              "counts": samples.counts(table.names), "cells_off_tissue": samples.dropped, "cv": report,
+              "seconds": {"features": round(t_feat, 3), "fit": report["fit_seconds"], "cv": report["cv_seconds"]}}
+    return Fitted(heads, table, samples, record)
