@@ -25,6 +25,6 @@ from .manifest import Manifest
 from .plan import Plan
 
 __all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "Manifest", "Plan", "featurize", "classify",
-           "classify_image", "cluster", "fit_heads", "save_bundle", "subdivide", "load_features", "make_plan", "upsample", "pixel_metrics",
-           "read_tiff"]
+           "classify_image", "cluster", "fit_heads", "save_bundle", "subdivide", "load_features", "make_plan",
+           "upsample", "pixel_metrics", "read_tiff"]
 __version__ = "0.1.0"

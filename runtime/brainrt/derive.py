@@ -210,7 +210,7 @@ def versions():
     import platform
 
     out = {"python": platform.python_version()}
-    for pkg in ("numpy", "scipy", "scikit-learn", "joblib", "onnxruntime", "brainrt"):
+    for pkg in ("numpy", "scipy", "scikit-learn", "joblib", "onnxruntime", "onnxruntime-gpu", "brainrt"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -67,6 +67,9 @@ def cell_labels(strokes, table, stride, grid_shape, *, source="strokes", first_i
         comp[lab > 0] = lab[lab > 0] + n
         n += m
     R, C = grid_shape
+    pixels = np.bincount(idx[idx >= 0], minlength=len(table.names))
+    if n == 0:
+        return CellLabels(np.full((R, C), -1, np.int16), np.full((R, C), -1, np.int64), 0, pixels)
     ys, xs = np.nonzero(comp)
     cell = (ys // stride) * C + xs // stride
     keys, counts = np.unique(cell * (n + 1) + comp[ys, xs], return_counts=True)
@@ -79,7 +82,6 @@ def cell_labels(strokes, table, stride, grid_shape, *, source="strokes", first_i
     class_of_comp[comp[ys, xs]] = idx[ys, xs]
     classes = np.where(stroke_of > 0, class_of_comp[np.maximum(stroke_of, 0)], -1).reshape(R, C)
     ids = np.where(stroke_of > 0, stroke_of - 1 + first_id, -1).reshape(R, C)
-    pixels = np.bincount(idx[idx >= 0], minlength=len(table.names))
     return CellLabels(classes.astype(np.int16), ids, n, pixels)
 
 
