@@ -85,7 +85,8 @@ def test_plan_of_an_array_and_of_its_tiff_are_the_same(tiny_bundle, synthetic_sl
     np.testing.assert_array_equal(a.valid, b.valid)
     assert (a.method, a.stride, a.pixel_size_um, a.source) == ("dense", 16, DEFAULT_PIXEL_SIZE_UM, "image")
     assert b.source == str(path) and b.image_shape == image.shape
-    assert make_plan(image, tiny_bundle, stride=5).method == "patch"
+    assert make_plan(image, tiny_bundle, stride=5).method == "dense"  # stride 1, every 5th position
+    assert make_plan(image, tiny_bundle, stride=7).method == "patch"  # 49 positions a cell: per patch is cheaper
     assert make_plan(image, tiny_bundle, pixel_size_um=0.65).pixel_size_um == 0.65
 
 
@@ -158,8 +159,7 @@ def test_predictors_say_what_they_read(tiny_bundle):
     assert p.kind == "patch" and p.windows == (64,) and p.footprint == 64 and p.n_features == 64
     d = tiny_bundle.predictor("dense", stride=32)
     assert d.kind == "dense" and d.stride == 16 and (d.window, d.offset) == (54, 5)
-    with pytest.raises(BrainrtError, match="stride 5"):
-        tiny_bundle.predictor("dense", stride=5)
+    assert [tiny_bundle.predictor("dense", stride=s).stride for s in (3, 5, 6, 12, 24, 48, 7)] == [1, 1, 2, 4, 8, 16, 1]
 
 
 # --------------------------------------------------------------------------- boundaries

@@ -44,6 +44,13 @@ DENSE_CASES = [
     (8, (slice(None), slice(None)), None),
     (16, (slice(None), slice(None)), None),
     (32, (slice(None), slice(None)), None),
+    # strides no dense graph has: the graph of the largest dense stride dividing them, subsampled
+    (3, (slice(0, 96), slice(0, 480)), None),  # stride 1, every 3rd position; 4 tiles across
+    (5, (slice(0, 160), slice(100, 460)), None),  # stride 1, every 5th; 3 tiles across
+    (6, (slice(0, 96), slice(None)), None),  # stride 2, every 3rd; 2 tiles across
+    (12, (slice(None), slice(None)), None),  # stride 4
+    (24, (slice(None), slice(None)), None),  # stride 8
+    (48, (slice(None), slice(None)), None),  # stride 16
 ]
 
 
@@ -84,16 +91,29 @@ def test_other_dtypes_give_the_uint8_features(tiny_bundle, synthetic_slice, dtyp
     assert np.abs(ref.features - a.features).max() <= TOL
 
 
-def test_stride_without_dense_graph(tiny_bundle, synthetic_slice):
+def test_auto_picks_dense_where_subsampling_is_cheaper(tiny_bundle, synthetic_slice):
+    from brainrt.geometry import DENSE_MAX_SUBSAMPLE
+
     image = synthetic_slice.image[:160, :200]
-    auto = brainrt.featurize(image, tiny_bundle, stride=5)
+    for s in (1, 3, 5, 6, 8, 12, 16, 32, 48, 80):
+        assert brainrt.featurize(image, tiny_bundle, stride=s).stats["method"] == "dense", s
+    slow = 7  # every 7th stride-1 position: 49 positions per cell
+    assert slow > DENSE_MAX_SUBSAMPLE
+    auto = brainrt.featurize(image, tiny_bundle, stride=slow)
     assert auto.stats["method"] == "patch"
-    patch = brainrt.featurize(image, tiny_bundle, stride=5, method="patch")
+    patch = brainrt.featurize(image, tiny_bundle, stride=slow, method="patch")
     np.testing.assert_array_equal(auto.features, patch.features)
-    with pytest.raises(BrainrtError, match="stride 5"):
-        brainrt.featurize(image, tiny_bundle, stride=5, method="dense")
-    for s in (16, 32, 8):
-        assert brainrt.featurize(image, tiny_bundle, stride=s).stats["method"] == "dense"
+    forced = brainrt.featurize(image, tiny_bundle, stride=slow, method="dense")  # allowed, exact, slower
+    _assert_same_grid(patch, forced)
+
+
+def test_dense_needs_dense_graphs(tiny_bundle, synthetic_slice):
+    from brainrt.plan import _resolve_method
+
+    assert _resolve_method("auto", 3, (), "featurize") == "patch"
+    with pytest.raises(BrainrtError, match="no dense graphs"):
+        _resolve_method("dense", 3, (), "featurize")
+    assert _resolve_method("patch", 4, (1, 2, 4), "featurize") == "patch"
 
 
 @pytest.mark.parametrize(("kw", "match"), [

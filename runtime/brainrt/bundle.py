@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BrainrtError, check_positive_int, file_error, param_error
-from .geometry import window_offset, window_size
+from .geometry import dense_step, window_offset, window_size
 from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
 from .predictor import DensePredictor, PatchPredictor
 
@@ -196,9 +196,9 @@ class Bundle:
         """A :mod:`~brainrt.predictor` over this bundle's graphs.
 
         ``kind="patch"``: batches of (N, 1, P, P) patches. ``kind="dense"``: tiles, for
-        the grid ``stride`` (a dense stride of the bundle, or a multiple of 16 which
-        subsamples the stride-16 graph). ``precision="int8"`` runs the int8 copies of the
-        graphs (same inputs, outputs and geometry).
+        the grid ``stride``: the graph of the largest dense stride dividing it, whose
+        output the engine subsamples (:func:`~brainrt.geometry.dense_step`).
+        ``precision="int8"`` runs the int8 copies of the graphs (same inputs, outputs and geometry).
         """
         m, P = self.manifest, self.patch_size
         precision = self.check_precision(precision)
@@ -209,8 +209,9 @@ class Bundle:
         if kind != "dense":
             raise param_error("kind", "Bundle.predictor", "'patch' or 'dense'", kind)
         stride = check_positive_int(stride, "stride", "Bundle.predictor")
-        d = stride if stride <= 16 else 16
-        if d not in self.dense_strides or stride % d or (precision == "int8" and not m.int8.dense_file(d)):
+        have = [d for d in self.dense_strides if precision == "fp32" or m.int8.dense_file(d)]
+        d = dense_step(stride, have)
+        if d is None:
             raise BrainrtError(f"{self.path}: bundle has no {precision} dense graph for stride {stride}")
         g = m.dense_onnx
         if g.offset is None:  # the patch's centred window

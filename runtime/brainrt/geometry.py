@@ -51,6 +51,22 @@ def cell_centre(index: int, stride: int) -> int:
     return index * stride + stride // 2
 
 
+#: Most grid steps per dense step worth subsampling a dense graph for. A dense position costs
+#: 1/26 (stride-16 graph) to 1/50 or less (strides 1-4) of a per-patch cell (shipped bundle,
+#: 2 threads), so computing q * q positions per cell is cheaper than per patch up to q = 5.
+DENSE_MAX_SUBSAMPLE = 5
+
+
+def dense_step(stride: int, dense_strides) -> int | None:
+    """The dense graph stride serving grid ``stride``: the largest of ``dense_strides`` dividing it (None: none).
+
+    Grid stride ``s = q * d`` is the dense graph of stride ``d`` with every ``q``-th output
+    position kept (:func:`brainrt.engine.dense_geometry`): the same windows as per patch.
+    """
+    divisors = [d for d in dense_strides if stride % d == 0]
+    return max(divisors) if divisors else None
+
+
 def upsample(cells, stride, image_shape):
     """Grid map (R, C, ...) to full resolution (H, W, ...): pixel (y, x) takes cell (y // s, x // s)."""
     import numpy as np

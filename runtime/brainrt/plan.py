@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BrainrtError, check_float, check_image, check_positive_int, file_error, param_error
-from .geometry import grid_shape
+from .geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
 from .tissue import _tissue_grid
 
 log = logging.getLogger("brainrt")
@@ -164,14 +164,17 @@ def _warn_narrow_range(image, source, standardized):
 
 
 def _resolve_method(method, stride, dense_strides, owner):
-    """'patch' or 'dense' ('auto' picks dense when the bundle has a graph for this stride)."""
+    """'patch' or 'dense'. 'auto' picks dense when a dense graph's stride divides ``stride`` and its
+    subsampling is cheaper than per patch (:data:`~brainrt.geometry.DENSE_MAX_SUBSAMPLE`)."""
     if method not in METHODS:
         raise param_error("method", owner, f"one of {METHODS}", method)
-    dense_ok = bool(dense_strides) and (stride in dense_strides or stride % 16 == 0)
-    if method == "dense" and not dense_ok:
-        raise param_error("method", owner, f"'auto' or 'patch' at stride {stride} (the dense path needs a stride "
-                          "that divides 16 or is a multiple of 16, and a bundle with dense graphs)", method)
-    return ("dense" if dense_ok else "patch") if method == "auto" else method
+    d = dense_step(stride, dense_strides)
+    if method == "dense" and d is None:
+        raise param_error("method", owner, f"'auto' or 'patch' at stride {stride} (this bundle has no dense graphs)",
+                          method)
+    if method == "auto":
+        return "dense" if d is not None and stride // d <= DENSE_MAX_SUBSAMPLE else "patch"
+    return method
 
 
 def _is_path(x) -> bool:
