@@ -10,7 +10,9 @@ with fp32 over the whole slice at stride 4 (``int8 label agreement (stride 4):
 <fraction>`` over tissue, feature cosine similarity median and 1st percentile, pixel
 accuracy of both against the annotation). A bundle without int8 graphs gets a
 temporary int8 copy calibrated on the image (tools/quantize_bundle.py), said so.
-``--whole-slice`` also classifies the whole slice at stride 1 in a child process and
+The stride comparison times the dense path at strides 3 and 1, 12 and 4 on a 1000 x 1500
+crop (stride 3 runs the stride-1 graph and keeps every third position, so the two should
+cost about the same; ``--no-strides`` skips it). ``--whole-slice`` also classifies the whole slice at stride 1 in a child process and
 prints its wall time and peak RSS (minutes).
 
     python tools/bench_dense.py --model models/slice309-paper6 --image ../shared/data/slice309.tif \
@@ -134,6 +136,22 @@ def whole_slice(model, image_path, precision, threads):
     return float(secs), time.perf_counter() - t, int(rss_kib) * 1024  # ru_maxrss is in KiB on Linux
 
 
+def stride_costs(image, bundle, shape=(1000, 1500), pairs=((3, 1), (12, 4)), precision="fp32"):
+    """Seconds of the dense path at each stride of ``pairs`` on a centred crop of ``shape`` (all cells),
+    and the ratio of each pair: a stride no graph has (3, 12) against the graph it subsamples (1, 4)."""
+    import brainrt
+
+    h, w = image.shape
+    ch, cw = min(shape[0], h), min(shape[1], w)
+    crop = np.ascontiguousarray(image[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw])
+    secs = {}
+    for s in sorted({s for p in pairs for s in p}):
+        g = brainrt.featurize(crop, bundle, stride=s, tissue="all", precision=precision)
+        assert g.stats["method"] == "dense", s
+        secs[s] = g.stats["seconds"]
+    return {"crop": [ch, cw], "seconds": secs, "ratios": {f"{a}/{b}": secs[a] / secs[b] for a, b in pairs}}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/slice309-paper6")
@@ -146,6 +164,8 @@ def main(argv=None):
     ap.add_argument("--mask", default=None, help="Annotation of --image: int8 agreement at stride 4 over the slice.")
     ap.add_argument("--whole-slice", nargs="*", default=None, choices=["fp32", "int8"],
                     help="Also classify the whole slice at stride 1 with these precisions (default int8; minutes).")
+    ap.add_argument("--no-strides", action="store_true",
+                    help="Skip the stride comparison (strides 3 vs 1 and 12 vs 4 on a 1000 x 1500 crop, fp32).")
     ap.add_argument("--json", default=None, help="Also write the results here.")
     args = ap.parse_args(argv)
 
@@ -197,6 +217,12 @@ def main(argv=None):
               f"1st percentile {a['cosine_p1']:.5f}")
         print(f"pixel accuracy vs annotation (stride 4): fp32 {a['pixel_accuracy_fp32']:.4f}, int8 "
               f"{a['pixel_accuracy_int8']:.4f} ({100 * (a['pixel_accuracy_int8'] - a['pixel_accuracy_fp32']):+.2f} points)")
+    if not args.no_strides:
+        sc = stride_costs(image, bundle)
+        results["strides"] = sc
+        print(f"strides on a {sc['crop'][0]} x {sc['crop'][1]} crop (dense, fp32): "
+              + ", ".join(f"stride {k} {v:.1f} s" for k, v in sc["seconds"].items()))
+        print("stride cost ratios: " + ", ".join(f"stride {k}: {v:.2f}x" for k, v in sc["ratios"].items()))
     whole = [] if args.whole_slice is None else (args.whole_slice or ["int8"])  # bare --whole-slice: int8
     for p in whole:
         secs, wall, rss = whole_slice(bundle.path, args.image, p, args.threads)
