@@ -357,7 +357,6 @@ def test_classify_features_of_another_model(io_dirs, tiny_bundle_path, tiny_bund
 
 @pytest.mark.parametrize(("args", "named"), [
     (["--stride", "0"], "'stride'"),
-    (["--stride", "5", "--method", "dense"], "stride 5"),
     (["--tissue-mask", "MASK"], "MASK"),
     (["--head", "nosuch"], "nosuch"),
     (["--truth", "TRUTH"], "TRUTH"),
