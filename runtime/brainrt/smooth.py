@@ -10,18 +10,22 @@ valid``, so background never bleeds into the tissue and the tissue edge is not d
 :class:`RowSmoother` does the same on a stream of row blocks (the streaming classify
 path at stride 1 never holds the whole grid): each block waits until ``radius`` rows
 after it have arrived. Separable filtering with zero padding makes every output value
-the same sum of the same inputs, so the stream equals smoothing the whole grid at once,
-bit for bit (tests check it).
+the same sum of the same inputs in the same order, so the stream equals smoothing the
+whole grid at once, bit for bit (tests check it). The two passes are numba kernels (no
+temporaries, both cores): at stride 1 the bundle's 40 um sigma is a 275-tap kernel.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 #: Kernel half-width in sigmas.
 TRUNCATE = 4.0
 #: Floor of probabilities before the log.
 EPS = 1e-6
+#: Values per column chunk of the row filter (its rows stay in cache while the kernel slides).
+_CHUNK = 2048
 
 
 def radius(sigma: float) -> int:
@@ -36,21 +40,65 @@ def _kernel(sigma):
     return (k / k.sum()).astype(np.float32)
 
 
-def _filter_rows(a, k, r, top, out_rows):
-    """Filter along axis 0: output rows ``top .. top + out_rows`` of ``a`` (rows already padded by ``r``)."""
-    out = np.zeros((out_rows,) + a.shape[1:], np.float32)
-    for t, w in enumerate(k):  # same order of terms for every row: block == whole grid
-        out += w * a[top + t : top + t + out_rows]
+@numba.njit(cache=True)
+def _taps(o, x, k, t0, t1, step, base):
+    """o[j] += k[t] * x[base + t * step + j] for t = t0 .. t1 - 1, in that order, four taps per pass."""
+    n = o.shape[0]
+    t = t0
+    while t + 4 <= t1:
+        w0, w1, w2, w3 = k[t], k[t + 1], k[t + 2], k[t + 3]
+        b = base + t * step
+        x0, x1, x2, x3 = x[b : b + n], x[b + step : b + step + n], x[b + 2 * step : b + 2 * step + n], \
+            x[b + 3 * step : b + 3 * step + n]
+        for j in range(n):  # the same rounding, term by term, as adding one tap at a time
+            o[j] = (((o[j] + w0 * x0[j]) + w1 * x1[j]) + w2 * x2[j]) + w3 * x3[j]
+        t += 4
+    while t < t1:
+        w, b = k[t], base + t * step
+        xs = x[b : b + n]
+        for j in range(n):
+            o[j] += w * xs[j]
+        t += 1
+
+
+@numba.njit(cache=True, parallel=True)
+def _rows_kernel(a, k, lo, n_out, out):
+    """out[i] = sum_t k[t] * a[lo + i + t - r] over the rows of ``a`` (zero outside), column chunks in parallel.
+
+    a (n, M) and out (n_out, M) float32; the terms are added in the order of ``t`` for every
+    value, so a block of rows gets the very sums the whole grid would.
+    """
+    n, m = a.shape
+    r = (k.shape[0] - 1) // 2
+    flat = a.reshape(n * m)
+    for c in numba.prange((m + _CHUNK - 1) // _CHUNK):
+        c0, c1 = c * _CHUNK, min(m, (c + 1) * _CHUNK)
+        for i in range(n_out):
+            o = out[i, c0:c1]
+            o[:] = 0
+            first = lo + i - r  # row of tap 0
+            _taps(o, flat, k, max(0, -first), min(k.shape[0], n - first), m, first * m + c0)
     return out
 
 
-def _filter_cols(a, k, r):
-    padded = np.zeros((a.shape[0], a.shape[1] + 2 * r) + a.shape[2:], np.float32)
-    padded[:, r : r + a.shape[1]] = a
-    out = np.zeros_like(a, dtype=np.float32)
-    for t, w in enumerate(k):
-        out += w * padded[:, t : t + a.shape[1]]
+@numba.njit(cache=True, parallel=True)
+def _cols_kernel(a, k, out):
+    """out[i, j] = sum_t k[t] * a[i, j + t - r] (zero outside) for a, out (n, C, K) float32, rows in parallel."""
+    n, c, kk = a.shape
+    r = (k.shape[0] - 1) // 2
+    m = c * kk
+    for i in numba.prange(n):
+        padded = np.zeros(m + 2 * r * kk, np.float32)
+        padded[r * kk : r * kk + m] = a[i].reshape(m)
+        o = out[i].reshape(m)
+        o[:] = 0
+        _taps(o, padded, k, 0, k.shape[0], kk, 0)
     return out
+
+
+def _filter_cols(a, k):
+    a = np.ascontiguousarray(a, np.float32)
+    return _cols_kernel(a, k, np.empty_like(a))
 
 
 def _to_scores(prob, valid, space):
@@ -97,8 +145,7 @@ class RowSmoother:
 
     def push(self, prob, valid):
         num, den = _to_scores(np.asarray(prob, np.float32), np.asarray(valid, bool), self.space)
-        num, den = _filter_cols(num, self.k, self.r), _filter_cols(den, self.k, self.r)
-        self._append(num, den, np.asarray(valid, bool))
+        self._append(_filter_cols(num, self.k), _filter_cols(den, self.k), np.asarray(valid, bool))
         yield from self._emit(final=False)
 
     def flush(self):
@@ -115,23 +162,16 @@ class RowSmoother:
     def _emit(self, *, final):
         if self._num is None:
             return
-        r, total = self.r, self._first + len(self._num)  # grid rows received so far
+        r, lo = self.r, self._first
+        total = lo + len(self._num)  # grid rows received so far
         stop = total if final else total - r  # rows whose whole kernel has arrived
         if stop <= self._done:
             return
-        lo = self._first  # zero-pad: above row 0, and below the last row at the end
-        pad_top = r - (self._done - lo) if self._done - lo < r else 0
-        a0 = self._done - r + pad_top - lo  # first buffered row the kernel needs
-        span = slice(a0, stop + r - lo)
-        pad_bot = max(0, (stop + r) - total)
-        def padded(x):
-            z = lambda n: np.zeros((n,) + x.shape[1:], x.dtype)
-            return np.concatenate([z(pad_top), x[span], z(pad_bot)])
         n = stop - self._done
-        num = _filter_rows(padded(self._num), self.k, r, 0, n)
-        den = _filter_rows(padded(self._den), self.k, r, 0, n)
-        valid = self._valid[self._done - lo : stop - lo]
-        yield _from_scores(num, den, valid, self.space)
+        num, den = (_rows_kernel(x.reshape(len(x), -1), self.k, self._done - lo, n,
+                                 np.empty((n, x[0].size), np.float32)).reshape((n,) + x.shape[1:])
+                    for x in (self._num, self._den))
+        yield _from_scores(num, den, self._valid[self._done - lo : stop - lo], self.space)
         self._done = stop
         keep = max(self._done - r, lo) - lo  # keep r rows of history
         self._num, self._den, self._valid = self._num[keep:], self._den[keep:], self._valid[keep:]
