@@ -343,3 +343,20 @@ def test_threads_share_one_bundle(tiny_bundle_path, synthetic_slice, method):
     for feats, labels in results:
         np.testing.assert_array_equal(feats, ref.features)
         np.testing.assert_array_equal(labels, ref_labels)
+
+
+def test_logistic_heads_run_as_one_float32_affine_map(tiny_bundle, synthetic_slice):
+    """The logreg head (StandardScaler + multinomial LogisticRegression) folded into float32 weights gives
+    scikit-learn's probabilities; other heads keep their own predict_proba."""
+    from brainrt.heads import float32_proba
+
+    grid = brainrt.featurize(synthetic_slice.image, tiny_bundle, stride=16)
+    x = grid.features[grid.valid]
+    model = tiny_bundle.head("logreg")
+    fast = float32_proba(model)
+    want = model.predict_proba(x)
+    got = fast(x)
+    assert got.dtype == np.float32 and got.shape == want.shape == (len(x), len(model.classes_))
+    assert np.abs(got - want).max() <= 1e-5
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert float32_proba(tiny_bundle.head("rbfsvm")) is None

@@ -25,7 +25,8 @@ def naive_smooth(prob, valid, sigma, space):
     return np.where(valid[..., None], out, 0)
 
 
-GRIDS = [((37, 23, 5), 1.7), ((5, 40, 3), 2.0), ((60, 7, 4), 0.6), ((3, 3, 2), 3.0), ((19, 31, 6), 4.0)]
+GRIDS = [((37, 23, 5), 1.7), ((5, 40, 3), 2.0), ((60, 7, 4), 0.6), ((3, 3, 2), 3.0), ((19, 31, 6), 4.0),
+         ((24, 400, 6), 5.0)]  # the last: rows longer than one column chunk of the row filter
 
 
 @pytest.mark.parametrize("shape, sigma", GRIDS)
