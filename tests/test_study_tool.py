@@ -1,4 +1,4 @@
-"""tools/study.py end to end (--quick) on a tiny synthetic slice and bundle, plus its kernels."""
+"""The study (``python -m tools.study``) end to end (--quick) on a tiny synthetic slice and bundle, plus its kernels."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ROOT / "tools"
-sys.path.insert(0, str(TOOLS))
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("skimage")
@@ -43,7 +41,7 @@ def study_data(tmp_path_factory):
 
 
 def run_study(d, bundle, out, *extra):
-    cmd = [sys.executable, str(TOOLS / "study.py"), "--model", str(bundle), "--image", str(d / "img.tif"),
+    cmd = [sys.executable, "-m", "tools.study", "--model", str(bundle), "--image", str(d / "img.tif"),
            "--mask", str(d / "mask.tif"), "-o", str(out), "--quick", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
@@ -52,7 +50,7 @@ def run_study(d, bundle, out, *extra):
 def study_run(study_data):
     """A 1-epoch 64 px bundle, random ResNet-18 weights in torchvision's format, and one --quick run."""
     from brainrt_train.pipeline import train_and_export
-    import study_features as sf
+    from tools.study import features as sf
 
     d = study_data
     train_and_export([(d / "img.tif", d / "mask.tif")], d / "bundle", class_map=str(d / "classes.json"),
@@ -84,7 +82,7 @@ def test_quick_run_writes_report_figures_and_results(study_run):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (out / "REPORT.md").read_text()
     assert report.startswith("# ")
-    assert "python tools/study.py --model" in report.split("## Setup")[0]  # the command at the top
+    assert "python -m tools.study --model" in report.split("## Setup")[0]  # the command at the top
     for n in range(1, 8):
         assert f"## {n}." in report
     results = json.loads((out / "results.json").read_text())
@@ -116,7 +114,7 @@ def test_quick_run_writes_report_figures_and_results(study_run):
 def test_handcrafted_kernels_match_skimage():
     from skimage.feature import graycomatrix, graycoprops, local_binary_pattern
 
-    import study_features as sf
+    from tools.study import features as sf
 
     rng = np.random.default_rng(1)
     x8 = (rng.integers(0, 19, (6, 48, 48)) * 255 // 18).astype(np.uint8)  # 19 gray levels, as slice309
@@ -137,7 +135,7 @@ def test_handcrafted_kernels_match_skimage():
 
 
 def test_gabor_energy_peaks_at_the_grating():
-    import study_features as sf
+    from tools.study import features as sf
 
     yy, xx = np.mgrid[0:64, 0:64]
     e = sf.gabor_energy((0.5 + 0.3 * np.sin(2 * np.pi * 0.1 * xx))[None])[0]
@@ -146,19 +144,20 @@ def test_gabor_energy_peaks_at_the_grating():
 
 
 def test_neighbour_verdict_and_ray():
-    import study
+    from tools.study.exp5_structure import neighbour_verdict
+    from tools.study.exp6_subdivision import ray_to_background
 
     names = ["Ctx", "Str", "VP", "ZI"]
     S = np.array([[1, .9, .2, .3], [.9, 1, .3, .4], [.2, .3, 1, .8], [.3, .4, .8, 1]])
-    v = study._neighbour_verdict(names, S)
+    v = neighbour_verdict(names, S)
     assert v["neighbours_closer"] and v["far"] == {"Ctx-VP": 0.2}
     S2 = S.copy()
     S2[2, 3] = S2[3, 2] = 0.1
-    assert not study._neighbour_verdict(names, S2)["neighbours_closer"]
-    assert study._neighbour_verdict(["A", "B"], np.eye(2)) is None
+    assert not neighbour_verdict(names, S2)["neighbours_closer"]
+    assert neighbour_verdict(["A", "B"], np.eye(2)) is None
     tissue = np.ones((20, 30), bool)
     tissue[:, 25:] = False
-    d = study._ray_to_background(tissue, np.array([5.0, 5.0, 5.0]), np.array([10.0, 10.0, 10.0]),
+    d = ray_to_background(tissue, np.array([5.0, 5.0, 5.0]), np.array([10.0, 10.0, 10.0]),
                                  np.array([0.0, 0.0, 0.0]), np.array([1.0, -1.0, 0.0]))
     assert d[0] == 15 and np.isnan(d[1]) and np.isnan(d[2])
 
@@ -199,8 +198,8 @@ def test_trained_features_are_the_runtime_features_of_the_footprint(context_bund
     import tifffile
 
     import brainrt
-    import study
-    import study_features as sf
+    from tools.study import features as sf
+    from tools.study.common import features_of
 
     image = tifffile.imread(study_data / "img.tif")
     bundle = brainrt.Bundle.load(context_bundle, threads=1)
@@ -210,9 +209,9 @@ def test_trained_features_are_the_runtime_features_of_the_footprint(context_bund
     grid = brainrt.featurize(image, bundle, stride=stride, method="patch", tissue="all", standardize=False)
     cells = np.array([[0, 0], [3, 7], [grid.shape[0] - 1, grid.shape[1] - 1]])
     centres = cells * stride + stride // 2
-    got = study.features_of(st, "trained", centres)
+    got = features_of(st, "trained", centres)
     np.testing.assert_allclose(got, grid.features[cells[:, 0], cells[:, 1]], atol=1e-4)
     cy, cx = centres[1]
     patch = image[cy - 32 : cy + 32, cx - 32 : cx + 32]
-    np.testing.assert_allclose(study.features_of(st, "handcrafted", centres[1:2])[0],
+    np.testing.assert_allclose(features_of(st, "handcrafted", centres[1:2])[0],
                                sf.handcrafted(patch[None] / 255.0)[0], rtol=1e-5, atol=1e-6)

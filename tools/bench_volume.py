@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "runtime"))
 
 FULL = dict(slices=720, h=1420, w=5805, dtype_bytes=1)  # the thalamocortical volume (uint8)
 

@@ -17,17 +17,13 @@ import argparse
 import dataclasses
 import logging
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "runtime"), str(ROOT / "trainer")]
-
-from brainrt.bundle import MANIFEST, hash_tree, verify_bundle  # noqa: E402
-from brainrt.geometry import window_offset  # noqa: E402
-from brainrt.manifest import Int8Graphs  # noqa: E402
-from brainrt_train.quantize import INT8_WEIGHTS, METHODS, quantize_bundle_graphs, sample_footprints  # noqa: E402
+from brainrt.bundle import MANIFEST, hash_tree, verify_bundle
+from brainrt.geometry import window_offset
+from brainrt.manifest import Int8Graphs
+from brainrt_train.quantize import INT8_WEIGHTS, METHODS, quantize_bundle_graphs, sample_footprints
 
 
 def _read_image(path):

@@ -1,8 +1,8 @@
-"""Feature extractors compared in ``tools/study.py``.
+"""Feature extractors compared in the study (:mod:`tools.study`).
 
 Every ``*_extractor`` returns a function that maps a batch of unit-range squares
 ``(N, S, S)`` float32 in [0, 1] to ``(N, F)`` float32 features (the caller cuts and batches
-them, ``tools/study.py::cut_inputs``). S is the patch size P for every extractor but the
+them, :func:`.common.cut_inputs`). S is the patch size P for every extractor but the
 trained one, which reads the bundle's footprint (``Manifest.footprint``: P, or the context
 field of a context bundle, e.g. 512 px around a 128 px patch):
 
@@ -36,6 +36,17 @@ def trained_extractor(bundle):
 
 
 # --------------------------------------------------------------------------- random CNN
+def _onnx_session(path, threads):
+    """An onnxruntime CPU session of the graph at ``path`` (``threads`` intra-op threads) and its input name."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    return sess, sess.get_inputs()[0].name
+
+
 def random_cnn_extractor(n_classes, patch_size, norm, seed=0, *, workdir=None, threads=None):
     """The paper's architecture with random (PyTorch default) weights, batch norm folded
     with its default running statistics (mean 0, variance 1: close to the identity).
@@ -53,22 +64,12 @@ def random_cnn_extractor(n_classes, patch_size, norm, seed=0, *, workdir=None, t
     mean, std = norm["mean"], norm["std"]
     if workdir is not None:
         try:
-            import onnxruntime as ort
-
             from brainrt_train.export import export_features
 
             path = f"{workdir}/random_cnn.onnx"
             export_features(model, path, patch_size=patch_size, seed=seed)
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = int(threads)
-            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-            name = sess.get_inputs()[0].name
-
-            def run_onnx(xb):
-                return sess.run(None, {name: ((xb - mean) / std).astype(np.float32)[:, None]})[0]
-
-            return run_onnx
+            sess, name = _onnx_session(path, threads)
+            return lambda xb: sess.run(None, {name: ((xb - mean) / std).astype(np.float32)[:, None]})[0]
         except Exception:  # no onnx package or parity failure: PyTorch below
             pass
 
@@ -344,21 +345,7 @@ def resnet18_extractor(path, *, patch_size=None, workdir=None, threads=None):
     model = Wrapped().eval()
     if workdir is not None and patch_size:
         try:
-            import onnxruntime as ort
-
-            onnx_path = f"{workdir}/resnet18.onnx"
-            dummy = torch.zeros(2, 1, patch_size, patch_size)
-            torch.onnx.export(model, dummy, onnx_path, input_names=["x"], output_names=["f"],
-                              dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False)
-            opts = ort.SessionOptions()
-            if threads:
-                opts.intra_op_num_threads = int(threads)
-            sess = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-            x = np.random.default_rng(0).random((2, 1, patch_size, patch_size), dtype=np.float32)
-            with torch.no_grad():
-                ref = model(torch.from_numpy(x)).numpy()
-            if np.abs(sess.run(None, {"x": x})[0] - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max()):
-                return lambda xb: sess.run(None, {"x": np.asarray(xb, np.float32)[:, None]})[0]
+            return _resnet18_onnx(model, f"{workdir}/resnet18.onnx", patch_size, threads)
         except Exception:  # fall back to PyTorch
             pass
 
@@ -367,3 +354,19 @@ def resnet18_extractor(path, *, patch_size=None, workdir=None, threads=None):
         return model(torch.from_numpy(np.asarray(xb, np.float32))[:, None]).numpy()
 
     return run
+
+
+def _resnet18_onnx(model, onnx_path, patch_size, threads):
+    """``model`` exported to ``onnx_path`` and run by onnxruntime, once it matches PyTorch (else ValueError)."""
+    import torch
+
+    dummy = torch.zeros(2, 1, patch_size, patch_size)
+    torch.onnx.export(model, dummy, onnx_path, input_names=["x"], output_names=["f"],
+                      dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False)
+    sess, _ = _onnx_session(onnx_path, threads)
+    x = np.random.default_rng(0).random((2, 1, patch_size, patch_size), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    if np.abs(sess.run(None, {"x": x})[0] - ref).max() > 1e-3 * max(1.0, np.abs(ref).max()):
+        raise ValueError("the ONNX ResNet-18 differs from PyTorch")
+    return lambda xb: sess.run(None, {"x": np.asarray(xb, np.float32)[:, None]})[0]
