@@ -1,8 +1,11 @@
 """Benchmark: naive torch per patch vs the runtime's per-patch path vs the dense path, fp32 and int8.
 
 One run, one crop of a real slice, one thread count, side by side. Prints patches/s,
-each path's ratio to naive, the dense path's multiply-adds/s against the sgemm peak
-measured in the same run, and the share of wall time spent in tiling and stitching.
+each path's ratio to naive, the dense path's multiply-adds/s as a share of the machine's
+real fp32 and int8 peaks measured in the same run (:mod:`peak`: onnxruntime's own
+matrix products of 2048 x 2048 matrices, and numpy's sgemm in a child process free of
+the OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE handicaps; each printed with what ran it), and
+the share of wall time spent in tiling and stitching.
 
 int8: the dense path with the bundle's int8 graphs, timed interleaved with fp32 on the
 same crop (``int8/fp32 dense speed: <ratio>x``), and, with ``--mask``, its agreement
@@ -33,18 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def sgemm_peak(n=2048, repeats=5):
-    """Median float32 matrix-product rate in multiply-adds/s (numpy, this machine, now)."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    b = a.copy()
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return n**3 / statistics.median(times)
+from peak import inherited_numpy_rate, peaks
+from quantize_bundle import quantize_bundle
 
 
 def dense_macs_per_position(patch_size=128, context=0):
@@ -92,9 +85,6 @@ def int8_bundle(bundle, image_path, tmp, threads):
 
     if "int8" in bundle.manifest.precisions:
         return bundle
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from quantize_bundle import quantize_bundle
-
     out = Path(tmp) / (bundle.path.name + "-int8")
     entry = quantize_bundle(bundle.path, out, calib_image=image_path)
     print(f"note: {bundle.path} has no int8 graphs; timing a copy quantized now ({entry['calibration']['method']} "
@@ -152,7 +142,7 @@ def stride_costs(image, bundle, shape=(1000, 1500), pairs=((3, 1), (12, 4)), pre
     return {"crop": [ch, cw], "seconds": secs, "ratios": {f"{a}/{b}": secs[a] / secs[b] for a, b in pairs}}
 
 
-def main(argv=None):
+def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/slice309-paper6")
     ap.add_argument("--image", default="../shared/data/slice309.tif")
@@ -167,8 +157,67 @@ def main(argv=None):
     ap.add_argument("--no-strides", action="store_true",
                     help="Skip the stride comparison (strides 3 vs 1 and 12 vs 4 on a 1000 x 1500 crop, fp32).")
     ap.add_argument("--json", default=None, help="Also write the results here.")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def _paths(crop, bundle, args):
+    """Medians over ``args.repeats`` of per-patch, dense fp32 and dense int8 positions/s (interleaved, so the
+    ratios see the same load), and of the dense path's tiling + stitching share of wall time."""
+    import brainrt
+
+    runs = {"per_patch": [], "dense": [], "share": [], "dense8": []}
+    for _ in range(args.repeats):
+        g = brainrt.featurize(crop, bundle, stride=args.patch_stride, method="patch", tissue="all")
+        runs["per_patch"].append(g.stats["patches_per_s"])
+        g = brainrt.featurize(crop, bundle, stride=1, method="dense", tissue="all")
+        runs["dense"].append(g.stats["patches_per_s"])
+        t = g.stats["timings"]
+        runs["share"].append((t["tiling"] + t["stitching"]) / g.stats["seconds"])
+        g = brainrt.featurize(crop, bundle, stride=1, method="dense", tissue="all", precision="int8")
+        runs["dense8"].append(g.stats["patches_per_s"])  # right after fp32 on the same crop: the ratio sees the same load
+    return {k: statistics.median(v) for k, v in runs.items()}
+
+
+def _print_peaks(res, macs):
+    """Each precision's peak candidates (with what ran them), the peak, and the dense path's share of it."""
+    for name, p in res["peaks"].items():
+        for c in p["candidates"]:
+            print(f"{name} peak candidate: {c['rate'] / 1e9:6.1f} G multiply-adds/s  {c['how']}")
+        print(f"{name} peak: {p['peak'] / 1e9:.1f} G multiply-adds/s ({p['how'].split(',')[0]})")
+        print(f"dense {name} (stride 1): {macs[name] / 1e9:.1f} G multiply-adds/s = {100 * macs[name] / p['peak']:.0f}% "
+              f"of the {name} peak")
+    ref = res["numpy_here"]
+    print(f"(not a peak: {ref['how']}: {ref['rate'] / 1e9:.1f} G multiply-adds/s)")
+
+
+def _print_strides(res, image, bundle):
+    sc = stride_costs(image, bundle)
+    res["strides"] = sc
+    print(f"strides on a {sc['crop'][0]} x {sc['crop'][1]} crop (dense, fp32): "
+          + ", ".join(f"stride {k} {v:.1f} s" for k, v in sc["seconds"].items()))
+    print("stride cost ratios: " + ", ".join(f"stride {k}: {v:.2f}x" for k, v in sc["ratios"].items()))
+
+
+def _print_int8(res, args, bundle):
+    print(f"int8/fp32 dense speed: {res['int8']['ratio']:.2f}x")
+    if args.mask:
+        a = int8_agreement(args.image, args.mask, bundle)
+        res["int8"]["agreement"] = a
+        print(f"int8 label agreement (stride 4): {a['label_agreement']:.4f}")
+        print(f"int8 feature cosine similarity (stride 4, {a['n_cells']} tissue cells): median {a['cosine_median']:.5f}, "
+              f"1st percentile {a['cosine_p1']:.5f}")
+        print(f"pixel accuracy vs annotation (stride 4): fp32 {a['pixel_accuracy_fp32']:.4f}, int8 "
+              f"{a['pixel_accuracy_int8']:.4f} ({100 * (a['pixel_accuracy_int8'] - a['pixel_accuracy_fp32']):+.2f} points)")
+    whole = [] if args.whole_slice is None else (args.whole_slice or ["int8"])  # bare --whole-slice: int8
+    for p in whole:
+        secs, wall, rss = whole_slice(bundle.path, args.image, p, args.threads)
+        res["int8"][f"whole_slice_stride1_{p}"] = {"seconds": secs, "process_wall_s": wall, "peak_rss_bytes": rss}
+        print(f"whole slice, stride 1, {p}: {secs:.1f} s featurize + classify ({wall:.1f} s process wall), "
+              f"peak RSS {rss / 1e9:.2f} GB")
+
+
+def main(argv=None):
+    args = _args(argv)
     import brainrt
 
     bundle = brainrt.Bundle.load(args.model, threads=args.threads)
@@ -177,61 +226,31 @@ def main(argv=None):
     c = args.crop
     y0, x0 = max(0, h // 2 - c // 2), max(0, w // 2 - c // 2)
     crop = np.ascontiguousarray(image[y0 : y0 + c, x0 : x0 + c])
-    peak = sgemm_peak()
-    naive = statistics.median(naive_torch(crop, bundle, args.naive_patches, threads=args.threads)
-                              for _ in range(args.repeats))
+    res = {"peaks": peaks(args.threads), "numpy_here": inherited_numpy_rate(), "crop": c, "threads": args.threads}
+    res["naive"] = statistics.median(naive_torch(crop, bundle, args.naive_patches, threads=args.threads)
+                                     for _ in range(args.repeats))
     tmp = tempfile.TemporaryDirectory(prefix="bench-int8-")
     bundle = int8_bundle(bundle, args.image, tmp.name, args.threads)
-    per_patch, dense, shares, dense8 = [], [], [], []
-    for _ in range(args.repeats):
-        g = brainrt.featurize(crop, bundle, stride=args.patch_stride, method="patch", tissue="all")
-        per_patch.append(g.stats["patches_per_s"])
-        g = brainrt.featurize(crop, bundle, stride=1, method="dense", tissue="all")
-        dense.append(g.stats["patches_per_s"])
-        t = g.stats["timings"]
-        shares.append((t["tiling"] + t["stitching"]) / g.stats["seconds"])
-        g = brainrt.featurize(crop, bundle, stride=1, method="dense", tissue="all", precision="int8")
-        dense8.append(g.stats["patches_per_s"])  # right after fp32 on the same crop: the ratio sees the same load
-    per_patch, dense, share = statistics.median(per_patch), statistics.median(dense), statistics.median(shares)
-    dense8 = statistics.median(dense8)
-    ctx = bundle.manifest.context.factor if bundle.manifest.context else 0
-    macs = dense * dense_macs_per_position(bundle.patch_size, ctx)
-    rows = [("naive torch eager, per patch", naive), (f"runtime per-patch (stride {args.patch_stride})", per_patch),
-            ("runtime dense (stride 1)", dense), ("runtime dense int8 (stride 1)", dense8)]
-    print(f"crop {c} x {c} of {args.image}, {args.threads} threads, medians of {args.repeats} runs")
+    r = _paths(crop, bundle, args)
+    per_pos = dense_macs_per_position(bundle.patch_size, bundle.manifest.context.factor if bundle.manifest.context else 0)
+    macs = {"fp32": r["dense"] * per_pos, "int8": r["dense8"] * per_pos}
+    res.update(per_patch=r["per_patch"], dense=r["dense"], dense_macs=macs, tiling_stitching_share=r["share"],
+               int8={"dense": r["dense8"], "ratio": r["dense8"] / r["dense"]})
+    rows = [("naive torch eager, per patch", res["naive"]), (f"runtime per-patch (stride {args.patch_stride})",
+            r["per_patch"]), ("runtime dense (stride 1)", r["dense"]), ("runtime dense int8 (stride 1)", r["dense8"])]
+    print(f"crop {c} x {c} of {args.image}, {args.threads} threads, medians of {args.repeats} runs; "
+          f"providers {', '.join(bundle.session.get_providers())}")
     print(f"{'path':38s} {'patches/s':>12s} {'x naive':>9s}")
     for name, v in rows:
-        print(f"{name:38s} {v:12.1f} {v / naive:9.1f}")
-    print(f"sgemm peak (numpy, float32): {peak / 1e9:.1f} G multiply-adds/s")
-    print(f"dense: {macs / 1e9:.1f} G multiply-adds/s = {100 * macs / peak:.0f}% of the sgemm peak")
-    print(f"dense: tiling + stitching = {100 * share:.1f}% of wall time")
-    results = {"naive": naive, "per_patch": per_patch, "dense": dense, "sgemm_peak_macs": peak, "dense_macs": macs,
-               "tiling_stitching_share": share, "crop": c, "threads": args.threads}
-    results["int8"] = {"dense": dense8, "ratio": dense8 / dense}
-    print(f"int8/fp32 dense speed: {dense8 / dense:.2f}x")
-    if args.mask:
-        a = int8_agreement(args.image, args.mask, bundle)
-        results["int8"]["agreement"] = a
-        print(f"int8 label agreement (stride 4): {a['label_agreement']:.4f}")
-        print(f"int8 feature cosine similarity (stride 4, {a['n_cells']} tissue cells): median {a['cosine_median']:.5f}, "
-              f"1st percentile {a['cosine_p1']:.5f}")
-        print(f"pixel accuracy vs annotation (stride 4): fp32 {a['pixel_accuracy_fp32']:.4f}, int8 "
-              f"{a['pixel_accuracy_int8']:.4f} ({100 * (a['pixel_accuracy_int8'] - a['pixel_accuracy_fp32']):+.2f} points)")
+        print(f"{name:38s} {v:12.1f} {v / res['naive']:9.1f}")
+    _print_peaks(res, macs)
+    print(f"dense: tiling + stitching = {100 * r['share']:.1f}% of wall time")
+    _print_int8(res, args, bundle)
     if not args.no_strides:
-        sc = stride_costs(image, bundle)
-        results["strides"] = sc
-        print(f"strides on a {sc['crop'][0]} x {sc['crop'][1]} crop (dense, fp32): "
-              + ", ".join(f"stride {k} {v:.1f} s" for k, v in sc["seconds"].items()))
-        print("stride cost ratios: " + ", ".join(f"stride {k}: {v:.2f}x" for k, v in sc["ratios"].items()))
-    whole = [] if args.whole_slice is None else (args.whole_slice or ["int8"])  # bare --whole-slice: int8
-    for p in whole:
-        secs, wall, rss = whole_slice(bundle.path, args.image, p, args.threads)
-        results["int8"][f"whole_slice_stride1_{p}"] = {"seconds": secs, "process_wall_s": wall, "peak_rss_bytes": rss}
-        print(f"whole slice, stride 1, {p}: {secs:.1f} s featurize + classify ({wall:.1f} s process wall), "
-              f"peak RSS {rss / 1e9:.2f} GB")
+        _print_strides(res, image, bundle)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(res, f, indent=2)
     tmp.cleanup()
 
 

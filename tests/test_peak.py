@@ -1,0 +1,28 @@
+"""tools/peak.py: the reference peak of the dense benchmark (small matrices here: the mechanism, not the speed)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("threadpoolctl")
+
+from tools import peak  # noqa: E402
+
+
+def test_the_child_loses_only_the_openblas_handicaps():
+    env = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "1048576", "OPENBLAS_NUM_THREADS": "2", "PATH": "/bin"}
+    assert peak.child_env(env) == {"OPENBLAS_NUM_THREADS": "2", "PATH": "/bin"}
+
+
+def test_peaks_take_the_best_candidate_and_say_what_ran_it():
+    before = {k: os.environ.get(k) for k in peak.OPENBLAS_HANDICAPS}
+    res = peak.peaks(threads=1, n=128, repeats=1)
+    assert {k: os.environ.get(k) for k in peak.OPENBLAS_HANDICAPS} == before  # this process keeps its environment
+    fp32, int8 = res["fp32"], res["int8"]
+    assert [c["how"].split()[0] for c in fp32["candidates"]] == ["onnxruntime", "numpy"]
+    assert "MatMul (float32)" in fp32["candidates"][0]["how"] and "kernel" in fp32["candidates"][1]["how"]
+    assert fp32["peak"] == max(c["rate"] for c in fp32["candidates"]) > 0
+    assert "MatMulInteger" in int8["how"] and int8["peak"] > 0
