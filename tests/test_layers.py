@@ -193,3 +193,56 @@ def _long_functions(path, limit=40):
 def test_no_runtime_function_over_40_lines():
     too_long = [f for path in sorted(RUNTIME.glob("*.py")) for f in _long_functions(path)]
     assert not too_long, too_long
+
+
+# --------------------------------------------------------------------------- outside the runtime: trainer and tools
+TRAINER = ROOT / "trainer" / "brainrt_train"
+TOOLS = ROOT / "tools"
+
+
+def test_no_tools_function_over_40_lines():
+    """The runtime's rule for tools/ too (a ``# long:`` comment saying why lets one through)."""
+    too_long = [f for path in sorted(TOOLS.rglob("*.py")) for f in _long_functions(path)]
+    assert not too_long, too_long
+
+
+def test_no_tools_file_over_500_lines():
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in sorted(TOOLS.rglob("*.py"))}
+    assert not {p: n for p, n in sizes.items() if n > 500}, sizes
+
+
+def _private_names(path):
+    """``line: name`` for every private name (``_x``, dunders aside) imported from a brainrt or
+    brainrt_train module, or module path part, in ``path``."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("brainrt", "brainrt_train"):
+            parts = node.module.split(".") + [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            parts = [p for a in node.names if a.name.split(".")[0] in ("brainrt", "brainrt_train")
+                     for p in a.name.split(".")]
+        else:
+            continue
+        yield from (f"{node.lineno}: {p}" for p in parts if p.startswith("_") and not p.startswith("__"))
+
+
+def test_private_name_check_finds_both_spellings(tmp_path):
+    src = tmp_path / "t.py"
+    src.write_text("from brainrt.tiling import _gather_patches, gather_patches\nimport brainrt.napari._sample\n"
+                   "from .data import _layout\nfrom __future__ import annotations\n")
+    assert list(_private_names(src)) == ["1: _gather_patches", "2: _sample"]
+
+
+def test_trainer_imports_only_public_runtime_names():
+    hits = [f"{p.name}:{h}" for p in sorted(TRAINER.rglob("*.py")) for h in _private_names(p)]
+    assert not hits, hits
+
+
+def test_no_runtime_module_imports_the_trainer():
+    """Imports parsed (the napari plugin included): nothing under runtime/brainrt imports brainrt_train."""
+    hits = []
+    for path in sorted(RUNTIME.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            hits += [f"{path.relative_to(RUNTIME)}:{node.lineno}" for m in mods if m.split(".")[0] == "brainrt_train"]
+    assert not hits, hits

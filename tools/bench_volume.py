@@ -121,7 +121,7 @@ def full_band(model, stride, work):
           f"{(r1 - r0) * vplan.grid[1]} cells) {dt:.1f} s on one worker; the worker's peak RSS {rss:.0f} MB")
 
 
-def main(argv=None):
+def _args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=(16, 512, 768), metavar=("Z", "H", "W"))
     ap.add_argument("--stride", type=int, default=4)
@@ -132,13 +132,14 @@ def main(argv=None):
     ap.add_argument("--skip-stride1", action="store_true", help="Do not measure the stride-1 cost of one slice.")
     ap.add_argument("--full-band", type=int, default=None, metavar="STRIDE",
                     help="Only measure one band of a full-size slice at STRIDE in a fresh worker (time, peak RSS).")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = _args(argv)
     if args.full_band:
-        work = Path(tempfile.mkdtemp(prefix="bench-volume-"))
-        try:
-            return full_band(args.model, args.full_band, work)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        with tempfile.TemporaryDirectory(prefix="bench-volume-") as work:
+            return full_band(args.model, args.full_band, Path(work))
 
     import tifffile
 
@@ -159,17 +160,7 @@ def main(argv=None):
         print(f"stack {tuple(args.shape)} uint8, stride {args.stride}, {vplan.method} path, grid {vplan.grid}, "
               f"{len(vplan.bands)} band(s) of {vplan.bands[0][1] - vplan.bands[0][0]} rows per slice, "
               f"{vplan.n_blocks} blocks, {cells} tissue cells; model {Path(args.model).name}")
-        times = {}
-        for n in (0, 1, 2):
-            out = work / f"out{n}.ome.zarr"
-            dt, rss, cpu = _run(vplan, out, n, bundle)
-            times[n] = dt
-            label = "serial" if n == 0 else f"{n} worker{'s' * (n > 1)}"
-            print(f"{label:>10}: {dt:7.2f} s  {vplan.n_blocks / dt:6.2f} blocks/s  {cells / dt:8.0f} cells/s  "
-                  f"peak RSS {', '.join(f'{r:.0f}' for r in rss)} MB; workers busy {cpu / dt:.2f} cores")
-        print(f"speed-up 1 -> 2 workers: {times[1] / times[2]:.2f}x ({times[1] / times[2] / 2:.0%} per worker); "
-              f"scheduler overhead (1 worker vs serial): {times[1] / times[0] - 1:+.1%}")
-        label_bytes = _du(work / "out2.ome.zarr" / "labels")
+        times = _scaling(vplan, work, bundle, cells)
         per_cell = {args.stride: times[0] / cells}
         if not args.skip_stride1 and args.stride != 1:
             p1 = make_volume_plan(stack, bundle, stride=1, z="0")
@@ -178,9 +169,25 @@ def main(argv=None):
             c1 = int(brainrt.make_plan(vplan.source.read(0), bundle, stride=1).valid.sum())
             per_cell[1] = (time.perf_counter() - t) / c1
             print(f"stride 1, one slice: {c1} cells in {per_cell[1] * c1:.1f} s ({1 / per_cell[1]:.0f} cells/s, serial)")
-        _estimate(bundle, per_cell, args.tissue_fraction, times[1] / times[2] / 2, label_bytes / len(vplan.zs) / (args.shape[1] * args.shape[2]))
+        label_bytes = _du(work / "out2.ome.zarr" / "labels") / len(vplan.zs) / (args.shape[1] * args.shape[2])
+        _estimate(bundle, per_cell, args.tissue_fraction, times[1] / times[2] / 2, label_bytes)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _scaling(vplan, work, bundle, cells):
+    """Seconds of the run serially, on 1 and on 2 workers (printed with blocks/s, cells/s, RSS, busy cores)."""
+    times = {}
+    for n in (0, 1, 2):
+        out = work / f"out{n}.ome.zarr"
+        dt, rss, cpu = _run(vplan, out, n, bundle)
+        times[n] = dt
+        label = "serial" if n == 0 else f"{n} worker{'s' * (n > 1)}"
+        print(f"{label:>10}: {dt:7.2f} s  {vplan.n_blocks / dt:6.2f} blocks/s  {cells / dt:8.0f} cells/s  "
+              f"peak RSS {', '.join(f'{r:.0f}' for r in rss)} MB; workers busy {cpu / dt:.2f} cores")
+    print(f"speed-up 1 -> 2 workers: {times[1] / times[2]:.2f}x ({times[1] / times[2] / 2:.0%} per worker); "
+          f"scheduler overhead (1 worker vs serial): {times[1] / times[0] - 1:+.1%}")
+    return times
 
 
 def _estimate(bundle, per_cell, tissue, efficiency, label_bytes_per_px):

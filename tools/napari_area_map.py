@@ -78,15 +78,20 @@ def _run(args):
     print(f"area map of {layer.name} {layer.data.shape} at stride {args.stride} with {Path(model).name}: "
           f"{dt:.1f} s from Run to {len(added)} layers in the viewer ({w.status.value})")
     if args.screenshot:
-        for name in added[1:]:
-            viewer.layers[name].visible = False
-        viewer.layers.selection.active = viewer.layers[added[0]]
-        viewer.reset_view()
-        app.processEvents()
-        viewer.screenshot(args.screenshot, canvas_only=False, flash=False)
-        print(f"wrote {args.screenshot}")
+        _screenshot(viewer, app, added, args.screenshot)
     viewer.close()
     return 0
+
+
+def _screenshot(viewer, app, added, path):
+    """The first added layer alone, the whole slice in view, saved as a PNG at ``path``."""
+    for name in added[1:]:
+        viewer.layers[name].visible = False
+    viewer.layers.selection.active = viewer.layers[added[0]]
+    viewer.reset_view()
+    app.processEvents()
+    viewer.screenshot(path, canvas_only=False, flash=False)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
