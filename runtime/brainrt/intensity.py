@@ -107,23 +107,56 @@ class IntensityMap:
 def fit_map(image, threshold, target_quantiles, *, out_dtype=None) -> IntensityMap:
     """The map that takes the tissue (``image > threshold``) of ``image`` onto ``target_quantiles``.
 
-    Background values (at or below ``threshold``) are scaled with the darkest tissue
-    value (0 stays 0), so they stay below the tissue whatever the pixel type. ``target_quantiles`` come from
-    :func:`tissue_quantiles`, in the units of ``out_dtype`` (default: the image's).
+    Background (at or below ``threshold``) maps affinely from ``[darkest pixel, darkest
+    tissue value]`` onto ``[0, darkest training tissue value)``: it keeps its order and
+    stays below the tissue whatever the pixel type, scale or offset of the slice (uint8,
+    uint16 x257 or 1000 + v, float /255 or 0..255 give one map). ``target_quantiles``
+    come from :func:`tissue_quantiles`, in the units of ``out_dtype`` (default: the image's).
     """
     image = np.asarray(image)
     values, counts = _histogram(image, threshold)
     if counts.sum() == 0:
         raise ValueError("no tissue pixel to standardize")
     tq = np.asarray(target_quantiles, np.float64)
-    probs = np.linspace(0.0, 1.0, tq.size)
+    out_dtype = np.dtype(out_dtype or image.dtype)
     ranks = _mid_ranks(counts)
     seen = counts > 0
     # a monotone curve through (value, mid-rank) of every occupied bin; others interpolate
     r = np.interp(values, values[seen], ranks[seen])
-    targets = np.interp(r, probs, tq)
-    below = values <= threshold  # background: scaled with the darkest tissue value (0 stays 0), order kept
-    if below.any() and seen.any():
-        first, target_first = values[seen][0], targets[seen][0]
-        targets[below] = (values[below] / first) * target_first if first > 0 else target_first  # exact ratio first: scale-free
-    return IntensityMap(values, targets, image.dtype, np.dtype(out_dtype or image.dtype))
+    targets = np.interp(r, np.linspace(0.0, 1.0, tq.size), tq)
+    first = float(values[seen][0]) if image.dtype.kind in "ui" else _darkest(image, above=threshold)
+    background = _background_curve(_darkest(image), first, float(targets[seen][0]), out_dtype)
+    if image.dtype.kind in "ui":
+        below = values <= threshold
+        targets[below] = background(values[below])
+        return IntensityMap(values, targets, image.dtype, out_dtype)
+    # float: the histogram spans the tissue only; the curve starts at the darkest pixel
+    anchors = np.array([v for v in (_darkest(image), threshold) if v < first] + [first])
+    anchors = np.unique(anchors)  # sorted, and a slice without background starts at its tissue
+    keep = values > first
+    return IntensityMap(np.concatenate([anchors, values[keep]]),
+                        np.concatenate([background(anchors[:-1]), [targets[seen][0]], targets[keep]]),
+                        image.dtype, out_dtype)
+
+
+def _darkest(image, above=None):
+    """The darkest finite pixel value (above ``above``, if given), band by band."""
+    lows = []
+    for b in (image[y : y + BAND] for y in range(0, image.shape[0], BAND)):
+        b = b[np.isfinite(b)] if image.dtype.kind == "f" else b.ravel()
+        b = b if above is None else b[b > above]
+        if b.size:
+            lows.append(float(b.min()))
+    return min(lows)
+
+
+def _background_curve(lo, first, target_first, out_dtype):
+    """Background values ``v`` -> ``(v - lo) / (first - lo) * target_first``, kept a level below ``target_first``."""
+    top = target_first - (1.0 if out_dtype.kind in "ui" else 0.0)
+    span = first - lo
+
+    def curve(v):
+        t = (np.asarray(v, np.float64) - lo) / span * target_first if span > 0 else np.zeros(np.shape(v))
+        return np.clip(t, 0.0, max(top, 0.0))
+
+    return curve

@@ -29,14 +29,20 @@ METHODS = ("auto", "patch", "dense")
 DEFAULT_PRECISION = "fp32"
 
 
-def intensity_scale(dtype) -> float:
-    """Factor that brings pixel values of ``dtype`` to the unit range used in training."""
+def intensity_scale(dtype, peak=None) -> float:
+    """Factor that brings pixel values of ``dtype`` to the unit range used in training.
+
+    Float images are taken as [0, 1], unless their brightest value ``peak`` says they hold
+    the levels of an integer type (0..255, or 0..65535).
+    """
     dtype = np.dtype(dtype)
     if dtype == np.uint8:
         return 1.0 / 255.0
     if dtype == np.uint16:
         return 1.0 / 65535.0
-    return 1.0  # float images are taken as already in [0, 1]
+    if peak is not None and peak > 1.0:
+        return 1.0 / 255.0 if peak <= 255.0 else 1.0 / 65535.0
+    return 1.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +68,8 @@ class Plan:
         (then it holds the training images' pixel type).
     precision : {"fp32", "int8"}
         Arithmetic of the graphs to run (the bundle has them).
+    scale : float
+        Factor that brings ``image`` to [0, 1] (:func:`intensity_scale`; default: by its pixel type).
     """
 
     image: np.ndarray
@@ -74,6 +82,11 @@ class Plan:
     source: str = "image"
     standardized: bool = False
     precision: str = DEFAULT_PRECISION
+    scale: float | None = None
+
+    def __post_init__(self):
+        if self.scale is None:
+            object.__setattr__(self, "scale", intensity_scale(self.image.dtype))
 
     @property
     def shape(self) -> tuple:
@@ -83,11 +96,6 @@ class Plan:
     @property
     def image_shape(self) -> tuple:
         return tuple(self.image.shape)
-
-    @property
-    def scale(self) -> float:
-        """Intensity scale of the image's pixel type (see :func:`intensity_scale`)."""
-        return intensity_scale(self.image.dtype)
 
     @property
     def n_cells(self) -> int:
@@ -125,7 +133,16 @@ def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     if intensity is not None:
         image = standardize_image(image, intensity, threshold, bundle.manifest.normalization.trained_dtype)
     return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, intensity is not None,
-                precision)
+                precision, _scale_of(image, source))
+
+
+def _scale_of(image, source):
+    """:func:`intensity_scale` of the image (a float image holding 0..255 is read as such, and logged)."""
+    peak = float(np.nanmax(image)) if image.dtype.kind == "f" else None
+    scale = intensity_scale(image.dtype, peak)
+    if image.dtype.kind == "f" and scale != 1.0:
+        log.info("%s: float values up to %g are read as 0..%d levels", source, peak, round(1 / scale))
+    return scale
 
 
 def standardize_image(image, intensity, threshold, trained_dtype):
