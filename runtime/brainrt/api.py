@@ -126,7 +126,7 @@ def classify(grid, bundle, *, head=None, smooth=None):
     sigma, space = _smoothing(bundle, clf, smooth, grid.pixel_size_um, grid.stride)
     if sigma > 0:
         out = smooth_probabilities(out, grid.valid, sigma, space=space)
-    return clf.result(out, grid, bundle)
+    return clf.result(out, grid, bundle, sigma * grid.pixel_size_um * grid.stride)
 
 
 def _smoothing(bundle, clf, smooth, pixel_size_um, stride):
@@ -175,7 +175,8 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False):
             _put_rows(out, smoother.flush(), done)
     finally:
         stats = _close(meter, plan, "featurized and classified")
-    return clf.result(out, FeatureGrid.of_plan(plan, None, bundle.model_id, stats), bundle)
+    return clf.result(out, FeatureGrid.of_plan(plan, None, bundle.model_id, stats), bundle,
+                      sigma * plan.pixel_size_um * plan.stride)
 
 
 def _put_rows(out, rows, done):
@@ -272,14 +273,27 @@ def region_cells(grid, bundle, *, area=None, roi=None, head=None, z=None):
     return mask[np.ix_(ys, xs)] != 0
 
 
-def score(result, truth, bundle, *, z=None):
-    """:func:`pixel_metrics` of a classification against a label mask (array or TIFF) at full resolution."""
+def score(result, truth, bundle, *, z=None, held_out=False, source=None):
+    """:func:`pixel_metrics` of a classification against a label mask (array or TIFF) at full resolution.
+
+    The metrics also record the model, stride, head and smoothing, the confusion matrix's
+    axes, the codes the class map does not know, and whether the data are the bundle's
+    training slice (``source``: the classified file). ``held_out`` scores only the test
+    footprints of the bundle's recorded split (:mod:`brainrt.truth`).
+    """
+    from .truth import scored_pixels
+
     grid = result.grid
+    name = str(truth) if isinstance(truth, (str, Path)) else "truth"
     if isinstance(truth, (str, Path)):
         truth = read_mask(truth, grid.image_shape, z=z, what="label mask")
+    where, record = scored_pixels(bundle.manifest, truth, name, held_out=held_out, source=source)
     full = upsample(result.cell_codes(), grid.stride, grid.image_shape)
     pred = np.where(full == OFF_TISSUE, -1, full.astype(np.int16))
-    return pixel_metrics(pred, truth, names=result.names, codes_per_class=bundle.manifest.codes_per_class)
+    m = pixel_metrics(pred, truth, names=result.names, codes_per_class=bundle.manifest.codes_per_class, where=where)
+    return {"model_id": grid.model_id, "stride": grid.stride, "head": result.head, "smooth_um": result.smooth_um,
+            **record, **m, "confusion_matrix_rows": [f"truth {n}" for n in result.names],
+            "confusion_matrix_columns": [f"predicted {n}" for n in result.names]}
 
 
 def pixel_metrics(pred_codes, truth, *, names, codes_per_class, where=None):

@@ -242,12 +242,14 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
               help="Smooth class scores before the argmax, sigma in um (default: the bundle's, chosen on "
                    "validation; 0: off).")
 @click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
+@click.option("--held-out", is_flag=True,
+              help="With --truth on the bundle's training slice: score only the test split it recorded.")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
 @_volume_options
 @click.option("--smooth-z", type=float, default=0.0, show_default=True,
               help="Volumes: also smooth class scores across slices, sigma in um (0: off).")
 @one_line_errors
-def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, out, **kw):
+def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, held_out, out, **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
     Writes the label map at full resolution (OME-TIFF), per-class probabilities at grid
@@ -265,6 +267,8 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
                            smooth_z=smooth_z)
     if smooth_z:
         raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")
+    if held_out and not truth:
+        raise BrainrtError("--held-out scores against a truth mask; pass --truth MASK")
 
     out = out or _default_out(source, ".labels.ome.tif")
     bundle = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]))
@@ -273,11 +277,30 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
         plan = api.make_plan(source, bundle, **_plan_options(**kw))
         result, image = api.classify_plan(plan, bundle, head=head, smooth=smooth, progress=_progress()), plan.image
-    metrics = api.score(result, truth, bundle, z=kw["z"]) if truth else None
+    metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
     msg = f"wrote {', '.join(write_classification(out, result, image=image, metrics=metrics))}"
     if metrics:
-        msg += f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels"
+        msg += (f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels "
+                f"({metrics['scored_on']})")
     click.echo(msg)
+    if metrics:
+        _echo_scores(metrics, truth, held_out)
+
+
+def _echo_scores(metrics, truth, held_out):
+    """Per-class precision/recall/F1, and what the score covers (training data, unknown codes)."""
+    click.echo(f"{'area':<12} {'precision':>9} {'recall':>7} {'F1':>6} {'pixels':>9}")
+    for name, s in metrics["per_class"].items():
+        click.echo(f"{name:<12} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>9d}")
+    unknown = metrics["unknown_codes"]
+    if unknown:
+        click.echo(f"note: {truth}: {sum(unknown.values())} pixels hold codes the class map does not know "
+                   f"({', '.join(unknown)}); they are not scored")
+    seen = metrics["training_slice"]
+    if seen and not held_out:
+        click.echo(f"note: this is the bundle's training slice {seen['index']} ({seen['image']}, sha256 "
+                   f"{seen['image_sha256'][:12]}...): the score includes the pixels it was trained on; "
+                   "--held-out scores its test split only")
 
 
 @main.command()

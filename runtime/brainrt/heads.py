@@ -31,6 +31,8 @@ class ClassMapResult:
     names: list
     codes: list
     grid: object
+    head: str = ""
+    smooth_um: float = 0.0
 
     def cell_codes(self):
         """Label map at grid resolution in the class map's mask codes (uint8, OFF_TISSUE off tissue)."""
@@ -111,6 +113,7 @@ class Classifier:
     fn: object
     n_classes: int
     proba: bool
+    name: str = ""
 
     @classmethod
     def of(cls, bundle, head=None):
@@ -121,20 +124,20 @@ class Classifier:
             raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
         K = len(bundle.class_names)
         if hasattr(model, "predict_proba"):
-            return cls(per_class(model, float32_proba(model) or model.predict_proba, K, 0.0), K, True)
-        return cls(model.predict, K, False)
+            return cls(per_class(model, float32_proba(model) or model.predict_proba, K, 0.0), K, True, head)
+        return cls(model.predict, K, False, head)
 
     def empty(self, shape):
         if self.proba:
             return np.zeros(tuple(shape) + (self.n_classes,), np.float32)
         return np.full(tuple(shape), -1, np.int16)
 
-    def result(self, out, grid, bundle):
-        """:class:`ClassMapResult` of a filled output grid."""
+    def result(self, out, grid, bundle, smooth_um=0.0):
+        """:class:`ClassMapResult` of a filled output grid (smoothed by ``smooth_um``)."""
         if self.proba:
             labels = np.where(grid.valid, out.argmax(-1), -1).astype(np.int16)
-            return ClassMapResult(labels, out, bundle.class_names, bundle.class_codes, grid)
-        return ClassMapResult(out, None, bundle.class_names, bundle.class_codes, grid)
+            return ClassMapResult(labels, out, bundle.class_names, bundle.class_codes, grid, self.name, smooth_um)
+        return ClassMapResult(out, None, bundle.class_names, bundle.class_codes, grid, self.name, smooth_um)
 
 
 def gmm_clusters(features, valid, bundle):

@@ -297,6 +297,12 @@ class Training(_Part):
         """Train/val/test fractions of the first slice's layout."""
         return tuple(self.split["layout"][0].get("fractions", (0.6, 0.2, 0.2)))
 
+    @property
+    def layout(self) -> str:
+        """Split bands per class, "rows" or "interior" (older bundles: read from the split report)."""
+        given = self.extra.get("layout") or str((self.split.get("layout") or [{}])[0].get("layout", "rows")).split()[0]
+        return given if given in ("rows", "interior") else "rows"
+
     def taken(self, split) -> dict:
         """Patches taken per class name in ``split``."""
         return {name: int(v["taken"]) for name, v in self.counts[split].items()}
@@ -413,6 +419,13 @@ class Manifest:
     def codes_per_class(self) -> list:
         """Every mask code of each class (a class may cover several codes)."""
         return [list(c.codes) for c in self.classes]
+
+    @property
+    def known_codes(self) -> set:
+        """Every mask code the class map names: its classes', and those it ignores or calls unlabeled."""
+        cm = self.class_map or {}
+        return ({c for cs in self.codes_per_class for c in cs} | {int(c) for c in cm.get("ignore", ())}
+                | {int(c) for c in cm.get("unlabeled", (0,))})
 
     @property
     def dense_strides(self) -> tuple:
