@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import file_error
+from .errors import BrainrtError, file_error
 from .plan import DEFAULT_PIXEL_SIZE_UM
 
 ZARR_FORMAT = "brainrt-features/1"
@@ -74,13 +74,18 @@ def load_features(path, *, bundle=None):
     """
     import zarr
 
+    from .integrity import Guarded, verify
+
     path = Path(path)
     try:
         root = zarr.open_group(str(path), mode="r")
         attrs = dict(root.attrs)
         if attrs.get("format") != ZARR_FORMAT:
             raise ValueError("not a brainrt feature grid")
-        feats, valid = root["features"], np.asarray(root["valid"][:])
+        verify(path)
+        feats, valid = Guarded(root["features"], path), np.asarray(Guarded(root["valid"], path)[:])
+    except BrainrtError:
+        raise
     except Exception as exc:
         raise file_error(path, f"cannot open as a brainrt feature grid ({_short(exc)})") from None
     if bundle is not None and attrs["model_id"] != bundle.model_id:

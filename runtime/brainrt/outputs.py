@@ -42,15 +42,18 @@ def write_features(path, blocks, *, valid, n_features, attrs):
     """
     import zarr
 
+    from .integrity import compressors, seal
+
     R, C = valid.shape
     with atomic_path(path, overwrite=True, is_dir=True) as tmp:
         root = zarr.open_group(str(tmp), mode="w")
         arr = root.create_array("features", shape=(R, C, n_features), chunks=(64, 64, n_features), dtype="float32",
-                                fill_value=0.0)
-        root.create_array("valid", shape=(R, C), chunks=(512, 512), dtype="bool")[:] = valid
+                                fill_value=0.0, compressors=compressors())
+        root.create_array("valid", shape=(R, C), chunks=(512, 512), dtype="bool", compressors=compressors())[:] = valid
         for b in blocks:
             arr[b.r0 : b.r1] = b.features
         root.attrs.update(attrs)
+        seal(tmp, ("features", "valid"))
     return zarr.open_group(str(path), mode="r")["features"]
 
 
