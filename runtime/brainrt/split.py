@@ -1,6 +1,6 @@
 """Spatially disjoint train/val/test regions of annotated slices (numpy only).
 
-The trainer draws its patches from these regions (``brainrt_train.data``); the runtime
+The trainer draws its patches from these regions; the runtime
 recomputes them from a bundle's recorded split (seed, gap, fractions, layout) to score a
 map on the test split only (``classify --held-out``). One slice's regions depend only on
 its class-index map, its index ``k`` among the ``n`` training slices, and those options.
