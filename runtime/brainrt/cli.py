@@ -177,7 +177,8 @@ def _progress():
 
 
 def _is_zarr(source):
-    return str(source).rstrip("/").endswith(".zarr")
+    """Whether ``source`` is a saved feature grid (a zarr store with a ``features`` array), not an image."""
+    return str(source).rstrip("/").endswith(".zarr") and (Path(str(source)) / "features").exists()
 
 
 def _is_volume(source, z):
@@ -200,7 +201,7 @@ def _grid_and_image(source, bundle, kw):
     from . import api
 
     if _is_zarr(source):
-        return api.load_features(source, bundle=bundle), None
+        return api.load_features(source, bundle=bundle, z=kw["z"]), None
     plan = api.make_plan(source, bundle, **_plan_options(**kw))
     return api.featurize_plan(plan, bundle, progress=_progress()), plan.image
 
@@ -273,7 +274,8 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     out = out or _default_out(source, ".labels.ome.tif")
     bundle = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]))
     if _is_zarr(source):
-        result, image = api.classify(api.load_features(source, bundle=bundle), bundle, head=head, smooth=smooth), None
+        grid = api.load_features(source, bundle=bundle, z=kw["z"])
+        result, image = api.classify(grid, bundle, head=head, smooth=smooth), None
     else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
         plan = api.make_plan(source, bundle, **_plan_options(**kw))
         result, image = api.classify_plan(plan, bundle, head=head, smooth=smooth, progress=_progress()), plan.image

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BrainrtError, file_error
+from .integrity import Guarded
 from .plan import DEFAULT_PIXEL_SIZE_UM
 
 ZARR_FORMAT = "brainrt-features/1"
@@ -67,32 +68,57 @@ def zarr_attrs(plan, model_id) -> dict:
             "grid": "cell (i, j) is the patch centred on pixel (i*stride + stride//2, j*stride + stride//2)"}
 
 
-def load_features(path, *, bundle=None):
+def load_features(path, *, bundle=None, z=None):
     """Open a feature grid written by :func:`brainrt.featurize` (``out=``) or ``brainrt featurize``.
 
-    With ``bundle``, refuse features computed by another model.
+    A feature volume (``featurize --z all``) gives the grid of its slice ``z``. With
+    ``bundle``, refuse features computed by another model. A damaged store (a chunk
+    missing, truncated or altered) is refused (:mod:`brainrt.integrity`).
     """
     import zarr
 
-    from .integrity import Guarded, verify
+    from .integrity import verify
 
     path = Path(path)
     try:
         root = zarr.open_group(str(path), mode="r")
         attrs = dict(root.attrs)
-        if attrs.get("format") != ZARR_FORMAT:
+        volume = attrs.get("brainrt", {}).get("task") == "featurize"
+        if attrs.get("format") != ZARR_FORMAT and not volume:
             raise ValueError("not a brainrt feature grid")
         verify(path)
-        feats, valid = Guarded(root["features"], path), np.asarray(Guarded(root["valid"], path)[:])
+        feats, valid = Guarded(root["features"], path), Guarded(root["valid"], path)
     except BrainrtError:
         raise
     except Exception as exc:
         raise file_error(path, f"cannot open as a brainrt feature grid ({_short(exc)})") from None
-    if bundle is not None and attrs["model_id"] != bundle.model_id:
-        raise file_error(path, f"features were computed by model {attrs['model_id']}, not by this bundle "
+    meta = attrs["brainrt"] if volume else attrs
+    if bundle is not None and meta["model_id"] != bundle.model_id:
+        raise file_error(path, f"features were computed by model {meta['model_id']}, not by this bundle "
                                f"({bundle.model_id}); featurize the slice again")
-    return FeatureGrid(feats, valid, int(attrs["stride"]), int(attrs["patch_size"]), tuple(attrs["image_shape"]),
-                       attrs["model_id"], float(attrs.get("pixel_size_um", DEFAULT_PIXEL_SIZE_UM)))
+    if volume:
+        return _volume_slice(path, meta, feats, valid, bundle, z)
+    if z not in (None, 0):
+        raise file_error(path, f"holds the features of one slice; --z {z} does not apply")
+    return FeatureGrid(feats, np.asarray(valid[:]), int(attrs["stride"]), int(attrs["patch_size"]),
+                       tuple(attrs["image_shape"]), attrs["model_id"],
+                       float(attrs.get("pixel_size_um", DEFAULT_PIXEL_SIZE_UM)))
+
+
+def _volume_slice(path, meta, feats, valid, bundle, z):
+    """The :class:`FeatureGrid` of slice ``z`` of a feature volume (``meta``: its attributes)."""
+    zs = list(meta["zs"])
+    if z is None or isinstance(z, str) or z not in zs:
+        got = "" if z is None else f"; --z {z} is not one of them"
+        raise file_error(path, f"holds the features of {len(zs)} slices (z {zs[0]}..{zs[-1]}){got}; pass --z "
+                               "(z= in Python) to choose one")
+    patch = meta.get("patch_size") or (bundle.patch_size if bundle is not None else None)
+    if patch is None:
+        raise file_error(path, "a feature volume records no patch size; pass bundle= to read it")
+    zi = zs.index(z)
+    return FeatureGrid(Guarded(feats.array, path, prefix=(zi,)), np.asarray(valid[zi]), int(meta["stride"]),
+                       int(patch), tuple(meta["image_shape"]), meta["model_id"],
+                       float(meta.get("pixel_size_um") or DEFAULT_PIXEL_SIZE_UM))
 
 
 def _short(exc):

@@ -70,24 +70,25 @@ def verify(store, shown=None):
 class Guarded:
     """A zarr array whose reads raise the one-line error naming the store when a chunk fails to decode."""
 
-    def __init__(self, array, store):
-        self.array, self.store = array, store
+    def __init__(self, array, store, prefix=()):
+        self.array, self.store, self.prefix = array, store, tuple(prefix)  # prefix: leading indices (a volume's z)
 
-    shape = property(lambda self: self.array.shape)
+    shape = property(lambda self: self.array.shape[len(self.prefix):])
     dtype = property(lambda self: self.array.dtype)
-    ndim = property(lambda self: self.array.ndim)
-    chunks = property(lambda self: self.array.chunks)
+    ndim = property(lambda self: len(self.shape))
+    chunks = property(lambda self: self.array.chunks[len(self.prefix):])
 
     def __len__(self):
-        return len(self.array)
+        return self.shape[0]
 
     def __array__(self, dtype=None, copy=None):
         data = self[...]
         return data if dtype is None else data.astype(dtype)
 
     def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
         try:
-            return self.array[key]
+            return self.array[self.prefix + key]
         except BrainrtError:
             raise
         except Exception as exc:  # the codecs raise many types for damaged chunks

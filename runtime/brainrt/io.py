@@ -42,6 +42,8 @@ def read_tiff(path, *, z=None, what="image", series=None):
     pixel_size_um : float or None
         Pixel size from the TIFF's resolution tags, if it has any.
     """
+    if is_zarr_path(path) and what == "image":
+        return read_zarr(path, z=z, what=what)
     path = Path(path)
     arr, axes, pixel_size = _read_series(path, series)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and axes.endswith("S"):
@@ -59,6 +61,53 @@ def read_tiff(path, *, z=None, what="image", series=None):
     if arr.dtype.kind in "iu" and arr.dtype not in PIXEL_TYPES:
         arr = arr.astype(np.int64)  # masks hold codes: any integer type will do
     return check_image(arr, path, types=MASK_TYPES), pixel_size
+
+
+def is_zarr_path(path) -> bool:
+    """Whether ``path`` names a zarr store (a ``.zarr`` name, a zarr folder, or a URL)."""
+    p = str(path).rstrip("/")
+    return "://" in p or p.endswith(".zarr") or any((Path(p) / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def open_zarr_image(path):
+    """(array, its path in the store, pixel size, z spacing) of a zarr array or an OME-Zarr image
+    (its full-resolution level); sizes are None where the metadata gives none."""
+    import zarr
+
+    try:
+        node = zarr.open(str(path).rstrip("/"), mode="r")
+    except Exception as exc:
+        raise file_error(path, f"cannot open as zarr ({type(exc).__name__})") from None
+    if not isinstance(node, zarr.Group):
+        return node, "", None, None
+    attrs = dict(node.attrs)
+    ms = attrs.get("ome", attrs).get("multiscales")
+    if not ms:
+        raise file_error(path, "is a zarr group but not an OME-Zarr image (no multiscales); give the array's path")
+    ds = ms[0]["datasets"][0]
+    names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
+    scale = next((t["scale"] for t in ds.get("coordinateTransformations", []) if t["type"] == "scale"), None)
+    px = float(scale[-1]) if scale and names[-2:] == ["y", "x"] else None
+    dz = float(scale[-3]) if scale and names[-3:] == ["z", "y", "x"] else None
+    return node[ds["path"]], ds["path"], px, dz
+
+
+def read_zarr(path, *, z=None, what="image"):
+    """A 2D slice of a zarr array or OME-Zarr image (``z`` picks one of a 3D one), and its pixel size."""
+    node, _, px, _ = open_zarr_image(path)
+    if node.ndim == 3:
+        if z is None:
+            raise file_error(path, f"expected a 2D grayscale {what}, got shape {node.shape}; pass --z to choose a slice")
+        if not 0 <= z < node.shape[0]:
+            raise file_error(path, f"--z {z} is outside the stack's {node.shape[0]} slices")
+        arr = np.asarray(node[z])
+    elif node.ndim == 2:
+        if z not in (None, 0):
+            raise file_error(path, f"is a 2D {what}; --z {z} does not apply")
+        arr = np.asarray(node[:])
+    else:
+        raise file_error(path, f"expected a 2D grayscale {what}, got shape {node.shape}")
+    return check_image(arr, path), px
 
 
 def _read_series(path, index=None):

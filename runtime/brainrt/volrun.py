@@ -254,8 +254,12 @@ def _create_store(vplan, tmp):
     band = vplan.bands[0][1] - vplan.bands[0][0]
     cc = min(C, 512)
     if vplan.task == "featurize":
-        root.create_array("features", shape=(Z, R, C, F), chunks=(1, band, cc, F), dtype="float32", fill_value=0.0)
-        root.create_array("valid", shape=(Z, R, C), chunks=(1, band, cc), dtype="bool", fill_value=False)
+        from .integrity import compressors
+
+        root.create_array("features", shape=(Z, R, C, F), chunks=(1, band, cc, F), dtype="float32", fill_value=0.0,
+                          compressors=compressors())
+        root.create_array("valid", shape=(Z, R, C), chunks=(1, band, cc), dtype="bool", fill_value=False,
+                          compressors=compressors())
         root.attrs.update(_attrs(vplan))
     else:
         root.create_array("scratch/probabilities", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
@@ -358,6 +362,10 @@ def _finalize(vplan, tmp, out):
         root = zarr.open_group(str(tmp), mode="r+")
         del root["scratch"]
     shutil.rmtree(tmp / STATE)
+    if vplan.task == "featurize":
+        from .integrity import seal
+
+        seal(tmp, ("features", "valid"))
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)

@@ -19,6 +19,7 @@ a slice) and returns the frozen :class:`VolumePlan`: the slices, the grid, the r
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ from .errors import BrainrtError, check_float, check_positive_int, file_error, p
 from .geometry import grid_shape
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+
+log = logging.getLogger("brainrt")
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,20 @@ def is_volume_input(path, z=None) -> bool:
     if "://" in p:
         return True
     if p.endswith(".zarr") or Path(p).is_dir():
-        return not (Path(p) / "features").exists()
+        return not (Path(p) / "features").exists() and not _is_2d_zarr(p)
     return False
+
+
+def _is_2d_zarr(path):
+    """Whether ``path`` is a zarr array or OME-Zarr image of one slice (read as a slice, not a volume)."""
+    from .io import is_zarr_path, open_zarr_image
+
+    if not is_zarr_path(path) or not Path(path).exists():
+        return False
+    try:
+        return open_zarr_image(path)[0].ndim == 2
+    except BrainrtError:
+        return False
 
 
 def open_volume(path) -> VolumeSource:
@@ -119,8 +134,12 @@ def _open_tiff_stack(path):
                 spacing = float(m.group(1)) if m else spacing
     except Exception as exc:  # tifffile raises many types for broken files
         raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
-    if len(shape) != 3 or "S" in axes:
-        raise file_error(path, f"expected a 3D grayscale stack (Z, Y, X), got shape {shape} (axes {axes})")
+    if len(shape) == 3 and axes == "SYX":  # tifffile.imwrite(stack) of 3 or 4 slices, without photometric
+        log.info("%s: its %d planar samples are read as the slices of a stack (write stacks with "
+                 "photometric='minisblack' to store them as such)", path, shape[0])
+    elif len(shape) != 3 or "S" in axes:
+        raise file_error(path, f"expected a 3D grayscale stack (Z, Y, X), got shape {shape} (axes {axes}); "
+                               "write stacks with tifffile.imwrite(path, stack, photometric='minisblack')")
     return VolumeSource("tiff", str(path), shape, np.dtype(dtype).str, px, float(spacing) if spacing else None)
 
 
@@ -156,25 +175,9 @@ def _open_zarr_array(path, array=""):
 
 
 def _open_zarr_source(path):
-    import zarr
+    from .io import open_zarr_image
 
-    try:
-        node = zarr.open(path, mode="r")
-    except Exception as exc:
-        raise file_error(path, f"cannot open as zarr ({type(exc).__name__})") from None
-    array, px, dz = "", None, None
-    if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        ms = attrs.get("ome", attrs).get("multiscales")
-        if not ms:
-            raise file_error(path, "is a zarr group but not an OME-Zarr image (no multiscales); give the array's path")
-        ds = ms[0]["datasets"][0]
-        array = ds["path"]
-        names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
-        scale = next((t["scale"] for t in ds.get("coordinateTransformations", []) if t["type"] == "scale"), None)
-        if scale and names[-3:] == ["z", "y", "x"]:
-            dz, px = float(scale[-3]), float(scale[-1])
-        node = node[array]
+    node, array, px, dz = open_zarr_image(path)
     shape = tuple(node.shape)
     if len(shape) != 3:
         raise file_error(path, f"expected a 3D (Z, Y, X) array, got shape {shape}")
