@@ -100,7 +100,8 @@ def _close(meter, plan, verb):
 
 def _check_grid(grid, bundle):
     if grid.model_id != bundle.model_id:
-        raise BrainrtError(f"features were computed by model {grid.model_id}, not by this bundle ({bundle.model_id})")
+        raise BrainrtError(f"features were computed by model {grid.model_id}, not by this bundle "
+                           f"({bundle.path}, model {bundle.model_id})")
 
 
 def classify(grid, bundle, *, head=None, smooth=None):

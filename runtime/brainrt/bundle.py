@@ -37,13 +37,23 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 
+#: Files that file managers leave in folders (Finder, Windows Explorer); never part of a bundle.
+OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
+
+
+def is_os_file(name) -> bool:
+    """Whether the file ``name`` is file-manager litter (``.DS_Store``, ``Thumbs.db``, AppleDouble ``._*``)."""
+    base = Path(name).name
+    return base in OS_FILES or base.startswith("._")
+
+
 def hash_tree(folder, *, exclude=(MANIFEST,)) -> dict:
-    """sha256 of every file below ``folder`` (relative POSIX paths), manifest excluded."""
+    """sha256 of every file below ``folder`` (relative POSIX paths), manifest and OS litter excluded."""
     folder = Path(folder)
     return {
         p.relative_to(folder).as_posix(): sha256_file(p)
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.relative_to(folder).as_posix() not in exclude
+        if p.is_file() and p.relative_to(folder).as_posix() not in exclude and not is_os_file(p)
     }
 
 
@@ -66,6 +76,9 @@ def verify_bundle(folder) -> Manifest:
     except OSError as exc:
         raise file_error(mpath, f"unreadable manifest ({exc})") from None
     manifest = Manifest.from_json(text, source=mpath)
+    problems = manifest.geometry_problems()
+    if problems:
+        raise file_error(mpath, f"manifest geometry contradicts itself: {'; '.join(problems)}; refusing to load it")
     if not manifest.files:
         raise file_error(mpath, "manifest lists no files and hashes")
     actual = hash_tree(folder)

@@ -67,6 +67,7 @@ class _Commands(click.Group):
 
 
 @click.group(cls=_Commands)
+@click.version_option(None, "--version", package_name="brainrt", message="brainrt %(version)s")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 @click.option("--progress/--no-progress", default=None,
@@ -414,6 +415,44 @@ def fit(images, strokes, model, class_map, stride, seed, tissue_mask, threshold,
              f" at C={cv['C']}" if cv["folds"] else "no CV (fewer than 2 strokes of some class)")
     click.echo(f"wrote {out}: {len(fitted.samples.y)} stroke cells (strokes/cells: {counts}); {score}; "
                f"features {rec['seconds']['features']:.1f} s, fit {rec['seconds']['fit'] + rec['seconds']['cv']:.1f} s")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(), required=False)
+@one_line_errors
+def info(bundle):
+    """What a model bundle holds: classes and their mask codes, heads, training data, split, metrics."""
+    from .api import default_model
+    from .bundle import verify_bundle
+
+    folder = Path(bundle or default_model())
+    for line in bundle_lines(folder, verify_bundle(folder)):
+        click.echo(line)
+
+
+def bundle_lines(folder, m):
+    """The lines of ``brainrt info`` for the bundle ``folder`` and its verified manifest ``m``."""
+    lines = [f"bundle {folder} (model {m.model_id}, schema {m.schema_version}, created {m.created or '?'})",
+             "classes (name, mask codes):", *[f"  {c.name:<14} {list(c.codes)}" for c in m.classes],
+             f"  ignored codes {m.ignored_codes}, unlabeled {m.unlabeled_codes}; label maps "
+             "write each class's first code, 255 off tissue",
+             f"heads: {', '.join(f'{h} (default)' if h == m.default_head else h for h in m.heads)}",
+             f"footprint {m.footprint} px (patch {m.patch_size}" + (f", context {m.context.factor}x" if m.context else "")
+             + f"), net stride {m.net_stride}, dense strides {', '.join(map(str, m.dense_strides)) or 'none'}",
+             f"precisions: {', '.join(m.precisions)}; intensity standardization: "
+             f"{'recorded' if m.intensity else 'none'}; smoothing: "
+             + (f"{m.smoothing.sigma_um:g} um" if m.smoothing else "none")]
+    t = m.training
+    if t is None:
+        return lines + ["training: not recorded"]
+    for ts in t.data:
+        lines.append(f"training data: {ts.image} (sha256 {ts.image_sha256[:12]}...), mask {ts.mask} "
+                     f"(sha256 {ts.mask_sha256[:12]}...), {ts.shape[0]} x {ts.shape[1]} px")
+    lines.append(f"split: {t.split.get('mode', '?')}, layout {t.layout}, gap {t.gap} px, fractions "
+                 f"{'/'.join(f'{f:g}' for f in t.fractions)}, seed {t.seed}; test patches {sum(t.taken('test').values())}")
+    lines += ["metrics (test split): " + ", ".join(f"{k} {v:.3f}" for k, v in m.metrics.items()
+                                                    if isinstance(v, (int, float)))]
+    return lines
 
 
 @main.command()

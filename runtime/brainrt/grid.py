@@ -95,7 +95,7 @@ def load_features(path, *, bundle=None, z=None):
     meta = attrs["brainrt"] if volume else attrs
     if bundle is not None and meta["model_id"] != bundle.model_id:
         raise file_error(path, f"features were computed by model {meta['model_id']}, not by this bundle "
-                               f"({bundle.model_id}); featurize the slice again")
+                               f"({bundle.path}, model {bundle.model_id}); featurize the slice again")
     if volume:
         return _volume_slice(path, meta, feats, valid, bundle, z)
     if z not in (None, 0):

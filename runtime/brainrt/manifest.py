@@ -421,11 +421,19 @@ class Manifest:
         return [list(c.codes) for c in self.classes]
 
     @property
+    def ignored_codes(self) -> list:
+        """Mask codes the class map ignores (annotated, but in no class)."""
+        return [int(c) for c in (self.class_map or {}).get("ignore", ())]
+
+    @property
+    def unlabeled_codes(self) -> list:
+        """Mask codes of unlabeled pixels (0 unless the class map says otherwise)."""
+        return [int(c) for c in (self.class_map or {}).get("unlabeled", (0,))]
+
+    @property
     def known_codes(self) -> set:
         """Every mask code the class map names: its classes', and those it ignores or calls unlabeled."""
-        cm = self.class_map or {}
-        return ({c for cs in self.codes_per_class for c in cs} | {int(c) for c in cm.get("ignore", ())}
-                | {int(c) for c in cm.get("unlabeled", (0,))})
+        return {c for cs in self.codes_per_class for c in cs} | set(self.ignored_codes) | set(self.unlabeled_codes)
 
     @property
     def dense_strides(self) -> tuple:
@@ -445,6 +453,41 @@ class Manifest:
     def model_id(self) -> str:
         """First 12 hex digits of the per-patch graph's sha256."""
         return self.files[self.onnx.file][:12]
+
+    def geometry_problems(self) -> list:
+        """What the manifest's geometry contradicts in itself (patch, window, footprint, net
+        stride, dense graphs, graph input shape); empty when it is consistent."""
+        from .geometry import NET_STRIDE, window_offset, window_size
+
+        P, fp, out = self.patch_size, self.footprint, []
+        try:
+            want = (window_size(P), window_offset(P))
+        except ValueError:
+            return [f"patch_size {P} is too small for the network"]
+        got = (self.window.get("size", want[0]), self.window.get("offset", want[1]))
+        if got != want:
+            out.append(f"window {got[0]} at offset {got[1]} is not the {want[0]} px window at offset {want[1]} of "
+                       f"patch_size {P}")
+        if self.context and self.context.footprint != P * self.context.factor:
+            out.append(f"context footprint {self.context.footprint} is not patch_size {P} x factor {self.context.factor}")
+        if self.net_stride != NET_STRIDE:
+            out.append(f"net_stride {self.net_stride} is not the network's {NET_STRIDE}")
+        shape = [d for d in self.onnx.input_shape if isinstance(d, int)]
+        if shape and shape[-2:] != [fp, fp]:
+            out.append(f"onnx input_shape {list(self.onnx.input_shape)} does not end in the footprint {fp} x {fp}")
+        return out + self._dense_problems(fp)
+
+    def _dense_problems(self, fp):
+        g = self.dense_onnx
+        if g is None:
+            return []
+        out = [f"dense stride {s} does not divide net_stride {self.net_stride} or has no graph file"
+               for s in g.strides if self.net_stride % s or str(s) not in g.files]
+        if g.footprint is not None and g.footprint != fp:
+            out.append(f"dense footprint {g.footprint} is not the bundle's footprint {fp}")
+        if (g.offset or 0) + g.window > fp:
+            out.append(f"dense window {g.window} at offset {g.offset or 0} overruns the footprint {fp}")
+        return out
 
     def test_accuracy(self, head):
         """Test-split accuracy recorded at export for ``head`` ("cnn" for the network), or None."""
