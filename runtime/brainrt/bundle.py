@@ -113,14 +113,27 @@ def _cuda_usable():
     return all(any(loadable(n) for n in names) for names in needs)
 
 
-def providers(preferred=None):
-    """Execution providers to use: CUDA first when usable, CPU always last."""
+#: Names of the devices a bundle may run on ("auto": CUDA where usable, else the CPU).
+DEVICES = ("auto", "cpu", "cuda")
+_PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def providers(device="auto"):
+    """onnxruntime execution providers for ``device`` (the one place they are chosen).
+
+    "cuda" needs onnxruntime's GPU build (``pip install 'brainrt[gpu]'``) and loadable CUDA
+    libraries, else the one-line error; "auto" takes CUDA where it is usable and the CPU
+    otherwise; the CPU is always last, for operators CUDA lacks.
+    """
     import onnxruntime as ort
 
-    avail = [p for p in ort.get_available_providers() if p != "CUDAExecutionProvider" or _cuda_usable()]
-    wanted = preferred or ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    chosen = [p for p in wanted if p in avail] or ["CPUExecutionProvider"]
-    return chosen
+    if device not in DEVICES:
+        raise param_error("device", "Bundle.load", f"one of {DEVICES}", device)
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_usable()
+    if device == "cuda" and not cuda:
+        raise BrainrtError("--device cuda: this onnxruntime has no usable CUDA provider (it needs the GPU build, "
+                           "pip install 'brainrt[gpu]', and the CUDA 12 libraries); use --device auto or cpu")
+    return _PROVIDERS["cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +161,7 @@ class Bundle:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, path, *, threads=None, providers_=None, heads=True):
+    def load(cls, path, *, threads=None, device="auto", heads=True):
         """Verify every file's hash, then load the ONNX session(s) and the heads.
 
         Parameters
@@ -157,8 +170,8 @@ class Bundle:
             The bundle folder.
         threads : int or None, keyword-only
             onnxruntime intra-op threads (None: onnxruntime's default, all cores).
-        providers_ : list of str or None, keyword-only
-            Execution providers in order of preference (default: CUDA, then CPU).
+        device : {"auto", "cpu", "cuda"}, keyword-only
+            Where the graphs run (:func:`providers`): "auto" takes CUDA where it is usable.
         heads : bool, keyword-only
             Load the joblib heads too (False: features only).
         """
@@ -170,7 +183,7 @@ class Bundle:
         if threads:
             opts.intra_op_num_threads = int(threads)
         opts.log_severity_level = 3
-        chosen = providers(providers_)
+        chosen = providers(device)
         try:
             session = ort.InferenceSession(str(path / manifest.onnx.file), opts, providers=chosen)
         except Exception as exc:

@@ -102,6 +102,9 @@ def _grid_options(f):
         click.option("--series", type=int, default=None, help="Series of a multi-series (OME-)TIFF."),
         click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
         click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                     help="Where the network runs: cuda needs onnxruntime's GPU build (brainrt[gpu]); auto takes it "
+                          "where usable."),
         click.option("--batch-size", default=256, show_default=True, help="Patches per onnxruntime call."),
         click.option("--standardize/--no-standardize", default=True, show_default=True,
                      help="Map the slice's tissue histogram onto the training tissue's (when the bundle records it)."),
@@ -134,11 +137,12 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **tas
     from .volrun import partial_path, process_volume
 
     out = out or _default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
-    bundle = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")))
+    bundle = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")), device=kw["device"])
     opts = _plan_options(**dict(kw, z=None))
     try:
         vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
-                                   progress=_progress(), threads=threads or 1, **dict(opts, z=kw["z"] or "all"),
+                                   progress=_progress(), threads=threads or 1, device=kw["device"],
+                                   **dict(opts, z=kw["z"] or "all"),
                                    **task_kw)
     except KeyboardInterrupt:
         click.echo(f"Interrupted; the finished blocks are kept in {partial_path(out)}: rerun the same command to "
@@ -148,14 +152,14 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **tas
                f"({st['computed_blocks']} computed) in {st['seconds']:.1f} s ({st['blocks_per_s'] or 0:.2f} blocks/s)")
 
 
-def _plan_options(tissue_mask, all_cells, pixel_size, **kw):
+def _plan_options(tissue_mask, all_cells, pixel_size, device="auto", **kw):
     """The grid options as keyword arguments of :func:`brainrt.make_plan`."""
     if isinstance(kw.get("z"), str):
         raise BrainrtError(f"--z {kw['z']} names several slices; only featurize and classify run volumes")
     return dict(kw, tissue=tissue_mask or ("all" if all_cells else None), pixel_size_um=pixel_size)
 
 
-def _prepare(out, model, threads, *, is_dir=False, inputs=()):
+def _prepare(out, model, threads, *, is_dir=False, inputs=(), device="auto"):
     """Fail on an unwritable output path, or one that is an input, before any work (and before a
     progress bar); load the bundle."""
     from .api import default_model
@@ -165,7 +169,7 @@ def _prepare(out, model, threads, *, is_dir=False, inputs=()):
 
     check_target(out, is_dir=is_dir)
     check_not_input([out, *([] if is_dir else siblings(out))], inputs)
-    return Bundle.load(model or default_model(), threads=threads)
+    return Bundle.load(model or default_model(), threads=threads, device=device)
 
 
 def _progress():
@@ -227,7 +231,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
         return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler, kw)
 
     out = out or _default_out(slice_tif, ".features.zarr")
-    bundle = _prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]))
+    bundle = _prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]), device=kw["device"])
     plan = api.make_plan(slice_tif, bundle, **_plan_options(**kw))
     grid = api.featurize_plan(plan, bundle, out=out, progress=_progress())
     st = grid.stats
@@ -273,7 +277,7 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         raise BrainrtError("--held-out scores against a truth mask; pass --truth MASK")
 
     out = out or _default_out(source, ".labels.ome.tif")
-    bundle = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]))
+    bundle = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]), device=kw["device"])
     if _is_zarr(source):
         grid = api.load_features(source, bundle=bundle, z=kw["z"])
         result, image = api.classify(grid, bundle, head=head, smooth=smooth), None
@@ -318,7 +322,7 @@ def cluster(source, model, threads, out, **kw):
     from .outputs import write_clusters
 
     out = out or _default_out(source, ".clusters.ome.tif")
-    bundle = _prepare(out, model, threads, inputs=(source, kw["tissue_mask"]))
+    bundle = _prepare(out, model, threads, inputs=(source, kw["tissue_mask"]), device=kw["device"])
     grid, image = _grid_and_image(source, bundle, kw)
     clusters, loglik = api.cluster(grid, bundle)
     click.echo(f"wrote {', '.join(write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image))}")
@@ -344,7 +348,7 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, **kw):
     if (area is None) == (roi is None):
         raise BrainrtError("give exactly one of --area NAME or --roi MASK")
     out = out or _default_out(source, ".subdivide.ome.tif")
-    bundle = _prepare(out, model, threads, inputs=(source, roi, kw["tissue_mask"]))
+    bundle = _prepare(out, model, threads, inputs=(source, roi, kw["tissue_mask"]), device=kw["device"])
     grid, image = _grid_and_image(source, bundle, kw)
     region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw["z"])
     sub = api.subdivide(grid, region=region, k=k, interior=interior)

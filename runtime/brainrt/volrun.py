@@ -68,7 +68,7 @@ def worker_bundle(vplan):
     with _LOCK:
         b = _BUNDLES.get(vplan.model_hash)
         if b is None:
-            b = Bundle.load(vplan.model, threads=vplan.threads)
+            b = Bundle.load(vplan.model, threads=vplan.threads, device=vplan.device)
             if sha256_file(Path(vplan.model) / MANIFEST) != vplan.model_hash:
                 raise file_error(vplan.model, "the bundle changed since the run was planned")
             _BUNDLES[vplan.model_hash] = b

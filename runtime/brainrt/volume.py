@@ -236,6 +236,7 @@ class VolumePlan:
     threads: int = 1
     slice_options: dict = field(default_factory=dict)
     z_sigma: float = 0.0
+    device: str = "auto"
 
     def fingerprint(self) -> dict:
         """What makes two runs' outputs the same (a resume must match it exactly)."""
@@ -253,18 +254,19 @@ class VolumePlan:
 def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, method="auto", tissue=None,
                      min_tissue=0.5, threshold=None, pixel_size_um=None, z_spacing_um=None, batch_size=256,
                      standardize=True, head=None, smooth=None, band_rows=None, threads=1, precision=None, series=None,
-                     smooth_z=0.0):  # long: the volume's input edge, one check per option in one place
+                     smooth_z=0.0, device="auto"):  # long: the volume's input edge, one check per option in one place
     """Check a volume job and return its :class:`VolumePlan`.
 
     ``source`` is a path (see :func:`open_volume`) or a :class:`VolumeSource`; ``tissue``
     is None (Otsu per slice), "otsu" or "all" (a mask volume is not supported yet);
     ``band_rows`` is the grid rows per task (default: the engine's dense tile height, so a
     band costs no extra halo); ``smooth_z`` is the sigma in micrometres of the smoothing of
-    class probabilities across slices (0: off), after the in-plane ``smooth``. Other options as in :func:`brainrt.featurize` and
+    class probabilities across slices (0: off), after the in-plane ``smooth``; ``device`` where the
+    workers run the network (:func:`brainrt.bundle.providers`). Other options as in :func:`brainrt.featurize` and
     :func:`brainrt.classify`.
     """
     from .api import _smoothing
-    from .bundle import MANIFEST, sha256_file
+    from .bundle import DEVICES, MANIFEST, sha256_file
     from .engine import dense_geometry
     from .heads import Classifier
     from .plan import DEFAULT_PIXEL_SIZE_UM, _resolve_method
@@ -274,6 +276,8 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, met
     owner = f"{task} (volume)"
     if task not in ("featurize", "classify"):
         raise param_error("task", owner, "'featurize' or 'classify'", task)
+    if device not in DEVICES:
+        raise param_error("device", owner, f"one of {DEVICES}", device)
     precision = bundle.check_precision(precision or plan_module.DEFAULT_PRECISION, owner)
     if series not in (None, 0):
         raise param_error("series", owner, "None for a volume (the first series is read)", series)
@@ -312,4 +316,4 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=16, met
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, str(Path(bundle.path).resolve()),
                       sha256_file(Path(bundle.path) / MANIFEST), bundle.model_id, tuple(bundle.class_names),
                       tuple(bundle.class_codes), bundle.n_features, head, float(sigma), space,
-                      check_positive_int(threads, "threads", owner), opts, smooth_z / dz)
+                      check_positive_int(threads, "threads", owner), opts, smooth_z / dz, device)

@@ -49,12 +49,12 @@ class Source:
 
 
 @functools.lru_cache(maxsize=4)
-def load_bundle(path):
-    """A loaded bundle, verified once per folder and then reused (hashing weights takes a moment)."""
+def load_bundle(path, device="auto"):
+    """A loaded bundle, verified once per folder and device and then reused (hashing weights takes a moment)."""
     path = Path(path)
     if not str(path) or not path.is_dir():
         raise file_error(path, "not a model bundle folder")
-    return Bundle.load(path)
+    return Bundle.load(path, device=device)
 
 
 def featurize_steps(source, bundle, *, stride):
