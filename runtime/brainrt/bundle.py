@@ -76,9 +76,6 @@ def verify_bundle(folder) -> Manifest:
     except OSError as exc:
         raise file_error(mpath, f"unreadable manifest ({exc})") from None
     manifest = Manifest.from_json(text, source=mpath)
-    problems = manifest.geometry_problems()
-    if problems:
-        raise file_error(mpath, f"manifest geometry contradicts itself: {'; '.join(problems)}; refusing to load it")
     if not manifest.files:
         raise file_error(mpath, "manifest lists no files and hashes")
     actual = hash_tree(folder)
@@ -189,6 +186,10 @@ class Bundle:
         except Exception as exc:
             raise file_error(path, f"cannot load the ONNX graph ({type(exc).__name__})") from None
         check_graph(path, manifest, session)
+        problems = manifest.geometry_problems()
+        if problems:
+            raise file_error(path / MANIFEST, f"manifest geometry contradicts itself: {'; '.join(problems)}; "
+                                              "refusing to load it")
         log.info("brainrt: bundle %s on %s", path.name, session.get_providers()[0])
         loaded = _load_heads(path, manifest.heads) if heads else {}
         return cls(path=path, manifest=manifest, session=session, heads=loaded, options=(opts, chosen))
