@@ -44,7 +44,7 @@ def test_napari_finds_the_plugin():
     pm.discover()
     manifest = pm.get_manifest("brainrt")
     assert {w.display_name for w in manifest.contributions.widgets} == {"Area map", "Outliers and clusters",
-                                                                         "Sub-divide"}
+                                                                         "Sub-divide", "Train areas"}
     assert [s.key for s in manifest.contributions.sample_data] == ["demo"]
     assert manifest.contributions.readers[0].accepts_directories
 
@@ -245,7 +245,105 @@ def test_plugin_contributions_load_in_napari(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("brainrt", "demo")
     assert [layer.name for layer in viewer.layers] == ["brainrt demo slice", "brainrt demo truth"]
-    for name in ("Area map", "Outliers and clusters", "Sub-divide"):
+    for name in ("Area map", "Outliers and clusters", "Sub-divide", "Train areas"):
         dock, widget = viewer.window.add_plugin_dock_widget("brainrt", name)
         widget.reset_choices()
         assert widget.image.value is viewer.layers["brainrt demo slice"]
+
+
+# --------------------------------------------------------------------------- train areas (issue 20)
+def _demo_strokes(truth, n=3, seed=0):
+    from brainrt.synth import draw_strokes
+
+    return draw_strokes(truth, n, length=120, margin=48, seed=seed)
+
+
+def _drain(job):
+    """Run a job generator to its end without Qt; return (progress reports, its value)."""
+    reports = []
+    try:
+        while True:
+            reports.append(next(job))
+    except StopIteration as stop:
+        return reports, stop.value
+
+
+def test_train_job_featurizes_once_and_maps_the_known_areas():
+    from brainrt.napari._sample import demo_slice
+    from brainrt.napari._train import FeatureCache, train_job
+    from brainrt.napari._work import Source
+
+    (image, ikw, _), (truth, _, _) = demo_slice()
+    src = Source(image, ikw["scale"], (0.0, 0.0), "demo")
+    cache, state = FeatureCache(), {}
+    strokes = _demo_strokes(truth)
+    reports, layers = _drain(train_job(src, strokes, DEMO_BUNDLE, cache=cache, state=state))
+    assert reports and not state["cached"] and cache.nbytes() == 48 * 72 * 64 * 4
+    (areas, akw, kind), (doubt, dkw, _) = layers
+    assert kind == "labels" and areas.shape == truth.shape and doubt.shape == (48, 72)
+    sel = (truth > 0) & (areas > 0)
+    assert (areas[sel] == truth[sel]).mean() > 0.85  # class index + 1 = the demo's codes
+    assert np.nanmax(doubt) <= 1.0 and np.nanmin(doubt) >= 0.0
+    more = np.where(strokes > 0, strokes, _demo_strokes(truth, 1, seed=9))  # corrections: one more per area
+    reports, _ = _drain(train_job(src, more, DEMO_BUNDLE, cache=cache, state=state))
+    assert state["cached"] and reports == []  # no featurizing: straight to the fit
+    assert sum(c["strokes"] for c in state["fitted"].record["counts"].values()) > 12
+
+
+def test_train_job_errors_are_one_line():
+    from brainrt.napari._train import FeatureCache, train_job
+    from brainrt.napari._work import Source
+
+    from brainrt.napari._sample import demo_slice
+
+    src = Source(demo_slice()[0][0][:300, :300], (PX, PX), (0.0, 0.0), "crop")
+    for strokes, expected in [(np.zeros((300, 299), np.uint8), "differs from the image's"),
+                              (np.zeros((300, 300), np.uint8), "no strokes yet"),
+                              (np.full((300, 300), 9, np.uint8), r"holds codes \[9\] that are not in the class map")]:
+        with pytest.raises(brainrt_error(), match=expected):
+            _drain(train_job(src, strokes, DEMO_BUNDLE, cache=FeatureCache(), state={}, stride=32))
+
+
+def brainrt_error():
+    from brainrt.errors import BrainrtError
+
+    return BrainrtError
+
+
+@needs_display
+def test_train_areas_widget_paint_fit_refit_save(viewer, qtbot, tmp_path):
+    import brainrt
+    from brainrt.napari._widgets import TrainAreasWidget
+
+    w = _widget(TrainAreasWidget, viewer)
+    layer = w.add_strokes_layer()
+    assert layer is w.strokes.value and layer.data.shape == (768, 1152) and tuple(layer.scale) == (PX, PX)
+    truth = viewer.layers["brainrt demo truth"].data
+    layer.data = _demo_strokes(truth)  # what a user paints, in the class codes
+    _run(qtbot, w)
+    areas = viewer.layers["trained areas (brainrt demo slice)"]
+    assert "features computed" in w.status.value and w.save_button.enabled
+    sel = (truth > 0) & (areas.data > 0)
+    assert (areas.data[sel] == truth[sel]).mean() > 0.85
+    n = len(viewer.layers)
+    layer.data = np.where(layer.data > 0, layer.data, _demo_strokes(truth, 1, seed=9))  # corrections
+    _run(qtbot, w)
+    assert len(viewer.layers) == n and "features cached" in w.status.value  # layers updated, not added
+    w.save_path.value = tmp_path / "mine"
+    saved = w.save()
+    assert brainrt.Bundle.load(saved).manifest.extra["fit"]["strokes"][0]["image"] == "brainrt demo slice"
+
+
+@needs_display
+def test_train_areas_cancel_leaves_no_layer(viewer, qtbot):
+    from brainrt.napari._widgets import TrainAreasWidget
+
+    w = _widget(TrainAreasWidget, viewer, stride=4)
+    w.add_strokes_layer().data = _demo_strokes(viewer.layers["brainrt demo truth"].data)
+    n0 = len(viewer.layers)
+    worker = w.run()
+    worker.yielded.connect(lambda f: w.cancel())
+    with qtbot.waitSignal(worker.aborted, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    assert len(viewer.layers) == n0 and w.status.value == "cancelled"

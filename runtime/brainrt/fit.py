@@ -36,8 +36,8 @@ MAX_FOLDS = 5
 #: Covariance regularization of the per-area densities (standardized features; few cells per area).
 DENSITY_REG = 0.1
 
-__all__ = ["CellLabels", "Fitted", "Samples", "cell_labels", "fit_heads", "fit_samples", "samples_of_grid",
-           "stroke_samples"]
+__all__ = ["CellLabels", "Fitted", "Samples", "cell_labels", "fit_heads", "fit_samples", "fitted_of", "predict_grid",
+           "samples_of_grid", "stroke_samples", "uncertainty"]
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,17 @@ def _pairs(images, strokes):
     return list(zip(images, strokes))
 
 
+def fitted_of(samples, table, records, *, stride=16, seed=0, cv=True, feature_seconds=0.0):
+    """Fit the heads on ``samples`` and return the :class:`Fitted` with its record (``records``: one
+    :func:`brainrt.derive.stroke_record` per image / strokes pair)."""
+    heads, report = fit_samples(samples, table.names, seed=seed, cv=cv)
+    record = {"stride": stride, "seed": seed, "strokes": records, "counts": samples.counts(table.names),
+              "cells_off_tissue": samples.dropped, "cv": report,
+              "seconds": {"features": round(feature_seconds, 3), "fit": report["fit_seconds"],
+                          "cv": report["cv_seconds"]}}
+    return Fitted(heads, table, samples, record)
+
+
 def fit_heads(images, strokes, bundle, *, class_map=None, stride=16, seed=0, cv=True, **plan_kw):
     """Fit new heads on ``bundle``'s frozen features from painted strokes.
 
@@ -251,24 +262,42 @@ def fit_heads(images, strokes, bundle, *, class_map=None, stride=16, seed=0, cv=
         Names, codes and colours of the classes (see :class:`brainrt.derive.ClassTable`).
     stride : int
         Grid step of the stroke cells (the features of one cell: the patch around its centre).
+    cv : bool
+        Choose the regularization by cross-validation grouped by stroke (else ``C`` = 1).
     plan_kw
         Options of :func:`brainrt.make_plan` (tissue, threshold, pixel_size_um, standardize, ...).
 
-    Returns a :class:`Fitted`; :func:`brainrt.derive.save_bundle` writes it as a bundle.
+    Returns a :class:`Fitted`; :func:`brainrt.save_bundle` writes it as a bundle.
     """
     from .derive import ClassTable, read_pair, stroke_record
 
     table = ClassTable.resolve(class_map, bundle)
     t0, parts = time.perf_counter(), []
-    for image, stroke in _pairs(images, strokes):
+    pairs = _pairs(images, strokes)
+    for image, stroke in pairs:
         for img, lab, name in read_pair(image, stroke):
             first = sum(int(np.unique(p.groups).size) for p in parts)
             parts.append(stroke_samples(img, lab, bundle, table, stride=stride, first_id=first, source=name,
                                         **plan_kw))
-    samples = Samples.concat(parts)
-    t_feat = time.perf_counter() - t0
-    heads, report = fit_samples(samples, table.names, seed=seed, cv=cv)
-    record = {"stride": stride, "seed": seed, "strokes": [stroke_record(i, s) for i, s in _pairs(images, strokes)],
-              "counts": samples.counts(table.names), "cells_off_tissue": samples.dropped, "cv": report,
-              "seconds": {"features": round(t_feat, 3), "fit": report["fit_seconds"], "cv": report["cv_seconds"]}}
-    return Fitted(heads, table, samples, record)
+    return fitted_of(Samples.concat(parts), table, [stroke_record(i, s) for i, s in pairs], stride=stride, seed=seed,
+                     cv=cv, feature_seconds=time.perf_counter() - t0)
+
+
+def predict_grid(fitted, features, valid, *, sigma_cells=0.0, space="log"):
+    """(labels (R, C) class indices, -1 off ``valid``; probabilities (R, C, K)) of a feature grid by the fitted
+    classifier, smoothed with a Gaussian of ``sigma_cells`` grid cells as ``classify`` does."""
+    from .heads import apply_rows, per_class
+    from .smooth import smooth_probabilities
+
+    K, clf = len(fitted.table.names), fitted.heads["logreg"]
+    probs = apply_rows(features, valid, per_class(clf, clf.predict_proba, K, 0.0),
+                       np.zeros(valid.shape + (K,), np.float32))
+    if sigma_cells > 0:
+        probs = smooth_probabilities(probs, valid, sigma_cells, space=space)
+    return np.where(valid, probs.argmax(-1), -1).astype(np.int16), probs
+
+
+def uncertainty(probabilities, valid):
+    """Where a stroke would help most: 1 - (top probability - runner-up) per cell (NaN off ``valid``)."""
+    top2 = np.sort(probabilities, axis=-1)[..., -2:]
+    return np.where(valid, 1.0 - (top2[..., 1] - top2[..., 0]), np.nan).astype(np.float32)

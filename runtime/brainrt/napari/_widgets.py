@@ -207,3 +207,113 @@ class SubdivideWidget(JobWidget):
                 raise BrainrtError(f"{layer.name}: no area {area!r}; its areas are {', '.join(names)}")
             value = names.index(area) + 1
         return _work.layer_region("labels", layer.data, scale, translate, value=value, z=source.z)
+
+
+class TrainAreasWidget(JobWidget):
+    """Train areas: paint strokes in a Labels layer over the image (values = class codes), Fit, correct, refit.
+
+    The image's features are computed at the first Fit and cached (:class:`._train.FeatureCache`); each
+    refit reads the stroke cells from the cache, so the map comes back in seconds. Adds (then updates) the
+    map and an uncertainty layer (1 - margin between the two likeliest areas: paint where it is bright).
+    Save bundle writes the fitted heads as a bundle derived from the parent (as ``brainrt fit`` does).
+    """
+
+    title = "train areas"
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        from ._train import FeatureCache
+
+        self.viewer = napari_viewer  # the strokes choices list its layers
+        self.strokes = ComboBox(choices=self._labels, label="strokes")
+        self.class_map = FileEdit(mode="r", value="", filter="*.json", label="class map (JSON, optional)")
+        self.new_button = PushButton(text="New strokes layer")
+        self.save_path = FileEdit(mode="d", value="", label="bundle folder to save")
+        self.save_button = PushButton(text="Save bundle", enabled=False)
+        self.cache, self.state, self.t0 = FeatureCache(), {}, None
+        super().__init__(napari_viewer, extra=[self.strokes, self.class_map, self.new_button])
+        self.extend([self.save_path, self.save_button])
+        self.run_button.text = "Fit"
+        self.new_button.changed.connect(self.add_strokes_layer)
+        self.save_button.changed.connect(self.save)
+
+    def _labels(self, widget=None):
+        return [(layer.name, layer) for layer in self.viewer.layers
+                if isinstance(layer, Labels) and not layer.metadata.get("brainrt_names")]
+
+    def _class_map(self):
+        value = str(self.class_map.value or "").strip()
+        return None if value in ("", ".") else value
+
+    def add_strokes_layer(self):
+        """An empty strokes layer over the chosen image, its values and colours those of the class map."""
+        from ..derive import ClassTable
+        from ._train import strokes_layer
+        from ._work import load_bundle
+
+        try:
+            source, layer = self.source(), self.image.value
+            table = ClassTable.resolve(self._class_map(), load_bundle(self.bundle.value))
+            data, kw, _ = strokes_layer(source, table, f"strokes ({layer.name})", layer.data.shape)
+        except BrainrtError as exc:
+            show_error(str(exc))
+            return None
+        added = self.viewer.add_labels(data, **kw)
+        added.mode, added.brush_size, added.selected_label = "paint", 8, table.codes[0][0]
+        self.reset_choices()
+        self.strokes.value = added
+        return added
+
+    def job(self, source):
+        from ._train import train_job
+
+        layer = self.strokes.value
+        if layer is None:
+            raise BrainrtError("add a strokes layer (New strokes layer) and paint strokes on the image")
+        data = layer.data
+        strokes = np.asarray(data[source.z] if source.z is not None and np.ndim(data) == 3 else data)
+        return train_job(source, strokes, self.bundle.value, cache=self.cache, state=self.state,
+                         stride=self.stride.value, class_map=self._class_map(), strokes_name=layer.name)
+
+    def run(self):
+        import time
+
+        self.t0 = time.perf_counter()
+        return super().run()
+
+    def _finish(self, result):
+        """Update the map layers of an earlier fit in place (no pile of layers), add the new ones."""
+        import time
+
+        status, payload = result
+        if status == "ok":
+            new = []
+            for data, kwargs, kind in payload:
+                if kwargs["name"] in self.viewer.layers:
+                    self.viewer.layers[kwargs["name"]].data = data
+                else:
+                    new.append((data, kwargs, kind))
+            result = (status, new)
+        super()._finish(result)
+        if status == "ok":
+            fitted, secs = self.state["fitted"], self.state["seconds"]
+            cv = fitted.record["cv"]
+            score = f"CV {cv['balanced_accuracy'][str(cv['C'])]:.2f}" if cv["folds"] else "no CV (< 2 strokes/class)"
+            self.status.value = (f"map in {time.perf_counter() - self.t0:.1f} s "
+                                 f"({'features cached' if self.state['cached'] else 'features computed'}); {score}")
+            self.save_button.enabled = True
+
+    def save(self):
+        """Write the last fit as a derived bundle in the chosen folder."""
+        from ..derive import save_bundle
+
+        out = str(self.save_path.value or "").strip()
+        if "fitted" not in self.state or out in ("", "."):
+            show_error("fit first, then choose a folder for the bundle")
+            return None
+        try:
+            path = save_bundle(self.state["fitted"], self.state["bundle"], out)
+        except BrainrtError as exc:
+            show_error(str(exc))
+            return None
+        show_info(f"train areas: saved the bundle {path}")
+        return path

@@ -69,7 +69,7 @@ def featurize_steps(source, bundle, *, stride):
     return FeatureGrid.of_plan(plan, features, bundle.model_id, meter.close(plan.method))
 
 
-def _grid_layer(data, source, grid, name, **kw):
+def grid_layer(data, source, grid, name, **kw):
     """Image-layer kwargs of a grid-resolution map: each cell covers its stride x stride pixels exactly."""
     s = grid.stride
     scale = tuple(float(v) * s for v in source.scale)
@@ -77,14 +77,15 @@ def _grid_layer(data, source, grid, name, **kw):
     return data, dict(name=name, scale=scale, translate=translate, **kw), "image"
 
 
-def _labels_layer(cells, source, grid, name, names, **kw):
-    """Labels at full resolution (cell index + 1, 0 off the region) with a name per value and colours."""
+def labels_layer(cells, source, grid, name, names, colors=None, **kw):
+    """Labels at full resolution (cell index + 1, 0 off the region) with a name per value and colours
+    (``colors``: one per name, e.g. a class map's "#rrggbb"; default: the palette)."""
     from napari.utils.colormaps import DirectLabelColormap
 
     from ..plots import class_colors
 
     full = upsample((np.asarray(cells) + 1).astype(np.uint16), grid.stride, grid.image_shape)
-    colors = class_colors(len(names))
+    colors = class_colors(len(names), colors)
     cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
                                            **{i + 1: (*colors[i], 1.0) for i in range(len(names))}})
     features = {"index": np.arange(len(names) + 1), "name": ["none", *names]}
@@ -97,9 +98,9 @@ def area_map_job(source, bundle_path, *, stride=16, head=None, smooth=None):
     bundle = load_bundle(bundle_path)
     grid = yield from featurize_steps(source, bundle, stride=stride)
     result = api.classify(grid, bundle, head=head, smooth=smooth)
-    layers = [_labels_layer(result.labels, source, grid, source.label("areas"), result.names)]
+    layers = [labels_layer(result.labels, source, grid, source.label("areas"), result.names)]
     if result.probabilities is not None:
-        layers += [_grid_layer(result.probabilities[..., i], source, grid, source.label(f"p({n})"),
+        layers += [grid_layer(result.probabilities[..., i], source, grid, source.label(f"p({n})"),
                                colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=False)
                    for i, n in enumerate(result.names)]
     return layers
@@ -111,10 +112,10 @@ def clusters_job(source, bundle_path, *, stride=16):
     grid = yield from featurize_steps(source, bundle, stride=stride)
     clusters, loglik = api.cluster(grid, bundle)
     n = int(clusters.max()) + 1
-    layers = [_labels_layer(clusters, source, grid, source.label("clusters"), [f"cluster {i}" for i in range(n)])]
+    layers = [labels_layer(clusters, source, grid, source.label("clusters"), [f"cluster {i}" for i in range(n)])]
     finite = loglik[np.isfinite(loglik)]
     limits = (float(np.percentile(finite, 1)), float(finite.max())) if finite.size else (0.0, 1.0)
-    layers += [_grid_layer(loglik[..., i], source, grid, source.label(f"loglik({name})"), colormap="viridis",
+    layers += [grid_layer(loglik[..., i], source, grid, source.label(f"loglik({name})"), colormap="viridis",
                            contrast_limits=limits, visible=i == 0) for i, name in enumerate(bundle.class_names)]
     return layers
 
@@ -128,7 +129,7 @@ def subdivide_job(source, bundle_path, *, region, stride=16, k=4, interior=True,
         raise BrainrtError(f"{source.name}: the region holds no grid cell of the image")
     sub = api.subdivide(grid, region=cells, k=k, interior=interior)
     what = f"subdivide {area}" if region is None else "subdivide"
-    return [_labels_layer(sub, source, grid, source.label(what), [f"cluster {i}" for i in range(k)])]
+    return [labels_layer(sub, source, grid, source.label(what), [f"cluster {i}" for i in range(k)])]
 
 
 def cell_world(grid, source):

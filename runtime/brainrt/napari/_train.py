@@ -1,0 +1,110 @@
+"""The "Train areas" widget's work, without Qt: fit heads from strokes painted over an image, map the image.
+
+The image's features are computed once per (bundle, stride, image pixels) and kept in a
+:class:`FeatureCache`; a refit after painting corrections only reads the stroke cells from
+the cached grid, fits (:func:`brainrt.fit.fitted_of`) and applies the head to the cached
+grid, so it takes seconds. The job yields progress like the other jobs (:mod:`._work`)
+while it featurizes, so Cancel stops it between blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from ..derive import ClassTable, stroke_record
+from ..errors import BrainrtError
+from ..geometry import grid_shape
+from ..fit import cell_labels, fitted_of, predict_grid, samples_of_grid, uncertainty
+from ._work import grid_layer, labels_layer, featurize_steps, load_bundle
+
+
+class FeatureCache:
+    """Feature grids already computed, by (bundle folder, stride, sha256 of the image's pixels); the ``size``
+    most recent are kept (a stride-16 grid of slice309 is 8 MB)."""
+
+    def __init__(self, size=2):
+        self.size, self._grids = size, OrderedDict()
+
+    @staticmethod
+    def key(bundle_path, stride, image):
+        a = np.ascontiguousarray(image)
+        h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+        return str(bundle_path), int(stride), h.hexdigest()
+
+    def get(self, key):
+        grid = self._grids.get(key)
+        if grid is not None:
+            self._grids.move_to_end(key)
+        return grid
+
+    def put(self, key, grid):
+        self._grids[key] = grid
+        while len(self._grids) > self.size:
+            self._grids.popitem(last=False)
+
+    def nbytes(self):
+        return sum(g.features.nbytes for g in self._grids.values())
+
+
+def _smoothing(bundle, grid):
+    """The parent's default smoothing, in grid cells, and its space."""
+    sm = bundle.manifest.smoothing
+    if sm is None or sm.sigma_um <= 0:
+        return 0.0, "log"
+    return sm.sigma_um / (grid.pixel_size_um * grid.stride), sm.space
+
+
+def train_job(source, strokes, bundle_path, *, cache, state, stride=16, class_map=None, strokes_name="strokes"):
+    """Fit on the strokes (an array of the image's shape) and return the map and uncertainty layers.
+
+    ``state`` receives the ``fitted`` heads, the parent ``bundle`` and the ``seconds`` of each stage, for the
+    widget's Save and status line.
+    """
+    bundle = load_bundle(bundle_path)
+    table = ClassTable.resolve(class_map, bundle)
+    strokes = np.asarray(strokes)
+    if strokes.shape != source.image.shape:
+        raise BrainrtError(f"{strokes_name}: stroke layer of shape {strokes.shape} differs from the image's "
+                           f"{source.image.shape}")
+    cells = cell_labels(strokes, table, stride, grid_shape(strokes.shape, stride), source=strokes_name)
+    if not cells.mask.any():
+        raise BrainrtError(f"{strokes_name}: no strokes yet; paint some with the class codes as labels")
+    t0, key = time.perf_counter(), FeatureCache.key(bundle_path, stride, source.image)
+    grid, cached = cache.get(key), True
+    if grid is None:
+        grid, cached = (yield from featurize_steps(source, bundle, stride=stride)), False
+        cache.put(key, grid)
+    t1 = time.perf_counter()
+    samples = samples_of_grid(grid.features, grid.valid, cells, source=strokes_name)
+    fitted = fitted_of(samples, table, [{**stroke_record(source.image, strokes), "image": source.name}],
+                       stride=stride)
+    sigma, space = _smoothing(bundle, grid)
+    labels, probs = predict_grid(fitted, grid.features, grid.valid, sigma_cells=sigma, space=space)
+    state.update(fitted=fitted, bundle=bundle, cached=cached,
+                 seconds={"features": round(t1 - t0, 3), "fit_and_map": round(time.perf_counter() - t1, 3)})
+    doubt = uncertainty(probs, grid.valid)
+    return [labels_layer(labels, source, grid, source.label("trained areas"), list(table.names),
+                          colors=list(table.colors)),
+            grid_layer(doubt, source, grid, source.label("uncertainty"), colormap="inferno",
+                        contrast_limits=(0.0, 1.0), opacity=0.6, visible=False)]
+
+
+def strokes_layer(source, table, name, shape):
+    """An empty Labels layer of ``shape`` (the image layer's: 2D, or a stack's) for painting strokes: values
+    are the class map's codes, each in its class's colour, hovering shows the class."""
+    from napari.utils.colormaps import DirectLabelColormap
+    from matplotlib.colors import to_rgba
+
+    codes = [cs[0] for cs in table.codes]
+    cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
+                                           **{c: to_rgba(col) for c, col in zip(codes, table.colors)}})
+    features = {"index": [0, *codes], "name": ["unlabeled", *table.names]}
+    dtype = np.uint8 if max(codes) < 256 else np.uint16
+    return np.zeros(shape, dtype), dict(name=name, scale=tuple(source.scale),
+                                                     translate=tuple(source.translate), colormap=cmap,
+                                                     features=features, opacity=0.8), "labels"
