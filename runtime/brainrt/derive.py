@@ -96,7 +96,8 @@ class ClassTable:
         strokes = np.asarray(strokes)
         if strokes.dtype.kind not in "iub":
             raise file_error(source, f"stroke labels must be integer codes, got pixel type {strokes.dtype}")
-        codes = np.unique(strokes)
+        small = strokes.dtype.kind == "u" and strokes.dtype.itemsize <= 2  # counting beats sorting 8 M pixels
+        codes = np.flatnonzero(np.bincount(strokes.ravel())) if small else np.unique(strokes)
         lut = {c: -1 for c in self.unlabeled + self.ignore}
         lut.update({c: i for i, cs in enumerate(self.codes) for c in cs})
         unknown = [int(c) for c in codes if int(c) not in lut]
@@ -108,7 +109,7 @@ class ClassTable:
         for c, i in lut.items():
             if c < table.size:
                 table[c] = i
-        return table[strokes.astype(np.int64)]
+        return table[strokes if small else strokes.astype(np.int64)]
 
     def specs(self):
         """The manifest's classes (:class:`~brainrt.manifest.ClassSpec`, with their colours)."""

@@ -55,31 +55,42 @@ class CellLabels:
         return self.classes >= 0
 
 
-def cell_labels(strokes, table, stride, grid_shape, *, source="strokes", first_id=0):
-    """:class:`CellLabels` of a stroke image (codes of ``table``, a :class:`~brainrt.derive.ClassTable`)."""
+def _stroke_pixels(strokes, table, source):
+    """(rows, cols, class index, stroke number from 1) of every stroke pixel; one stroke is a connected
+    component (8-neighbours) of one class. Works on the strokes' bounding box only."""
     from scipy.ndimage import label
 
-    idx = table.class_index(strokes, source=source)
-    comp = np.zeros(idx.shape, np.int64)
-    n = 0
-    for k in np.unique(idx[idx >= 0]):
-        lab, m = label(idx == k, structure=np.ones((3, 3), bool))
-        comp[lab > 0] = lab[lab > 0] + n
-        n += m
+    strokes = np.asarray(strokes)
+    rows, cols = np.flatnonzero(strokes.any(axis=1)), np.flatnonzero(strokes.any(axis=0))
+    if not rows.size:
+        table.class_index(strokes[:1, :1], source=source)  # the pixel type is checked all the same
+        return (np.zeros(0, np.int64),) * 4
+    r0, c0 = rows[0], cols[0]
+    idx = table.class_index(strokes[r0 : rows[-1] + 1, c0 : cols[-1] + 1], source=source)
+    lab, _ = label(idx >= 0, structure=np.ones((3, 3), bool))
+    ys, xs = np.nonzero(lab)
+    k = idx[ys, xs].astype(np.int64)
+    _, comp = np.unique(lab[ys, xs] * len(table.names) + k, return_inverse=True)  # touching classes split
+    return ys + r0, xs + c0, k, comp.ravel() + 1
+
+
+def cell_labels(strokes, table, stride, grid_shape, *, source="strokes", first_id=0):
+    """:class:`CellLabels` of a stroke image (codes of ``table``, a :class:`~brainrt.derive.ClassTable`)."""
+    ys, xs, k, comp = _stroke_pixels(strokes, table, source)
     R, C = grid_shape
-    pixels = np.bincount(idx[idx >= 0], minlength=len(table.names))
+    n = int(comp.max()) if comp.size else 0
+    pixels = np.bincount(k, minlength=len(table.names))
     if n == 0:
         return CellLabels(np.full((R, C), -1, np.int16), np.full((R, C), -1, np.int64), 0, pixels)
-    ys, xs = np.nonzero(comp)
     cell = (ys // stride) * C + xs // stride
-    keys, counts = np.unique(cell * (n + 1) + comp[ys, xs], return_counts=True)
+    keys, counts = np.unique(cell * (n + 1) + comp, return_counts=True)
     cells, comps = keys // (n + 1), keys % (n + 1)
     order = np.lexsort((-counts, cells))  # per cell, the stroke covering most of it first
     first = order[np.r_[True, cells[order][1:] != cells[order][:-1]]]
     stroke_of = np.full(R * C, -1, np.int64)
     stroke_of[cells[first]] = comps[first]
     class_of_comp = np.full(n + 1, -1, np.int64)
-    class_of_comp[comp[ys, xs]] = idx[ys, xs]
+    class_of_comp[comp] = k
     classes = np.where(stroke_of > 0, class_of_comp[np.maximum(stroke_of, 0)], -1).reshape(R, C)
     ids = np.where(stroke_of > 0, stroke_of - 1 + first_id, -1).reshape(R, C)
     return CellLabels(classes.astype(np.int16), ids, n, pixels)
