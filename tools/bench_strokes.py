@@ -203,7 +203,7 @@ def timing(args, bundle, codes, test, out_dir):
     strokes = draw(codes, 4, 0, allowed, SIX)
     cache, state, res = FeatureCache(), {}, {}
     for label in ("first_fit", "refit_cached"):
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         job = train_job(Source(image, (1.17, 1.17), (0.0, 0.0), "slice309"), strokes, args.model, cache=cache,
                         state=state)
         try:
@@ -211,7 +211,8 @@ def timing(args, bundle, codes, test, out_dir):
                 next(job)
         except StopIteration:
             pass
-        res[label] = {"seconds": round(time.perf_counter() - t, 2), **state["seconds"]}
+        res[label] = {"seconds": round(time.perf_counter() - t, 2), "cpu_seconds": round(time.process_time() - cpu, 2),
+                      **state["seconds"]}
     res["cached_feature_bytes_per_pixel"] = cache.nbytes() / image.size
     res["cli"] = cli_fit_classify(args, bundle, image, strokes, codes, out_dir)
     return res
@@ -258,9 +259,10 @@ def plot(rows, path):
     styles = {"brainrt_smoothed": ("brainrt heads, smoothed", "C0", "-"), "brainrt_raw": ("brainrt heads, raw", "C0",
                                                                                        "--"),
               "skimage_rf": ("scikit-image features + RF", "C3", "-")}
-    for ax, metric in zip(axes, ("pixel_accuracy", "macro_f1")):
+    for ax, split in zip(axes, ("test", "labeled")):
+        metric = "pixel_accuracy"
         for key, (label, color, ls) in styles.items():
-            s = summarize(rows, key, "test", metric)
+            s = summarize(rows, key, split, metric)
             if not s:
                 continue
             n = np.array(list(s))
@@ -271,7 +273,7 @@ def plot(rows, path):
         ax.set_xticks(sorted({r["strokes_per_area"] for r in rows}), [str(v) for v in
                                                                       sorted({r["strokes_per_area"] for r in rows})])
         ax.set_xlabel("strokes per area (150 px each, 6 areas)")
-        ax.set_ylabel(metric.replace("_", " ") + " (test footprints)")
+        ax.set_ylabel("pixel accuracy, " + ("test footprints" if split == "test" else "whole labeled region"))
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)
@@ -316,15 +318,29 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-skimage", action="store_true")
+    ap.add_argument("--timing-only", action="store_true", help="Only the timings (into timing.json).")
+    ap.add_argument("--replot", action="store_true", help="Only redraw the plot and tables from results.json.")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        res = json.loads((out / "results.json").read_text())
+        plot(res["rows"], out / "label_efficiency.png")
+        return (out / "tables.md").write_text("\n".join(markdown(res)) + "\n")
     import brainrt
 
     bundle, sl, test, codes = setup(args)
+    if args.timing_only:
+        load = os.getloadavg()[0]
+        res = {"load_average_start": load, **timing(args, bundle, codes, test, out),
+               "load_average_end": os.getloadavg()[0]}
+        (out / "timing.json").write_text(json.dumps(res, indent=1) + "\n")
+        return print(json.dumps(res, indent=1))
     t = time.perf_counter()
     grid = brainrt.featurize(args.image, bundle, stride=16)
-    res = {"command": "python tools/bench_strokes.py " + " ".join(argv or []), "seeds": args.seeds,
+    import sys
+
+    res = {"command": "python tools/bench_strokes.py " + " ".join(sys.argv[1:] if argv is None else argv), "seeds": args.seeds,
            "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start",
            "featurize_seconds": round(time.perf_counter() - t, 1)}
     feats, secs = (None, 0.0) if args.no_skimage else skimage_features(sl.image)
