@@ -308,39 +308,14 @@ def markdown(res):
     return L
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="models/slice309-paper6")
-    ap.add_argument("--image", default="../shared/data/slice309.tif")
-    ap.add_argument("--mask", default="../shared/data/slice309_areas.tif")
-    ap.add_argument("-o", "--out", default="docs/strokes")
-    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-skimage", action="store_true")
-    ap.add_argument("--timing-only", action="store_true", help="Only the timings (into timing.json).")
-    ap.add_argument("--replot", action="store_true", help="Only redraw the plot and tables from results.json.")
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.replot:
-        res = json.loads((out / "results.json").read_text())
-        plot(res["rows"], out / "label_efficiency.png")
-        return (out / "tables.md").write_text("\n".join(markdown(res)) + "\n")
+def full_run(args, out, command):
+    """Every measurement: label efficiency, the new area, timings, memory; results.json, the plot, tables.md."""
     import brainrt
 
     bundle, sl, test, codes = setup(args)
-    if args.timing_only:
-        load = os.getloadavg()[0]
-        res = {"load_average_start": load, **timing(args, bundle, codes, test, out),
-               "load_average_end": os.getloadavg()[0]}
-        (out / "timing.json").write_text(json.dumps(res, indent=1) + "\n")
-        return print(json.dumps(res, indent=1))
     t = time.perf_counter()
     grid = brainrt.featurize(args.image, bundle, stride=16)
-    import sys
-
-    res = {"command": "python tools/bench_strokes.py " + " ".join(sys.argv[1:] if argv is None else argv), "seeds": args.seeds,
+    res = {"command": command, "seeds": args.seeds,
            "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the start",
            "featurize_seconds": round(time.perf_counter() - t, 1)}
     feats, secs = (None, 0.0) if args.no_skimage else skimage_features(sl.image)
@@ -358,6 +333,42 @@ def main(argv=None):
     plot(res["rows"], out / "label_efficiency.png")
     (out / "tables.md").write_text("\n".join(markdown(res)) + "\n")
     print(json.dumps({k: res[k] for k in ("memory", "timing")}, indent=1))
+
+
+def timing_run(args, out):
+    """Only the timings, into timing.json."""
+    bundle, _, test, codes = setup(args)
+    res = {"load_average_start": os.getloadavg()[0], **timing(args, bundle, codes, test, out),
+           "load_average_end": os.getloadavg()[0]}
+    (out / "timing.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(json.dumps(res, indent=1))
+
+
+def main(argv=None):
+    import sys
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="models/slice309-paper6")
+    ap.add_argument("--image", default="../shared/data/slice309.tif")
+    ap.add_argument("--mask", default="../shared/data/slice309_areas.tif")
+    ap.add_argument("-o", "--out", default="docs/strokes")
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-skimage", action="store_true")
+    ap.add_argument("--timing-only", action="store_true", help="Only the timings (into timing.json).")
+    ap.add_argument("--replot", action="store_true", help="Only redraw the plot and tables from results.json.")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        res = json.loads((out / "results.json").read_text())
+        plot(res["rows"], out / "label_efficiency.png")
+        (out / "tables.md").write_text("\n".join(markdown(res)) + "\n")
+    elif args.timing_only:
+        timing_run(args, out)
+    else:
+        full_run(args, out, "python tools/bench_strokes.py " + " ".join(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
