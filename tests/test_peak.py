@@ -26,3 +26,13 @@ def test_peaks_take_the_best_candidate_and_say_what_ran_it():
     assert "MatMul (float32)" in fp32["candidates"][0]["how"] and "kernel" in fp32["candidates"][1]["how"]
     assert fp32["peak"] == max(c["rate"] for c in fp32["candidates"]) > 0
     assert "MatMulInteger" in int8["how"] and int8["peak"] > 0
+
+
+def test_median_peaks_take_each_candidates_median_then_the_best():
+    def run(a, b, c):
+        return {"fp32": {"candidates": [{"rate": a, "how": "ort"}, {"rate": b, "how": "numpy"}]},
+                "int8": {"candidates": [{"rate": c, "how": "ort int8"}]}}
+
+    got = peak.median_peaks([run(1.0, 5.0, 7.0), run(3.0, 1.0, 9.0), run(9.0, 2.0, 8.0)])
+    assert [c["rate"] for c in got["fp32"]["candidates"]] == [3.0, 2.0]
+    assert (got["fp32"]["peak"], got["fp32"]["how"]) == (3.0, "ort") and got["int8"]["peak"] == 8.0

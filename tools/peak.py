@@ -141,6 +141,18 @@ def peaks(threads, n=N, repeats=5):
     return out
 
 
+def median_peaks(runs):
+    """Several :func:`peaks` results (e.g. one per benchmark repeat, interleaved with the timed work so both see
+    the same load) as one: each candidate's median rate, the peak the best of those medians."""
+    out = {}
+    for name in runs[0]:
+        cands = [dict(c, rate=statistics.median(r[name]["candidates"][i]["rate"] for r in runs))
+                 for i, c in enumerate(runs[0][name]["candidates"])]
+        best = max(cands, key=lambda c: c["rate"])
+        out[name] = {"peak": best["rate"], "how": best["how"], "candidates": cands}
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
