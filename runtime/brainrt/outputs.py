@@ -57,6 +57,11 @@ def write_features(path, blocks, *, valid, n_features, attrs):
     return zarr.open_group(str(path), mode="r")["features"]
 
 
+def label_key(names, codes):
+    """The class names of a label map, by code ("areas: 1 Ctx, 2 Str, ..., 255 off tissue"), as its channel name."""
+    return "areas: " + ", ".join(f"{c} {n}" for c, n in zip(codes, names)) + f", {OFF_TISSUE} off tissue"
+
+
 def write_classification(out, result, *, image=None, metrics=None):
     """Label map (full resolution, mask codes), probabilities (grid resolution), overlay
     PNG and, with ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG.
@@ -65,7 +70,8 @@ def write_classification(out, result, *, image=None, metrics=None):
 
     grid = result.grid
     px = grid.pixel_size_um
-    write_ome_tiff(out, upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px)
+    write_ome_tiff(out, upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px,
+                   channel_names=[label_key(result.names, result.codes)])
     written = [str(out)]
     if result.probabilities is not None:
         p = _sibling(out, ".probabilities.ome.tif")

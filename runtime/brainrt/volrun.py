@@ -283,6 +283,21 @@ def _attrs(vplan):
                         "image_shape": list(vplan.source.shape[1:]), "class_names": list(vplan.class_names)}}
 
 
+def _name_and_centre(root, class_names, half):
+    """The probability image's channels named by class (omero) and shifted by half a grid cell (top-level
+    translation after each level's scale: napari-ome-zarr applies one top-level transform)."""
+    ome = dict(root.attrs["ome"]) if "ome" in root.attrs else None
+    omero = {"channels": [{"label": n, "active": True, "window": {"start": 0, "end": 1, "min": 0, "max": 1}}
+                          for n in class_names]}
+    shift = [{"type": "translation", "translation": [0, 0, half, half]}]
+    if ome is not None:
+        ome["multiscales"] = [{**ome["multiscales"][0], "coordinateTransformations": shift}]
+        root.attrs.update({"ome": {**ome, "omero": omero}})
+    else:
+        root.attrs.update({"omero": omero, "multiscales": [{**root.attrs["multiscales"][0],
+                                                            "coordinateTransformations": shift}]})
+
+
 def _ome_metadata(vplan, root):
     """Probabilities (c, z, y, x) at grid resolution as the image, the area labels (z, y, x) with a pyramid."""
     from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
@@ -292,12 +307,12 @@ def _ome_metadata(vplan, root):
 
     px, dz, s = vplan.pixel_size_um, vplan.z_spacing_um, vplan.stride
     um = "micrometer"
+    half = (s - 1) / 2 * px  # cell (i, j) covers pixels i*s .. i*s + s - 1: its value sits at their centre
     write_multiscales_metadata(
         root, [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, dz, px * s, px * s]}]}],
         axes=[{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": um} for a in "zyx"],
-        name="probabilities", omero={"channels": [{"label": n, "active": True, "window": {"start": 0, "end": 1,
-                                                                                        "min": 0, "max": 1}}
-                                                  for n in vplan.class_names]})
+        name="probabilities")
+    _name_and_centre(root, vplan.class_names, half)
     root.attrs.update(_attrs(vplan))
     h, w = vplan.source.shape[1:]
     Z = len(vplan.zs)
