@@ -167,17 +167,29 @@ class DenseGraphs(_Part):
 @dataclass(frozen=True)
 class Context(_Part):
     """The context branch: the network also reads a ``footprint`` px field around each
-    patch (same centre), averaged ``factor`` x ``factor``."""
+    patch (same centre), averaged ``factor`` x ``factor``. With several scales (``scales``,
+    ascending, e.g. 4 and 16) each factor ``k`` is the ``k * patch`` field averaged
+    ``k x k``; ``factor`` is the largest and the footprint its field. Bundles with one
+    scale do not write ``scales``."""
 
     factor: int
     footprint: int
+    scales: tuple | None = None
     extra: dict = field(default_factory=dict)
 
     _where = "manifest context"
 
     @classmethod
     def _coerce(cls, k):
-        return {"factor": int(k["factor"]), "footprint": int(k["footprint"])}
+        scales = {"scales": tuple(int(f) for f in k["scales"])} if k.get("scales") else {}
+        if scales and max(scales["scales"]) != int(k["factor"]):
+            raise BrainrtError(f"manifest context: factor {k['factor']} is not the largest of scales {k['scales']}")
+        return {"factor": int(k["factor"]), "footprint": int(k["footprint"]), **scales}
+
+    @property
+    def factors(self) -> tuple:
+        """Every context factor, ascending (one-scale bundles: ``(factor,)``)."""
+        return self.scales or (self.factor,)
 
 
 @dataclass(frozen=True)

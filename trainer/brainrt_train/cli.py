@@ -12,6 +12,17 @@ from brainrt.cli import one_line_errors
 from brainrt.errors import BrainrtError
 
 
+def _context_scales(text):
+    """``"0"`` -> 0, ``"4"`` -> 4, ``"4,16"`` -> (4, 16); anything else is a one-line error."""
+    try:
+        scales = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        scales = None
+    if not scales or any(k != 0 and (k < 2 or k & (k - 1)) for k in scales) or (0 in scales and len(scales) > 1):
+        raise BrainrtError(f"--context: expected 0 or comma-separated powers of two >= 2 (4 or 4,16), got {text!r}")
+    return scales[0] if len(scales) == 1 else scales
+
+
 @click.command("train-and-export")
 @click.option("--image", "images", multiple=True, required=True, type=click.Path(), help="Image TIFF (repeat for several slices).")
 @click.option("--mask", "masks", multiple=True, required=True, type=click.Path(), help="Label-mask TIFF, one per --image.")
@@ -30,8 +41,9 @@ from brainrt.errors import BrainrtError
 @click.option("-k", "--clusters", "k", default=4, show_default=True, help="KMeans clusters of the pca_kmeans head.")
 @click.option("--gap", type=int, default=None, help="Min. pixels between training and evaluation patches (default: one patch).")
 @click.option("--z", type=int, default=None, help="Slice index in 3D stacks.")
-@click.option("--context", type=click.Choice(["0", "4"]), default="0", show_default=True,
-              help="4: add the context branch (the 4x wider field, pooled to the patch size); 0: the paper's network.")
+@click.option("--context", default="0", show_default=True,
+              help="Context scales: 4 adds the context branch (the 4x wider field, pooled to the patch size); "
+                   "4,16 adds a second, 16x wider field with its own branch; 0: the paper's network.")
 @click.option("--layout", type=click.Choice(["rows", "interior"]), default="rows", show_default=True,
               help="Split bands per class (see brainrt_train.data.split_regions).")
 @click.option("--redraw/--no-redraw", default=False, show_default=True, help="Draw fresh training positions every epoch.")
@@ -46,7 +58,7 @@ def train_and_export_cmd(images, masks, class_map, out, **kw):
         raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
     from .pipeline import train_and_export
 
-    kw["context"] = int(kw["context"])
+    kw["context"] = _context_scales(kw["context"])
     m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, **kw)
     click.echo(f"wrote {out}: CNN test accuracy {m.test_accuracy('cnn'):.3f}, "
                f"logreg {m.test_accuracy('logreg') or float('nan'):.3f}")

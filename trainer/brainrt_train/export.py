@@ -25,6 +25,7 @@ def export_features(model, path, *, patch_size, n_check=256, seed=0):
 
     plain = PlainCNN(model).eval()
     fp = plain.footprint
+    n_check = max(8, min(n_check, n_check * 512**2 // fp**2))  # a 2048 px footprint is 16 MB
     dummy = torch.zeros(2, 1, fp, fp)
     torch.onnx.export(plain, dummy, str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                       dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
@@ -33,11 +34,11 @@ def export_features(model, path, *, patch_size, n_check=256, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n_check, 1, fp, fp)).astype(np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = np.concatenate([sess.run(None, {INPUT_NAME: x[i : i + 64]})[0] for i in range(0, n_check, 64)])
+    got = np.concatenate([sess.run(None, {INPUT_NAME: x[i : i + 8]})[0] for i in range(0, n_check, 8)])
     with torch.no_grad():
         ref_plain = plain(torch.from_numpy(x)).numpy()
-        parts = [p for p in plain.split(torch.from_numpy(x)) if p is not None]
-        ref_trained = model.eval().features(torch.cat(parts, 1)).numpy()
+        patch, pooled = plain.split(torch.from_numpy(x))
+        ref_trained = model.eval().features(torch.cat([patch, *pooled], 1)).numpy()
     diff = float(np.abs(got - ref_plain).max())
     fold = float(np.abs(ref_plain - ref_trained).max())
     if diff > 1e-4 or fold > 1e-4:

@@ -12,6 +12,11 @@ averaged 4 x 4 down to ``P`` px, through a second, narrower conv stack
 stays 64 wide. Training feeds ``(N, 2, P, P)``: channel 0 the patch, channel 1 the
 pooled context. The exported graphs take the raw ``(N, 1, 4P, 4P)`` footprint and do
 the crop and the pooling themselves, so trainer and runtime share one definition.
+
+Several context scales (``context=(4, 16)``): each factor ``k`` is the ``k * P`` field
+averaged ``k x k`` to ``P`` px, through its own :data:`CTX_SPEC` stack, all joined before
+FC1 (input channel ``1 + i`` holds scale ``i``, ascending). The footprint is the widest
+field. ``context=4`` is the one-scale case, unchanged (its stack keeps the name ``ctx_conv``).
 """
 
 from __future__ import annotations
@@ -35,24 +40,43 @@ def _conv_stack(spec):
     return nn.Sequential(*layers)
 
 
-def footprint_size(patch_size: int, context: int = 0) -> int:
-    """Side of the pixels one position reads: the patch, or its ``context``-times wider field."""
-    return patch_size * context if context else patch_size
+def context_scales(context) -> tuple:
+    """The context factors as an ascending tuple: ``0``/``None`` -> ``()``, ``4`` -> ``(4,)``, ``(16, 4)`` -> ``(4, 16)``."""
+    if not context:
+        return ()
+    scales = (int(context),) if isinstance(context, (int, float)) else tuple(sorted({int(k) for k in context}))
+    for k in scales:
+        if k < 2 or k & (k - 1):
+            raise ValueError(f"context factors must be powers of two >= 2, got {k}")
+    return scales
+
+
+def footprint_size(patch_size: int, context=0) -> int:
+    """Side of the pixels one position reads: the patch, or its widest context field."""
+    scales = context_scales(context)
+    return patch_size * scales[-1] if scales else patch_size
+
+
+def _ctx_name(i):
+    return "ctx_conv" if i == 0 else f"ctx_conv{i}"
 
 
 class PaperCNN(nn.Module):
     """Paper network on ``(N, 1, P, P)`` patches; evaluates the centred window only."""
 
-    def __init__(self, n_classes: int, *, patch_size: int = 128, dropout: float = 0.5, context: int = 0):
+    def __init__(self, n_classes: int, *, patch_size: int = 128, dropout: float = 0.5, context=0):
         super().__init__()
         self.patch_size = patch_size
-        self.context = int(context)
+        self.context = context_scales(context)
         self.window = window_size(patch_size)
         self.offset = window_offset(patch_size)
         self.conv = _conv_stack(CONV_SPEC)
-        self.ctx_conv = _conv_stack(CTX_SPEC) if self.context else None
+        if not self.context:
+            self.ctx_conv = None
+        for i in range(len(self.context)):
+            self.add_module(_ctx_name(i), _conv_stack(CTX_SPEC))
         m = final_map_size(patch_size)
-        n_in = CONV_SPEC[-1][1] * m * m + (CTX_SPEC[-1][1] * m * m if self.context else 0)
+        n_in = CONV_SPEC[-1][1] * m * m + CTX_SPEC[-1][1] * m * m * len(self.context)
         self.fc1 = nn.Linear(n_in, FC_SIZES[0])
         self.bn1 = nn.BatchNorm1d(FC_SIZES[0])
         self.drop = nn.Dropout(dropout)
@@ -64,11 +88,14 @@ class PaperCNN(nn.Module):
         o, w = self.offset, self.window
         return x[:, :, o : o + w, o : o + w]
 
+    def ctx_stacks(self):
+        return [getattr(self, _ctx_name(i)) for i in range(len(self.context))]
+
     def features(self, x):
-        """Activations of the last hidden layer, ``(N, 64)``; ``x`` is ``(N, 1 or 2, P, P)``."""
-        h = self.conv(self.crop(x[:, :1])).flatten(1)
-        if self.context:
-            h = torch.cat([h, self.ctx_conv(self.crop(x[:, 1:2])).flatten(1)], 1)
+        """Activations of the last hidden layer, ``(N, 64)``; ``x`` is ``(N, 1 + n_scales, P, P)``."""
+        h = [self.conv(self.crop(x[:, :1])).flatten(1)]
+        h += [stack(self.crop(x[:, i + 1 : i + 2])).flatten(1) for i, stack in enumerate(self.ctx_stacks())]
+        h = torch.cat(h, 1) if len(h) > 1 else h[0]
         h = self.drop(torch.relu(self.bn1(self.fc1(h))))
         return torch.relu(self.bn2(self.fc2(h)))
 
@@ -113,7 +140,8 @@ class PlainCNN(nn.Module):
         self.footprint = footprint_size(self.patch_size, self.context)
         with torch.no_grad():
             self.convs = _fold_stack(trained.conv)
-            self.ctx_convs = _fold_stack(trained.ctx_conv) if self.context else None
+            stacks = [_fold_stack(st) for st in trained.ctx_stacks()]
+            self.ctx_convs = stacks[0] if len(stacks) == 1 else (nn.ModuleList(stacks) if stacks else None)
             self.fc1 = nn.Linear(trained.fc1.in_features, trained.fc1.out_features)
             self.fc2 = nn.Linear(trained.fc2.in_features, trained.fc2.out_features)
             for new, old, bn in ((self.fc1, trained.fc1, trained.bn1), (self.fc2, trained.fc2, trained.bn2)):
@@ -122,28 +150,47 @@ class PlainCNN(nn.Module):
             self.head = nn.Linear(trained.out.in_features, trained.out.out_features)
             self.head.load_state_dict(trained.out.state_dict())
             if self.context:  # FC1 by branch: the main half's bytes equal the dense graphs' (stored once)
-                n = self.fc1.in_features - CTX_SPEC[-1][1] * final_map_size(self.patch_size) ** 2
+                c = CTX_SPEC[-1][1] * final_map_size(self.patch_size) ** 2
+                n = self.fc1.in_features - c * len(self.context)
                 self.fc1_main = nn.Linear(n, self.fc1.out_features)
                 self.fc1_main.weight.copy_(self.fc1.weight[:, :n]), self.fc1_main.bias.copy_(self.fc1.bias)
-                self.fc1_ctx = nn.Linear(self.fc1.in_features - n, self.fc1.out_features, bias=False)
-                self.fc1_ctx.weight.copy_(self.fc1.weight[:, n:])
+                parts = []
+                for i in range(len(self.context)):
+                    part = nn.Linear(c, self.fc1.out_features, bias=False)
+                    part.weight.copy_(self.fc1.weight[:, n + i * c : n + (i + 1) * c])
+                    parts.append(part)
+                self.fc1_ctx = parts[0] if len(parts) == 1 else nn.ModuleList(parts)
         self.eval()
 
-    def split(self, x):
-        """Footprint ``(N, 1, F, F)`` -> the patch and the pooled context, each ``(N, 1, P, P)``."""
+    def ctx_parts(self):
+        """``[(factor, folded conv stack, FC1 slice)]``, one per context scale."""
         if not self.context:
-            return x, None
-        a = (self.footprint - self.patch_size) // 2
-        return x[:, :, a : a + self.patch_size, a : a + self.patch_size], F.avg_pool2d(x, self.context)
+            return []
+        if len(self.context) == 1:
+            return [(self.context[0], self.ctx_convs, self.fc1_ctx)]
+        return list(zip(self.context, self.ctx_convs, self.fc1_ctx))
+
+    def split(self, x):
+        """Footprint ``(N, 1, F, F)`` -> the patch ``(N, 1, P, P)`` and the pooled fields, one per scale."""
+        P, F_ = self.patch_size, self.footprint
+        a = (F_ - P) // 2
+        pooled = []
+        for k in self.context:
+            b = (F_ - k * P) // 2
+            field = x[:, :, b : b + k * P, b : b + k * P] if b else x
+            pooled.append(F.avg_pool2d(field, k))
+        return x[:, :, a : a + P, a : a + P], pooled
 
     def forward(self, x):
         """Features of footprints ``(N, 1, F, F)`` (F = P without context)."""
         o, w = self.offset, self.window
-        patch, ctx = self.split(x)
+        patch, pooled = self.split(x)
         h = _run_stack(self.convs, patch[:, :, o : o + w, o : o + w]).flatten(1)
         if self.context:
-            hc = _run_stack(self.ctx_convs, ctx[:, :, o : o + w, o : o + w]).flatten(1)
-            h = torch.relu(self.fc1_main(h) + self.fc1_ctx(hc))
+            h = self.fc1_main(h)
+            for (_, convs, fc), ctx in zip(self.ctx_parts(), pooled):
+                h = h + fc(_run_stack(convs, ctx[:, :, o : o + w, o : o + w]).flatten(1))
+            h = torch.relu(h)
         else:
             h = torch.relu(self.fc1(h))
         return torch.relu(self.fc2(h))
@@ -173,16 +220,17 @@ def _run_dense(convs, plan, x):
     return x
 
 
-def dense_geometry(patch_size: int, context: int = 0):
+def dense_geometry(patch_size: int, context=0):
     """``(window, offset)``: the pixels one output reads, and where they start in the footprint.
 
     Without context this is the patch's centred window (118 at offset 5 for 128 px). With
-    context the pooled context's window is the widest reach (``context * 118`` px).
+    context the widest pooled field's window is the widest reach (``k * 118`` px, k the largest factor).
     """
     w, o = window_size(patch_size), window_offset(patch_size)
-    if not context:
+    scales = context_scales(context)
+    if not scales:
         return w, o
-    return context * w, context * o
+    return scales[-1] * w, scales[-1] * o
 
 
 class DenseCNN(nn.Module):
@@ -193,8 +241,8 @@ class DenseCNN(nn.Module):
     its top-left pixel at ``(i * s, j * s)``, and ``H' = (H - window) // s + 1``. For
     output stride ``s = 2**t`` (1, 2, 4, 8, 16) the first ``t`` stride-2 steps keep their
     stride; the others run at stride 1 and every later layer is dilated ("a trous"), so
-    each output is computed once, exactly. The context branch's 4 x 4 average pool counts
-    as two such steps.
+    each output is computed once, exactly. A context branch's k x k average pool counts
+    as log2(k) such steps. Each branch reads its own field, centred in the dense window.
     """
 
     def __init__(self, plain: PlainCNN, *, stride: int = 1):
@@ -212,26 +260,30 @@ class DenseCNN(nn.Module):
         self.fc1_b = nn.Parameter(plain.fc1.bias.detach()[:, None, None].clone(), requires_grad=False)
         self.fc2_w = nn.Parameter(plain.fc2.weight.detach()[:, :, None, None].clone(), requires_grad=False)
         self.fc2_b = nn.Parameter(plain.fc2.bias.detach().clone(), requires_grad=False)
-        self.shift = 0
-        if self.context:
-            k = plain.context
-            self.pool_stride = min(stride, k)
-            self.ctx_convs = plain.ctx_convs
-            self.ctx_plan = _atrous_plan(len(self.ctx_convs), t - (self.pool_stride.bit_length() - 1),
-                                         k // self.pool_stride)
-            cc = plain.ctx_convs[-1].out_channels
-            self.fc1c_w = nn.Parameter(w1[:, c * m * m :].reshape(-1, cc, m, m).clone(), requires_grad=False)
-            # the patch's window sits this far inside the dense window, on every side
-            self.shift = (plain.footprint - plain.patch_size) // 2 + plain.offset - k * plain.offset
+        kmax = plain.context[-1] if plain.context else 1
+        # each branch's window sits this far inside the dense window, on every side
+        self.shift = (kmax - 1) * (plain.patch_size // 2 - plain.offset)
+        self.branches = []
+        start = c * m * m
+        for i, (k, convs, _) in enumerate(plain.ctx_parts()):
+            ps = min(stride, k)
+            cc = convs[-1].out_channels
+            w = nn.Parameter(w1[:, start : start + cc * m * m].reshape(-1, cc, m, m).clone(), requires_grad=False)
+            start += cc * m * m
+            name = "ctx_convs" if i == 0 else f"ctx_convs{i}"
+            self.add_module(name, convs)
+            self.register_parameter("fc1c_w" if i == 0 else f"fc1c{i}_w", w)
+            self.branches.append((k, ps, (kmax - k) * (plain.patch_size // 2 - plain.offset), convs,
+                                  _atrous_plan(len(convs), t - (ps.bit_length() - 1), k // ps), w))
         self.eval()
 
     def forward(self, x):
         a = self.shift
         main = x[:, :, a:-a, a:-a] if a else x
         y = F.conv2d(_run_dense(self.convs, self.main_plan, main), self.fc1_w, dilation=self.main_plan[2])
-        if self.context:
-            ctx = F.avg_pool2d(x, self.context, stride=self.pool_stride)
-            ctx = _run_dense(self.ctx_convs, self.ctx_plan, ctx)
-            y = y + F.conv2d(ctx, self.fc1c_w, dilation=self.ctx_plan[2])
+        for k, ps, b, convs, plan, w in self.branches:
+            ctx = F.avg_pool2d(x[:, :, b:-b, b:-b] if b else x, k, stride=ps)
+            ctx = _run_dense(convs, plan, ctx)
+            y = y + F.conv2d(ctx, w, dilation=plan[2])
         y = torch.relu(y + self.fc1_b)
         return torch.relu(F.conv2d(y, self.fc2_w, self.fc2_b))

@@ -26,8 +26,8 @@ def to_unit(patches, dtype_max):
 BORDER_P = 0.6
 
 
-def tissue_edge(ctx, gen, p=BORDER_P):
-    """Cut the pooled context ``ctx`` (N, 1, S, S) along a random line: beyond it, background.
+def tissue_edge(ctx, gen, p=BORDER_P, ratios=None):
+    """Cut the pooled context ``ctx`` (N, C, S, S) along a random line: beyond it, background.
 
     On slice309 every training patch of WM and HypoTh has the tissue's border (black
     background) in its 512 px context and no VP or ZI patch does, so an unaugmented
@@ -37,21 +37,37 @@ def tissue_edge(ctx, gen, p=BORDER_P):
     the patch (never across the patch, the central ``S / 4``) makes the cue useless.
     The background is a dark constant (0..0.08 of full scale, like slice309's
     outside); the gray-level jitter that follows treats it like the rest.
+
+    Several context scales: channel ``c`` holds a field ``ratios[c]`` times wider than
+    channel 0's (1, 4 for 512 + 2048 px). One line cuts them all where a real border
+    would lie; its distance is drawn as for one scale, inside the frame of a channel
+    picked at random (so the 512 px field still sees a border in about half the cuts).
     """
-    n, _, s, _ = ctx.shape
+    n, nc, s, _ = ctx.shape
+    ratios = ratios or (1,) * nc
     hit = torch.rand(n, generator=gen) < p
     if not bool(hit.any()):
         return ctx
     theta = torch.rand(n, generator=gen) * (2 * math.pi)
     cos, sin = theta.cos(), theta.sin()
-    inner = s / 8 * math.sqrt(2) + 1  # the patch's corner, plus a pixel
+    inner = s / 8 * math.sqrt(2) + 1  # the patch's corner, plus a pixel (in the first field's pixels)
     reach = (s - 1) / 2 * (cos.abs() + sin.abs())  # the frame's farthest point along theta
-    dist = inner + torch.rand(n, generator=gen) ** 2 * (reach - inner - 2)  # near the patch more often: big cuts
+    u = torch.rand(n, generator=gen) ** 2  # near the patch more often: big cuts
     level = torch.rand(n, generator=gen) * 0.08
+    ratio = torch.tensor(ratios, dtype=ctx.dtype)
+    if nc > 1:  # the scale whose ring holds the line
+        which = torch.randint(0, nc, (n,), generator=gen)
+        top = ratio[which] * reach
+    else:
+        top = reach
+    dist = inner + u * (top - inner - 2)  # in the first field's pixels
     r = torch.arange(s, dtype=ctx.dtype) - (s - 1) / 2
-    proj = cos[:, None, None] * r[None, None, :] + sin[:, None, None] * r[None, :, None]
-    cut = (proj > dist[:, None, None]) & hit[:, None, None]
-    return torch.where(cut[:, None], level[:, None, None, None], ctx)
+    out = []
+    for c in range(nc):
+        proj = cos[:, None, None] * r[None, None, :] + sin[:, None, None] * r[None, :, None]
+        cut = (proj > (dist / ratio[c])[:, None, None]) & hit[:, None, None]
+        out.append(torch.where(cut, level[:, None, None], ctx[:, c]))
+    return torch.stack(out, 1)
 
 
 #: Share of training batches turned by a free angle and rescaled (see :func:`rotate_scale`);
@@ -75,17 +91,18 @@ def rotate_scale(x, gen, *, max_deg=45.0, max_scale=0.15):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def augment(x, gen, *, border_p=BORDER_P, rotate_p=ROTATE_P):
+def augment(x, gen, *, border_p=BORDER_P, rotate_p=ROTATE_P, ratios=None):
     """Random tissue edge in the context, free rotation and scale, dihedral transform,
     gray-level jitter, blur, noise.
 
-    ``x`` is (N, C, P, P) in [0, 1] (channel 1, if any, the pooled context: it gets the
+    ``x`` is (N, C, P, P) in [0, 1] (channels 1.., if any, the pooled context fields, ``ratios``
+    their widths relative to the first (see :func:`tissue_edge`): they get the
     same geometric and gray-level transform). These make a model trained on a 19-level
     slice indifferent to fine gray levels, so it also works on full-depth slices.
     """
     n = x.shape[0]
     if x.shape[1] > 1 and border_p > 0:
-        x = torch.cat([x[:, :1], tissue_edge(x[:, 1:2], gen, border_p)], 1)
+        x = torch.cat([x[:, :1], tissue_edge(x[:, 1:], gen, border_p, ratios)], 1)
     if rotate_p > 0 and float(torch.rand(1, generator=gen)) < rotate_p:
         x = rotate_scale(x, gen)
     k = int(torch.randint(0, 4, (1,), generator=gen))
@@ -143,6 +160,7 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = PaperCNN(n_classes, patch_size=patch_size, context=context).to(device)
+    ratios = tuple(k // model.context[0] for k in model.context) or None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * math.ceil(len(train[1]) / batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) if schedule == "onecycle" else None
@@ -165,7 +183,7 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            xb = normalize(augment(xt[idx], gen, border_p=border_p, rotate_p=rotate_p), norm).to(device)
+            xb = normalize(augment(xt[idx], gen, border_p=border_p, rotate_p=rotate_p, ratios=ratios), norm).to(device)
             yb = yt[idx].to(device)
             logits = model(xb)
             loss = F.cross_entropy(logits, yb)
@@ -191,7 +209,7 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
             best_acc, best = val_acc, copy.deepcopy(model.state_dict())
             if checkpoint:
                 save_checkpoint(checkpoint, best, history=history, n_classes=n_classes, patch_size=patch_size,
-                                context=context, norm=norm)
+                                context=list(model.context), norm=norm)
         if bar is not None:
             bar.set_postfix(epoch=epoch + 1, val=f"{val_acc:.3f}")
         if max_minutes and (time.perf_counter() - t0 + dt) / 60 > max_minutes:
