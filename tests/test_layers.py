@@ -50,6 +50,18 @@ def test_unknown_keys_survive_a_round_trip(tiny_bundle):
     assert Manifest.from_json(m.to_json()) == m
 
 
+def test_context_scales_round_trip_and_one_scale_writes_none(tiny_bundle):
+    d = tiny_bundle.manifest.to_dict()
+    one = {**d, "context": {"factor": 4, "footprint": 256, "note": "n"}}
+    m = Manifest.from_dict(json.loads(json.dumps(one)))
+    assert m.context.factors == (4,) and m.context.scales is None and m.to_dict() == one
+    two = {**d, "context": {"factor": 16, "footprint": 1024, "scales": [4, 16]}}
+    m = Manifest.from_dict(json.loads(json.dumps(two)))
+    assert m.context.factors == (4, 16) and m.footprint == 1024 and m.to_dict() == two
+    with pytest.raises(BrainrtError, match="largest"):
+        Manifest.from_dict({**d, "context": {"factor": 4, "footprint": 256, "scales": [4, 16]}}, source="b/manifest.json")
+
+
 @pytest.mark.parametrize(("change", "named"), [
     (lambda d: d.update(schema_version=99), "99"),
     (lambda d: d.pop("onnx"), "'onnx'"),

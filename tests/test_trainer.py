@@ -449,8 +449,12 @@ def test_context_model_matches_the_trained_network(context_bundle_path, training
         np.testing.assert_allclose(plain(x).numpy(), model.features(torch.cat([patch, ctx], 1)).numpy(), atol=1e-5)
 
 
-def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice):
-    """Training's pooled context (reflected at the edges) equals pooling the runtime's gathered footprint."""
+@pytest.mark.parametrize("factor", [4, 16])
+def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice, factor):
+    """Training's pooled context (reflected at the edges) equals pooling the runtime's gathered footprint.
+
+    At factor 16 the 1024 px field is wider than the 384 x 576 px slice: it is reflected
+    more than once, as a 2048 px field always is on slice309's 1420 rows."""
     from brainrt.tiling import _PAD_REFLECT, _gather_patches
 
     from brainrt_train.data import PatchSet, extract_context, Slice
@@ -459,10 +463,11 @@ def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice):
     sl = Slice(None, None, img, np.zeros(img.shape, np.int8))
     centres = np.array([[5, 7], [200, 300], [img.shape[0] - 3, img.shape[1] - 1]])
     ps = PatchSet(np.zeros(3, np.int64), centres, np.zeros(3, np.int64))
-    got = extract_context([sl], ps, 64, 4)
-    buf = np.empty((3, 1, 256, 256), np.float32)
+    got = extract_context([sl], ps, 64, factor)
+    fp = 64 * factor
+    buf = np.empty((3, 1, fp, fp), np.float32)
     _gather_patches(img, centres, buf, _PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
-    ref = buf[:, 0].reshape(3, 64, 4, 64, 4).mean((2, 4))
+    ref = buf[:, 0].reshape(3, 64, factor, 64, factor).mean((2, 4))
     np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
@@ -485,6 +490,33 @@ def test_tissue_edge_cuts_only_the_context_ring():
     assert bool((cut.view(-1, s, s) & frame).flatten(1).any(1).all())
     kept = tissue_edge(ctx, torch.Generator().manual_seed(0), p=0.0)
     assert torch.equal(kept, ctx)
+
+
+def test_tissue_edge_cuts_every_scale_along_one_line():
+    """Two context scales (the second field 4x wider): the patch stays untouched in both, a
+    border seen in the near field is seen in the far one too (at a quarter of the distance),
+    and some borders lie beyond the near field, in the far one only."""
+    import torch
+
+    from brainrt_train.train import tissue_edge
+
+    s = 128
+    ctx = torch.full((400, 2, s, s), 0.5)
+    out = tissue_edge(ctx, torch.Generator().manual_seed(0), p=1.0, ratios=(1, 4))
+    lo, hi = s * 3 // 8, s * 5 // 8
+    assert torch.equal(out[:, 0, lo:hi, lo:hi], ctx[:, 0, lo:hi, lo:hi])
+    flo, fhi = s * 15 // 32, s * 17 // 32  # the patch inside the 4x wider field
+    assert torch.equal(out[:, 1, flo:fhi, flo:fhi], ctx[:, 1, flo:fhi, flo:fhi])
+    near, far = (out[:, 0] != 0.5).flatten(1).any(1), (out[:, 1] != 0.5).flatten(1).any(1)
+    assert bool(far.all()) and bool(near.any())
+    # far-only borders: the far scale is picked half the time, and its line lies beyond the near
+    # field for about half of those (distance ~ u**2 over the far ring): about a quarter in all
+    assert 0.15 < float((~near).float().mean()) < 0.4
+    # where the near field is cut, the far field's central quarter (the same ground, pooled 4x more) is cut alike
+    q = out[:, 1, s * 3 // 8 : s * 5 // 8, s * 3 // 8 : s * 5 // 8] != 0.5
+    coarse = (out[:, 0] != 0.5).float().reshape(400, 32, 4, 32, 4).mean((2, 4))
+    sure = (coarse == 1) | (coarse == 0)  # blocks wholly on one side of the line
+    assert float((q[sure] == (coarse[sure] == 1)).float().mean()) > 0.99
 
 
 def test_augment_leaves_single_scale_patches_without_a_border():
@@ -530,6 +562,103 @@ def test_augmentation_shares_are_checked(tmp_path, synthetic_slice, class_map_js
     with pytest.raises(BrainrtError, match=name):
         train_and_export([(img, mask)], tmp_path / "b", class_map=class_map_json, **{name: 1.5})
     assert listing(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- two context scales
+@pytest.fixture(scope="module")
+def far_bundle_path(tmp_path_factory, training_data):
+    """A tiny bundle with two context scales (4x and 16x): 64 px patches, 1024 px footprints
+    (wider than the 384 x 576 px slice, so every field is reflected at the edges)."""
+    from brainrt_train.pipeline import train_and_export
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny-far"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_and_export([(training_data["image"], training_data["mask"])], out,
+                         class_map=str(training_data["class_map"]),
+                         **{**TINY_TRAIN, "n_train": 20, "n_val": 10, "n_test": 10}, context=(4, 16),
+                         smooth_choice=False, int8=False, final=True)
+    return out
+
+
+def test_final_fit_refits_the_heads_on_every_split(far_bundle_path):
+    """``final=True``: the heads saw the train, validation and test patches; the manifest says so
+    and keeps the split run's test metrics."""
+    import brainrt
+
+    bundle = brainrt.Bundle.load(far_bundle_path)
+    t = bundle.manifest.training
+    n_all = sum(sum(v["taken"] for v in t.counts[s].values()) for s in SPLITS)
+    assert t.extra["final"]["n"] == {s: sum(v["taken"] for v in t.counts[s].values()) for s in SPLITS}
+    assert bundle.head("logreg")[0].n_samples_seen_ == n_all
+    assert bundle.manifest.test_accuracy("logreg") is not None
+
+
+def test_far_bundle_records_its_scales(far_bundle_path):
+    import brainrt
+
+    m = brainrt.Bundle.load(far_bundle_path).manifest
+    assert m.context.factors == (4, 16) and m.context.factor == 16 and m.footprint == 16 * TINY_PATCH
+    assert tuple(m.onnx.input_shape[2:]) == (16 * TINY_PATCH, 16 * TINY_PATCH)
+    assert m.dense_onnx.window == 16 * 54 and m.dense_onnx.offset == 16 * 5
+    assert m.dense_strides == (4, 8, 16)  # strides 1, 2 take the per-patch path (see export.dense_strides)
+    assert m.training.to_dict()["context"] == [4, 16]
+
+
+@pytest.mark.parametrize("stride", [4, 8, 16, 32])
+def test_far_dense_path_equals_per_patch_path(far_bundle_path, synthetic_slice, stride):
+    """Dense graphs with two context scales give the per-patch features at every stride they serve."""
+    import brainrt
+
+    bundle = brainrt.Bundle.load(far_bundle_path)
+    image = synthetic_slice.image[: 96 + stride * 3, : 160 + stride * 2]
+    dense = brainrt.featurize(image, bundle, stride=stride, method="dense", tissue="all")
+    patch = brainrt.featurize(image, bundle, stride=stride, method="patch", tissue="all")
+    assert dense.features.shape == patch.features.shape
+    np.testing.assert_allclose(dense.features, patch.features, atol=1e-4)
+
+
+def test_far_bundle_features_are_the_trained_networks(far_bundle_path, synthetic_slice):
+    """The runtime's features of a two-scale bundle are the trained network's on the training
+    inputs (patch plus both pooled fields, reflected at the slice's edges as training cuts them)."""
+    import brainrt
+    import torch
+
+    from brainrt_train.data import PatchSet, Slice, extract, extract_context
+    from brainrt_train.export import export_features
+    from brainrt_train.model import PaperCNN
+
+    torch.manual_seed(3)
+    model = PaperCNN(4, patch_size=64, context=(4, 16)).eval()
+    img = synthetic_slice.image
+    sl = Slice(None, None, img, np.zeros(img.shape, np.int8))
+    centres = np.array([[8, 8], [200, 300], [img.shape[0] - 8, img.shape[1] - 24]])
+    ps = PatchSet(np.zeros(3, np.int64), centres, np.zeros(3, np.int64))
+    x = np.stack([extract([sl], ps, 64).astype(np.float32)] + [extract_context([sl], ps, 64, k) for k in (4, 16)], 1)
+    with torch.no_grad():
+        ref = model.features(torch.from_numpy(x)).numpy()
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export_features(model, Path(tmp) / "f.onnx", patch_size=64, n_check=8)
+        import onnxruntime as ort
+
+        from brainrt.tiling import _PAD_REFLECT, _gather_patches
+
+        buf = np.empty((3, 1, 1024, 1024), np.float32)
+        _gather_patches(img, centres, buf, _PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
+        got = ort.InferenceSession(str(Path(tmp) / "f.onnx")).run(None, {"patches": buf})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_context_option_parses_scales():
+    from brainrt_train.cli import _context_scales
+
+    assert _context_scales("0") == 0 and _context_scales("4") == 4 and _context_scales("4,16") == (4, 16)
+    for bad in ("3", "4,x", "0,4", ""):
+        with pytest.raises(BrainrtError, match="--context"):
+            _context_scales(bad)
 
 
 def test_train_and_export_cli_offers_the_context_options():

@@ -25,7 +25,8 @@ import numpy as np
 from .geometry import cell_centre
 from .tiling import _PAD_REFLECT, _batches, _gather_patches, _gather_tile, _grid_centres
 
-#: Largest input tile side of the dense path (bounds the activations' memory).
+#: Largest input tile side of the dense path (bounds the activations' memory); a wider
+#: window (a 2048 px context field reads 1888 px) gets its window plus half of this.
 DENSE_MAX_TILE = 1024
 #: Largest output tile side. FC1 becomes a dilated 5x5 convolution whose im2col buffer
 #: in onnxruntime holds 3200 floats per output position (12.8 kB), plus 4 kB of FC1
@@ -119,7 +120,8 @@ def _patch_blocks(plan, predictor, r0, r1, meter):
 def dense_geometry(stride, predictor):
     """(subsampling q of the dense output, output tile side in dense positions) for a grid stride."""
     q = stride // predictor.stride
-    out_side = max(1, min(DENSE_MAX_OUT, (DENSE_MAX_TILE - predictor.window) // predictor.stride + 1))
+    tile = max(DENSE_MAX_TILE, predictor.window + DENSE_MAX_TILE // 2)
+    out_side = max(1, min(DENSE_MAX_OUT, (tile - predictor.window) // predictor.stride + 1))
     return q, max(q, out_side - out_side % q)  # whole grid cells per tile
 
 

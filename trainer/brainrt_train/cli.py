@@ -49,6 +49,10 @@ def _context_scales(text):
 @click.option("--redraw/--no-redraw", default=False, show_default=True, help="Draw fresh training positions every epoch.")
 @click.option("--border-p", type=click.FloatRange(0, 1), default=None, help="Share of samples given a tissue border in their context (default 0.6).")
 @click.option("--rotate-p", type=click.FloatRange(0, 1), default=None, help="Share of batches turned by a free angle and rescaled (default 0).")
+@click.option("--final", is_flag=True, help="After the split run's choices, refit the heads on every split's "
+              "patches (all labeled tissue); recorded metrics stay the split run's test figures.")
+@click.option("--init-from", type=click.Path(), default=None,
+              help="Weights from a --checkpoint file instead of training (same data, split and seed).")
 @click.option("--checkpoint", type=click.Path(), default=None, help="Keep the best weights here as training goes.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
 @one_line_errors

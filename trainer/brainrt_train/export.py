@@ -48,6 +48,22 @@ def export_features(model, path, *, patch_size, n_check=256, seed=0):
 
 
 DENSE_STRIDES = (1, 2, 4, 8, 16)
+
+
+def dense_strides(context=0):
+    """The dense strides exported for a network with ``context`` scales: those at least a quarter of the widest factor.
+
+    A context field of factor ``k`` pooled at a stride ``s < k`` is evaluated "a trous" at
+    ``k / s`` times the dense grid's density over its whole field: for the 2048 px field
+    (k = 16) at strides 1 and 2 one onnxruntime convolution's im2col buffer alone would
+    exceed 1.4 GB whatever the tile. Those strides take the per-patch path (same features).
+    One scale of 4 (the shipped context branch) keeps every stride.
+    """
+    from .model import context_scales
+
+    scales = context_scales(context)
+    kmax = scales[-1] if scales else 1
+    return tuple(s for s in DENSE_STRIDES if 4 * s >= kmax)
 WEIGHTS_FILE = "weights.bin"
 DENSE_INPUT, DENSE_OUTPUT = "tile", "features"
 
@@ -114,7 +130,8 @@ def export_dense(plain, folder, *, patch_size, tile=None, seed=0):
     # footprint pixels outside the dense window are never read: zeros around the tile stand for them
     xp = torch.nn.functional.pad(x, (fp, fp, fp, fp))
     files, checks = {}, {}
-    for s in DENSE_STRIDES:
+    strides = dense_strides(plain.context)
+    for s in strides:
         dense = DenseCNN(plain, stride=s).eval()
         name = f"features_dense_s{s}.onnx"
         torch.onnx.export(dense, torch.zeros(1, 1, win + 2 * s, win + 2 * s), str(folder / name),
@@ -138,7 +155,7 @@ def export_dense(plain, folder, *, patch_size, tile=None, seed=0):
         if diff > 1e-4:
             raise RuntimeError(f"dense stride {s}: max abs difference {diff:.2e} > 1e-4 against per-patch features")
         checks[str(s)] = diff
-    return {"files": files, "input": DENSE_INPUT, "output": DENSE_OUTPUT, "strides": list(DENSE_STRIDES),
+    return {"files": files, "input": DENSE_INPUT, "output": DENSE_OUTPUT, "strides": list(strides),
             "window": win, "offset": off, "footprint": fp, "max_abs_diff_vs_patch": checks,
             "geometry": "output[:, :, i, j] = features of the footprint whose dense window (rows offset .. offset+window-1 "
                         "of the footprint) has its top-left at tile pixel (i*s, j*s)"}

@@ -41,7 +41,7 @@ def tissue_edge(ctx, gen, p=BORDER_P, ratios=None):
     Several context scales: channel ``c`` holds a field ``ratios[c]`` times wider than
     channel 0's (1, 4 for 512 + 2048 px). One line cuts them all where a real border
     would lie; its distance is drawn as for one scale, inside the frame of a channel
-    picked at random (so the 512 px field still sees a border in about half the cuts).
+    picked at random (so the 512 px field still sees about three quarters of the borders).
     """
     n, nc, s, _ = ctx.shape
     ratios = ratios or (1,) * nc
