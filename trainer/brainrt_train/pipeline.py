@@ -35,6 +35,7 @@ from .data import SPLITS, ClassMap, draw_balanced, extract, extract_context, loa
 from .evaluate import choose_smoothing, split_footprints
 from .export import export_dense, export_features, share_weights
 from .heads import fit_heads
+from .model import context_scales
 from .train import BORDER_P, ROTATE_P, classification_metrics, fit, load_checkpoint, predict, to_unit
 
 log = logging.getLogger("brainrt.train")
@@ -54,6 +55,9 @@ class TrainOptions:
     (:mod:`brainrt_train.quantize`). ``border_p`` / ``rotate_p``: shares of samples given a
     tissue border in their context / of batches turned and rescaled (None: the defaults
     :data:`~brainrt_train.train.BORDER_P`, :data:`~brainrt_train.train.ROTATE_P`).
+    ``context`` may list several scales (``(4, 16)``: a 512 and a 2048 px field for 128 px
+    patches). ``final``: once the recipe is chosen on the split, refit the heads on every
+    split's patches after every choice (smoothing too) is made (:func:`final_heads`).
     """
 
     class_map: str | ClassMap = "prasad2020"
@@ -72,7 +76,7 @@ class TrainOptions:
     z: int | None = None
     dense: bool = True
     progress: bool | None = None
-    context: int = 0
+    context: int | tuple = 0
     checkpoint: str | Path | None = None
     init_from: str | Path | None = None
     layout: str = "rows"
@@ -81,6 +85,7 @@ class TrainOptions:
     int8: bool = True
     border_p: float | None = None
     rotate_p: float | None = None
+    final: bool = False
 
     def __post_init__(self):
         for name in ("patch_size", "epochs", "batch_size"):
@@ -94,6 +99,11 @@ class TrainOptions:
             if not (isinstance(value, (int, float)) and 0 <= value <= 1):
                 raise param_error(name, "train_and_export", "a share in [0, 1]", value)
             object.__setattr__(self, name, value)
+        try:
+            context_scales(self.context)
+        except (TypeError, ValueError):
+            raise param_error("context", "train_and_export", "0, a power of two >= 2 or a tuple of them",
+                              self.context) from None
 
     @property
     def n_per_class(self) -> dict:
@@ -183,11 +193,29 @@ def onnx_features(path, x_norm, batch=256):
 
 
 def _inputs(slices, patches, patch_size, context, dtype_max):
-    """Training inputs in [0, 1]: ``(N, 1, P, P)`` patches, or ``(N, 2, P, P)`` with the pooled context."""
-    x = to_unit(extract(slices, patches, patch_size), dtype_max)
-    if context:
-        x = torch.cat([x, to_unit(extract_context(slices, patches, patch_size, context), dtype_max)], 1)
-    return x
+    """Training inputs in [0, 1]: ``(N, 1, P, P)`` patches, plus one pooled field per context scale (channels 1..)."""
+    x = [to_unit(extract(slices, patches, patch_size), dtype_max)]
+    x += [to_unit(extract_context(slices, patches, patch_size, k), dtype_max) for k in context_scales(context)]
+    return torch.cat(x, 1) if len(x) > 1 else x[0]
+
+
+def _context(opts: TrainOptions, footprint) -> Context | None:
+    """The manifest's context part (None without context); one scale writes no ``scales`` (as before)."""
+    scales = context_scales(opts.context)
+    if not scales:
+        return None
+    if len(scales) == 1:
+        return Context(scales[0], footprint, extra={"note": "the network also sees the footprint (rows cy - F//2 ..) "
+                                                             "averaged factor x factor"})
+    return Context(scales[-1], footprint, scales=scales,
+                   extra={"note": "the network also sees, for each scale k, the k * patch field around the patch's "
+                                  "centre averaged k x k; the footprint (rows cy - F//2 ..) is the widest field"})
+
+
+def _context_record(context):
+    """How ``training.context`` records the scales: 0, one factor, or the list."""
+    scales = context_scales(context)
+    return 0 if not scales else (scales[0] if len(scales) == 1 else list(scales))
 
 
 def _tissue_quantiles(slices):
@@ -226,9 +254,12 @@ def _int8_graphs(tmp, slices, sets, *, footprint, dense_info, head, normalizatio
     """int8 copies of the graphs just exported, calibrated on training footprints; their manifest entry.
 
     The calibration method is the one whose per-patch copy agrees best with fp32 on
-    validation footprints (:mod:`brainrt_train.quantize`).
+    validation footprints (:mod:`brainrt_train.quantize`). Wide footprints get fewer of
+    them (at most twice the pixels of ``n`` 512 px footprints: 64 of 2048 px, 1 GB a set).
     """
     from .quantize import quantize_bundle_graphs, training_footprints
+
+    n = max(16, min(n, 2 * n * 512**2 // footprint**2))
 
     x_cal = training_footprints(slices, sets["train"], footprint=footprint, normalization=normalization, n=n, seed=seed)
     x_chk = training_footprints(slices, sets["val"], footprint=footprint, normalization=normalization, n=n, seed=seed)
@@ -327,8 +358,7 @@ def build_manifest(tmp, data: Data, samples: Samples, trained: Trained, graphs: 
                    int8: dict | None, opts: TrainOptions, *, total_seconds: float) -> Manifest:
     """The bundle's manifest, every file now in ``tmp`` hashed (no smoothing chosen yet)."""
     cmap, fp = data.cmap, graphs.plain.footprint
-    context = (Context(opts.context, fp, extra={"note": "the network also sees the footprint (rows cy - F//2 ..) "
-                                                        "averaged factor x factor"}) if opts.context else None)
+    context = _context(opts, fp)
     r = graphs.report
     return Manifest(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -361,7 +391,7 @@ def _training(data: Data, samples: Samples, trained: Trained, opts: TrainOptions
         counts={s: {names[c]: v for c, v in report["per_split"][s].items()} for s in SPLITS},
         seed=opts.seed, epochs_run=len(trained.history), epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
         schedule=opts.schedule, train_seconds=round(trained.seconds, 1), total_seconds=round(total_seconds, 1),
-        extra={"context": opts.context, "layout": opts.layout, "redraw": bool(opts.redraw),
+        extra={"context": _context_record(opts.context), "layout": opts.layout, "redraw": bool(opts.redraw),
                "augment": {"border_p": opts.border_p if opts.context else 0.0, "rotate_p": opts.rotate_p}})
 
 
@@ -369,6 +399,29 @@ def _metrics(cnn, head_metrics) -> dict:
     """The manifest's test scores: the network's accuracy and per-class F1, each head's scores."""
     return {"cnn_test_accuracy": cnn["accuracy"], "cnn_per_class_f1": {k: v["f1"] for k, v in cnn["per_class"].items()},
             **{f"{h}_{m}": v for h, ms in head_metrics.items() for m, v in ms.items() if m != "fit_seconds"}}
+
+
+def final_heads(tmp, manifest: Manifest, data: Data, samples: Samples, trained: Trained, opts: TrainOptions) -> Manifest:
+    """Refit the heads on the features of every split's patches (the train, validation and
+    test bands: all labeled tissue but the gaps between them) and rewrite the bundle.
+
+    Run after every choice was made on the split (smoothing included); the manifest's
+    metrics stay the split run's test figures (the honest estimate) and
+    ``training.final`` says that the shipped heads saw every label.
+    """
+    f_all = np.concatenate([torch_features(trained.model, samples.inputs[s][0], trained.norm) for s in SPLITS])
+    y_all = np.concatenate([samples.inputs[s][1].numpy() for s in SPLITS])
+    heads, _ = fit_heads(f_all, y_all, f_all[:0], y_all[:0], n_classes=data.n_classes, k=opts.k, seed=opts.seed)
+    for name, head in heads.items():
+        joblib.dump(head, tmp / manifest.heads[name])
+    final = {"heads": "refitted on the train, validation and test patches (every labeled band; the split run's "
+                      "choices kept)", "n": {s: int(len(samples.inputs[s][1])) for s in SPLITS},
+             "metrics": "the split run's (heads fitted on the training band only, scored on test)"}
+    training = dataclasses.replace(manifest.training, extra={**manifest.training.extra, "final": final})
+    manifest = dataclasses.replace(manifest, training=training, files=hash_tree(tmp))
+    write_bundle(tmp, manifest)
+    log.info("final fit: heads refitted on %d patches of every split", len(y_all))
+    return manifest
 
 
 def write_bundle(tmp, manifest: Manifest):
@@ -406,5 +459,7 @@ def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | Non
         write_bundle(tmp, manifest)
         if opts.smooth_choice:
             manifest = _with_smoothing(tmp, manifest, data.slices, layout=opts.layout)
+        if opts.final:
+            manifest = final_heads(tmp, manifest, data, samples, trained, opts)
     log.info("bundle written to %s", out)
     return manifest
