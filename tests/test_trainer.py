@@ -632,7 +632,7 @@ def test_far_bundle_features_are_the_trained_networks(far_bundle_path, synthetic
     model = PaperCNN(4, patch_size=64, context=(4, 16)).eval()
     img = synthetic_slice.image
     sl = Slice(None, None, img, np.zeros(img.shape, np.int8))
-    centres = np.array([[8, 8], [200, 300], [img.shape[0] - 8, img.shape[1] - 24]])
+    centres = np.array([[40, 40], [200, 300], [img.shape[0] - 40, img.shape[1] - 36]])  # patches inside, fields past the edges
     ps = PatchSet(np.zeros(3, np.int64), centres, np.zeros(3, np.int64))
     x = np.stack([extract([sl], ps, 64).astype(np.float32)] + [extract_context([sl], ps, 64, k) for k in (4, 16)], 1)
     with torch.no_grad():
