@@ -172,7 +172,8 @@ def test_cli_good_variants(case, command, io_dirs, tiny_bundle_path, tiny_bundle
         labels = tifffile.imread(target)
         assert labels.shape == img.shape and labels.dtype == np.uint8
         assert set(np.unique(labels).tolist()) <= {1, 2, 3, 4, 255}
-        assert sorted(listing(out)) == ["x.labels.ome.tif", "x.labels.overlay.png", "x.labels.probabilities.ome.tif"]
+        assert sorted(listing(out)) == ["x.labels.ome.tif", "x.labels.overlay.png", "x.labels.probabilities.ome.tif",
+                                        "x.labels.run.json"]
 
 
 # --------------------------------------------------------------------------- bad bundles
@@ -356,7 +357,7 @@ def test_classify_features_of_another_model(io_dirs, tiny_bundle_path, tiny_bund
 
 
 @pytest.mark.parametrize(("args", "named"), [
-    (["--stride", "0"], "'stride'"),
+    (["--stride", "0"], "'--stride'"),
     (["--tissue-mask", "MASK"], "MASK"),
     (["--head", "nosuch"], "nosuch"),
     (["--truth", "TRUTH"], "TRUTH"),

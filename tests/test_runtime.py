@@ -267,7 +267,7 @@ def test_load_features_refuses_other_folders(tmp_path):
 
 
 # --------------------------------------------------------------------------- README example
-#: The README's Python example, verbatim; the test swaps in the tiny bundle and a synthetic slice.
+#: The README's Python example, verbatim; one test swaps in the tiny bundle, one runs it as it is from the clone.
 def _readme_python_block():
     """The README's embedding example: its first ```python block."""
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -278,23 +278,31 @@ def _readme_python_block():
 README_EXAMPLE = _readme_python_block()
 
 
-def readme_example(bundle_path, image_path):
-    """README_EXAMPLE with its two paths replaced."""
-    code = README_EXAMPLE
-    for old, new in (("models/slice309-paper6", bundle_path), ("slice309.tif", image_path)):
-        assert code.count(f'"{old}"') == 1
-        code = code.replace(f'"{old}"', repr(str(new)))
-    return code
+def readme_example(bundle_path):
+    """README_EXAMPLE with its bundle path replaced."""
+    assert README_EXAMPLE.count('"models/slice309-paper6"') == 1
+    return README_EXAMPLE.replace('"models/slice309-paper6"', repr(str(bundle_path)))
 
 
-def test_readme_example(tiny_bundle_path, slice_tif, capsys):
+def test_readme_example(tiny_bundle_path, capsys):
     namespace = {}
-    exec(compile(readme_example(tiny_bundle_path, slice_tif), "README.md", "exec"), namespace)
+    exec(compile(readme_example(tiny_bundle_path), "README.md", "exec"), namespace)
     grid, xy, embedding = namespace["grid"], namespace["xy"], namespace["embedding"]
     n = int(grid.valid.sum())
     assert embedding.shape == (n, 64) and xy.shape == (n, 2)
     assert namespace["areas"].labels.shape == grid.shape
     assert "(24, 36, 64)" in capsys.readouterr().out
+
+
+def test_readme_example_runs_as_it_is_from_the_clone(shipped_bundle_path):
+    """Issue 19: it read slice309.tif from the root, which a clone does not have."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(
+        [str(root / "runtime"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", README_EXAMPLE], cwd=root, capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(24, 36, 64)" in proc.stdout
 
 
 # --------------------------------------------------------------------------- no torch

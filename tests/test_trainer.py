@@ -243,7 +243,7 @@ def test_bundle_files_get_the_usual_modes(tiny_bundle_path):
     """atomic_path used to leave the bundle folder 0700 and metrics.json/confusion.png 0600."""
     import stat
 
-    from brainrt.io import _umask
+    from brainrt.io import current_umask as _umask
 
     umask = _umask()
     for p in [tiny_bundle_path, *tiny_bundle_path.rglob("*")]:
@@ -667,3 +667,25 @@ def test_train_and_export_cli_offers_the_context_options():
     out = CliRunner().invoke(main, ["train-and-export", "--help"]).output
     for opt in ("--context", "--layout", "--redraw", "--border-p", "--rotate-p", "--checkpoint"):
         assert opt in out
+
+
+def test_train_and_export_follows_the_finished_output_rule(tmp_path, synthetic_slice, class_map_json):
+    """Issue 19 (3): the same arguments on the same files leave a trained bundle as it is (exit 0); other
+    arguments are refused in the words of every other command."""
+    from brainrt.cli import main
+
+    img = write_tiff(tmp_path / "i.tif", synthetic_slice.image)
+    msk = write_tiff(tmp_path / "m.tif", synthetic_slice.mask)
+    out = tmp_path / "b"
+    args = ["train-and-export", "--image", img, "--mask", msk, "--class-map", class_map_json, "-o", out,
+            "--patch-size", "64", "--n-train", "20", "--n-val", "10", "--n-test", "10", "--epochs", "1"]
+    run = lambda *extra: CliRunner().invoke(main, [str(a) for a in (*args, *extra)])  # noqa: E731
+    assert run().exit_code == 0
+    before = (out / "manifest.json").read_bytes()
+    again = run()
+    assert again.exit_code == 0 and "complete" in again.stdout, again.output
+    assert (out / "manifest.json").read_bytes() == before
+    other = run("--seed", "1")
+    assert other.exit_code == 2, other.output
+    assert other.stderr.strip() == (f"Error: {out}: already holds the output of other arguments (--seed 0 vs 1); "
+                                    "pass --overwrite to replace it")

@@ -72,8 +72,9 @@ def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     return featurize_plan(plan, bundle, out=out, progress=progress)
 
 
-def featurize_plan(plan, bundle, *, out=None, progress=False):
-    """:func:`featurize` of a checked plan: features in memory, or streamed into the zarr folder ``out``."""
+def featurize_plan(plan, bundle, *, out=None, progress=False, record=None):
+    """:func:`featurize` of a checked plan: features in memory, or streamed into the zarr folder ``out``
+    (with the run ``record`` of :mod:`brainrt.finished` inside, if given)."""
     meter = Meter(plan.n_cells, progress=progress)
     stream = blocks(plan, bundle.predictor(plan.method, stride=plan.stride, precision=plan.precision), meter=meter)
     try:
@@ -85,7 +86,7 @@ def featurize_plan(plan, bundle, *, out=None, progress=False):
             from .outputs import write_features
 
             features = write_features(out, stream, valid=plan.valid, n_features=bundle.n_features,
-                                      attrs=zarr_attrs(plan, bundle.model_id))
+                                      attrs=zarr_attrs(plan, bundle.model_id), record=record)
     finally:
         stats = _close(meter, plan, "featurized")  # also ends the progress bar's line before any error message
     return FeatureGrid.of_plan(plan, features, bundle.model_id, stats)

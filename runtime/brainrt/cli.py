@@ -15,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from .errors import BrainrtError
+from .errors import BrainrtError, file_error
 from .manifest import PRECISIONS
-from .plan import DEFAULT_PIXEL_SIZE_UM, DEFAULT_PRECISION
+from .plan import DEFAULT_PIXEL_SIZE_UM, DEFAULT_PRECISION, read_mask
 
 log = logging.getLogger("brainrt")
 
@@ -42,6 +42,9 @@ def one_line_errors(fn):
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was written", err=True)
             sys.exit(130)  # 128 + SIGINT, as shells expect
+        except OSError as exc:  # a failed read or write the checks could not foresee (disk full, permissions)
+            click.echo(f"Error: {exc.filename or 'brainrt'}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -64,6 +67,22 @@ class _Commands(click.Group):
         if cmd is None and name in (plugins := _plugins()):
             cmd = plugins[name].load()
         return cmd
+
+    def main(self, *args, standalone_mode=True, **kwargs):
+        """Usage errors (a bad option value, a missing argument) as one line too, exit status 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            where = getattr(exc, "ctx", None)
+            hint = f" (see '{where.command_path} --help')" if where is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(0)
 
 
 @click.group(cls=_Commands)
@@ -88,7 +107,7 @@ def _model_option(f):
 
 def _grid_options(f):
     opts = [
-        click.option("--stride", default=16, show_default=True, help="Grid step in pixels."),
+        click.option("--stride", type=click.IntRange(min=1), default=16, show_default=True, help="Grid step in pixels."),
         click.option("--method", type=click.Choice(["auto", "patch", "dense"]), default="auto", show_default=True,
                      help="Dense (whole tiles) or per-patch evaluation; auto picks dense when it applies."),
         click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
@@ -101,11 +120,15 @@ def _grid_options(f):
                      help="Slice index of a 3D stack; featurize and classify also take a range a:b or 'all' (a volume)."),
         click.option("--series", type=int, default=None, help="Series of a multi-series (OME-)TIFF."),
         click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
-        click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores)."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="onnxruntime threads (default: all cores)."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                      help="Where the network runs: cuda needs onnxruntime's GPU build (brainrt[gpu]); auto takes it "
                           "where usable."),
-        click.option("--batch-size", default=256, show_default=True, help="Patches per onnxruntime call."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Patches per onnxruntime call."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace an existing output of other arguments (same arguments: nothing to do)."),
         click.option("--standardize/--no-standardize", default=True, show_default=True,
                      help="Map the slice's tissue histogram onto the training tissue's (when the bundle records it)."),
     ]
@@ -128,7 +151,7 @@ class _ZArg(click.ParamType):
 
 def _volume_options(f):
     f = click.option("--scheduler", default=None, help="Volumes: address of a running Dask scheduler.")(f)
-    return click.option("--workers", type=int, default=None,
+    return click.option("--workers", type=click.IntRange(min=1), default=None,
                         help="Volumes: worker processes of a local Dask cluster (default: one per core).")(f)
 
 
@@ -137,7 +160,9 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **tas
     from .volrun import partial_path, process_volume
 
     out = out or _default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
-    bundle = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")), device=kw["device"])
+    kw.pop("overwrite", None)
+    bundle, _ = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")), record=False,
+                         device=kw["device"])
     opts = _plan_options(**dict(kw, z=None))
     try:
         vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
@@ -159,17 +184,65 @@ def _plan_options(tissue_mask, all_cells, pixel_size, device="auto", **kw):
     return dict(kw, tissue=tissue_mask or ("all" if all_cells else None), pixel_size_um=pixel_size)
 
 
-def _prepare(out, model, threads, *, is_dir=False, inputs=(), device="auto"):
+#: Options that change how fast a command runs, not what it writes: left out of run records.
+NOT_RECORDED = ("threads", "batch_size", "workers", "scheduler", "device", "out", "overwrite", "model")
+#: What each command's -o names (2D); volumes write a .zarr folder.
+OUTPUT_KINDS = {"featurize": ((".zarr",), "a zarr folder of features", "NAME.features.zarr"),
+                "classify": ((".tif", ".tiff"), "an OME-TIFF label map and its side files", "NAME.labels.ome.tif"),
+                "cluster": ((".tif", ".tiff"), "an OME-TIFF cluster map and its side files", "NAME.clusters.ome.tif"),
+                "subdivide": ((".tif", ".tiff"), "an OME-TIFF map and its overlay", "NAME.subdivide.ome.tif")}
+VOLUME_KIND = ((".zarr",), "a volume into one OME-Zarr / zarr folder", "NAME.ome.zarr")
+
+
+def _check_out_name(out, command, kind):
+    """Refuse an output name that says another format than the one written (``-o a.png``)."""
+    suffixes, what, example = kind
+    if not str(out).rstrip("/").lower().endswith(suffixes):
+        raise file_error(out, f"{command} writes {what}; name the output like {example}")
+
+
+def _prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, record=True, device="auto"):
     """Fail on an unwritable output path, or one that is an input, before any work (and before a
-    progress bar); load the bundle."""
+    progress bar); load the bundle; apply the finished-output rule (:mod:`brainrt.finished`).
+
+    Returns ``(bundle, run record)``, or ``(None, None)`` when ``out`` is already finished by the
+    same command and arguments (said on stdout).
+    """
     from .api import default_model
-    from .bundle import Bundle
+    from .bundle import MANIFEST, Bundle, sha256_file
+    from .finished import is_finished
     from .io import check_not_input, check_target
     from .outputs import siblings
 
+    ctx = click.get_current_context()
+    members = [] if is_dir else siblings(out)
+    check_not_input([out, *members], inputs)
+    _check_out_name(out, ctx.info_name, OUTPUT_KINDS[ctx.info_name] if record else VOLUME_KIND)
     check_target(out, is_dir=is_dir)
-    check_not_input([out, *([] if is_dir else siblings(out))], inputs)
-    return Bundle.load(model or default_model(), threads=threads, device=device)
+    model = Path(model or default_model())
+    if not (record and (model / MANIFEST).is_file()):  # no record, or a bundle that will not load: say why first
+        return Bundle.load(model, threads=threads, device=device), None
+    rec = command_record(ctx, sha256_file(model / MANIFEST))
+    if is_finished(out, rec, members=members, is_dir=is_dir, overwrite=overwrite):
+        click.echo(f"{out} is complete (written by the same command and arguments); nothing to do "
+                   "(--overwrite recomputes it)")
+        return None, None
+    return Bundle.load(model, threads=threads, device=device), rec
+
+
+def command_record(ctx, model_hash, *, by_value=()):
+    """The run record (:mod:`brainrt.finished`) of the command being run: its arguments by option name,
+    its input files (path options, except those in ``by_value``: recorded as given), the bundle's hash."""
+    from .finished import run_record
+
+    args, inputs = {}, {}
+    for p in ctx.command.params:
+        if p.name in NOT_RECORDED:
+            continue
+        name = p.human_readable_name if isinstance(p, click.Argument) else max(p.opts, key=len)
+        is_input = isinstance(p.type, click.Path) and p.name not in by_value
+        (inputs if is_input else args)[name] = ctx.params.get(p.name)
+    return run_record(ctx.info_name, args, inputs, model_hash)
 
 
 def _progress():
@@ -201,14 +274,30 @@ def _default_out(source, suffix):
     return str(Path(str(source).rstrip("/")).parent / f"{name}{suffix}")
 
 
-def _grid_and_image(source, bundle, kw):
+def _grid_and_image(source, bundle, kw, owner):
     """A saved feature grid (.zarr, no image) or a slice TIFF featurized in memory (with its image)."""
     from . import api
 
     if _is_zarr(source):
         return api.load_features(source, bundle=bundle, z=kw["z"]), None
-    plan = api.make_plan(source, bundle, **_plan_options(**kw))
+    plan = api.make_plan(source, bundle, owner=owner, **_plan_options(**kw))
     return api.featurize_plan(plan, bundle, progress=_progress()), plan.image
+
+
+class _AreaOption(click.Option):
+    """--area: its help lists the default bundle's areas (read from its manifest when help is shown)."""
+
+    def get_help_record(self, ctx):
+        from .api import default_model
+        from .manifest import Manifest
+
+        try:
+            names = Manifest.from_json((default_model() / "manifest.json").read_text()).class_names
+            self.help = f"Sub-divide the cells classified as this area: one of the bundle's ({', '.join(names)} " \
+                        "for the default bundle)."
+        except (BrainrtError, OSError):
+            self.help = "Sub-divide the cells classified as this area (one of the bundle's classes)."
+        return super().get_help_record(ctx)
 
 
 # --------------------------------------------------------------------------- commands
@@ -219,7 +308,7 @@ def _grid_and_image(source, bundle, kw):
 @click.option("-o", "--out", default=None, type=click.Path(), help="Output .zarr folder (default: SLICE.features.zarr).")
 @_volume_options
 @one_line_errors
-def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
+def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **kw):
     """Features of every tissue patch of SLICE_TIF on a stride grid, saved as zarr.
 
     A volume (a 3D stack with --z a:b or all, a folder of TIFFs, a zarr stack) runs on Dask
@@ -228,12 +317,16 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
     from . import api
 
     if _is_volume(slice_tif, kw["z"]):
-        return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler, kw)
+        return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler,
+                           dict(kw, overwrite=overwrite))
 
     out = out or _default_out(slice_tif, ".features.zarr")
-    bundle = _prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]), device=kw["device"])
-    plan = api.make_plan(slice_tif, bundle, **_plan_options(**kw))
-    grid = api.featurize_plan(plan, bundle, out=out, progress=_progress())
+    bundle, rec = _prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]),
+                           overwrite=overwrite, device=kw["device"])
+    if bundle is None:
+        return
+    plan = api.make_plan(slice_tif, bundle, owner="featurize", **_plan_options(**kw))
+    grid = api.featurize_plan(plan, bundle, out=out, progress=_progress(), record=rec)
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
                f"by the {st['method']} path in {st['seconds']:.1f} s ({st['patches_per_s']:.0f} patches/s)")
@@ -255,7 +348,8 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, **kw):
 @click.option("--smooth-z", type=float, default=0.0, show_default=True,
               help="Volumes: also smooth class scores across slices, sigma in um (0: off).")
 @one_line_errors
-def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, held_out, out, **kw):
+def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, held_out, out, overwrite,
+             **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
     Writes the label map at full resolution (OME-TIFF), per-class probabilities at grid
@@ -264,34 +358,44 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     a:b or all, a TIFF folder, a zarr stack) runs on Dask into one OME-Zarr (-o OUT.ome.zarr).
     """
     from . import api
-    from .outputs import write_classification
 
     if _is_volume(source, kw["z"]):
         if truth:
             raise BrainrtError("--truth scores one slice; it does not apply to a volume")
-        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head, smooth=smooth,
-                           smooth_z=smooth_z)
+        return _run_volume("classify", source, model, threads, out, workers, scheduler, dict(kw, overwrite=overwrite),
+                           head=head, smooth=smooth, smooth_z=smooth_z)
     if smooth_z:
         raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")
     if held_out and not truth:
         raise BrainrtError("--held-out scores against a truth mask; pass --truth MASK")
 
     out = out or _default_out(source, ".labels.ome.tif")
-    bundle = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]), device=kw["device"])
+    bundle, rec = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]), overwrite=overwrite,
+                           device=kw["device"])
+    if bundle is None:
+        return
     if _is_zarr(source):
         grid = api.load_features(source, bundle=bundle, z=kw["z"])
         result, image = api.classify(grid, bundle, head=head, smooth=smooth), None
     else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
-        plan = api.make_plan(source, bundle, **_plan_options(**kw))
+        plan = api.make_plan(source, bundle, owner="classify", **_plan_options(**kw))
         result, image = api.classify_plan(plan, bundle, head=head, smooth=smooth, progress=_progress()), plan.image
     metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
-    msg = f"wrote {', '.join(write_classification(out, result, image=image, metrics=metrics))}"
+    msg = f"wrote {', '.join(_write_map(out, result, image, metrics, truth, kw['z'], rec))}"
     if metrics:
         msg += (f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels "
                 f"({metrics['scored_on']})")
     click.echo(msg)
     if metrics:
         _echo_scores(metrics, truth, held_out)
+
+
+def _write_map(out, result, image, metrics, truth, z, record):
+    """The classification's output set; the overlay shows the truth's area borders (with --truth)."""
+    from .outputs import write_classification
+
+    contours = read_mask(truth, result.grid.image_shape, z=z) if truth and image is not None else None
+    return write_classification(out, result, image=image, metrics=metrics, truth=contours, record=record)
 
 
 def _echo_scores(metrics, truth, held_out):
@@ -316,31 +420,36 @@ def _echo_scores(metrics, truth, held_out):
 @_grid_options
 @click.option("-o", "--out", default=None, type=click.Path(), help="Cluster map OME-TIFF (default: SOURCE.clusters.ome.tif).")
 @one_line_errors
-def cluster(source, model, threads, out, **kw):
+def cluster(source, model, threads, out, overwrite, **kw):
     """GMM cluster map and, per area, a log-likelihood map (low = unlike that area; outliers)."""
     from . import api
     from .outputs import write_clusters
 
     out = out or _default_out(source, ".clusters.ome.tif")
-    bundle = _prepare(out, model, threads, inputs=(source, kw["tissue_mask"]), device=kw["device"])
-    grid, image = _grid_and_image(source, bundle, kw)
+    bundle, rec = _prepare(out, model, threads, inputs=(source, kw["tissue_mask"]), overwrite=overwrite,
+                           device=kw["device"])
+    if bundle is None:
+        return
+    grid, image = _grid_and_image(source, bundle, kw, "cluster")
     clusters, loglik = api.cluster(grid, bundle)
-    click.echo(f"wrote {', '.join(write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image))}")
+    written = write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image, record=rec)
+    click.echo(f"wrote {', '.join(written)}")
 
 
 @main.command()
 @click.argument("source", type=click.Path())
 @_model_option
 @_grid_options
-@click.option("--area", default=None, help="Sub-divide the cells classified as this area (e.g. Ctx).")
+@click.option("--area", cls=_AreaOption, default=None, help="Sub-divide the cells classified as this area")
 @click.option("--roi", type=click.Path(), default=None, help="Or a TIFF mask of the region (nonzero = inside).")
-@click.option("-k", "--clusters", "k", default=4, show_default=True)
+@click.option("-k", "--clusters", "k", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Number of sub-divisions (KMeans clusters) of the area or ROI.")
 @click.option("--head", default=None, help="Classifier head used with --area.")
 @click.option("--interior/--whole", default=True, show_default=True,
               help="Only cells whose patch lies inside the region (patches crossing its border cluster by the border).")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Sub-division OME-TIFF (default: SOURCE.subdivide.ome.tif).")
 @one_line_errors
-def subdivide(source, model, threads, area, roi, k, head, interior, out, **kw):
+def subdivide(source, model, threads, area, roi, k, head, interior, out, overwrite, **kw):
     """PCA + KMeans of the features inside one area or ROI (e.g. cortical layers)."""
     from . import api
     from .outputs import write_subdivision
@@ -348,11 +457,15 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, **kw):
     if (area is None) == (roi is None):
         raise BrainrtError("give exactly one of --area NAME or --roi MASK")
     out = out or _default_out(source, ".subdivide.ome.tif")
-    bundle = _prepare(out, model, threads, inputs=(source, roi, kw["tissue_mask"]), device=kw["device"])
-    grid, image = _grid_and_image(source, bundle, kw)
+    bundle, rec = _prepare(out, model, threads, inputs=(source, roi, kw["tissue_mask"]), overwrite=overwrite,
+                           device=kw["device"])
+    if bundle is None:
+        return
+    grid, image = _grid_and_image(source, bundle, kw, "subdivide")
     region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw["z"])
     sub = api.subdivide(grid, region=region, k=k, interior=interior)
-    click.echo(f"wrote {', '.join(write_subdivision(out, sub, grid, image=image, title=f'{area or roi}: k={k}'))}")
+    written = write_subdivision(out, sub, grid, image=image, title=f"{area or roi}: k={k}", record=rec)
+    click.echo(f"wrote {', '.join(written)}")
 
 
 class _LabelsList(click.Command):
@@ -463,12 +576,13 @@ def bundle_lines(folder, m):
 @click.option("-o", "--out", default="brainrt-demo", show_default=True, type=click.Path(), help="Output folder.")
 @click.option("-m", "--model", default=None, type=click.Path(), help="Bundle (default: the shipped synthetic demo bundle).")
 @click.option("--seed", default=7, show_default=True, help="Seed of the synthetic slice.")
+@click.option("--overwrite", is_flag=True, help="Replace a demo folder of another seed or bundle.")
 @one_line_errors
-def demo(out, model, seed):
+def demo(out, model, seed, overwrite):
     """Run the whole chain on a built-in synthetic slice; no data needed."""
     from .demo import run_demo
 
-    for line in run_demo(out, model=model, seed=seed):
+    for line in run_demo(out, model=model, seed=seed, overwrite=overwrite):
         click.echo(line)
 
 

@@ -218,7 +218,7 @@ def atomic_path(target, *, overwrite=True, is_dir=False):
     try:
         yield tmp
         # mkstemp/mkdtemp create 0600/0700; give the result the usual umask-based mode
-        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_umask())
+        os.chmod(tmp, (0o777 if is_dir else 0o666) & ~current_umask())
         if is_dir:
             if target.exists():
                 shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -233,7 +233,7 @@ def atomic_path(target, *, overwrite=True, is_dir=False):
         raise
 
 
-def _umask():
+def current_umask():
     """The process umask, read without changing it where /proc allows (thread-safe)."""
     try:
         with open("/proc/self/status") as f:

@@ -13,30 +13,28 @@ import numpy as np
 
 from .geometry import upsample
 from .heads import OFF_TISSUE
+from .finished import SET_RECORD, FOLDER_RECORD, OutputSet, set_member, write_record
 from .io import atomic_path, write_json, write_ome_tiff
 
 
-def _sibling(out, suffix):
-    out = Path(out)
-    name = out.name
-    for ext in (".ome.tif", ".ome.tiff", ".tif", ".tiff"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return out.parent / f"{name}{suffix}"
-
-
-#: Files the writers put beside their main output ``X.ome.tif`` (as ``X<suffix>``).
+#: Files the writers put beside their main output ``X.ome.tif`` (as ``X<suffix>``); with it, one output set
+#: (:class:`brainrt.finished.OutputSet`), whose run record is ``X.run.json``.
 SIBLING_SUFFIXES = (".probabilities.ome.tif", ".overlay.png", ".metrics.json", ".confusion.png", ".loglik.ome.tif")
 
 
 def siblings(out):
-    """Every path a writer may put beside the main output ``out``."""
-    return [_sibling(out, suffix) for suffix in SIBLING_SUFFIXES]
+    """Every path a writer may put beside the main output ``out`` (its record included)."""
+    return [set_member(out, suffix) for suffix in (*SIBLING_SUFFIXES, SET_RECORD)]
 
 
-def write_features(path, blocks, *, valid, n_features, attrs):
-    """Stream feature blocks into a zarr group written beside ``path`` and renamed into place.
+def _set(out, record):
+    """The output set of ``out``: every side file a writer may put beside it (stale ones are removed)."""
+    return OutputSet(out, siblings(out)[:-1], record=record)
+
+
+def write_features(path, blocks, *, valid, n_features, attrs, record=None):
+    """Stream feature blocks into a zarr group written beside ``path`` and renamed into place
+    (with the run ``record`` inside, if given: :mod:`brainrt.finished`).
 
     Returns the written ``features`` array, opened read-only.
     """
@@ -53,6 +51,8 @@ def write_features(path, blocks, *, valid, n_features, attrs):
         for b in blocks:
             arr[b.r0 : b.r1] = b.features
         root.attrs.update(attrs)
+        if record is not None:
+            write_record(tmp / FOLDER_RECORD, record)
         seal(tmp, ("features", "valid"))
     return zarr.open_group(str(path), mode="r")["features"]
 
@@ -62,61 +62,68 @@ def label_key(names, codes):
     return "areas: " + ", ".join(f"{c} {n}" for c, n in zip(codes, names)) + f", {OFF_TISSUE} off tissue"
 
 
-def write_classification(out, result, *, image=None, metrics=None):
+def write_classification(out, result, *, image=None, metrics=None, truth=None, record=None):
     """Label map (full resolution, mask codes), probabilities (grid resolution), overlay
-    PNG and, with ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG.
+    PNG (with ``image``; truth contours with ``truth``, a mask of the image's shape) and, with
+    ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG: one output set,
+    written as one (files of an older set that this call does not write are removed).
     Returns the paths written."""
     from .plots import confusion_png, overlay_png
 
     grid = result.grid
     px = grid.pixel_size_um
-    write_ome_tiff(out, upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px,
-                   channel_names=[label_key(result.names, result.codes)])
-    written = [str(out)]
-    if result.probabilities is not None:
-        p = _sibling(out, ".probabilities.ome.tif")
-        write_ome_tiff(p, np.moveaxis(result.probabilities, -1, 0), pixel_size_um=px * grid.stride,
-                       channel_names=result.names)
-        written.append(str(p))
-    if image is not None:
-        png = _sibling(out, ".overlay.png")
-        overlay_png(png, image, upsample(result.labels, grid.stride, grid.image_shape), result.names,
-                    title=f"brainrt classify (stride {grid.stride})")
-        written.append(str(png))
-    if metrics is not None:
-        j, c = _sibling(out, ".metrics.json"), _sibling(out, ".confusion.png")
-        write_json(j, metrics)
-        confusion_png(c, metrics["confusion_matrix"], result.names,
-                      title=f"pixels vs truth (accuracy {metrics['pixel_accuracy']:.3f})")
-        written += [str(j), str(c)]
-    return written
+    written = [Path(out)]
+    with _set(out, record) as s:
+        write_ome_tiff(s.path(out), upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px,
+                       channel_names=[label_key(result.names, result.codes)])
+        if result.probabilities is not None:
+            p = set_member(out, ".probabilities.ome.tif")
+            write_ome_tiff(s.path(p), np.moveaxis(result.probabilities, -1, 0), pixel_size_um=px * grid.stride,
+                           channel_names=result.names)
+            written.append(p)
+        if image is not None:
+            png = set_member(out, ".overlay.png")
+            overlay_png(s.path(png), image, upsample(result.labels, grid.stride, grid.image_shape), result.names,
+                        title=f"brainrt classify (stride {grid.stride})", pixel_size_um=px, truth=truth)
+            written.append(png)
+        if metrics is not None:
+            j, c = set_member(out, ".metrics.json"), set_member(out, ".confusion.png")
+            write_json(s.path(j), metrics)
+            confusion_png(s.path(c), metrics["confusion_matrix"], result.names,
+                          title=f"pixels vs truth (accuracy {metrics['pixel_accuracy']:.3f})")
+            written += [j, c]
+    return [str(p) for p in written]
 
 
-def write_clusters(out, clusters, loglik, grid, names, *, image=None):
-    """GMM cluster map (full resolution), per-area log-likelihood maps (grid resolution), PNG."""
+def write_clusters(out, clusters, loglik, grid, names, *, image=None, record=None):
+    """GMM cluster map (full resolution), per-area log-likelihood maps (grid resolution), PNG: one output set."""
     c8 = np.where(clusters >= 0, clusters, OFF_TISSUE).astype(np.uint8)
-    write_ome_tiff(out, upsample(c8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
-    ll = _sibling(out, ".loglik.ome.tif")
-    write_ome_tiff(ll, np.moveaxis(loglik, -1, 0), pixel_size_um=grid.pixel_size_um * grid.stride,
-                   channel_names=names)
-    return [str(out), str(ll)] + _cluster_overlay(out, clusters, grid, image, "GMM clusters")
+    ll = set_member(out, ".loglik.ome.tif")
+    with _set(out, record) as s:
+        write_ome_tiff(s.path(out), upsample(c8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
+        write_ome_tiff(s.path(ll), np.moveaxis(loglik, -1, 0), pixel_size_um=grid.pixel_size_um * grid.stride,
+                       channel_names=names)
+        png = _cluster_overlay(s, out, clusters, grid, image, "GMM clusters")
+    return [str(out), str(ll)] + png
 
 
-def write_subdivision(out, sub, grid, *, image=None, title=""):
-    """Sub-division cluster map (full resolution) and an overlay PNG."""
+def write_subdivision(out, sub, grid, *, image=None, title="", record=None):
+    """Sub-division cluster map (full resolution) and an overlay PNG: one output set."""
     s8 = np.where(sub >= 0, sub, OFF_TISSUE).astype(np.uint8)
-    write_ome_tiff(out, upsample(s8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
-    return [str(out)] + _cluster_overlay(out, sub, grid, image, title)
+    with _set(out, record) as s:
+        write_ome_tiff(s.path(out), upsample(s8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
+        png = _cluster_overlay(s, out, sub, grid, image, title)
+    return [str(out)] + png
 
 
-def _cluster_overlay(out, clusters, grid, image, title):
-    """The overlay PNG of a cluster map beside ``out`` (none without the image)."""
+def _cluster_overlay(s, out, clusters, grid, image, title):
+    """The overlay PNG of a cluster map beside ``out``, in the output set ``s`` (none without the image)."""
     if image is None:
         return []
     from .plots import overlay_png
 
-    png = _sibling(out, ".overlay.png")
+    png = set_member(out, ".overlay.png")
     k = int(clusters.max()) + 1
-    overlay_png(png, image, upsample(clusters, grid.stride, grid.image_shape), [f"cluster {i}" for i in range(k)],
-                title=title)
+    overlay_png(s.path(png), image, upsample(clusters, grid.stride, grid.image_shape), [f"cluster {i}" for i in range(k)],
+                title=title, pixel_size_um=grid.pixel_size_um)
     return [str(png)]

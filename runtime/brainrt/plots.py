@@ -47,8 +47,10 @@ def class_colors(n, given=None):
     return np.array([cmap(i)[:3] for i in range(n)])
 
 
-def overlay_png(path, image, labels, names, *, valid=None, title="", alpha=0.45, max_side=2000):
-    """Image in gray with a label map (indices 0..K-1, -1 = none) in colour, and a legend."""
+def overlay_png(path, image, labels, names, *, valid=None, title="", alpha=0.45, max_side=2000, pixel_size_um=None,
+                truth=None):  # long: one figure, drawn in order (image, labels, truth contours, scale bar, legend)
+    """Image in gray with a label map (indices 0..K-1, -1 = none) in colour, and a legend; a scale bar
+    with ``pixel_size_um``; with ``truth`` (a mask of the image's shape), its area borders as white contours."""
     plt = _plt()
     step = max(1, int(np.ceil(max(image.shape) / max_side)))
     img = np.asarray(image[::step, ::step], np.float32)
@@ -61,14 +63,48 @@ def overlay_png(path, image, labels, names, *, valid=None, title="", alpha=0.45,
     if valid is not None:
         sel &= np.asarray(valid[::step, ::step], bool)
     rgb[sel] = (1 - alpha) * rgb[sel] + alpha * colors[lab[sel]]
+    handles = []
+    from matplotlib.patches import Patch
+
+    if truth is not None:
+        rgb[contours(np.asarray(truth)[::step, ::step])] = 1.0
+        handles.append(Patch(facecolor="white", edgecolor="0.3", label="truth borders"))
     h, w = rgb.shape[:2]
     fig, ax = plt.subplots(figsize=(min(16, 2 + w / 150), min(16, 1 + h / 150)), dpi=100)
     ax.imshow(rgb, interpolation="nearest")
     ax.set_axis_off()
-    from matplotlib.patches import Patch
-
-    ax.legend(handles=[Patch(color=colors[i], label=n) for i, n in enumerate(names)], loc="upper left",
+    if pixel_size_um:
+        _scale_bar(ax, w, pixel_size_um * step)
+    ax.legend(handles=[Patch(color=colors[i], label=n) for i, n in enumerate(names)] + handles, loc="upper left",
               bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     if title:
         ax.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+def contours(mask):
+    """Pixels where ``mask``'s value differs from the pixel below or to the right (its region borders)."""
+    mask = np.asarray(mask)
+    edge = np.zeros(mask.shape, bool)
+    edge[:-1] |= mask[:-1] != mask[1:]
+    edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    return edge
+
+
+#: Scale bar lengths to choose from, micrometres.
+BAR_UM = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+
+
+def scale_bar_um(width_px, px_um):
+    """The longest of :data:`BAR_UM` that fits in a fifth of an image ``width_px`` wide."""
+    fits = [b for b in BAR_UM if b / px_um <= width_px / 5]
+    return fits[-1] if fits else BAR_UM[0]
+
+
+def _scale_bar(ax, width_px, px_um):
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    um = scale_bar_um(width_px, px_um)
+    label = f"{um // 1000} mm" if um >= 1000 else f"{um} \u00b5m"
+    ax.add_artist(AnchoredSizeBar(ax.transData, um / px_um, label, "lower right", pad=0.4, color="white",
+                                  frameon=False, size_vertical=max(1.0, width_px / 300), fontproperties={"size": 8}))

@@ -57,12 +57,34 @@ def _context_scales(text):
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
 @one_line_errors
 def train_and_export_cmd(images, masks, class_map, out, **kw):
-    """Train the paper's CNN on annotated slices and write a verified model bundle."""
+    """Train the paper's CNN on annotated slices and write a verified model bundle.
+
+    An existing bundle at -o trained by the same arguments on the same files is left as it is
+    (said, exit 0); any other is replaced only with --overwrite (README, "Finished outputs").
+    """
     if len(images) != len(masks):
         raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
+    from brainrt.cli import command_record
+    from brainrt.finished import is_finished
+
     from .pipeline import train_and_export
 
+    record = command_record(click.get_current_context(), None, by_value=("checkpoint",))
+    if is_finished(out, record, is_dir=True, overwrite=kw["overwrite"], read=_bundle_record):
+        click.echo(f"{out} is complete (trained by the same command and arguments); nothing to do "
+                   "(--overwrite trains it again)")
+        return
     kw["context"] = _context_scales(kw["context"])
-    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, **kw)
+    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, record=record, **kw)
     click.echo(f"wrote {out}: CNN test accuracy {m.test_accuracy('cnn'):.3f}, "
                f"logreg {m.test_accuracy('logreg') or float('nan'):.3f}")
+
+
+def _bundle_record(out):
+    """The run record in a bundle's manifest (None: none, or a bundle that does not verify)."""
+    from brainrt.bundle import verify_bundle
+
+    try:
+        return verify_bundle(out).extra.get("run")
+    except BrainrtError:
+        return None

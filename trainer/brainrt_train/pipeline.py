@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from brainrt.bundle import MANIFEST, Bundle, LinearHead, hash_tree, verify_bundle
-from brainrt.errors import BrainrtError, check_positive_int, file_error, param_error
+from brainrt.errors import BrainrtError, check_positive_int, param_error
+from brainrt.finished import refusal
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
 from brainrt.intensity import tissue_quantiles
 from brainrt.io import atomic_path, write_json
@@ -430,19 +431,21 @@ def write_bundle(tmp, manifest: Manifest):
     verify_bundle(tmp)
 
 
-def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | None = None, **kw) -> Manifest:
+def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | None = None, record=None,
+                     **kw) -> Manifest:
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
     Options are :class:`TrainOptions`' fields, given as keywords (or as ``options``, which
     keywords then override). Returns the :class:`~brainrt.manifest.Manifest`. The bundle
     is built in a temporary folder beside ``out`` and renamed into place only when complete
-    and verified.
+    and verified. ``record``: the command's run record (:mod:`brainrt.finished`), kept in the
+    manifest as ``run`` (a rerun with the same arguments then leaves the bundle as it is).
     """
     opts = dataclasses.replace(options, **kw) if options is not None else TrainOptions(**kw)
     t_start = time.perf_counter()
     out = Path(out)
     if out.exists() and not overwrite:
-        raise file_error(out, "already exists; pass --overwrite to replace it")
+        raise refusal(out, "already exists")
     data = load_data(pairs, opts)
     samples = sample(data, opts)
     trained = train(data, samples, opts)
@@ -456,6 +459,8 @@ def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | Non
                                           "heads": heads.metrics, "onnx_parity": graphs.report})
         manifest = build_manifest(tmp, data, samples, trained, graphs, heads, int8, opts,
                                   total_seconds=time.perf_counter() - t_start)
+        if record is not None:
+            manifest = dataclasses.replace(manifest, extra={**manifest.extra, "run": record})
         write_bundle(tmp, manifest)
         if opts.smooth_choice:
             manifest = _with_smoothing(tmp, manifest, data.slices, layout=opts.layout)

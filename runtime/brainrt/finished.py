@@ -1,0 +1,233 @@
+"""Finished outputs: one rule for every output of every command, and the record that decides it.
+
+The rule (README, "Finished outputs"):
+
+- nothing at the target: write it;
+- a finished output written by the same command with the same arguments: say it is complete
+  and do nothing (exit 0);
+- anything else there (other arguments, an unfinished or damaged set, files without a run
+  record): refuse with one line unless ``--overwrite`` (``overwrite=True``).
+
+The **run record** (:func:`run_record`) is a small JSON dict: the command, its arguments by
+option name, the identity of every input file (resolved path, size, modification time) and
+the bundle's manifest sha256; the library version is kept but not compared. A folder output
+(zarr) holds it as ``.brainrt/run.json``; a file output ``X.ome.tif`` and its side files
+(``X.probabilities.ome.tif``, ``X.overlay.png``, ...) are one **set** whose record
+``X.run.json`` also lists each file's size. :class:`OutputSet` writes a set as one: every
+file goes to a temporary name first; only when all are written are they renamed into place,
+the files of the set that this run does not write are removed, and the record is written
+last (and removed first), so a set without its record is never taken as finished.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import BrainrtError, file_error
+from .io import current_umask
+
+FORMAT = "brainrt-run/1"
+#: The record of a folder output, inside it.
+FOLDER_RECORD = Path(".brainrt") / "run.json"
+#: The record of a file output ``X.ome.tif``: ``X`` + this suffix.
+SET_RECORD = ".run.json"
+#: Keys of a record that are not compared ("same arguments" means the rest is equal).
+NOT_COMPARED = ("files", "brainrt")
+
+
+def input_identity(path) -> dict | None:
+    """What identifies an input file or folder: resolved path, size and modification time (None: no path)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        return {"path": str(path)}
+    st = p.stat()
+    ident = {"path": str(p.resolve()), "mtime_ns": st.st_mtime_ns}
+    if p.is_file():
+        ident["size"] = st.st_size
+    return ident
+
+
+def run_record(command: str, arguments: dict, inputs: dict, model_hash: str | None) -> dict:
+    """The run record of ``command`` (arguments by option name, inputs by option name -> path)."""
+    from . import __version__
+
+    rec = {"format": FORMAT, "command": command, "arguments": arguments,
+           "inputs": {k: [input_identity(x) for x in v] if isinstance(v, (list, tuple)) else input_identity(v)
+                      for k, v in inputs.items()}, "model": model_hash, "brainrt": __version__}
+    return json.loads(json.dumps(rec, default=str))  # the form it has once read back
+
+
+def record_path(out, *, is_dir=False) -> Path:
+    """Where the record of output ``out`` lives."""
+    out = Path(out)
+    return out / FOLDER_RECORD if is_dir else set_member(out, SET_RECORD)
+
+
+def set_member(out, suffix) -> Path:
+    """The side file ``X<suffix>`` of a file output ``X.ome.tif`` (``X.tif``, ...)."""
+    out = Path(out)
+    name = out.name
+    for ext in (".ome.tif", ".ome.tiff", ".tif", ".tiff"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return out.parent / f"{name}{suffix}"
+
+
+def read_record(out, *, is_dir=False) -> dict | None:
+    """The output's run record, or None (none, or unreadable)."""
+    try:
+        rec = json.loads(record_path(out, is_dir=is_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get("format") == FORMAT else None
+
+
+def _compared(rec):
+    return {k: v for k, v in rec.items() if k not in NOT_COMPARED}
+
+
+def differences(old: dict, new: dict, n=3) -> str:
+    """The first ``n`` differing arguments or inputs, as ``--opt OLD vs NEW`` (for refusals)."""
+    out = []
+    if old.get("command") != new.get("command"):
+        out.append(f"written by {old.get('command')}, not {new.get('command')}")
+    for group in ("arguments", "inputs"):
+        a, b = old.get(group) or {}, new.get(group) or {}
+        for key in dict.fromkeys([*b, *a]):
+            x, y = a.get(key), b.get(key)
+            if x == y:
+                continue
+            if group == "arguments":
+                out.append(f"{key} {_show(x)} vs {_show(y)}")
+            elif x and y and x.get("path") == y.get("path"):
+                out.append(f"{key} {Path(x['path']).name} changed since")
+            else:
+                out.append(f"{key} {_show(x and Path(x['path']).name)} vs {_show(y and Path(y['path']).name)}")
+    if old.get("model") != new.get("model"):
+        out.append("another model")
+    return ", ".join(out[:n]) or "another run"
+
+
+def _show(value, n=40):
+    text = "unset" if value is None else json.dumps(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def refusal(out, problem) -> BrainrtError:
+    """The one-line refusal to replace an existing output (the same words for every command)."""
+    return file_error(out, f"{problem}; pass --overwrite to replace it")
+
+
+def is_finished(out, record, *, members=(), is_dir=False, overwrite=False, read=None) -> bool:
+    """Apply the rule to output ``out`` (with the side files ``members`` of a set) for a run of ``record``.
+
+    True: ``out`` is a finished output of the same run (do nothing). False: go ahead and
+    write (nothing there, or ``overwrite``). Otherwise raise the one-line refusal. ``read(out)``
+    reads the record of an output that keeps it elsewhere (a bundle, in its manifest).
+    """
+    out = Path(out)
+    there = [p for p in (out, *members, record_path(out, is_dir=is_dir)) if p.exists() and not _empty_dir(p)]
+    if not there or overwrite:
+        return False
+    old = read(out) if read is not None else read_record(out, is_dir=is_dir)
+    if old is None:
+        raise refusal(there[0], "already exists and has no brainrt run record (unknown arguments)")
+    if _compared(old) != _compared(record):
+        raise refusal(out, f"already holds the output of other arguments ({differences(old, record)})")
+    missing = _set_problems(out, old, members) if not is_dir else ([] if out.is_dir() else [out.name])
+    if missing:
+        raise refusal(out, f"is an incomplete output ({', '.join(missing[:3])} missing or changed)")
+    return True
+
+
+def _empty_dir(p):
+    return p.is_dir() and not any(p.iterdir())
+
+
+def _set_problems(out, rec, members):
+    """Files of a set that are missing, of another size, or present but not in its record."""
+    files = rec.get("files") or {}
+    bad = [name for name, size in files.items()
+           if not (out.parent / name).is_file() or (out.parent / name).stat().st_size != size]
+    names = {p.name for p in (out, *members)} - {record_path(out).name}
+    return bad + sorted(n for n in names - set(files) if (out.parent / n).exists())
+
+
+class OutputSet:
+    """Write the files of one output set atomically as a set (see the module docstring).
+
+    ``with OutputSet(out, members, record=rec) as s:`` then write each file to
+    ``s.path(final)``; on success the set is committed, on any error every temporary file is
+    removed and the existing set is left as it was. A write that fails for lack of space (or
+    any OS error) becomes the one-line error naming the output.
+    """
+
+    def __init__(self, out, members, *, record=None):
+        self.out, self.members, self.record = Path(out), [Path(m) for m in members], record
+        self._tmp: dict[Path, Path] = {}
+
+    def path(self, final) -> Path:
+        """A temporary path for the set's file ``final``."""
+        final = Path(final)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + "".join(final.suffixes),
+                                    dir=final.parent if str(final.parent) else ".")
+        os.close(fd)
+        self._tmp[final] = Path(name)
+        return self._tmp[final]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        try:
+            if kind is None:
+                self._commit()
+        except OSError as err:
+            self._discard()
+            raise _os_error(self.out, err) from None
+        if kind is not None:
+            self._discard()
+            if issubclass(kind, OSError):
+                raise _os_error(self.out, exc) from None
+        return False
+
+    def _commit(self):
+        rec_path = record_path(self.out)
+        rec_path.unlink(missing_ok=True)  # removed first: a half-committed set has no record
+        mode = 0o666 & ~current_umask()
+        for final, tmp in self._tmp.items():
+            os.chmod(tmp, mode)
+            os.replace(tmp, final)
+        for stale in [self.out, *self.members]:
+            if stale not in self._tmp and stale.is_file():
+                stale.unlink()
+        self._tmp = {}
+        if self.record is not None:
+            rec = {**self.record, "files": {p.name: p.stat().st_size for p in [self.out, *self.members] if p.is_file()}}
+            write_record(rec_path, rec)
+
+    def _discard(self):
+        for tmp in self._tmp.values():
+            tmp.unlink(missing_ok=True)
+        self._tmp = {}
+
+
+def write_record(path, rec):
+    """Write a run record atomically (a folder output's, or a set's)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(rec, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _os_error(out, err) -> BrainrtError:
+    why = "no space left on device" if getattr(err, "errno", None) == errno.ENOSPC else (err.strerror or str(err))
+    return file_error(out, f"cannot write the output ({why}); nothing was written or replaced")

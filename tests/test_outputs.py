@@ -1,0 +1,225 @@
+"""Outputs (issue 19, items 3, 5, 7 and the one-line errors): finished work is never silently
+replaced, the files of one output are one set, options do what their names say.
+
+Each test failed before its fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+
+from brainrt.cli import main
+from conftest import listing, write_tiff
+
+
+def _run(args, **kw):
+    return CliRunner().invoke(main, ["-q", *[str(a) for a in args]], **kw)
+
+
+def _one_error(result):
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert "Traceback" not in result.output, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def _ok(result):
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    return result.stdout
+
+
+@pytest.fixture
+def small(tmp_path, synthetic_slice):
+    """A small slice and its truth as TIFFs, and an output folder."""
+    src = write_tiff(tmp_path / "s.tif", synthetic_slice.image[:192, :256])
+    truth = write_tiff(tmp_path / "t.tif", synthetic_slice.mask[:192, :256])
+    (tmp_path / "out").mkdir()
+    return src, truth, tmp_path / "out"
+
+
+def _state(folder):
+    """Name -> (mtime, bytes) of every file below ``folder``."""
+    return {p: ((folder / p).stat().st_mtime_ns, (folder / p).read_bytes() if (folder / p).is_file() else b"")
+            for p in listing(folder)}
+
+
+COMMANDS = {"featurize": ("x.zarr", []), "classify": ("x.ome.tif", []), "cluster": ("x.ome.tif", []),
+            "subdivide": ("x.ome.tif", ["--area", "dense-small", "-k", "2", "--whole"])}
+
+
+# 3. finished work is never silently replaced ---------------------------------------------------------
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_finished_output_same_arguments_do_nothing_others_refused(command, small, tiny_bundle_path):
+    src, _, out = small
+    name, extra = COMMANDS[command]
+    args = [command, src, "-m", tiny_bundle_path, "-o", out / name, *extra]
+    _ok(_run(args))
+    first = _state(out)
+    assert "complete" in _ok(_run(args))  # same arguments: said, nothing recomputed or rewritten
+    assert _state(out) == first
+    line = _one_error(_run([*args, "--stride", "8"]))
+    assert "other arguments" in line and "--stride 16 vs 8" in line and "--overwrite" in line, line
+    assert _state(out) == first
+    _ok(_run([*args, "--stride", "8", "--overwrite"]))
+    assert _state(out) != first
+    assert "complete" in _ok(_run([*args, "--stride", "8"]))
+
+
+def test_output_without_a_record_is_refused_unless_overwrite(small, tiny_bundle_path):
+    src, _, out = small
+    (out / "x.ome.tif").write_bytes(b"someone's map")
+    args = ["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]
+    assert "no brainrt run record" in _one_error(_run(args))
+    assert (out / "x.ome.tif").read_bytes() == b"someone's map"
+    _ok(_run([*args, "--overwrite"]))
+    assert tifffile.imread(out / "x.ome.tif").shape == (192, 256)
+
+
+def test_changed_input_is_other_arguments(small, tiny_bundle_path, synthetic_slice):
+    src, _, out = small
+    args = ["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]
+    _ok(_run(args))
+    write_tiff(src, synthetic_slice.image[192:384, :256])  # another slice under the same name
+    assert "SOURCE s.tif changed since" in _one_error(_run(args))
+
+
+def test_incomplete_set_is_refused(small, tiny_bundle_path):
+    src, _, out = small
+    args = ["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]
+    _ok(_run(args))
+    (out / "x.probabilities.ome.tif").unlink()
+    assert "incomplete" in _one_error(_run(args))
+
+
+# 5. stale side files --------------------------------------------------------------------------------
+def test_rerun_without_truth_removes_the_old_metrics(small, tiny_bundle_path):
+    src, truth, out = small
+    base = ["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]
+    _ok(_run([*base, "--truth", truth]))
+    assert {"x.metrics.json", "x.confusion.png"} <= set(listing(out))
+    _ok(_run([*base, "--overwrite"]))
+    assert sorted(listing(out)) == ["x.ome.tif", "x.overlay.png", "x.probabilities.ome.tif", "x.run.json"]
+
+
+def test_classify_from_features_removes_an_older_overlay(small, tiny_bundle_path):
+    src, _, out = small
+    _ok(_run(["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]))
+    _ok(_run(["featurize", src, "-m", tiny_bundle_path, "-o", out / "f.zarr"]))
+    _ok(_run(["classify", out / "f.zarr", "-m", tiny_bundle_path, "-o", out / "x.ome.tif", "--overwrite"]))
+    assert not (out / "x.overlay.png").exists()
+    rec = json.loads((out / "x.run.json").read_text())
+    assert sorted(rec["files"]) == ["x.ome.tif", "x.probabilities.ome.tif"]
+
+
+def test_disk_full_leaves_the_old_set_and_no_label_map_alone(small, tiny_bundle_path, monkeypatch):
+    """A write that fails (ENOSPC) on the probabilities: one line, exit 2; neither a new label map
+    without its probabilities nor a temporary file is left, and an older set stays whole."""
+    src, _, out = small
+    real = tifffile.imwrite
+
+    def full(path, data, *a, **kw):
+        if ".probabilities." in str(path) or data.ndim == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data, *a, **kw)
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    args = ["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]
+    line = _one_error(_run(args))
+    assert "x.ome.tif" in line and "no space left" in line, line
+    assert listing(out) == []
+    monkeypatch.setattr(tifffile, "imwrite", real)
+    _ok(_run(args))
+    before = _state(out)
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    _one_error(_run([*args, "--stride", "8", "--overwrite"]))
+    assert _state(out) == before
+
+
+# 7. options that quietly did something else ---------------------------------------------------------
+@pytest.mark.parametrize(("command", "name"), [("classify", "a.png"), ("featurize", "a.tif"), ("cluster", "a.zarr"),
+                                               ("subdivide", "a.json")])
+def test_output_name_of_another_format_is_refused(command, name, small, tiny_bundle_path):
+    src, _, out = small
+    line = _one_error(_run([command, src, "-m", tiny_bundle_path, "-o", out / name, *COMMANDS[command][1]]))
+    assert name in line and "name the output like" in line, line
+    assert listing(out) == []
+
+
+@pytest.mark.parametrize("args", [["--threads", "0"], ["--workers", "0", "--z", "all"], ["--batch-size", "0"],
+                                  ["--stride", "-1"], ["--nosuch"]])
+def test_bad_option_values_are_one_line(args, small, tiny_bundle_path):
+    src, _, out = small
+    line = _one_error(_run(["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif", *args]))
+    assert args[0] in line and "--help" in line, line
+    assert listing(out) == []
+
+
+def test_subdivide_k_0_is_one_line(small, tiny_bundle_path):
+    src, _, out = small
+    line = _one_error(_run(["subdivide", src, "-m", tiny_bundle_path, "--area", "dense-small", "-k", "0", "-o", out / "x.tif"]))
+    assert "'-k' / '--clusters'" in line, line
+
+
+def test_errors_name_the_command_run(small, tiny_bundle_path):
+    src, _, out = small
+    for command in ("classify", "cluster"):
+        line = _one_error(_run([command, src, "-m", tiny_bundle_path, "--stride", "5", "--method", "dense",
+                                "-o", out / "x.ome.tif"]))
+        assert f"parameter of {command} " in line, line
+
+
+def test_area_help_lists_the_bundles_areas(shipped_bundle_path):
+    from brainrt.bundle import Bundle
+
+    out = CliRunner().invoke(main, ["subdivide", "--help"]).output
+    names = Bundle.load(shipped_bundle_path, heads=False).class_names
+    assert all(n in " ".join(out.split()) for n in names), out
+
+
+# overlays ---------------------------------------------------------------------------------------------
+def test_overlay_has_a_scale_bar_and_truth_contours(tmp_path, synthetic_slice):
+    from brainrt.plots import contours, overlay_png, scale_bar_um
+
+    img, mask = synthetic_slice.image, synthetic_slice.mask
+    labels = np.where(mask > 0, mask.astype(np.int16) - 1, -1)
+    pngs = {}
+    for name, kw in {"plain": {}, "bar": dict(pixel_size_um=1.17), "truth": dict(truth=mask)}.items():
+        overlay_png(tmp_path / f"{name}.png", img, labels, ["a", "b", "c", "d"], **kw)
+        pngs[name] = _png(tmp_path / f"{name}.png")
+    assert not np.array_equal(pngs["plain"], pngs["bar"]) and not np.array_equal(pngs["plain"], pngs["truth"])
+    assert scale_bar_um(576, 1.17) == 100 and scale_bar_um(5805, 1.17) == 1000
+    edge = contours(np.array([[1, 1, 2], [1, 1, 2], [3, 3, 3]]))
+    assert edge.tolist() == [[False, True, False], [True, True, True], [False, False, False]]
+
+
+def _png(path):
+    import matplotlib.image
+
+    return matplotlib.image.imread(path)
+
+
+def test_readme_volume_example_files_are_ignored_by_git():
+    """Issue 19: running the README's volume example in the clone left stack.tif and out.ome.zarr as untracked files."""
+    import re
+    import shutil
+    import subprocess
+
+    from conftest import ROOT
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("### Whole volumes"):]
+    block = block[block.index("```bash") : block.index("```", block.index("```bash") + 3)]
+    names = re.findall(r"imwrite\('([^']+)'", block) + re.findall(r"-o (\S+)", block)
+    assert sorted(names) == ["out.ome.zarr", "stack.tif"], names
+    for name in [*names, f".{names[-1]}.partial"]:
+        done = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
+        assert done.returncode == 0, f"{name} is not ignored by git"
