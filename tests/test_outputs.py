@@ -170,8 +170,7 @@ def test_subdivide_k_0_is_one_line(small, tiny_bundle_path):
 def test_errors_name_the_command_run(small, tiny_bundle_path):
     src, _, out = small
     for command in ("classify", "cluster"):
-        line = _one_error(_run([command, src, "-m", tiny_bundle_path, "--stride", "5", "--method", "dense",
-                                "-o", out / "x.ome.tif"]))
+        line = _one_error(_run([command, src, "-m", tiny_bundle_path, "--pixel-size", "-1", "-o", out / "x.ome.tif"]))
         assert f"parameter of {command} " in line, line
 
 

@@ -282,8 +282,7 @@ def cases(t, data_present):  # long: the table's rows, in the issue's order
         Case("--device nosuch", c + ["s.tif", *m, "--device", "nosuch", "-o", "dev.ome.tif"]),
         Case("brainrt info BUNDLE", ["info", DEMO], "ok", group="what users expect"),
         Case("brainrt --version", ["--version"], "ok"),
-        Case("parameter error names the command", c + ["s.tif", *m, "--stride", "5", "--method", "dense", "-o",
-                                                          "p.ome.tif"]),
+        Case("parameter error names the command", c + ["s.tif", *m, "--pixel-size", "-1", "-o", "p.ome.tif"]),
         Case("--area that the bundle does not have", ["subdivide", "s.tif", *m, "--area", "Ctx", "-o", "ar.ome.tif"]),
     ]
     if data_present:
