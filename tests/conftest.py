@@ -126,3 +126,20 @@ def shipped_bundle_path():
     if not (SHIPPED_BUNDLE / "manifest.json").is_file():
         pytest.skip(f"{SHIPPED_BUNDLE} is missing")
     return SHIPPED_BUNDLE
+
+
+def run_cli(args):
+    """``brainrt ARGS`` through click's runner (arguments turned to strings)."""
+    from click.testing import CliRunner
+
+    from brainrt.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_cli_error(result):
+    """The one ``Error: ...`` line of a refused command (exit status 2); fails otherwise."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]

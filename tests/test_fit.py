@@ -18,20 +18,10 @@ from brainrt.cli import main
 from brainrt.errors import BrainrtError
 from brainrt.synth import draw_strokes, make_slice, make_volume
 from conftest import ROOT, listing, write_tiff
+from conftest import one_cli_error as _one_error, run_cli as _run
 
 DEMO = ROOT / "models" / "synthetic-demo"
 SHAPE = (512, 768)
-
-
-def _run(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_error(result):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

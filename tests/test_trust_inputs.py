@@ -21,17 +21,7 @@ from click.testing import CliRunner
 import brainrt
 from brainrt.cli import main
 from brainrt.errors import BrainrtError
-
-
-def _run(args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_error(result):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    return lines[0]
+from conftest import one_cli_error as _one_error, run_cli as _run
 
 
 @pytest.fixture(scope="module")
