@@ -433,14 +433,16 @@ def test_interrupted_featurize_leaves_no_output(tmp_path, tiny_bundle_path, tiny
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     log = open(tmp_path / "killed-run.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    def first_block_written():  # the event: a chunk of the first block in the temp folder's features
+        return any(p.is_file() for p in tmp_path.glob(".out.zarr.*/features/c/**/*"))
+
     try:
-        deadline = time.monotonic() + 120
-        while not list(tmp_path.glob(".out.zarr.*")) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)  # wait for the run to start writing its temp folder
-        time.sleep(1.5)
+        deadline = time.monotonic() + 300
+        while not first_block_written() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert proc.poll() is None, f"finished before it could be killed: {(tmp_path / 'killed-run.log').read_text()}"
-        assert list(tmp_path.glob(".out.zarr.*")), "no temp folder was written"
-        proc.send_signal(signal.SIGKILL)
+        assert first_block_written(), "no block was written"
+        proc.send_signal(signal.SIGKILL)  # mid-run: after the first of about a dozen blocks
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
@@ -456,3 +458,41 @@ def test_interrupted_featurize_leaves_no_output(tmp_path, tiny_bundle_path, tiny
     ref = brainrt.featurize(image, tiny_bundle, stride=2, method="patch")
     np.testing.assert_array_equal(got.valid, ref.valid)
     np.testing.assert_array_equal(np.asarray(got.features[:]), ref.features)
+
+
+# --------------------------------------------------------------------------- every input checked before any work
+@pytest.mark.parametrize("case", ["truth shape", "truth codes", "roi shape", "workers on a slice",
+                                  "scheduler on a slice", "z on a 2D image", "unknown area", "bad head"])
+def test_cli_inputs_are_checked_before_any_work(case, tmp_path, slice_tif, tiny_bundle_path, monkeypatch):
+    """Each bad input is one line and exit 2, and the engine never ran (its loop is replaced by a tripwire)."""
+    import brainrt.api
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the engine ran before the input was checked")
+
+    monkeypatch.setattr(brainrt.api, "run", tripwire)
+    small = write_tiff(tmp_path / "small.tif", np.ones((10, 10), np.uint8))
+    no_codes = write_tiff(tmp_path / "nocodes.tif", np.full(tifffile_shape(slice_tif), 200, np.uint8))
+    out = tmp_path / "o.ome.tif"
+    args, message = {
+        "truth shape": (["classify", slice_tif, "--truth", small], f"{small}: label mask shape (10, 10) differs"),
+        "truth codes": (["classify", slice_tif, "--truth", no_codes], f"{no_codes}: does not look like a label mask"),
+        "roi shape": (["subdivide", slice_tif, "--roi", small], f"{small}: ROI mask shape (10, 10) differs"),
+        "workers on a slice": (["classify", slice_tif, "--workers", 2], "--workers runs a volume on Dask"),
+        "scheduler on a slice": (["featurize", slice_tif, "--scheduler", "tcp://127.0.0.1:1"],
+                                 "--scheduler runs a volume on Dask"),
+        "z on a 2D image": (["classify", slice_tif, "--z", 0], "is a 2D image; --z 0 does not apply"),
+        "unknown area": (["subdivide", slice_tif, "--area", "Nowhere"], "unknown area 'Nowhere'"),
+        "bad head": (["subdivide", slice_tif, "--area", "dense-small", "--head", "gmm"], "is not a classifier"),
+    }[case]
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "-m", tiny_bundle_path, "-o", out]])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert listing(tmp_path) == sorted(["small.tif", "nocodes.tif"])
+
+
+def tifffile_shape(path):
+    import tifffile
+
+    return tifffile.imread(path).shape

@@ -15,9 +15,12 @@ from brainrt.engine import Meter, blocks
 from brainrt.errors import BrainrtError
 from brainrt.manifest import SCHEMA_VERSION, Manifest
 from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, make_plan
-from conftest import ROOT, write_tiff
+from conftest import ROOT, listing, write_tiff
 
 RUNTIME = ROOT / "runtime" / "brainrt"
+#: Every runtime module, the napari plugin's and the volume package's included.
+RUNTIME_FILES = sorted(RUNTIME.rglob("*.py"))
+TOOLS_FILES = sorted((ROOT / "tools").rglob("*.py"))
 SHIPPED = [ROOT / "models" / "synthetic-demo"]  # schema 1 as exported (slice309-paper6 is schema 2 since its retraining)
 
 
@@ -165,6 +168,63 @@ def test_meter_counts_every_cell_once(tiny_bundle, synthetic_slice):
     assert stats["patches"] == plan.n_cells and set(stats["timings"]) == {"tiling", "onnx", "stitching"}
 
 
+def test_run_feeds_every_block_to_the_sink_in_order(tiny_bundle, synthetic_slice):
+    from brainrt.engine import run
+    from brainrt.sinks import ArraySink
+
+    plan = make_plan(synthetic_slice.image, tiny_bundle, stride=16)
+    predictor = tiny_bundle.predictor_for(plan)
+    seen = []
+    got = run(plan, predictor, ArraySink.features(plan.shape, tiny_bundle.n_features),
+              on_block=lambda b, meter: seen.append((b.r0, b.r1, meter.n)))
+    np.testing.assert_array_equal(got, np.concatenate([b.features for b in blocks(plan, predictor)]))
+    assert seen[0][0] == 0 and seen[-1][1] == plan.shape[0] and seen[-1][2] == plan.n_cells
+    assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))  # consecutive bands, each reported once
+
+
+def test_predictor_for_a_plan_follows_its_method_and_precision(tiny_bundle, synthetic_slice):
+    for kw in (dict(stride=16), dict(stride=12), dict(stride=16, precision="int8")):
+        plan = make_plan(synthetic_slice.image, tiny_bundle, **kw)
+        p = tiny_bundle.predictor_for(plan)
+        want = tiny_bundle.predictor(plan.method, stride=plan.stride, precision=plan.precision)
+        assert (p.kind, p.session) == (want.kind, want.session) and p.kind == plan.method
+
+
+def test_a_cancelled_run_leaves_no_feature_zarr(tiny_bundle, synthetic_slice, tmp_path):
+    """Raising from the per-block callback stops the loop; the zarr sink removes its temporary folder."""
+    from brainrt.api import featurize_plan
+
+    plan = make_plan(synthetic_slice.image, tiny_bundle, stride=8)
+
+    def stop(block, meter):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        featurize_plan(plan, tiny_bundle, out=tmp_path / "f.zarr", on_block=stop)
+    assert listing(tmp_path) == []
+
+
+def test_unused_pca_kmeans_head_is_verified_but_never_loaded():
+    """Old bundles keep their pca_kmeans file (listed and hashed); the runtime does not unpickle it
+    (sub-division fits its own PCA + KMeans per region)."""
+    bundle = brainrt.Bundle.load(SHIPPED[0])
+    assert "pca_kmeans" in bundle.manifest.heads and bundle.manifest.heads["pca_kmeans"] in bundle.manifest.files
+    assert "pca_kmeans" not in bundle.heads and {"logreg", "gmm", "area_density"} <= set(bundle.heads)
+
+
+def test_volume_plan_opens_no_session(tiny_bundle_path, tmp_path, monkeypatch):
+    """The band height comes from the bundle's dense geometry, not from a session opened on the client."""
+    from brainrt import sessions
+    from brainrt.synth import make_volume
+    from brainrt.volumes import make_volume_plan
+
+    bundle = brainrt.Bundle.load(tiny_bundle_path)
+    stack = write_tiff(tmp_path / "v.tif", make_volume((2, 192, 256), seed=1).image, photometric="minisblack")
+    monkeypatch.setattr(sessions, "open_session", None)  # any session opened now would fail
+    vplan = make_volume_plan(stack, bundle, stride=16)
+    assert vplan.method == "dense" and len(vplan.bands) >= 1
+
+
 def test_predictors_say_what_they_read(tiny_bundle):
     p = tiny_bundle.predictor("patch")
     assert p.kind == "patch" and p.windows == (64,) and p.footprint == 64 and p.n_features == 64
@@ -177,7 +237,7 @@ def test_predictors_say_what_they_read(tiny_bundle):
 def test_runtime_sources_never_name_the_trainer():
     """The runtime imports nothing from brainrt_train (tests/test_runtime.py's no-torch test checks the
     modules a real session, CLI included, ends up with)."""
-    for path in RUNTIME.glob("*.py"):
+    for path in RUNTIME_FILES:
         assert "brainrt_train" not in path.read_text(), path.name
 
 
@@ -189,6 +249,134 @@ def test_trainer_command_is_registered_by_entry_point():
     result = CliRunner().invoke(main, ["--help"])
     assert "train-and-export" in result.output
     assert "train-and-export" not in main.commands  # not defined by the runtime itself
+
+
+def test_no_function_over_40_lines_in_the_runtime_packages():
+    """The 40-line rule of the runtime's modules also holds in its packages (napari/, volumes/)."""
+    too_long = [f for path in RUNTIME_FILES if path.parent != RUNTIME for f in _long_functions(path)]
+    assert not too_long, too_long
+
+
+def test_no_runtime_module_over_400_lines():
+    too_long = [f"{p.relative_to(RUNTIME)} ({n})" for p in RUNTIME_FILES if (n := len(p.read_text().splitlines())) > 400]
+    assert not too_long, too_long
+
+
+def _calls_blocks(tree):
+    """Lines that import or call the engine's ``blocks`` (the loop over them belongs to ``engine.run``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("engine"):
+            yield from (node.lineno for a in node.names if a.name == "blocks")
+        elif isinstance(node, ast.Call):
+            f = node.func
+            if (isinstance(f, ast.Name) and f.id == "blocks") or (isinstance(f, ast.Attribute) and f.attr == "blocks"
+                                                                   and isinstance(f.value, ast.Name)
+                                                                   and f.value.id == "engine"):
+                yield node.lineno
+
+
+def test_no_loop_over_the_engine_blocks_outside_the_engine():
+    hits = [f"{p.relative_to(ROOT)}:{n}" for p in RUNTIME_FILES + TOOLS_FILES if p.name != "engine.py"
+            for n in _calls_blocks(ast.parse(p.read_text()))]
+    assert not hits, hits
+
+
+def _is_module(path, node, name):
+    """Whether ``from <node> import name`` in ``path`` names a module file (a private module of the same package)."""
+    base = path.parent
+    for _ in range(max(node.level - 1, 0)):
+        base = base.parent
+    if node.level == 0:
+        base = RUNTIME.parent
+    base = base.joinpath(*(node.module or "").split(".")) if node.module else base
+    return (base / f"{name}.py").exists() or (base / name).is_dir()
+
+
+def _private_imports(path):
+    """``from <brainrt module> import _name`` and ``<brainrt module>._name`` in ``path`` (dunders allowed)."""
+    tree, bound = ast.parse(path.read_text()), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("brainrt")):
+            for a in node.names:
+                bound.add(a.asname or a.name)
+                if a.name.startswith("_") and not _is_module(path, node, a.name):
+                    yield f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}"
+        elif isinstance(node, ast.Import):
+            bound |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("brainrt")}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            yield f"{path.relative_to(ROOT)}:{node.lineno} uses {node.value.id}.{node.attr}"
+
+
+def test_no_cross_module_private_imports():
+    hits = [h for p in RUNTIME_FILES + TOOLS_FILES for h in _private_imports(p)]
+    assert not hits, hits
+
+
+def test_runtime_imports_its_siblings_at_the_top():
+    """Only heavy optional packages (dask, zarr, Qt, scikit-learn, ...) are imported inside functions."""
+    hits = []
+    for p in RUNTIME_FILES:
+        for fn in ast.walk(ast.parse(p.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                hits += [f"{p.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(fn) if isinstance(n, ast.ImportFrom)
+                         and (n.level or (n.module or "").startswith("brainrt"))]
+    assert not hits, hits
+
+
+# --------------------------------------------------------------------------- option declarations
+PLAN_OPTIONS = ("stride", "batch_size", "min_tissue", "threshold", "pixel_size_um", "method", "precision")
+VOLUME_OPTIONS = PLAN_OPTIONS + ("z_spacing_um", "smooth_z", "band_rows", "threads")
+
+
+def _bad_values(names):
+    from brainrt.params import PARAMS
+
+    return [(n, bad) for n in names for bad in PARAMS[n].constraint.invalid()]
+
+
+def _message(name, owner):
+    from brainrt.params import PARAMS
+
+    return rf"^The '{name}' parameter of {re.escape(owner)} must be {re.escape(PARAMS[name].constraint.describe())}\. Got "
+
+
+@pytest.mark.parametrize(("name", "bad"), _bad_values(PLAN_OPTIONS), ids=repr)
+def test_make_plan_refuses_what_the_declarations_refuse(tiny_bundle, synthetic_slice, name, bad):
+    with pytest.raises(BrainrtError, match=_message(name, "featurize")):
+        make_plan(synthetic_slice.image, tiny_bundle, **{name: bad})
+
+
+@pytest.mark.parametrize(("name", "bad"), _bad_values(VOLUME_OPTIONS), ids=repr)
+def test_volume_plan_refuses_what_the_declarations_refuse(tiny_bundle, tmp_path, name, bad):
+    """Same declarations, checked before the stack is even opened (the source need not exist)."""
+    from brainrt.volumes import make_volume_plan
+
+    with pytest.raises(BrainrtError, match=_message(name, "classify (volume)")):
+        make_volume_plan(tmp_path / "missing.tif", tiny_bundle, **{name: bad})
+
+
+@pytest.mark.parametrize("bad", [b for _, b in _bad_values(["smooth"])], ids=repr)
+def test_classify_refuses_bad_smoothing_before_the_engine_runs(tiny_bundle, synthetic_slice, bad, monkeypatch):
+    import brainrt.api
+
+    monkeypatch.setattr(brainrt.api, "run", None)  # calling it would fail with a TypeError, not this message
+    plan = make_plan(synthetic_slice.image, tiny_bundle)
+    with pytest.raises(BrainrtError, match=_message("smooth", "classify")):
+        brainrt.api.classify_plan(plan, tiny_bundle, smooth=bad)
+
+
+def test_plan_and_volume_defaults_are_the_declared_ones(tiny_bundle, tmp_path):
+    from brainrt import params
+    from brainrt.synth import make_volume
+    from brainrt.volumes import make_volume_plan
+
+    stack = write_tiff(tmp_path / "v.tif", make_volume((2, 192, 256), seed=1).image, photometric="minisblack")
+    v = make_volume_plan(stack, tiny_bundle)
+    p = make_plan(make_volume((1, 192, 256), seed=1).image[0], tiny_bundle)
+    for name in ("stride", "batch_size", "min_tissue", "precision"):
+        assert v.slice_options[name] == getattr(p, name, params.default(name)) == params.default(name), name
 
 
 def _long_functions(path, limit=40):

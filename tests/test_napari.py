@@ -37,6 +37,24 @@ def test_base_import_needs_no_qt_or_napari():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_jobs_report_progress_and_stop_at_cancel(synthetic_slice, tiny_bundle_path):
+    """The jobs run the library's loop with a per-block callback: progress after every block, Cancel at the next."""
+    from brainrt.napari import _work
+
+    source = _work.Source(synthetic_slice.image[:192], (1.0, 1.0), (0.0, 0.0), "s")
+    seen = []  # stride 7: the per-patch path (no dense graph within 5 steps), blocks of 12 grid rows
+    layers = _work.clusters_job(source, tiny_bundle_path, stride=7, on_block=_work.Progress(report=seen.append))
+    assert layers and len(seen) > 1 and seen == sorted(seen) and seen[-1] == 1.0
+    calls = []
+    cancel = _work.Progress(report=calls.append, cancelled=lambda: len(calls) >= 1)
+    with pytest.raises(_work.Cancelled):
+        _work.area_map_job(source, tiny_bundle_path, stride=7, on_block=cancel)
+    assert len(calls) == 1  # stopped at the block after the first report
+    bundle = _work.load_bundle(tiny_bundle_path)
+    if "int8" in bundle.manifest.precisions:  # the plugin passes the precision on (it used to drop it)
+        assert _work.featurize(source, bundle, stride=16, precision="int8").stats["precision"] == "int8"
+
+
 def test_napari_finds_the_plugin():
     from npe2 import PluginManager
 
@@ -148,12 +166,11 @@ def test_cancel_leaves_no_layer(viewer, qtbot, notes):
 
     w = _widget(AreaMapWidget, viewer, stride=4)
     n0 = len(viewer.layers)
-    worker = w.run()
-    worker.yielded.connect(lambda f: w.cancel())  # cancel at the first progress report
-    with qtbot.waitSignal(worker.aborted, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    w.relay.fraction.connect(lambda f: w.cancel())  # cancel at the first progress report
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert len(viewer.layers) == n0 and w.status.value == "cancelled" and w.run_button.enabled
+    assert 0 < w.progress.value < 100  # it stopped between two blocks
 
 
 @pytest.mark.parametrize("case", ["bad bundle", "image too small", "no tissue"])
@@ -258,14 +275,12 @@ def _demo_strokes(truth, n=3, seed=0):
     return draw_strokes(truth, n, length=120, margin=48, seed=seed)
 
 
-def _drain(job):
-    """Run a job generator to its end without Qt; return (progress reports, its value)."""
+def _drain(job, **kw):
+    """Run a job without Qt with a progress callback; return (progress reports, its value)."""
+    from brainrt.napari._work import Progress
+
     reports = []
-    try:
-        while True:
-            reports.append(next(job))
-    except StopIteration as stop:
-        return reports, stop.value
+    return reports, job(**kw, on_block=Progress(report=reports.append))
 
 
 def test_train_job_featurizes_once_and_maps_the_known_areas():
@@ -277,7 +292,7 @@ def test_train_job_featurizes_once_and_maps_the_known_areas():
     src = Source(image, ikw["scale"], (0.0, 0.0), "demo")
     cache, state = FeatureCache(), {}
     strokes = _demo_strokes(truth)
-    reports, layers = _drain(train_job(src, strokes, DEMO_BUNDLE, cache=cache, state=state))
+    reports, layers = _drain(train_job, source=src, strokes=strokes, bundle_path=DEMO_BUNDLE, cache=cache, state=state)
     assert reports and not state["cached"] and cache.nbytes() == 48 * 72 * 64 * 4
     (areas, akw, kind), (doubt, dkw, _) = layers
     assert kind == "labels" and areas.shape == truth.shape and doubt.shape == (48, 72)
@@ -285,7 +300,7 @@ def test_train_job_featurizes_once_and_maps_the_known_areas():
     assert (areas[sel] == truth[sel]).mean() > 0.85  # class index + 1 = the demo's codes
     assert np.nanmax(doubt) <= 1.0 and np.nanmin(doubt) >= 0.0
     more = np.where(strokes > 0, strokes, _demo_strokes(truth, 1, seed=9))  # corrections: one more per area
-    reports, _ = _drain(train_job(src, more, DEMO_BUNDLE, cache=cache, state=state))
+    reports, _ = _drain(train_job, source=src, strokes=more, bundle_path=DEMO_BUNDLE, cache=cache, state=state)
     assert state["cached"] and reports == []  # no featurizing: straight to the fit
     assert sum(c["strokes"] for c in state["fitted"].record["counts"].values()) > 12
 
@@ -301,7 +316,8 @@ def test_train_job_errors_are_one_line():
                               (np.zeros((300, 300), np.uint8), "no strokes yet"),
                               (np.full((300, 300), 9, np.uint8), r"holds codes \[9\] that are not in the class map")]:
         with pytest.raises(brainrt_error(), match=expected):
-            _drain(train_job(src, strokes, DEMO_BUNDLE, cache=FeatureCache(), state={}, stride=32))
+            _drain(train_job, source=src, strokes=strokes, bundle_path=DEMO_BUNDLE, cache=FeatureCache(), state={},
+                       stride=32)
 
 
 def brainrt_error():
@@ -341,9 +357,7 @@ def test_train_areas_cancel_leaves_no_layer(viewer, qtbot):
     w = _widget(TrainAreasWidget, viewer, stride=4)
     w.add_strokes_layer().data = _demo_strokes(viewer.layers["brainrt demo truth"].data)
     n0 = len(viewer.layers)
-    worker = w.run()
-    worker.yielded.connect(lambda f: w.cancel())
-    with qtbot.waitSignal(worker.aborted, timeout=60_000):
-        pass
-    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    w.relay.fraction.connect(lambda f: w.cancel())  # cancel at the first progress report
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert len(viewer.layers) == n0 and w.status.value == "cancelled"

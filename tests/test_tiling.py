@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from brainrt.errors import BrainrtError
 from brainrt.geometry import grid_shape
-from brainrt.tiling import PAD_CODES, _gather_patches, _gather_tile, batches, gather_patches, grid_centres
+from brainrt.tiling import PAD_CODES, patches_kernel, tile_kernel, batches, gather_patches, grid_centres
 from naive import gather_patches_naive, gather_tile_naive, grid_centres_naive
 
 NORM = dict(scale=1.0 / 255.0, mean=0.45, std=0.225)
@@ -208,7 +208,7 @@ def test_gather_tile_kernel_matches_naive(shape, tile, dtype, order, pad):
     out = buf[: tile[0], : tile[1]]
     for y0, x0 in tile_origins(shape, tile, rng):
         out[:] = np.nan
-        _gather_tile(image, y0, x0, out, PAD_CODES[pad], NORM["scale"], NORM["mean"], NORM["std"], 7.5)
+        tile_kernel(image, y0, x0, out, PAD_CODES[pad], NORM["scale"], NORM["mean"], NORM["std"], 7.5)
         want = gather_tile_naive(image, y0, x0, np.empty(tile, np.float32), pad=pad, cval=7.5, **NORM)
         np.testing.assert_array_equal(out, want, err_msg=f"origin {(y0, x0)}")
     assert np.isnan(buf[tile[0] :]).all() and np.isnan(buf[:, tile[1] :]).all()  # nothing outside the view
@@ -223,7 +223,7 @@ def test_gather_patches_kernel_matches_naive(shape, patch_size, dtype, order):
     centres = edge_centres(shape, patch_size, rng)
     n = len(centres)
     buf = np.full((n + 4, 1, patch_size, patch_size), np.nan, np.float32)
-    _gather_patches(image, centres, buf, PAD_CODES["reflect"], NORM["scale"], NORM["mean"], NORM["std"], 0.0)
+    patches_kernel(image, centres, buf, PAD_CODES["reflect"], NORM["scale"], NORM["mean"], NORM["std"], 0.0)
     want = gather_patches_naive(image, centres, patch_size, np.empty_like(buf), **NORM)
     np.testing.assert_array_equal(buf[:n], want)
     assert np.isnan(buf[n:]).all()
@@ -235,7 +235,7 @@ def test_gather_tile_equals_the_patches_it_covers():
     image = make_image((45, 61), np.uint8, "C", rng)
     P, s, y0, x0 = 16, 4, -9, 50
     tile = np.empty((P + 3 * s, P + 2 * s), np.float32)
-    _gather_tile(image, y0, x0, tile, PAD_CODES["reflect"], 1.0, 0.0, 1.0, 0.0)
+    tile_kernel(image, y0, x0, tile, PAD_CODES["reflect"], 1.0, 0.0, 1.0, 0.0)
     centres = np.array([(y0 + i * s + P // 2, x0 + j * s + P // 2) for i in range(4) for j in range(3)], np.int64)
     patches = gather_patches_naive(image, centres, P, np.empty((12, 1, P, P), np.float32), scale=1.0, mean=0.0,
                                    std=1.0)

@@ -455,7 +455,7 @@ def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice, fac
 
     At factor 16 the 1024 px field is wider than the 384 x 576 px slice: it is reflected
     more than once, as a 2048 px field always is on slice309's 1420 rows."""
-    from brainrt.tiling import _PAD_REFLECT, _gather_patches
+    from brainrt.tiling import PAD_REFLECT, patches_kernel
 
     from brainrt_train.data import PatchSet, extract_context, Slice
 
@@ -466,7 +466,7 @@ def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice, fac
     got = extract_context([sl], ps, 64, factor)
     fp = 64 * factor
     buf = np.empty((3, 1, fp, fp), np.float32)
-    _gather_patches(img, centres, buf, _PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
+    patches_kernel(img, centres, buf, PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
     ref = buf[:, 0].reshape(3, 64, factor, 64, factor).mean((2, 4))
     np.testing.assert_allclose(got, ref, rtol=1e-6)
 

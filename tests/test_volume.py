@@ -85,6 +85,20 @@ def test_serial_equals_2d_path(serial_out, volume, tiny_bundle):
         np.testing.assert_array_equal(arr["labels/areas/1"][z], arr["labels/areas/0"][z][::2, ::2])
 
 
+def test_task_graph_is_data_in_serial_order(stack_tif, tiny_bundle):
+    """The executors only schedule this graph: every task after the tasks it waits for, one record name each."""
+    from brainrt.volumes import task_graph
+
+    tasks = task_graph(_plan(stack_tif, tiny_bundle, smooth_z=1.17))
+    names = [t.name for t in tasks]
+    assert len(set(names)) == len(names) == 4 * 3 + 4 + 4  # blocks, finishes, z passes
+    seen = set()
+    for t in tasks:
+        assert set(t.deps) <= seen, t
+        seen.add(t.name)
+    assert sum(t.block for t in tasks) == 12 and tasks[3].name == "f0" and tasks[3].deps == ("b0-0", "b0-4", "b0-8")
+
+
 def test_parse_z():
     from brainrt.errors import BrainrtError
     from brainrt.volume import parse_z

@@ -63,7 +63,7 @@ def split_of(bundle, sl, n_classes):
 def patch_features(bundle, image, centres):
     """Runtime features of the footprints centred on ``centres`` (standardized like the runtime does)."""
     from brainrt.plan import make_plan
-    from brainrt.tiling import _PAD_REFLECT, _gather_patches
+    from brainrt.tiling import PAD_REFLECT, patches_kernel
 
     plan = make_plan(image, bundle, stride=16, tissue="all")
     pred = bundle.predictor("patch")
@@ -71,7 +71,7 @@ def patch_features(bundle, image, centres):
     out = []
     for a in range(0, len(centres), 64):
         buf = np.empty((min(64, len(centres) - a), 1, fp, fp), np.float32)
-        _gather_patches(plan.image, centres[a : a + 64], buf, _PAD_REFLECT, plan.scale, pred.mean, pred.std, 0.0)
+        patches_kernel(plan.image, centres[a : a + 64], buf, PAD_REFLECT, plan.scale, pred.mean, pred.std, 0.0)
         out.append(pred(buf))
     return np.concatenate(out)
 

@@ -32,7 +32,7 @@ FULL = dict(slices=720, h=1420, w=5805, dtype_bytes=1)  # the thalamocortical vo
 
 
 def _FakeSource(shape):
-    from brainrt.volume import VolumeSource
+    from brainrt.volumes import VolumeSource
 
     return VolumeSource("tiff", "full-volume", shape, "|u1")
 
@@ -51,7 +51,7 @@ def _warm(vplan, folder):
     import dataclasses
     import os
 
-    from brainrt.volrun import run_volume, worker_bundle
+    from brainrt.volumes import run_volume, worker_bundle
 
     one = dataclasses.replace(vplan, zs=vplan.zs[:1])
     run_volume(one, Path(folder) / f"warm-{os.getpid()}.ome.zarr", bundle=worker_bundle(vplan))
@@ -64,7 +64,7 @@ def _du(path):
 
 def _run(vplan, out, n_workers, bundle):
     """(seconds, peak RSS per worker in MB, CPU seconds of the workers) of one run (after a warm-up)."""
-    from brainrt.volrun import run_volume
+    from brainrt.volumes import run_volume
 
     if n_workers == 0:
         t, c = time.perf_counter(), _cpu_s()
@@ -86,7 +86,7 @@ def _run(vplan, out, n_workers, bundle):
 
 def _band_task(vplan, store):
     """Run the middle band of the first slice in this (fresh) worker: the plan's and the band's seconds, peak RSS."""
-    from brainrt.volrun import run_block, slice_plan, worker_bundle
+    from brainrt.volumes import run_block, slice_plan, worker_bundle
 
     bundle = worker_bundle(vplan)
     t = time.perf_counter()
@@ -103,15 +103,15 @@ def full_band(model, stride, work):
 
     import brainrt
     from brainrt.synth import make_volume
-    from brainrt.volrun import _create_store
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes.blocks import create_store
+    from brainrt.volumes import make_volume_plan
 
     path = Path(work) / "full.tif"
     tifffile.imwrite(path, make_volume((1, FULL["h"], FULL["w"]), seed=0).image, photometric="minisblack")
     vplan = make_volume_plan(path, brainrt.Bundle.load(model, threads=1), stride=stride)
     store = Path(work) / "full.partial"
     store.mkdir()
-    _create_store(vplan, store)
+    create_store(vplan, store)
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=40) as cluster, Client(cluster) as client:
         t_plan, dt, rss = client.submit(_band_task, vplan, str(store)).result()
@@ -145,8 +145,8 @@ def main(argv=None):
 
     import brainrt
     from brainrt.synth import make_volume
-    from brainrt.volrun import run_volume
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import run_volume
+    from brainrt.volumes import make_volume_plan
 
     work = Path(tempfile.mkdtemp(prefix="bench-volume-"))
     try:
@@ -193,7 +193,7 @@ def _scaling(vplan, work, bundle, cells):
 def _estimate(bundle, per_cell, tissue, efficiency, label_bytes_per_px):
     """The full volume on 1, 16, 128 workers from the per-cell seconds of one worker (one core)."""
     S, H, W = FULL["slices"], FULL["h"], FULL["w"]
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import make_volume_plan
 
     n_classes = len(bundle.class_names)
     print(f"\nestimate: {S} slices of {H} x {W} px, tissue fraction {tissue:.2f}, "

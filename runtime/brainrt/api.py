@@ -2,9 +2,9 @@
 
 Every function that takes raw input turns it into a checked :class:`~brainrt.plan.Plan`
 first (:func:`make_plan`, the input edge), then runs the windowing engine over a
-predictor of the bundle (:func:`brainrt.engine.blocks`) and applies heads to the blocks
-(:mod:`brainrt.heads`). Options after the data argument are keyword-only. Every function
-is safe to call from several threads with one loaded :class:`~brainrt.bundle.Bundle`
+predictor of the bundle into a sink (:func:`brainrt.engine.run`, :mod:`brainrt.sinks`),
+which applies heads to the blocks (:mod:`brainrt.heads`) or writes them. Options after
+the data argument are keyword-only. Every function is safe to call from several threads with one loaded :class:`~brainrt.bundle.Bundle`
 (onnxruntime sessions are thread-safe for ``run``).
 """
 
@@ -15,19 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine import Meter, blocks
-from .errors import BrainrtError, check_float
+from .bundle import default_model, demo_model
+from .engine import Meter, run
+from .errors import BrainrtError
 from .geometry import cell_centre, upsample
 from .grid import FeatureGrid, load_features, zarr_attrs
-from .heads import OFF_TISSUE, ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
-from .smooth import RowSmoother, smooth_probabilities
-from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STRIDE, make_plan, read_mask
+from .heads import ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
+from .io import read_mask
+from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STRIDE, make_plan
+from .scoring import pixel_metrics, read_truth, score
+from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
+from .smooth import choose, smooth_probabilities
 
 log = logging.getLogger("brainrt")
 
-__all__ = ["ClassMapResult", "FeatureGrid", "classify", "classify_image", "classify_plan", "cluster", "featurize",
-           "featurize_plan", "interior_cells", "load_features", "make_plan", "pixel_metrics", "region_cells",
-           "score", "subdivide", "upsample"]
+__all__ = ["ClassMapResult", "FeatureGrid", "classify", "classify_image", "classify_plan", "cluster",
+           "default_model", "demo_model", "featurize", "featurize_plan", "interior_cells", "load_features", "make_plan",
+           "pixel_metrics", "read_truth", "region_cells", "score", "subdivide", "upsample"]
 
 
 def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
@@ -72,21 +76,18 @@ def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     return featurize_plan(plan, bundle, out=out, progress=progress)
 
 
-def featurize_plan(plan, bundle, *, out=None, progress=False, record=None):
+def featurize_plan(plan, bundle, *, out=None, progress=False, on_block=None, record=None):
     """:func:`featurize` of a checked plan: features in memory, or streamed into the zarr folder ``out``
-    (with the run ``record`` of :mod:`brainrt.finished` inside, if given)."""
-    meter = Meter(plan.n_cells, progress=progress)
-    stream = blocks(plan, bundle.predictor(plan.method, stride=plan.stride, precision=plan.precision), meter=meter)
-    try:
-        if out is None:
-            features = np.zeros(plan.shape + (bundle.n_features,), np.float32)
-            for b in stream:
-                features[b.r0 : b.r1] = b.features
-        else:
-            from .outputs import write_features
+    (with the run ``record`` of :mod:`brainrt.finished` inside, if given).
 
-            features = write_features(out, stream, valid=plan.valid, n_features=bundle.n_features,
-                                      attrs=zarr_attrs(plan, bundle.model_id), record=record)
+    ``on_block(block, meter)`` is called after every block of grid rows (see :func:`brainrt.engine.run`).
+    """
+    meter = Meter(plan.n_cells, progress=progress)
+    try:
+        sink = (ArraySink.features(plan.shape, bundle.n_features) if out is None else
+                ZarrFeatureSink(out, valid=plan.valid, n_features=bundle.n_features,
+                                attrs=zarr_attrs(plan, bundle.model_id), record=record))
+        features = run(plan, bundle.predictor_for(plan), sink, meter=meter, on_block=on_block)
     finally:
         stats = _close(meter, plan, "featurized")  # also ends the progress bar's line before any error message
     return FeatureGrid.of_plan(plan, features, bundle.model_id, stats)
@@ -132,15 +133,8 @@ def classify(grid, bundle, *, head=None, smooth=None):
 
 
 def _smoothing(bundle, clf, smooth, pixel_size_um, stride):
-    """(sigma in grid cells, space) of a classification: ``smooth`` um, or the bundle's default."""
-    default = bundle.manifest.smoothing
-    if smooth is None:
-        smooth = default.sigma_um if default else 0.0
-    smooth = check_float(smooth, "smooth", "classify", low=0.0, high=1e6)
-    if smooth > 0 and not clf.proba:
-        log.info("no smoothing: this head gives no class probabilities")
-        return 0.0, "log"
-    return smooth / (pixel_size_um * stride), (default.space if default else "log")
+    """(sigma in grid cells, space) of a classification (:func:`brainrt.smooth.choose`)."""
+    return choose(bundle.manifest.smoothing, smooth, proba=clf.proba, pixel_size_um=pixel_size_um, stride=stride)
 
 
 def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="auto", tissue=None,
@@ -160,33 +154,18 @@ def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="a
     return classify_plan(plan, bundle, head=head, smooth=smooth, progress=progress)
 
 
-def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False):
+def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_block=None):
     """:func:`classify_image` of a checked plan; smoothing streams with the blocks (a halo of rows)."""
     clf = Classifier.of(bundle, head)
     sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)
-    smoother, done = (RowSmoother(sigma, space=space) if sigma > 0 else None), 0
     meter = Meter(plan.n_cells, progress=progress)
-    out = clf.empty(plan.shape)
     try:
-        for b in blocks(plan, bundle.predictor(plan.method, stride=plan.stride, precision=plan.precision),
-                        meter=meter):
-            apply_rows(b.features, b.valid, clf.fn, out[b.r0 : b.r1])
-            if smoother is not None:
-                done = _put_rows(out, smoother.push(out[b.r0 : b.r1], b.valid), done)
-        if smoother is not None:
-            _put_rows(out, smoother.flush(), done)
+        out = run(plan, bundle.predictor_for(plan), ClassifySink(clf, plan.shape, sigma=sigma, space=space),
+                  meter=meter, on_block=on_block)
     finally:
         stats = _close(meter, plan, "featurized and classified")
     return clf.result(out, FeatureGrid.of_plan(plan, None, bundle.model_id, stats), bundle,
                       sigma * plan.pixel_size_um * plan.stride)
-
-
-def _put_rows(out, rows, done):
-    """Write consecutive smoothed row blocks into ``out`` from row ``done``; return the next row."""
-    for r in rows:
-        out[done : done + len(r)] = r
-        done += len(r)
-    return done
 
 
 def cluster(grid, bundle):
@@ -273,84 +252,3 @@ def region_cells(grid, bundle, *, area=None, roi=None, head=None, z=None):
     ys = np.minimum(cell_centre(np.arange(R), grid.stride), mask.shape[0] - 1)
     xs = np.minimum(cell_centre(np.arange(C), grid.stride), mask.shape[1] - 1)
     return mask[np.ix_(ys, xs)] != 0
-
-
-def score(result, truth, bundle, *, z=None, held_out=False, source=None):
-    """:func:`pixel_metrics` of a classification against a label mask (array or TIFF) at full resolution.
-
-    The metrics also record the model, stride, head and smoothing, the confusion matrix's
-    axes, the codes the class map does not know, and whether the data are the bundle's
-    training slice (``source``: the classified file). ``held_out`` scores only the test
-    footprints of the bundle's recorded split (:mod:`brainrt.truth`).
-    """
-    from .truth import scored_pixels
-
-    grid = result.grid
-    name = str(truth) if isinstance(truth, (str, Path)) else "truth"
-    if isinstance(truth, (str, Path)):
-        truth = read_mask(truth, grid.image_shape, z=z, what="label mask")
-    where, record = scored_pixels(bundle.manifest, truth, name, held_out=held_out, source=source)
-    full = upsample(result.cell_codes(), grid.stride, grid.image_shape)
-    pred = np.where(full == OFF_TISSUE, -1, full.astype(np.int16))
-    m = pixel_metrics(pred, truth, names=result.names, codes_per_class=bundle.manifest.codes_per_class, where=where)
-    return {"model_id": grid.model_id, "stride": grid.stride, "head": result.head, "smooth_um": result.smooth_um,
-            **record, **m, "confusion_matrix_rows": [f"truth {n}" for n in result.names],
-            "confusion_matrix_columns": [f"predicted {n}" for n in result.names]}
-
-
-def pixel_metrics(pred_codes, truth, *, names, codes_per_class, where=None):
-    """Accuracy, confusion matrix and per-class F1 over labeled pixels.
-
-    ``truth`` holds mask codes; a pixel counts when its code belongs to a class (and
-    ``where`` is True, if given). Pixels off tissue (prediction -1) count as wrong.
-    """
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
-
-    t, p = _code_indices(truth, pred_codes, codes_per_class)
-    sel = t >= 0
-    if where is not None:
-        sel &= where
-    tt, pp = t[sel], p[sel]
-    labels = list(range(len(names)))
-    cm = confusion_matrix(tt, pp, labels=labels)
-    pr, rc, f1, sup = precision_recall_fscore_support(tt, pp, labels=labels, zero_division=0)
-    return {"pixel_accuracy": float((tt == pp).mean()) if tt.size else float("nan"), "n_pixels": int(tt.size),
-            "unclassified_pixels": int((pp < 0).sum()), "confusion_matrix": cm.tolist(),
-            "per_class": {n: {"precision": float(pr[i]), "recall": float(rc[i]), "f1": float(f1[i]),
-                              "support": int(sup[i])} for i, n in enumerate(names)}}
-
-
-def _code_indices(truth, pred_codes, codes_per_class):
-    """Class indices (-1: none) of the truth's codes (any of a class's) and of the predicted codes (its first)."""
-    lut = np.full(max(int(truth.max()), max(max(c) for c in codes_per_class)) + 1, -1, np.int16)
-    for i, cs in enumerate(codes_per_class):
-        lut[list(cs)] = i
-    code_to_idx = {cs[0]: i for i, cs in enumerate(codes_per_class)}
-    plut = np.full(max(code_to_idx) + 2, -1, np.int16)
-    for c, i in code_to_idx.items():
-        plut[c] = i
-    return lut[truth], np.where(pred_codes >= 0, plut[np.clip(pred_codes, 0, plut.size - 1)], -1)
-
-
-def _models_dir():
-    """The ``models/`` folder of a source checkout (bundles are not installed as package data)."""
-    import os
-
-    env = os.environ.get("BRAINRT_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
-
-
-def default_model():
-    """The shipped real-data bundle (slice309, the paper's six areas)."""
-    p = _models_dir() / "slice309-paper6"
-    if not p.is_dir():
-        raise BrainrtError(f"{p}: no default bundle here; pass --model BUNDLE or set BRAINRT_MODELS")
-    return p
-
-
-def demo_model():
-    """The shipped bundle trained on synthetic slices (for the demo)."""
-    p = _models_dir() / "synthetic-demo"
-    if not p.is_dir():
-        raise BrainrtError(f"{p}: no demo bundle here; pass --model BUNDLE or set BRAINRT_MODELS")
-    return p

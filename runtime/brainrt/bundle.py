@@ -11,21 +11,50 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import os
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, check_positive_int, file_error, param_error
-from .geometry import dense_step, window_offset, window_size
+from . import predictor, sessions
+from .errors import BrainrtError, file_error, param_error
+from .geometry import manifest_problems
 from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
-from .predictor import DensePredictor, PatchPredictor
 
 log = logging.getLogger("brainrt")
 
 MANIFEST = "manifest.json"
-__all__ = ["Bundle", "LinearHead", "MANIFEST", "SCHEMA_VERSION", "hash_tree", "sha256_file", "verify_bundle"]
+#: Heads older bundles ship that the runtime no longer loads (their files stay listed and hashed):
+#: ``pca_kmeans`` was fitted at export, but sub-division fits its own PCA + KMeans per region.
+UNUSED_HEADS = ("pca_kmeans",)
+__all__ = ["Bundle", "LinearHead", "MANIFEST", "SCHEMA_VERSION", "default_model", "demo_model", "hash_tree",
+           "sha256_file", "verify_bundle"]
+
+
+def models_dir() -> Path:
+    """The ``models/`` folder of a source checkout (bundles are not installed as package data), or
+    ``$BRAINRT_MODELS``."""
+    env = os.environ.get("BRAINRT_MODELS")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+
+
+def default_model() -> Path:
+    """The shipped real-data bundle (slice309, the paper's six areas)."""
+    p = models_dir() / "slice309-paper6"
+    if not p.is_dir():
+        raise BrainrtError(f"{p}: no default bundle here; pass --model BUNDLE or set BRAINRT_MODELS")
+    return p
+
+
+def demo_model() -> Path:
+    """The shipped bundle trained on synthetic slices (for the demo)."""
+    p = models_dir() / "synthetic-demo"
+    if not p.is_dir():
+        raise BrainrtError(f"{p}: no demo bundle here; pass --model BUNDLE or set BRAINRT_MODELS")
+    return p
 
 
 def sha256_file(path) -> str:
@@ -145,8 +174,8 @@ class Bundle:
         The parsed, typed ``manifest.json``.
     session : onnxruntime.InferenceSession
         Per-patch feature graph: input ``(N, 1, P, P)`` float32, output ``(N, F)``.
-    heads : dict
-        Name -> fitted head (scikit-learn estimator or :class:`LinearHead`).
+    heads : Mapping
+        Name -> fitted head (scikit-learn estimator or :class:`LinearHead`), each loaded when first used.
     """
 
     path: Path
@@ -172,43 +201,35 @@ class Bundle:
         heads : bool, keyword-only
             Load the joblib heads too (False: features only).
         """
-        import onnxruntime as ort
-
         path = Path(path)
         manifest = verify_bundle(path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        opts.log_severity_level = 3
-        chosen = providers(device)
-        try:
-            session = ort.InferenceSession(str(path / manifest.onnx.file), opts, providers=chosen)
-        except Exception as exc:
-            raise file_error(path, f"cannot load the ONNX graph ({type(exc).__name__})") from None
+        opts, chosen = sessions.session_options(threads), providers(device)
+        session = sessions.open_session(path / manifest.onnx.file, opts, chosen, owner=path)
         check_graph(path, manifest, session)
-        problems = manifest.geometry_problems()
+        problems = manifest_problems(manifest)
         if problems:
             raise file_error(path / MANIFEST, f"manifest geometry contradicts itself: {'; '.join(problems)}; "
                                               "refusing to load it")
         log.info("brainrt: bundle %s on %s", path.name, session.get_providers()[0])
-        loaded = _load_heads(path, manifest.heads) if heads else {}
+        loaded = _load_heads(path, manifest.heads) if heads else {}  # each unpickled when first used
         return cls(path=path, manifest=manifest, session=session, heads=loaded, options=(opts, chosen))
 
-    def _session(self, rel):
-        """The session of the bundle's graph file ``rel``, created once and then reused."""
+    def graph_session(self, rel):
+        """The session of the bundle's graph file ``rel`` (the per-patch graph's is :attr:`session`),
+        created once and then reused."""
+        if rel == self.manifest.onnx.file:
+            return self.session
         with self._lock:
             if rel not in self._dense:
-                import onnxruntime as ort
-
                 opts, chosen = self.options
-                self._dense[rel] = ort.InferenceSession(str(self.path / rel), opts, providers=chosen)
+                self._dense[rel] = sessions.open_session(self.path / rel, opts, chosen)
             return self._dense[rel]
 
     def dense_session(self, stride, precision="fp32"):
         """The fully convolutional graph for ``stride`` (fp32, or its int8 copy), created once and then reused."""
         if precision == "int8":
-            return self._session(self.manifest.int8.dense_file(stride))
-        return self._session(self.manifest.dense_onnx.file(stride))
+            return self.graph_session(self.manifest.int8.dense_file(stride))
+        return self.graph_session(self.manifest.dense_onnx.file(stride))
 
     def check_precision(self, precision, owner="Bundle.predictor"):
         """``precision`` if the bundle has graphs of it; else the one-line error."""
@@ -220,32 +241,12 @@ class Bundle:
         return precision
 
     def predictor(self, kind="patch", *, stride=None, precision="fp32"):
-        """A :mod:`~brainrt.predictor` over this bundle's graphs.
+        """A :mod:`~brainrt.predictor` over this bundle's graphs (see :func:`brainrt.predictor.build`)."""
+        return predictor.build(self, kind, stride=stride, precision=precision)
 
-        ``kind="patch"``: batches of (N, 1, P, P) patches. ``kind="dense"``: tiles, for
-        the grid ``stride``: the graph of the largest dense stride dividing it, whose
-        output the engine subsamples (:func:`~brainrt.geometry.dense_step`).
-        ``precision="int8"`` runs the int8 copies of the graphs (same inputs, outputs and geometry).
-        """
-        m, P = self.manifest, self.patch_size
-        precision = self.check_precision(precision)
-        norm = dict(mean=m.normalization.mean, std=m.normalization.std, n_features=m.n_features)
-        if kind == "patch":
-            session = self.session if precision == "fp32" else self._session(m.int8.file)
-            return PatchPredictor(session, m.onnx.input, (m.footprint,), **norm)
-        if kind != "dense":
-            raise param_error("kind", "Bundle.predictor", "'patch' or 'dense'", kind)
-        stride = check_positive_int(stride, "stride", "Bundle.predictor")
-        have = [d for d in self.dense_strides if precision == "fp32" or m.int8.dense_file(d)]
-        d = dense_step(stride, have)
-        if d is None:
-            raise BrainrtError(f"{self.path}: bundle has no {precision} dense graph for stride {stride}")
-        g = m.dense_onnx
-        if g.offset is None:  # the patch's centred window
-            window, offset = window_size(P), window_offset(P)
-        else:  # a window inside a wider footprint: its offset relative to the patch's top-left
-            window, offset = g.window, g.offset - (m.footprint - P) // 2
-        return DensePredictor(self.dense_session(d, precision), g.input, d, window, offset, **norm)
+    def predictor_for(self, plan):
+        """The predictor a checked :class:`~brainrt.plan.Plan` runs (its method, stride and precision)."""
+        return predictor.for_plan(self, plan)
 
     # Convenience views of the manifest --------------------------------------------------
     @property
@@ -312,11 +313,36 @@ def check_graph(path, manifest, session):
 
 
 def _load_heads(path, files):
-    """Name -> head, from the manifest's head files (``.npz``: :class:`LinearHead`; else joblib)."""
-    import joblib
+    """Name -> head of the manifest's head files, except :data:`UNUSED_HEADS` (verified with the rest,
+    never unpickled); each is loaded when first used (:class:`Heads`)."""
+    return Heads(path, {name: rel for name, rel in files.items() if name not in UNUSED_HEADS})
 
-    return {name: LinearHead.load(path / rel) if rel.endswith(".npz") else joblib.load(path / rel)
-            for name, rel in files.items()}
+
+class Heads(Mapping):
+    """The bundle's heads by name, each loaded on first use (``.npz``: :class:`LinearHead`; else joblib),
+    so a command that fails on its input fails before scikit-learn is even imported. Every file was
+    verified against the manifest's sha256 when the bundle was loaded."""
+
+    def __init__(self, path, files):
+        self._path, self._files, self._loaded, self._lock = Path(path), dict(files), {}, threading.Lock()
+
+    def __getitem__(self, name):
+        rel = self._files[name]
+        with self._lock:
+            if name not in self._loaded:
+                if rel.endswith(".npz"):
+                    self._loaded[name] = LinearHead.load(self._path / rel)
+                else:
+                    import joblib
+
+                    self._loaded[name] = joblib.load(self._path / rel)
+            return self._loaded[name]
+
+    def __iter__(self):
+        return iter(self._files)
+
+    def __len__(self):
+        return len(self._files)
 
 
 class LinearHead:

@@ -15,9 +15,22 @@ from pathlib import Path
 
 import click
 
-from .errors import BrainrtError, file_error
-from .manifest import PRECISIONS
-from .plan import DEFAULT_PIXEL_SIZE_UM, DEFAULT_PRECISION, read_mask
+from . import api
+from .bundle import MANIFEST, Bundle, default_model, sha256_file, verify_bundle
+from .demo import run_demo
+from .derive import check_fit_target, save_bundle
+from .errors import BrainrtError
+from .finished import is_finished
+from .fit import fit_heads
+from .grid import FeatureGrid
+from .heads import Classifier
+from .io import check_not_input, check_target, read_mask
+from .scoring import score_lines
+from .outputs import siblings, write_classification, write_clusters, write_subdivision
+from .manifest import describe
+from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
+                      model_option, output_kind, slice_only, volume_options)
+from .volumes import is_volume_input, partial_path, process_volume
 
 log = logging.getLogger("brainrt")
 
@@ -27,7 +40,6 @@ COMMAND_GROUP = "brainrt.commands"
 
 def one_line_errors(fn):
     """Turn BrainrtError (and missing optional packages) into one line and exit status 2."""
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -42,9 +54,6 @@ def one_line_errors(fn):
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was written", err=True)
             sys.exit(130)  # 128 + SIGINT, as shells expect
-        except OSError as exc:  # a failed read or write the checks could not foresee (disk full, permissions)
-            click.echo(f"Error: {exc.filename or 'brainrt'}: {exc.strerror or exc}", err=True)
-            sys.exit(2)
 
     return wrapper
 
@@ -58,7 +67,6 @@ def _plugins():
 
 class _Commands(click.Group):
     """This module's commands plus the registered ones, each loaded when first needed."""
-
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), *_plugins()})
 
@@ -67,22 +75,6 @@ class _Commands(click.Group):
         if cmd is None and name in (plugins := _plugins()):
             cmd = plugins[name].load()
         return cmd
-
-    def main(self, *args, standalone_mode=True, **kwargs):
-        """Usage errors (a bad option value, a missing argument) as one line too, exit status 2."""
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        try:
-            super().main(*args, standalone_mode=False, **kwargs)
-        except click.ClickException as exc:
-            where = getattr(exc, "ctx", None)
-            hint = f" (see '{where.command_path} --help')" if where is not None else ""
-            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("Aborted!", err=True)
-            sys.exit(1)
-        sys.exit(0)
 
 
 @click.group(cls=_Commands)
@@ -99,67 +91,9 @@ def main(ctx, verbose, quiet, progress):
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
-# --------------------------------------------------------------------------- shared options
-def _model_option(f):
-    return click.option("-m", "--model", "model", default=None, type=click.Path(),
-                        help="Model bundle folder (default: the shipped slice309 bundle).")(f)
-
-
-def _grid_options(f):
-    opts = [
-        click.option("--stride", type=click.IntRange(min=1), default=16, show_default=True, help="Grid step in pixels."),
-        click.option("--method", type=click.Choice(["auto", "patch", "dense"]), default="auto", show_default=True,
-                     help="Dense (whole tiles) or per-patch evaluation; auto picks dense when it applies."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
-                     help="Network arithmetic: int8 runs the bundle's int8 graphs (dense path about 3.5x faster, "
-                          "maps 99.4% equal on slice309)."),
-        click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (nonzero = tissue)."),
-        click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu)."),
-        click.option("--all-cells", is_flag=True, help="Featurize every cell, background included."),
-        click.option("--z", type=_ZArg(), default=None,
-                     help="Slice index of a 3D stack; featurize and classify also take a range a:b or 'all' (a volume)."),
-        click.option("--series", type=int, default=None, help="Series of a multi-series (OME-)TIFF."),
-        click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="onnxruntime threads (default: all cores)."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                     help="Where the network runs: cuda needs onnxruntime's GPU build (brainrt[gpu]); auto takes it "
-                          "where usable."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Patches per onnxruntime call."),
-        click.option("--overwrite", is_flag=True,
-                     help="Replace an existing output of other arguments (same arguments: nothing to do)."),
-        click.option("--standardize/--no-standardize", default=True, show_default=True,
-                     help="Map the slice's tissue histogram onto the training tissue's (when the bundle records it)."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-class _ZArg(click.ParamType):
-    """--z: an int (one slice) or, for volumes, "a:b" or "all" (kept as a string)."""
-
-    name = "z"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) or value is None:
-            return value
-        text = str(value).strip()
-        return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _volume_options(f):
-    f = click.option("--scheduler", default=None, help="Volumes: address of a running Dask scheduler.")(f)
-    return click.option("--workers", type=click.IntRange(min=1), default=None,
-                        help="Volumes: worker processes of a local Dask cluster (default: one per core).")(f)
-
-
 def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **task_kw):
     """A volume (--z a:b or all, a TIFF folder or a zarr stack): one Dask run into an OME-Zarr or zarr folder."""
-    from .volrun import partial_path, process_volume
-
-    out = out or _default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
+    out = out or default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
     kw.pop("overwrite", None)
     bundle, _ = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")), record=False,
                          device=kw["device"])
@@ -184,23 +118,6 @@ def _plan_options(tissue_mask, all_cells, pixel_size, device="auto", **kw):
     return dict(kw, tissue=tissue_mask or ("all" if all_cells else None), pixel_size_um=pixel_size)
 
 
-#: Options that change how fast a command runs, not what it writes: left out of run records.
-NOT_RECORDED = ("threads", "batch_size", "workers", "scheduler", "device", "out", "overwrite", "model")
-#: What each command's -o names (2D); volumes write a .zarr folder.
-OUTPUT_KINDS = {"featurize": ((".zarr",), "a zarr folder of features", "NAME.features.zarr"),
-                "classify": ((".tif", ".tiff"), "an OME-TIFF label map and its side files", "NAME.labels.ome.tif"),
-                "cluster": ((".tif", ".tiff"), "an OME-TIFF cluster map and its side files", "NAME.clusters.ome.tif"),
-                "subdivide": ((".tif", ".tiff"), "an OME-TIFF map and its overlay", "NAME.subdivide.ome.tif")}
-VOLUME_KIND = ((".zarr",), "a volume into one OME-Zarr / zarr folder", "NAME.ome.zarr")
-
-
-def _check_out_name(out, command, kind):
-    """Refuse an output name that says another format than the one written (``-o a.png``)."""
-    suffixes, what, example = kind
-    if not str(out).rstrip("/").lower().endswith(suffixes):
-        raise file_error(out, f"{command} writes {what}; name the output like {example}")
-
-
 def _prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, record=True, device="auto"):
     """Fail on an unwritable output path, or one that is an input, before any work (and before a
     progress bar); load the bundle; apply the finished-output rule (:mod:`brainrt.finished`).
@@ -208,16 +125,10 @@ def _prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, r
     Returns ``(bundle, run record)``, or ``(None, None)`` when ``out`` is already finished by the
     same command and arguments (said on stdout).
     """
-    from .api import default_model
-    from .bundle import MANIFEST, Bundle, sha256_file
-    from .finished import is_finished
-    from .io import check_not_input, check_target
-    from .outputs import siblings
-
     ctx = click.get_current_context()
     members = [] if is_dir else siblings(out)
     check_not_input([out, *members], inputs)
-    _check_out_name(out, ctx.info_name, OUTPUT_KINDS[ctx.info_name] if record else VOLUME_KIND)
+    check_out_name(out, ctx.info_name, output_kind(ctx.info_name) if record else VOLUME_KIND)
     check_target(out, is_dir=is_dir)
     model = Path(model or default_model())
     if not (record and (model / MANIFEST).is_file()):  # no record, or a bundle that will not load: say why first
@@ -228,21 +139,6 @@ def _prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, r
                    "(--overwrite recomputes it)")
         return None, None
     return Bundle.load(model, threads=threads, device=device), rec
-
-
-def command_record(ctx, model_hash, *, by_value=()):
-    """The run record (:mod:`brainrt.finished`) of the command being run: its arguments by option name,
-    its input files (path options, except those in ``by_value``: recorded as given), the bundle's hash."""
-    from .finished import run_record
-
-    args, inputs = {}, {}
-    for p in ctx.command.params:
-        if p.name in NOT_RECORDED:
-            continue
-        name = p.human_readable_name if isinstance(p, click.Argument) else max(p.opts, key=len)
-        is_input = isinstance(p.type, click.Path) and p.name not in by_value
-        (inputs if is_input else args)[name] = ctx.params.get(p.name)
-    return run_record(ctx.info_name, args, inputs, model_hash)
 
 
 def _progress():
@@ -259,54 +155,28 @@ def _is_zarr(source):
     return str(source).rstrip("/").endswith(".zarr") and (Path(str(source)) / "features").exists()
 
 
-def _is_volume(source, z):
-    from .volume import is_volume_input
-
-    return is_volume_input(source, z)
-
-
-def _default_out(source, suffix):
-    name = Path(str(source).rstrip("/")).name
-    for ext in (".features.zarr", ".zarr", ".ome.tif", ".tiff", ".tif"):
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return str(Path(str(source).rstrip("/")).parent / f"{name}{suffix}")
-
-
-def _grid_and_image(source, bundle, kw, owner):
-    """A saved feature grid (.zarr, no image) or a slice TIFF featurized in memory (with its image)."""
-    from . import api
-
+def _job(source, bundle, kw, owner):
+    """What to compute, checked and not yet run: a saved feature grid (.zarr, opened lazily) or a slice's
+    :class:`~brainrt.plan.Plan`. Both know the slice's ``image_shape``, so masks are checked before any work."""
     if _is_zarr(source):
-        return api.load_features(source, bundle=bundle, z=kw["z"]), None
-    plan = api.make_plan(source, bundle, owner=owner, **_plan_options(**kw))
-    return api.featurize_plan(plan, bundle, progress=_progress()), plan.image
+        return api.load_features(source, bundle=bundle, z=kw["z"])
+    return api.make_plan(source, bundle, owner=owner, **_plan_options(**kw))
 
 
-class _AreaOption(click.Option):
-    """--area: its help lists the default bundle's areas (read from its manifest when help is shown)."""
-
-    def get_help_record(self, ctx):
-        from .api import default_model
-        from .manifest import Manifest
-
-        try:
-            names = Manifest.from_json((default_model() / "manifest.json").read_text()).class_names
-            self.help = f"Sub-divide the cells classified as this area: one of the bundle's ({', '.join(names)} " \
-                        "for the default bundle)."
-        except (BrainrtError, OSError):
-            self.help = "Sub-divide the cells classified as this area (one of the bundle's classes)."
-        return super().get_help_record(ctx)
+def _grid_and_image(job, bundle):
+    """The feature grid of a :func:`_job` (a slice featurized in memory, with its image; a saved grid, no image)."""
+    if isinstance(job, FeatureGrid):
+        return job, None
+    return api.featurize_plan(job, bundle, progress=_progress()), job.image
 
 
 # --------------------------------------------------------------------------- commands
 @main.command()
 @click.argument("slice_tif", type=click.Path())
-@_model_option
-@_grid_options
+@model_option
+@grid_options
 @click.option("-o", "--out", default=None, type=click.Path(), help="Output .zarr folder (default: SLICE.features.zarr).")
-@_volume_options
+@volume_options
 @one_line_errors
 def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **kw):
     """Features of every tissue patch of SLICE_TIF on a stride grid, saved as zarr.
@@ -314,13 +184,10 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
     A volume (a 3D stack with --z a:b or all, a folder of TIFFs, a zarr stack) runs on Dask
     (--workers N local processes, or --scheduler ADDRESS) into one zarr, (z, rows, cols, 64).
     """
-    from . import api
-
-    if _is_volume(slice_tif, kw["z"]):
-        return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler,
-                           dict(kw, overwrite=overwrite))
-
-    out = out or _default_out(slice_tif, ".features.zarr")
+    if is_volume_input(slice_tif, kw["z"]):
+        return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler, kw)
+    slice_only(slice_tif, workers, scheduler)
+    out = out or default_out(slice_tif, ".features.zarr")
     bundle, rec = _prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]),
                            overwrite=overwrite, device=kw["device"])
     if bundle is None:
@@ -334,8 +201,8 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
 
 @main.command()
 @click.argument("source", type=click.Path())
-@_model_option
-@_grid_options
+@model_option
+@grid_options
 @click.option("--head", default=None, help="Classifier head: logreg (default), linsvm, rbfsvm, cnn.")
 @click.option("--smooth", type=float, default=None,
               help="Smooth class scores before the argmax, sigma in um (default: the bundle's, chosen on "
@@ -344,7 +211,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
 @click.option("--held-out", is_flag=True,
               help="With --truth on the bundle's training slice: score only the test split it recorded.")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
-@_volume_options
+@volume_options
 @click.option("--smooth-z", type=float, default=0.0, show_default=True,
               help="Volumes: also smooth class scores across slices, sigma in um (0: off).")
 @one_line_errors
@@ -357,80 +224,58 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     accuracy, confusion matrix and per-class F1 (JSON + PNG). A volume (a 3D stack with --z
     a:b or all, a TIFF folder, a zarr stack) runs on Dask into one OME-Zarr (-o OUT.ome.zarr).
     """
-    from . import api
-
-    if _is_volume(source, kw["z"]):
+    if is_volume_input(source, kw["z"]):
         if truth:
             raise BrainrtError("--truth scores one slice; it does not apply to a volume")
-        return _run_volume("classify", source, model, threads, out, workers, scheduler, dict(kw, overwrite=overwrite),
-                           head=head, smooth=smooth, smooth_z=smooth_z)
+        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head,
+                           smooth=smooth, smooth_z=smooth_z)
     if smooth_z:
         raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")
     if held_out and not truth:
         raise BrainrtError("--held-out scores against a truth mask; pass --truth MASK")
-
-    out = out or _default_out(source, ".labels.ome.tif")
+    slice_only(source, workers, scheduler)
+    out = out or default_out(source, ".labels.ome.tif")
     bundle, rec = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]), overwrite=overwrite,
                            device=kw["device"])
     if bundle is None:
         return
-    if _is_zarr(source):
-        grid = api.load_features(source, bundle=bundle, z=kw["z"])
-        result, image = api.classify(grid, bundle, head=head, smooth=smooth), None
+    job = _job(source, bundle, kw, "classify")
+    if truth:  # read and checked before any work (and read again to score, by name)
+        api.read_truth(truth, job.image_shape, bundle, z=kw["z"])
+    if isinstance(job, FeatureGrid):
+        result, image = api.classify(job, bundle, head=head, smooth=smooth), None
     else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
-        plan = api.make_plan(source, bundle, owner="classify", **_plan_options(**kw))
-        result, image = api.classify_plan(plan, bundle, head=head, smooth=smooth, progress=_progress()), plan.image
+        result, image = api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress()), job.image
     metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
     msg = f"wrote {', '.join(_write_map(out, result, image, metrics, truth, kw['z'], rec))}"
     if metrics:
         msg += (f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels "
                 f"({metrics['scored_on']})")
     click.echo(msg)
-    if metrics:
-        _echo_scores(metrics, truth, held_out)
+    for line in score_lines(metrics, truth, held_out) if metrics else ():
+        click.echo(line)
 
 
 def _write_map(out, result, image, metrics, truth, z, record):
     """The classification's output set; the overlay shows the truth's area borders (with --truth)."""
-    from .outputs import write_classification
-
     contours = read_mask(truth, result.grid.image_shape, z=z) if truth and image is not None else None
     return write_classification(out, result, image=image, metrics=metrics, truth=contours, record=record)
 
 
-def _echo_scores(metrics, truth, held_out):
-    """Per-class precision/recall/F1, and what the score covers (training data, unknown codes)."""
-    click.echo(f"{'area':<12} {'precision':>9} {'recall':>7} {'F1':>6} {'pixels':>9}")
-    for name, s in metrics["per_class"].items():
-        click.echo(f"{name:<12} {s['precision']:>9.3f} {s['recall']:>7.3f} {s['f1']:>6.3f} {s['support']:>9d}")
-    unknown = metrics["unknown_codes"]
-    if unknown:
-        click.echo(f"note: {truth}: {sum(unknown.values())} pixels hold codes the class map does not know "
-                   f"({', '.join(unknown)}); they are not scored")
-    seen = metrics["training_slice"]
-    if seen and not held_out:
-        click.echo(f"note: this is the bundle's training slice {seen['index']} ({seen['image']}, sha256 "
-                   f"{seen['image_sha256'][:12]}...): the score includes the pixels it was trained on; "
-                   "--held-out scores its test split only")
-
-
 @main.command()
 @click.argument("source", type=click.Path())
-@_model_option
-@_grid_options
+@model_option
+@grid_options
 @click.option("-o", "--out", default=None, type=click.Path(), help="Cluster map OME-TIFF (default: SOURCE.clusters.ome.tif).")
 @one_line_errors
 def cluster(source, model, threads, out, overwrite, **kw):
     """GMM cluster map and, per area, a log-likelihood map (low = unlike that area; outliers)."""
-    from . import api
-    from .outputs import write_clusters
-
-    out = out or _default_out(source, ".clusters.ome.tif")
+    out = out or default_out(source, ".clusters.ome.tif")
     bundle, rec = _prepare(out, model, threads, inputs=(source, kw["tissue_mask"]), overwrite=overwrite,
                            device=kw["device"])
     if bundle is None:
         return
-    grid, image = _grid_and_image(source, bundle, kw, "cluster")
+    grid, image = _grid_and_image(_job(source, bundle, kw, "cluster"), bundle)
     clusters, loglik = api.cluster(grid, bundle)
     written = write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image, record=rec)
     click.echo(f"wrote {', '.join(written)}")
@@ -438,9 +283,9 @@ def cluster(source, model, threads, out, overwrite, **kw):
 
 @main.command()
 @click.argument("source", type=click.Path())
-@_model_option
-@_grid_options
-@click.option("--area", cls=_AreaOption, default=None, help="Sub-divide the cells classified as this area")
+@model_option
+@grid_options
+@click.option("--area", cls=AreaOption, default=None, help="Sub-divide the cells classified as this area")
 @click.option("--roi", type=click.Path(), default=None, help="Or a TIFF mask of the region (nonzero = inside).")
 @click.option("-k", "--clusters", "k", type=click.IntRange(min=1), default=4, show_default=True,
               help="Number of sub-divisions (KMeans clusters) of the area or ROI.")
@@ -451,45 +296,33 @@ def cluster(source, model, threads, out, overwrite, **kw):
 @one_line_errors
 def subdivide(source, model, threads, area, roi, k, head, interior, out, overwrite, **kw):
     """PCA + KMeans of the features inside one area or ROI (e.g. cortical layers)."""
-    from . import api
-    from .outputs import write_subdivision
-
     if (area is None) == (roi is None):
         raise BrainrtError("give exactly one of --area NAME or --roi MASK")
-    out = out or _default_out(source, ".subdivide.ome.tif")
+    out = out or default_out(source, ".subdivide.ome.tif")
     bundle, rec = _prepare(out, model, threads, inputs=(source, roi, kw["tissue_mask"]), overwrite=overwrite,
                            device=kw["device"])
     if bundle is None:
         return
-    grid, image = _grid_and_image(source, bundle, kw, "subdivide")
+    job = _job(source, bundle, kw, "subdivide")
+    if roi is not None:  # read and checked before any work
+        roi = read_mask(roi, job.image_shape, z=kw["z"], what="ROI mask")
+    elif area not in bundle.class_names:
+        raise BrainrtError(f"unknown area {area!r}; the bundle's areas are {', '.join(bundle.class_names)}")
+    else:
+        Classifier.of(bundle, head)  # a bad head fails before the work
+    grid, image = _grid_and_image(job, bundle)
     region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw["z"])
     sub = api.subdivide(grid, region=region, k=k, interior=interior)
     written = write_subdivision(out, sub, grid, image=image, title=f"{area or roi}: k={k}", record=rec)
     click.echo(f"wrote {', '.join(written)}")
 
 
-class _LabelsList(click.Command):
-    """``--labels A B C``: every word after ``--labels`` up to the next option is one stroke image."""
-
-    def parse_args(self, ctx, args):
-        out, taking = [], False
-        for a in args:
-            if a == "--labels":
-                taking = True
-            elif taking and not a.startswith("-"):
-                out += ["--labels", a]
-            else:
-                taking = False
-                out.append(a)
-        return super().parse_args(ctx, out)
-
-
-@main.command(cls=_LabelsList)
+@main.command(cls=LabelsList)
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--labels", "strokes", multiple=True, required=True, type=click.Path(),
               help="Stroke images, one per IMAGE in order (0 = unlabeled, other values = class-map codes); "
                    "a stroke stack goes with an image stack (its slices that hold strokes are used).")
-@_model_option
+@model_option
 @click.option("--class-map", default=None, type=click.Path(),
               help="JSON of the classes: {\"classes\": {\"name\": [codes]}, \"colors\": {\"name\": \"#rrggbb\"}} "
                    "(default: the parent bundle's).")
@@ -511,12 +344,6 @@ def fit(images, strokes, model, class_map, stride, seed, tissue_mask, threshold,
     per slice whose codes name areas of the class map (the parent's, or --class-map JSON
     for new areas). The new bundle works with every command (classify, cluster, volumes).
     """
-    from .api import default_model
-    from .bundle import Bundle
-    from .derive import check_fit_target, save_bundle
-    from .fit import fit_heads
-    from .io import check_not_input
-
     parent_path = model or default_model()
     check_fit_target(out, parent_path)
     check_not_input([out], [*images, *strokes, class_map, tissue_mask])
@@ -539,37 +366,9 @@ def fit(images, strokes, model, class_map, stride, seed, tissue_mask, threshold,
 @one_line_errors
 def info(bundle):
     """What a model bundle holds: classes and their mask codes, heads, training data, split, metrics."""
-    from .api import default_model
-    from .bundle import verify_bundle
-
     folder = Path(bundle or default_model())
-    for line in bundle_lines(folder, verify_bundle(folder)):
+    for line in describe(verify_bundle(folder), folder):
         click.echo(line)
-
-
-def bundle_lines(folder, m):
-    """The lines of ``brainrt info`` for the bundle ``folder`` and its verified manifest ``m``."""
-    lines = [f"bundle {folder} (model {m.model_id}, schema {m.schema_version}, created {m.created or '?'})",
-             "classes (name, mask codes):", *[f"  {c.name:<14} {list(c.codes)}" for c in m.classes],
-             f"  ignored codes {m.ignored_codes}, unlabeled {m.unlabeled_codes}; label maps "
-             "write each class's first code, 255 off tissue",
-             f"heads: {', '.join(f'{h} (default)' if h == m.default_head else h for h in m.heads)}",
-             f"footprint {m.footprint} px (patch {m.patch_size}" + (f", context {m.context.factor}x" if m.context else "")
-             + f"), net stride {m.net_stride}, dense strides {', '.join(map(str, m.dense_strides)) or 'none'}",
-             f"precisions: {', '.join(m.precisions)}; intensity standardization: "
-             f"{'recorded' if m.intensity else 'none'}; smoothing: "
-             + (f"{m.smoothing.sigma_um:g} um" if m.smoothing else "none")]
-    t = m.training
-    if t is None:
-        return lines + ["training: not recorded"]
-    for ts in t.data:
-        lines.append(f"training data: {ts.image} (sha256 {ts.image_sha256[:12]}...), mask {ts.mask} "
-                     f"(sha256 {ts.mask_sha256[:12]}...), {ts.shape[0]} x {ts.shape[1]} px")
-    lines.append(f"split: {t.split.get('mode', '?')}, layout {t.layout}, gap {t.gap} px, fractions "
-                 f"{'/'.join(f'{f:g}' for f in t.fractions)}, seed {t.seed}; test patches {sum(t.taken('test').values())}")
-    lines += ["metrics (test split): " + ", ".join(f"{k} {v:.3f}" for k, v in m.metrics.items()
-                                                    if isinstance(v, (int, float)))]
-    return lines
 
 
 @main.command()
@@ -580,8 +379,6 @@ def bundle_lines(folder, m):
 @one_line_errors
 def demo(out, model, seed, overwrite):
     """Run the whole chain on a built-in synthetic slice; no data needed."""
-    from .demo import run_demo
-
     for line in run_demo(out, model=model, seed=seed, overwrite=overwrite):
         click.echo(line)
 

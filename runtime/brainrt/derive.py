@@ -28,7 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundle import MANIFEST, hash_tree, sha256_file, verify_bundle
 from .errors import file_error
+from .io import atomic_path, check_target
+from .manifest import ClassSpec
+from .plots import class_colors
+from .volumes import open_volume
 
 #: Parent heads that do not depend on the classes, copied into a derived bundle.
 CLASS_FREE_HEADS = ("gmm", "pca_kmeans")
@@ -113,8 +118,6 @@ class ClassTable:
 
     def specs(self):
         """The manifest's classes (:class:`~brainrt.manifest.ClassSpec`, with their colours)."""
-        from .manifest import ClassSpec
-
         return tuple(ClassSpec(n, cs, {"color": col}) for n, cs, col in zip(self.names, self.codes, self.colors))
 
     def to_dict(self):
@@ -125,8 +128,6 @@ class ClassTable:
 
 def _parent_colors(bundle):
     """The parent's class colours: recorded ones, else the palette its maps are drawn with."""
-    from .plots import class_colors
-
     names = bundle.class_names
     recorded = bundle.manifest.class_colors
     return dict(zip(names, recorded or [_hex(c) for c in class_colors(len(names))]))
@@ -135,8 +136,6 @@ def _parent_colors(bundle):
 def _colors(names, given, parent, source):
     """Colour per class: given, else the parent's for a class of the same name, else the next free palette colour."""
     from matplotlib.colors import to_hex
-
-    from .plots import class_colors
 
     inherited = _parent_colors(parent) if parent is not None else {}
     try:
@@ -171,8 +170,6 @@ def read_pair(image, strokes):
     if labels.ndim != 3:
         raise file_error(name, f"expected 2D stroke labels or a 3D stack of them, got shape {labels.shape}")
     if isinstance(image, (str, Path)):
-        from .volume import open_volume
-
         src = open_volume(image)
         shape, read = tuple(src.shape), src.read
     else:
@@ -189,8 +186,6 @@ def read_pair(image, strokes):
 def _digest(x):
     """sha256 of a file, or of an array's type, shape and bytes."""
     if isinstance(x, (str, Path)):
-        from .bundle import sha256_file
-
         return str(x), sha256_file(x)
     a = np.ascontiguousarray(x)
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
@@ -221,8 +216,6 @@ def versions():
 
 def _copy_parent(parent, tmp):
     """Copy the parent's graphs and class-free heads; return the head files kept. Refuses changed files."""
-    from .bundle import sha256_file
-
     m = parent.manifest
     keep_heads = {h: rel for h, rel in m.heads.items() if h in CLASS_FREE_HEADS}
     for rel, digest in m.files.items():
@@ -236,8 +229,6 @@ def _copy_parent(parent, tmp):
 
 
 def _parent_record(parent):
-    from .bundle import MANIFEST, sha256_file
-
     return {"path": str(Path(parent.path).resolve()), "model_id": parent.model_id,
             "manifest_sha256": sha256_file(Path(parent.path) / MANIFEST), "files": dict(parent.manifest.files)}
 
@@ -247,8 +238,6 @@ def save_bundle(fitted, parent, out):
     (atomically; verified before it is renamed into place). Returns the path."""
     import joblib
 
-    from .bundle import MANIFEST, hash_tree, verify_bundle
-    from .io import atomic_path
 
     out = Path(out)
     if out.resolve() == Path(parent.path).resolve():
@@ -281,8 +270,6 @@ def _best(cv, key):
 
 def check_fit_target(out, parent_path):
     """The one-line error for an output that cannot be written, before any work."""
-    from .io import check_target
-
     if Path(out).exists() and Path(out).resolve() == Path(parent_path).resolve():
         raise file_error(out, "is the parent bundle; refusing to overwrite it (choose another -o)")
     check_target(out, is_dir=True)

@@ -9,10 +9,13 @@ the engine cuts to features. Two paths give the same features to float rounding:
 - dense: large tiles with halos are cut, the predictor maps a tile to the features of
   every window position at once, and each block is stitched from its tiles.
 
-``blocks(plan, predictor, rows=(r0, r1))`` runs on a band of grid rows only, so a
-scheduler (e.g. Dask, one task per band or per z) can split a slice without touching
-this module. Progress and stage timings are kept by one :class:`Meter`. No input
-validation: the plan is checked (:mod:`brainrt.plan`).
+:func:`run` is the one loop over the blocks: ``run(plan, predictor, sink, rows=(r0, r1),
+on_block=...)`` hands every block to a sink (:mod:`brainrt.sinks`: an in-memory grid, a
+zarr writer, a classifier, a volume band) and calls ``on_block`` after each (progress,
+cancel). ``rows`` restricts it to a band of grid rows, so a scheduler (e.g. Dask, one
+task per band or per z) can split a slice without touching this module. Progress and
+stage timings are kept by one :class:`Meter`. No input validation: the plan is checked
+(:mod:`brainrt.plan`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .geometry import cell_centre
-from .tiling import _PAD_REFLECT, _batches, _gather_patches, _gather_tile, _grid_centres
+from .tiling import PAD_REFLECT, batch_ranges, patches_kernel, tile_kernel, valid_centres
 
 #: Largest input tile side of the dense path (bounds the activations' memory); a wider
 #: window (a 2048 px context field reads 1888 px) gets its window plus half of this.
@@ -54,7 +57,7 @@ class Meter:
 
     def __init__(self, total=0, *, progress=False, desc="featurize"):
         self.timings = dict.fromkeys(self.STAGES, 0.0)
-        self.n = 0
+        self.n, self.total = 0, int(total)
         self.t0 = time.perf_counter()
         self.bar = None
         if progress:
@@ -83,8 +86,28 @@ class Meter:
                 "timings": {k: round(v, 3) for k, v in self.timings.items()}}
 
 
+def run(plan, predictor, sink, *, rows=None, meter=None, on_block=None):
+    """Run the grid rows ``rows`` (default: all) of ``plan`` through ``predictor`` into ``sink``.
+
+    ``sink`` takes each :class:`Block` in order (``sink.put(block)``) and gives the result
+    (``sink.close()``, returned); on an error or an interrupt ``sink.abort()`` is called
+    and the exception goes on. ``on_block(block, meter)`` is called after each block (a
+    progress report; raising from it cancels the run).
+    """
+    meter = meter or Meter()
+    try:
+        for b in blocks(plan, predictor, rows=rows, meter=meter):
+            sink.put(b)
+            if on_block is not None:
+                on_block(b, meter)
+    except BaseException:
+        sink.abort()
+        raise
+    return sink.close()
+
+
 def blocks(plan, predictor, *, rows=None, meter=None):
-    """Yield :class:`Block` s of the grid rows ``rows`` (default: all), in order."""
+    """Yield :class:`Block` s of the grid rows ``rows`` (default: all), in order (:func:`run` consumes them)."""
     r0, r1 = rows or (0, plan.shape[0])
     meter = meter or Meter()
     if predictor.kind == "dense":
@@ -101,12 +124,12 @@ def _patch_blocks(plan, predictor, r0, r1, meter):
     for b0 in range(r0, r1, step):
         b1 = min(r1, b0 + step)
         block = np.zeros((b1 - b0, C, predictor.n_features), np.float32)
-        centres, cells = _grid_centres(plan.valid[b0:b1], plan.stride)
+        centres, cells = valid_centres(plan.valid[b0:b1], plan.stride)
         centres[:, 0] += b0 * plan.stride
-        for a, b in _batches(len(centres), n):
+        for a, b in batch_ranges(len(centres), n):
             t = time.perf_counter()
             for buf in buffers:
-                _gather_patches(plan.image, centres[a:b], buf, _PAD_REFLECT, plan.scale, predictor.mean,
+                patches_kernel(plan.image, centres[a:b], buf, PAD_REFLECT, plan.scale, predictor.mean,
                                 predictor.std, 0.0)
             t = meter.lap("tiling", t)
             f = predictor(*(buf[: b - a] for buf in buffers))
@@ -150,7 +173,7 @@ def _dense_tile(plan, predictor, tile_buf, block, b0, c0, q, per_tile, meter):
     tile = tile_buf[: (nr - 1) * d + predictor.window, : (nc - 1) * d + predictor.window]
     base = cell_centre(0, s) - plan.patch_size // 2 + predictor.offset  # window top-left of cell 0
     t = time.perf_counter()
-    _gather_tile(plan.image, base + b0 * s, base + c0 * s, tile, _PAD_REFLECT, plan.scale, predictor.mean,
+    tile_kernel(plan.image, base + b0 * s, base + c0 * s, tile, PAD_REFLECT, plan.scale, predictor.mean,
                  predictor.std, 0.0)
     t = meter.lap("tiling", t)
     out = predictor(tile)  # (F, nr, nc)

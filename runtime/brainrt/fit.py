@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .api import featurize_plan, make_plan
+from .densities import AreaDensity
+from .derive import ClassTable, read_pair, stroke_record
 from .errors import BrainrtError, file_error
+from .heads import apply_rows, per_class
+from .smooth import smooth_probabilities
 
 log = logging.getLogger("brainrt")
 
@@ -142,8 +147,6 @@ def stroke_samples(image, strokes, bundle, table, *, stride=16, first_id=0, sour
 
     ``plan_kw`` go to :func:`brainrt.make_plan` (tissue, threshold, pixel_size_um, standardize, ...).
     """
-    from .api import featurize_plan, make_plan
-
     strokes = np.asarray(strokes)
     plan = make_plan(image, bundle, stride=stride, owner="fit_heads", **plan_kw)
     if strokes.shape != plan.image_shape:
@@ -218,8 +221,6 @@ def fit_samples(samples, names, *, seed=0, cv=True):
 
 
 def _fit(samples, seed, cv):
-    from .densities import AreaDensity
-
     t = time.perf_counter()
     C, report = choose_c(samples.X, samples.y, samples.groups, seed=seed) if cv else (DEFAULT_C, {"folds": 0})
     t_cv = time.perf_counter() - t
@@ -280,8 +281,6 @@ def fit_heads(images, strokes, bundle, *, class_map=None, stride=16, seed=0, cv=
 
     Returns a :class:`Fitted`; :func:`brainrt.save_bundle` writes it as a bundle.
     """
-    from .derive import ClassTable, read_pair, stroke_record
-
     table = ClassTable.resolve(class_map, bundle)
     t0, parts = time.perf_counter(), []
     pairs = _pairs(images, strokes)
@@ -297,9 +296,6 @@ def fit_heads(images, strokes, bundle, *, class_map=None, stride=16, seed=0, cv=
 def predict_grid(fitted, features, valid, *, sigma_cells=0.0, space="log"):
     """(labels (R, C) class indices, -1 off ``valid``; probabilities (R, C, K)) of a feature grid by the fitted
     classifier, smoothed with a Gaussian of ``sigma_cells`` grid cells as ``classify`` does."""
-    from .heads import apply_rows, per_class
-    from .smooth import smooth_probabilities
-
     K, clf = len(fitted.table.names), fitted.heads["logreg"]
     probs = apply_rows(features, valid, per_class(clf, clf.predict_proba, K, 0.0),
                        np.zeros(valid.shape + (K,), np.float32))

@@ -73,3 +73,37 @@ def upsample(cells, stride, image_shape):
 
     h, w = image_shape
     return np.repeat(np.repeat(cells, stride, axis=0), stride, axis=1)[:h, :w]
+
+
+def manifest_problems(m) -> list:
+    """What a bundle manifest's geometry contradicts in itself (patch, window, footprint, net
+    stride, dense graphs, graph input shape); empty when it is consistent."""
+    P, fp, out = m.patch_size, m.footprint, []
+    try:
+        want = (window_size(P), window_offset(P))
+    except ValueError:
+        return [f"patch_size {P} is too small for the network"]
+    got = (m.window.get("size", want[0]), m.window.get("offset", want[1]))
+    if got != want:
+        out.append(f"window {got[0]} at offset {got[1]} is not the {want[0]} px window at offset {want[1]} of "
+                   f"patch_size {P}")
+    if m.context and m.context.footprint != P * m.context.factor:
+        out.append(f"context footprint {m.context.footprint} is not patch_size {P} x factor {m.context.factor}")
+    if m.net_stride != NET_STRIDE:
+        out.append(f"net_stride {m.net_stride} is not the network's {NET_STRIDE}")
+    shape = [d for d in m.onnx.input_shape if isinstance(d, int)]
+    if shape and shape[-2:] != [fp, fp]:
+        out.append(f"onnx input_shape {list(m.onnx.input_shape)} does not end in the footprint {fp} x {fp}")
+    return out + _dense_problems(m, fp)
+
+def _dense_problems(m, fp):
+    g = m.dense_onnx
+    if g is None:
+        return []
+    out = [f"dense stride {s} does not divide net_stride {m.net_stride} or has no graph file"
+           for s in g.strides if m.net_stride % s or str(s) not in g.files]
+    if g.footprint is not None and g.footprint != fp:
+        out.append(f"dense footprint {g.footprint} is not the bundle's footprint {fp}")
+    if (g.offset or 0) + g.window > fp:
+        out.append(f"dense window {g.window} at offset {g.offset or 0} overruns the footprint {fp}")
+    return out

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BrainrtError, file_error
-from .integrity import Guarded
+from .integrity import Guarded, verify
 from .plan import DEFAULT_PIXEL_SIZE_UM
 
 ZARR_FORMAT = "brainrt-features/1"
@@ -76,8 +76,6 @@ def load_features(path, *, bundle=None, z=None):
     missing, truncated or altered) is refused (:mod:`brainrt.integrity`).
     """
     import zarr
-
-    from .integrity import verify
 
     path = Path(path)
     try:

@@ -16,7 +16,7 @@ from .errors import BrainrtError
 #: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
 HEAD_CHUNK = 65536
 #: Heads that are not classifiers.
-NOT_CLASSIFIERS = ("gmm", "pca_kmeans", "area_density")
+NOT_CLASSIFIERS = ("gmm", "area_density")
 #: Label-map value of cells that were not featurized.
 OFF_TISSUE = 255
 

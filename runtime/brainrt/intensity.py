@@ -11,14 +11,21 @@ memory, like Otsu). Each gray value ``v`` goes to the training quantile at the
 mid-rank of ``v`` in the new tissue, ``(F(v-) + F(v)) / 2``: discrete histograms (19
 levels) map level to level, and a slice mapped onto its own quantiles barely moves.
 Integer images keep their dtype (a lookup table, rounded to the nearest level); float
-images map through a piecewise-linear curve.
+images map through a piecewise-linear curve. :func:`standardize_image` does the whole
+step for a slice (the input edge calls it); :func:`intensity_scale` is the factor that
+brings a pixel type to the unit range the network was trained on.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+from .tissue import auto_threshold
+
+log = logging.getLogger("brainrt")
 
 #: Probabilities at which the training tissue's quantiles are stored.
 N_QUANTILES = 1001
@@ -160,3 +167,34 @@ def _background_curve(lo, first, target_first, out_dtype):
         return np.clip(t, 0.0, max(top, 0.0))
 
     return curve
+
+
+def intensity_scale(dtype, peak=None) -> float:
+    """Factor that brings pixel values of ``dtype`` to the unit range used in training.
+
+    Float images are taken as [0, 1], unless their brightest value ``peak`` says they hold
+    the levels of an integer type (0..255, or 0..65535).
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8:
+        return 1.0 / 255.0
+    if dtype == np.uint16:
+        return 1.0 / 65535.0
+    if peak is not None and peak > 1.0:
+        return 1.0 / 255.0 if peak <= 255.0 else 1.0 / 65535.0
+    return 1.0
+
+
+def standardize_image(image, intensity, threshold, trained_dtype):
+    """``image`` mapped onto the training tissue's quantiles, in the training pixel type.
+
+    Tissue is ``image > threshold`` (Otsu's threshold when None). A slice with no
+    tissue above the threshold is left as it is.
+    """
+    t = auto_threshold(image, quiet=True) if threshold is None else threshold
+    try:
+        imap = fit_map(image, t, intensity.quantiles, out_dtype=trained_dtype)
+    except ValueError:  # no tissue pixel: nothing to match
+        log.warning("intensity standardization skipped: no pixel above the tissue threshold %g", t)
+        return image
+    return imap.apply(image)

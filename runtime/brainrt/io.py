@@ -54,7 +54,7 @@ def read_tiff(path, *, z=None, what="image", series=None):
         if not 0 <= z < arr.shape[0]:
             raise file_error(path, f"--z {z} is outside the stack's {arr.shape[0]} slices")
         arr = arr[z]
-    elif z not in (None, 0):
+    elif z is not None and (what == "image" or z != 0):
         raise file_error(path, f"is a 2D {what}; --z {z} does not apply")
     if what == "image":
         return check_image(arr, path), pixel_size
@@ -110,6 +110,14 @@ def read_zarr(path, *, z=None, what="image"):
     return check_image(arr, path), px
 
 
+def read_mask(path, shape, *, z=None, what="label mask"):
+    """A mask TIFF (tissue, truth, ROI) that must match the slice's ``shape``."""
+    mask, _ = read_tiff(path, z=z, what=what)
+    if mask.shape != tuple(shape):
+        raise file_error(path, f"{what} shape {mask.shape} differs from the slice's {tuple(shape)}")
+    return mask
+
+
 def _read_series(path, index=None):
     """(array, axes, pixel size or None) of one series of the TIFF (the only one, or ``index``), or the one-line error."""
     import tifffile
@@ -123,11 +131,11 @@ def _read_series(path, index=None):
     try:
         with tifffile.TiffFile(path) as tif:
             series = _pick_series(path, tif.series, index)
-            return np.asarray(series.asarray()), series.axes, _pixel_size(tif)
+            return np.asarray(series.asarray()), series.axes, tiff_pixel_size(tif)
     except BrainrtError:
         raise
     except Exception as exc:  # tifffile raises many types for broken files
-        raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 def _pick_series(path, series, index):
@@ -150,12 +158,13 @@ def check_not_input(targets, inputs):
             raise file_error(target, "is an input of this command; refusing to overwrite it (choose another -o)")
 
 
-def _first_line(exc):
+def first_line(exc):
+    """The first line of an exception's message (at most 160 characters), for one-line errors."""
     text = str(exc).strip().splitlines()
     return text[0][:160] if text else "unknown error"
 
 
-def _pixel_size(tif):
+def tiff_pixel_size(tif):
     """Pixel size in micrometres from ImageJ/OME metadata or resolution tags, else None."""
     try:
         ij = tif.imagej_metadata or {}

@@ -15,72 +15,19 @@ Schema history:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from .errors import BrainrtError, file_error
+from .records import Part, plain, split_fields
+from .training_record import Training, TrainingSlice
 
 SCHEMA_VERSION = 2
 #: Schemas this runtime reads (older ones are migrated on reading).
 READABLE_SCHEMAS = (1, 2)
 
 
-def _split(cls, d, where):
-    """(known fields, extra keys) of the dict ``d`` for dataclass ``cls``; missing fields raise."""
-    if not isinstance(d, dict):
-        raise BrainrtError(f"{where}: expected an object, got {type(d).__name__}")
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
-    optional = {f.name for f in dataclasses.fields(cls)
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    missing = [n for n in names if n not in d and n not in optional]
-    if missing:
-        raise BrainrtError(f"{where}: missing field {missing[0]!r}")
-    return {n: d[n] for n in names if n in d}, {k: v for k, v in d.items() if k not in names}
-
-
-def _plain(obj):
-    """Known fields then extra keys, as JSON-ready values (tuples become lists); an
-    optional field left at None is left out."""
-    out = {}
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if f.name != "extra" and not (value is None and f.default is None):
-            out[f.name] = _json(value)
-    return {**out, **obj.extra}
-
-
-def _json(v):
-    if hasattr(v, "to_dict"):
-        return v.to_dict()
-    if isinstance(v, (tuple, list)):
-        return [_json(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _json(x) for k, x in v.items()}
-    return v
-
-
-class _Part:
-    """What every manifest part shares: read from a JSON object (``_where`` names the part
-    in errors, ``_coerce`` turns the known fields' JSON values into their types; unknown
-    keys go to ``extra``) and write back (:func:`_plain`)."""
-
-    _where = "manifest"
-
-    @classmethod
-    def _coerce(cls, known):
-        return known
-
-    @classmethod
-    def from_dict(cls, d):
-        known, extra = _split(cls, d, cls._where)
-        return cls(**cls._coerce(known), extra=extra)
-
-    def to_dict(self):
-        return _plain(self)
-
-
 @dataclass(frozen=True)
-class ClassSpec(_Part):
+class ClassSpec(Part):
     """One area: its name and the mask codes it covers (label maps write the first)."""
 
     name: str
@@ -95,7 +42,7 @@ class ClassSpec(_Part):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Normalization(_Part):
+class Normalization(Part):
     """Network input: ``(pixel * scale - mean) / std``.
 
     ``scale`` records the training images' dtype (1/255 for uint8); at run time the
@@ -117,7 +64,7 @@ class Normalization(_Part):
 
 
 @dataclass(frozen=True)
-class OnnxGraph(_Part):
+class OnnxGraph(Part):
     """The per-patch feature graph: ``input`` (N, 1, P, P) float32 -> ``output`` (N, F)."""
 
     file: str
@@ -135,7 +82,7 @@ class OnnxGraph(_Part):
 
 
 @dataclass(frozen=True)
-class DenseGraphs(_Part):
+class DenseGraphs(Part):
     """Fully convolutional graphs, one per dense stride: ``input`` (1, 1, H, W) -> ``output`` (1, F, h, w).
 
     ``output[:, :, i, j]`` holds the features of the window whose top-left is tile pixel
@@ -165,7 +112,7 @@ class DenseGraphs(_Part):
 
 
 @dataclass(frozen=True)
-class Context(_Part):
+class Context(Part):
     """The context branch: the network also reads a ``footprint`` px field around each
     patch (same centre), averaged ``factor`` x ``factor``. With several scales (``scales``,
     ascending, e.g. 4 and 16) each factor ``k`` is the ``k * patch`` field averaged
@@ -193,7 +140,7 @@ class Context(_Part):
 
 
 @dataclass(frozen=True)
-class Intensity(_Part):
+class Intensity(Part):
     """The training tissue's gray-value quantiles at ``len(quantiles)`` even probabilities
     (values in the training images' units); new slices are mapped onto them."""
 
@@ -209,7 +156,7 @@ class Intensity(_Part):
 
 
 @dataclass(frozen=True)
-class Smoothing(_Part):
+class Smoothing(Part):
     """Default map regularization: Gaussian smoothing of class scores, ``sigma_um`` micrometres."""
 
     sigma_um: float
@@ -229,7 +176,7 @@ PRECISIONS = ("fp32", "int8")
 
 
 @dataclass(frozen=True)
-class Int8Graphs(_Part):
+class Int8Graphs(Part):
     """int8 copies of the feature graphs (QDQ: s8 weights per output channel, u8 activations).
 
     Same inputs, outputs and geometry as the fp32 graphs: ``file`` is the per-patch
@@ -256,72 +203,6 @@ class Int8Graphs(_Part):
     def dense_file(self, stride):
         """int8 graph file of the dense stride ``stride`` (None if there is none)."""
         return self.dense_files.get(str(stride))
-
-
-@dataclass(frozen=True)
-class TrainingSlice(_Part):
-    """One training slice: file names, their sha256 and the image shape."""
-
-    image: str
-    mask: str
-    image_sha256: str
-    mask_sha256: str
-    shape: tuple
-    extra: dict = field(default_factory=dict)
-
-    _where = "manifest training data"
-
-    @classmethod
-    def _coerce(cls, k):
-        return {**k, "shape": tuple(k["shape"])}
-
-
-@dataclass(frozen=True, kw_only=True)
-class Training(_Part):
-    """How the bundle was trained: data, split (the sampler's report), per-split counts, options."""
-
-    data: tuple
-    split: dict
-    counts: dict
-    seed: int
-    epochs_run: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    schedule: str | None = None
-    train_seconds: float | None = None
-    total_seconds: float | None = None
-    extra: dict = field(default_factory=dict)
-
-    _where = "manifest training"
-
-    @classmethod
-    def _coerce(cls, k):
-        return {**k, "data": tuple(TrainingSlice.from_dict(s) for s in k["data"])}
-
-    @property
-    def gap(self) -> int:
-        """Minimum pixels between patches of different splits."""
-        return int(self.split["gap"])
-
-    @property
-    def fractions(self) -> tuple:
-        """Train/val/test fractions of the first slice's layout."""
-        return tuple(self.split["layout"][0].get("fractions", (0.6, 0.2, 0.2)))
-
-    @property
-    def layout(self) -> str:
-        """Split bands per class, "rows" or "interior" (older bundles: read from the split report)."""
-        given = self.extra.get("layout") or str((self.split.get("layout") or [{}])[0].get("layout", "rows")).split()[0]
-        return given if given in ("rows", "interior") else "rows"
-
-    def taken(self, split) -> dict:
-        """Patches taken per class name in ``split``."""
-        return {name: int(v["taken"]) for name, v in self.counts[split].items()}
-
-    def asked(self, split) -> int:
-        """Patches asked per class in ``split``."""
-        return max(int(v["asked"]) for v in self.counts[split].values())
 
 
 def _migrate(d):
@@ -380,7 +261,7 @@ class Manifest:
 
     @classmethod
     def _typed(cls, d):
-        known, extra = _split(cls, d, "manifest")
+        known, extra = split_fields(cls, d, "manifest")
         dense, training = known.get("dense_onnx"), known.get("training")
         parts = {k: t.from_dict(known[k]) for k, t in (("context", Context), ("intensity", Intensity),
                                                         ("smoothing", Smoothing), ("int8", Int8Graphs)) if known.get(k)}
@@ -404,7 +285,7 @@ class Manifest:
 
     def to_dict(self):
         """The JSON object (schema :data:`SCHEMA_VERSION`); ``from_dict(to_dict())`` is the same Manifest."""
-        return _plain(self)
+        return plain(self)
 
     def to_json(self):
         import json
@@ -466,41 +347,31 @@ class Manifest:
         """First 12 hex digits of the per-patch graph's sha256."""
         return self.files[self.onnx.file][:12]
 
-    def geometry_problems(self) -> list:
-        """What the manifest's geometry contradicts in itself (patch, window, footprint, net
-        stride, dense graphs, graph input shape); empty when it is consistent."""
-        from .geometry import NET_STRIDE, window_offset, window_size
-
-        P, fp, out = self.patch_size, self.footprint, []
-        try:
-            want = (window_size(P), window_offset(P))
-        except ValueError:
-            return [f"patch_size {P} is too small for the network"]
-        got = (self.window.get("size", want[0]), self.window.get("offset", want[1]))
-        if got != want:
-            out.append(f"window {got[0]} at offset {got[1]} is not the {want[0]} px window at offset {want[1]} of "
-                       f"patch_size {P}")
-        if self.context and self.context.footprint != P * self.context.factor:
-            out.append(f"context footprint {self.context.footprint} is not patch_size {P} x factor {self.context.factor}")
-        if self.net_stride != NET_STRIDE:
-            out.append(f"net_stride {self.net_stride} is not the network's {NET_STRIDE}")
-        shape = [d for d in self.onnx.input_shape if isinstance(d, int)]
-        if shape and shape[-2:] != [fp, fp]:
-            out.append(f"onnx input_shape {list(self.onnx.input_shape)} does not end in the footprint {fp} x {fp}")
-        return out + self._dense_problems(fp)
-
-    def _dense_problems(self, fp):
-        g = self.dense_onnx
-        if g is None:
-            return []
-        out = [f"dense stride {s} does not divide net_stride {self.net_stride} or has no graph file"
-               for s in g.strides if self.net_stride % s or str(s) not in g.files]
-        if g.footprint is not None and g.footprint != fp:
-            out.append(f"dense footprint {g.footprint} is not the bundle's footprint {fp}")
-        if (g.offset or 0) + g.window > fp:
-            out.append(f"dense window {g.window} at offset {g.offset or 0} overruns the footprint {fp}")
-        return out
-
     def test_accuracy(self, head):
         """Test-split accuracy recorded at export for ``head`` ("cnn" for the network), or None."""
         return self.metrics.get(f"{head}_test_accuracy")
+
+
+def describe(m, folder):
+    """What the manifest ``m`` of the bundle ``folder`` says, as the lines of ``brainrt info``."""
+    lines = [f"bundle {folder} (model {m.model_id}, schema {m.schema_version}, created {m.created or '?'})",
+             "classes (name, mask codes):", *[f"  {c.name:<14} {list(c.codes)}" for c in m.classes],
+             f"  ignored codes {m.ignored_codes}, unlabeled {m.unlabeled_codes}; label maps "
+             "write each class's first code, 255 off tissue",
+             f"heads: {', '.join(f'{h} (default)' if h == m.default_head else h for h in m.heads)}",
+             f"footprint {m.footprint} px (patch {m.patch_size}" + (f", context {m.context.factor}x" if m.context else "")
+             + f"), net stride {m.net_stride}, dense strides {', '.join(map(str, m.dense_strides)) or 'none'}",
+             f"precisions: {', '.join(m.precisions)}; intensity standardization: "
+             f"{'recorded' if m.intensity else 'none'}; smoothing: "
+             + (f"{m.smoothing.sigma_um:g} um" if m.smoothing else "none")]
+    t = m.training
+    if t is None:
+        return lines + ["training: not recorded"]
+    for ts in t.data:
+        lines.append(f"training data: {ts.image} (sha256 {ts.image_sha256[:12]}...), mask {ts.mask} "
+                     f"(sha256 {ts.mask_sha256[:12]}...), {ts.shape[0]} x {ts.shape[1]} px")
+    lines.append(f"split: {t.split.get('mode', '?')}, layout {t.layout}, gap {t.gap} px, fractions "
+                 f"{'/'.join(f'{f:g}' for f in t.fractions)}, seed {t.seed}; test patches {sum(t.taken('test').values())}")
+    lines += ["metrics (test split): " + ", ".join(f"{k} {v:.3f}" for k, v in m.metrics.items()
+                                                    if isinstance(v, (int, float)))]
+    return lines

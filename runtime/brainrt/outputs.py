@@ -1,4 +1,4 @@
-"""Writers: feature grids (zarr), OME-TIFF maps with their pixel size, PNG previews, JSON metrics.
+"""Writers: OME-TIFF maps with their pixel size, PNG previews, JSON metrics.
 
 Writers only write: they take computed results (and the image, for previews) and put
 them on disk atomically (:func:`brainrt.io.atomic_path`). Computing, reading and scoring
@@ -13,8 +13,9 @@ import numpy as np
 
 from .geometry import upsample
 from .heads import OFF_TISSUE
-from .finished import SET_RECORD, FOLDER_RECORD, OutputSet, set_member, write_record
-from .io import atomic_path, write_json, write_ome_tiff
+from .finished import SET_RECORD, OutputSet, set_member
+from .io import write_json, write_ome_tiff
+from .plots import confusion_png, overlay_png
 
 
 #: Files the writers put beside their main output ``X.ome.tif`` (as ``X<suffix>``); with it, one output set
@@ -32,31 +33,6 @@ def _set(out, record):
     return OutputSet(out, siblings(out)[:-1], record=record)
 
 
-def write_features(path, blocks, *, valid, n_features, attrs, record=None):
-    """Stream feature blocks into a zarr group written beside ``path`` and renamed into place
-    (with the run ``record`` inside, if given: :mod:`brainrt.finished`).
-
-    Returns the written ``features`` array, opened read-only.
-    """
-    import zarr
-
-    from .integrity import compressors, seal
-
-    R, C = valid.shape
-    with atomic_path(path, overwrite=True, is_dir=True) as tmp:
-        root = zarr.open_group(str(tmp), mode="w")
-        arr = root.create_array("features", shape=(R, C, n_features), chunks=(64, 64, n_features), dtype="float32",
-                                fill_value=0.0, compressors=compressors())
-        root.create_array("valid", shape=(R, C), chunks=(512, 512), dtype="bool", compressors=compressors())[:] = valid
-        for b in blocks:
-            arr[b.r0 : b.r1] = b.features
-        root.attrs.update(attrs)
-        if record is not None:
-            write_record(tmp / FOLDER_RECORD, record)
-        seal(tmp, ("features", "valid"))
-    return zarr.open_group(str(path), mode="r")["features"]
-
-
 def label_key(names, codes):
     """The class names of a label map, by code ("areas: 1 Ctx, 2 Str, ..., 255 off tissue"), as its channel name."""
     return "areas: " + ", ".join(f"{c} {n}" for c, n in zip(codes, names)) + f", {OFF_TISSUE} off tissue"
@@ -68,8 +44,6 @@ def write_classification(out, result, *, image=None, metrics=None, truth=None, r
     ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG: one output set,
     written as one (files of an older set that this call does not write are removed).
     Returns the paths written."""
-    from .plots import confusion_png, overlay_png
-
     grid = result.grid
     px = grid.pixel_size_um
     written = [Path(out)]
@@ -120,8 +94,6 @@ def _cluster_overlay(s, out, clusters, grid, image, title):
     """The overlay PNG of a cluster map beside ``out``, in the output set ``s`` (none without the image)."""
     if image is None:
         return []
-    from .plots import overlay_png
-
     png = set_member(out, ".overlay.png")
     k = int(clusters.max()) + 1
     overlay_png(s.path(png), image, upsample(clusters, grid.stride, grid.image_shape), [f"cluster {i}" for i in range(k)],

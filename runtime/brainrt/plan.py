@@ -13,36 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, check_float, check_image, check_positive_int, file_error, param_error
+from . import params
+from .errors import BrainrtError, check_image, file_error, param_error
 from .geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
-from .tissue import _tissue_grid
+from .intensity import intensity_scale, standardize_image
+from .io import read_mask, read_tiff
+from .tissue import tissue_cells
 
 log = logging.getLogger("brainrt")
 
 #: Pixel size of the paper's data, micrometres; used when neither the caller nor the TIFF gives one.
 DEFAULT_PIXEL_SIZE_UM = 1.17
-DEFAULT_STRIDE = 16
-DEFAULT_BATCH_SIZE = 256
-DEFAULT_MIN_TISSUE = 0.5
-METHODS = ("auto", "patch", "dense")
-#: fp32 stays the default: int8 agrees with it on 99.4% of slice309's tissue at stride 4 (README, "int8").
-DEFAULT_PRECISION = "fp32"
-
-
-def intensity_scale(dtype, peak=None) -> float:
-    """Factor that brings pixel values of ``dtype`` to the unit range used in training.
-
-    Float images are taken as [0, 1], unless their brightest value ``peak`` says they hold
-    the levels of an integer type (0..255, or 0..65535).
-    """
-    dtype = np.dtype(dtype)
-    if dtype == np.uint8:
-        return 1.0 / 255.0
-    if dtype == np.uint16:
-        return 1.0 / 65535.0
-    if peak is not None and peak > 1.0:
-        return 1.0 / 255.0 if peak <= 255.0 else 1.0 / 65535.0
-    return 1.0
+#: Declared with their constraints in :mod:`brainrt.params` (the 2D and volume edges share them).
+DEFAULT_STRIDE = params.default("stride")
+DEFAULT_BATCH_SIZE = params.default("batch_size")
+DEFAULT_MIN_TISSUE = params.default("min_tissue")
+METHODS = params.PARAMS["method"].constraint.values
+DEFAULT_PRECISION = params.default("precision")
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,15 +102,18 @@ def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     multi-series TIFF. ``precision`` "int8" runs the bundle's int8 graphs.
     Errors name the file for file problems and the parameter (of ``owner``) otherwise.
     """
-    stride = check_positive_int(stride, "stride", owner)
-    batch_size = check_positive_int(batch_size, "batch_size", owner)
-    min_tissue = check_float(min_tissue, "min_tissue", owner, low=0.0, high=1.0)
-    if threshold is not None:
-        threshold = check_float(threshold, "threshold", owner)
-    if pixel_size_um is not None and check_float(pixel_size_um, "pixel_size_um", owner) <= 0:
-        raise param_error("pixel_size_um", owner, "a positive float", pixel_size_um)
-    method = _resolve_method(method, stride, bundle.dense_strides, owner)
-    precision = bundle.check_precision(precision, owner)
+    o = params.check(owner, stride=stride, batch_size=batch_size, min_tissue=min_tissue, threshold=threshold,
+                     pixel_size_um=pixel_size_um, method=method, precision=precision)
+    o["method"] = resolve_method(o["method"], o["stride"], bundle.dense_strides, owner)
+    bundle.check_precision(precision, owner)
+    return plan_of(image, bundle, tissue=tissue, z=z, standardize=standardize, owner=owner, series=series, **o)
+
+
+def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pixel_size_um, batch_size, standardize,
+            precision, z=None, series=None, owner="featurize"):
+    """The :class:`Plan` of ``image`` with options already checked (by :func:`make_plan`, or once for a
+    whole volume by :func:`brainrt.volumes.plan.make_volume_plan`); ``method`` resolved. The image and
+    the tissue mask are still checked here: they differ from slice to slice."""
     image, source, tiff_px = _read_image(image, z, bundle.patch_size, series)
     valid = _valid_cells(image, source, tissue, z=z, patch_size=bundle.patch_size, stride=stride,
                          threshold=threshold, min_tissue=min_tissue, owner=owner)
@@ -145,24 +135,6 @@ def _scale_of(image, source):
     return scale
 
 
-def standardize_image(image, intensity, threshold, trained_dtype):
-    """``image`` mapped onto the training tissue's quantiles, in the training pixel type.
-
-    Tissue is ``image > threshold`` (Otsu's threshold when None). A slice with no
-    tissue above the threshold is left as it is.
-    """
-    from .intensity import fit_map
-    from .tissue import auto_threshold
-
-    t = auto_threshold(image, quiet=True) if threshold is None else threshold
-    try:
-        imap = fit_map(image, t, intensity.quantiles, out_dtype=trained_dtype)
-    except ValueError:  # no tissue pixel: nothing to match
-        log.warning("intensity standardization skipped: no pixel above the tissue threshold %g", t)
-        return image
-    return imap.apply(image)
-
-
 #: A pixel range below this fraction of the pixel type's full range draws a warning.
 NARROW_RANGE = 1 / 64
 
@@ -180,11 +152,9 @@ def _warn_narrow_range(image, source, standardized):
                 100 * (hi - lo) / full, image.dtype, how)
 
 
-def _resolve_method(method, stride, dense_strides, owner):
-    """'patch' or 'dense'. 'auto' picks dense when a dense graph's stride divides ``stride`` and its
-    subsampling is cheaper than per patch (:data:`~brainrt.geometry.DENSE_MAX_SUBSAMPLE`)."""
-    if method not in METHODS:
-        raise param_error("method", owner, f"one of {METHODS}", method)
+def resolve_method(method, stride, dense_strides, owner):
+    """'patch' or 'dense' for a checked ``method``. 'auto' picks dense when a dense graph's stride divides
+    ``stride`` and its subsampling is cheaper than per patch (:data:`~brainrt.geometry.DENSE_MAX_SUBSAMPLE`)."""
     d = dense_step(stride, dense_strides)
     if method == "dense" and d is None:
         raise param_error("method", owner, f"'auto' or 'patch' at stride {stride} (this bundle has no dense graphs)",
@@ -201,11 +171,11 @@ def _is_path(x) -> bool:
 def _read_image(image, z, patch_size, series=None):
     """(checked 2D image, its name in messages, pixel size of the TIFF or None)."""
     if _is_path(image):
-        from .io import read_tiff
-
         arr, px = read_tiff(image, z=z, series=series)
         return check_image(arr, str(image), finite=False, min_side=patch_size), str(image), px
     image = np.asarray(image)
+    if z is not None and image.ndim == 2:
+        raise file_error("image", f"is a 2D image; z={z} does not apply")
     if z is not None and image.ndim == 3:
         if not 0 <= z < image.shape[0]:
             raise file_error("image", f"z {z} is outside the stack's {image.shape[0]} slices")
@@ -219,10 +189,10 @@ def _valid_cells(image, source, tissue, *, z, patch_size, stride, threshold, min
         if tissue == "all":
             valid = np.ones(grid_shape(image.shape, stride), bool)
         else:
-            valid = _tissue_grid(image, patch_size, stride, threshold=threshold, min_fraction=min_tissue)
+            valid = tissue_cells(image, patch_size, stride, threshold=threshold, min_fraction=min_tissue)
     else:
         mask = _tissue_mask(tissue, image.shape, z, owner)
-        valid = _tissue_grid(image, patch_size, stride, mask=mask, min_fraction=min_tissue)
+        valid = tissue_cells(image, patch_size, stride, mask=mask, min_fraction=min_tissue)
     if not valid.any():
         raise file_error(source, "no tissue found: every patch is background (featurize all cells or give a "
                                  "lower threshold or a tissue mask)")
@@ -240,14 +210,4 @@ def _tissue_mask(tissue, shape, z, owner):
     if mask.shape != shape or not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
         raise BrainrtError(f"The 'tissue' parameter of {owner} must be {expected}. "
                            f"Got an array of shape {mask.shape} and type {mask.dtype} instead.")
-    return mask
-
-
-def read_mask(path, shape, *, z=None, what="label mask"):
-    """A mask TIFF (tissue, truth, ROI) that must match the slice's ``shape``."""
-    from .io import read_tiff
-
-    mask, _ = read_tiff(path, z=z, what=what)
-    if mask.shape != tuple(shape):
-        raise file_error(path, f"{what} shape {mask.shape} differs from the slice's {tuple(shape)}")
     return mask

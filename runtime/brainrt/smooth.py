@@ -13,12 +13,21 @@ after it have arrived. Separable filtering with zero padding makes every output 
 the same sum of the same inputs in the same order, so the stream equals smoothing the
 whole grid at once, bit for bit (tests check it). The two passes are numba kernels (no
 temporaries, both cores): at stride 1 the bundle's 40 um sigma is a 275-tap kernel.
+Slices of a volume are smoothed across the same way (a Gaussian along z, normalized over tissue cells), after the in-plane
+pass: :func:`smooth_across`. :func:`choose` turns a user's ``smooth`` (micrometres,
+None: the bundle's default) into grid cells.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numba
 import numpy as np
+
+from . import params
+
+log = logging.getLogger("brainrt")
 
 #: Kernel half-width in sigmas.
 TRUNCATE = 4.0
@@ -38,6 +47,32 @@ def _kernel(sigma):
     x = np.arange(-r, r + 1, dtype=np.float64)
     k = np.exp(-0.5 * (x / sigma) ** 2)
     return (k / k.sum()).astype(np.float32)
+
+
+def choose(default, smooth, *, proba, pixel_size_um, stride, owner="classify"):
+    """(sigma in grid cells, space) of a classification: ``smooth`` um, or ``default``'s (the bundle's
+    :class:`~brainrt.manifest.Smoothing`, or None) when ``smooth`` is None; none for a head without
+    probabilities."""
+    if smooth is None:
+        smooth = default.sigma_um if default else 0.0
+    smooth = params.check(owner, smooth=smooth)["smooth"]
+    if smooth > 0 and not proba:
+        log.info("no smoothing: this head gives no class probabilities")
+        return 0.0, "log"
+    return smooth / (pixel_size_um * stride), (default.space if default else "log")
+
+
+def smooth_across(prob, valid, sigma, at, *, space="log"):
+    """Slice ``at`` of ``prob`` (n, rows, cols, K) smoothed across the ``n`` slices by a Gaussian of ``sigma``
+    slices (truncated where the window ends), normalized over tissue cells (``valid`` (n, rows, cols)) like
+    :func:`smooth_probabilities` in the plane."""
+    r = radius(sigma)
+    w = _kernel(sigma)[r - at : r - at + len(prob)]
+    num = den = 0.0
+    for j in range(len(prob)):  # same order of terms for every cell
+        sj, dj = _to_scores(prob[j], valid[j], space)
+        num, den = num + w[j] * sj, den + w[j] * dj
+    return _from_scores(num, den, valid[at], space)
 
 
 @numba.njit(cache=True)

@@ -1,8 +1,11 @@
-"""Cut patches and tiles out of a slice, fast: private numba kernels plus thin validating wrappers.
+"""Cut patches and tiles out of a slice, fast: numba kernels plus thin validating wrappers.
 
 Kernels follow pynndescent's style: short ``@numba.njit(cache=True)`` functions that
-trust their inputs. The windowing engine (:mod:`brainrt.engine`) calls them directly on a
-checked plan; the public wrappers check their arguments for other callers. Each kernel
+trust their inputs (:func:`patches_kernel`, :func:`tile_kernel`, and the helpers
+:func:`valid_centres`, :func:`batch_ranges`: no input validation). The windowing engine
+(:mod:`brainrt.engine`) calls them directly on a checked plan; the wrappers
+(:func:`gather_patches`, :func:`grid_centres`, :func:`batches`) check their arguments
+for other callers. Each kernel
 has a slow, obvious twin in ``tests/naive.py``. Patch ``k``
 centred on ``(cy, cx)`` covers rows ``cy - P // 2 .. cy - P // 2 + P - 1`` (and the
 same for columns), as in :mod:`brainrt.geometry`. Pixels outside the image are either
@@ -20,10 +23,10 @@ import numpy as np
 
 from brainrt.errors import BrainrtError, check_float, check_image, check_positive_int, param_error
 
-_PAD_REFLECT = 0
-_PAD_CONSTANT = 1
+PAD_REFLECT = 0
+PAD_CONSTANT = 1
 #: Kernel code of each padding mode.
-PAD_CODES = {"reflect": _PAD_REFLECT, "constant": _PAD_CONSTANT}
+PAD_CODES = {"reflect": PAD_REFLECT, "constant": PAD_CONSTANT}
 
 
 @numba.njit(cache=True)
@@ -48,14 +51,14 @@ def _gather_one(image, y0, x0, patch, mode, scale, mean, std, cval):
     inside = y0 >= 0 and x0 >= 0 and y0 + p <= h and x0 + q <= w
     for r in range(p):
         y = y0 + r
-        if not inside and mode == _PAD_REFLECT:
+        if not inside and mode == PAD_REFLECT:
             y = _reflect_index(y, h)
         row_out = not (0 <= y < h)
         for c in range(q):
             x = x0 + c
             if inside:
                 v = np.float64(image[y, x])
-            elif mode == _PAD_REFLECT:
+            elif mode == PAD_REFLECT:
                 v = np.float64(image[y, _reflect_index(x, w)])
             elif row_out or x < 0 or x >= w:
                 v = cval
@@ -65,7 +68,7 @@ def _gather_one(image, y0, x0, patch, mode, scale, mean, std, cval):
 
 
 @numba.njit(cache=True, parallel=True)
-def _gather_patches(image, centres, out, mode, scale, mean, std, cval):
+def patches_kernel(image, centres, out, mode, scale, mean, std, cval):
     """out[k, 0] = normalized P x P patch of image centred on centres[k], in parallel over k."""
     half = out.shape[2] // 2
     for k in numba.prange(centres.shape[0]):
@@ -73,7 +76,7 @@ def _gather_patches(image, centres, out, mode, scale, mean, std, cval):
 
 
 @numba.njit(cache=True, parallel=True)
-def _gather_tile(image, y0, x0, tile, mode, scale, mean, std, cval):
+def tile_kernel(image, y0, x0, tile, mode, scale, mean, std, cval):
     """tile[r, c] = normalized image[pad(y0 + r), pad(x0 + c)], in parallel over rows."""
     for r in numba.prange(tile.shape[0]):
         _gather_one(image, y0 + r, x0, tile[r : r + 1], mode, scale, mean, std, cval)
@@ -115,7 +118,7 @@ def gather_patches(image, centres, patch_size, out, *, scale, mean, std, pad="re
     scale, mean, cval = (check_float(v, n, owner) for v, n in ((scale, "scale"), (mean, "mean"), (cval, "cval")))
     std = check_float(std, "std", owner, nonzero=True)
     if len(centres):
-        _gather_patches(image, centres, out, PAD_CODES[pad], scale, mean, std, cval)
+        patches_kernel(image, centres, out, PAD_CODES[pad], scale, mean, std, cval)
     return out[: len(centres)]
 
 
@@ -162,16 +165,16 @@ def grid_centres(grid_shape, stride, valid=None):
         raise BrainrtError(
             f"The valid mask of {owner} must have the grid shape {(rows, cols)}. Got {valid.shape} instead."
         )
-    return _grid_centres(valid.astype(bool, copy=False), stride)
+    return valid_centres(valid.astype(bool, copy=False), stride)
 
 
-def _grid_centres(valid, stride):
+def valid_centres(valid, stride):
     """(centres, cells) of the True cells of ``valid`` (R, C) bool, row-major. No input validation."""
     cells = np.stack(np.nonzero(valid), axis=1).astype(np.int64, copy=False).reshape(-1, 2)
     return cells * stride + stride // 2, cells
 
 
-def _batches(n, batch_size):
+def batch_ranges(n, batch_size):
     """(start, stop) of consecutive batches covering range(n)."""
     for start in range(0, n, batch_size):
         yield start, min(start + batch_size, n)
@@ -195,4 +198,4 @@ def batches(n, batch_size):
     batch_size = check_positive_int(batch_size, "batch_size", "batches")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise param_error("n", "batches", "a non-negative int", n)
-    return _batches(int(n), batch_size)
+    return batch_ranges(int(n), batch_size)

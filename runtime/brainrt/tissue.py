@@ -197,7 +197,7 @@ def tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5, 
         mask = check_mask(mask, image.shape, owner)
     elif threshold is not None:
         threshold = check_float(threshold, "threshold", owner)
-    return _tissue_grid(image, patch_size, stride, threshold=threshold, min_fraction=min_fraction, mask=mask)
+    return tissue_cells(image, patch_size, stride, threshold=threshold, min_fraction=min_fraction, mask=mask)
 
 
 def check_mask(mask, shape, owner):
@@ -210,7 +210,7 @@ def check_mask(mask, shape, owner):
     return mask
 
 
-def _tissue_grid(image, patch_size, stride, *, threshold=None, min_fraction=0.5, mask=None):
+def tissue_cells(image, patch_size, stride, *, threshold=None, min_fraction=0.5, mask=None):
     """:func:`tissue_grid` without input validation."""
     if mask is not None:
         band = lambda a, b: mask[a:b] != 0  # noqa: E731

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundle import sha256_file
 from .errors import file_error
+from .split import split_footprint
 
 #: A "mask" with more distinct values than this is an image.
 MAX_MASK_CODES = 256
@@ -50,8 +52,6 @@ def _codes(counts, most=8):
 def training_slice(manifest, *paths):
     """``(index, TrainingSlice)`` of the bundle's training slice whose image or mask one of ``paths`` is
     (by sha256), or None."""
-    from .bundle import sha256_file
-
     data = manifest.training.data if manifest.training else ()
     files = [Path(p) for p in paths if p is not None and Path(p).is_file()]
     for p in files:
@@ -64,8 +64,6 @@ def training_slice(manifest, *paths):
 
 def held_out_region(manifest, truth, k):
     """Pixels of training slice ``k`` (its mask ``truth``) in the footprints of the recorded split's test centres."""
-    from .split import split_footprint
-
     t = manifest.training
     labels = np.full(truth.shape, -1, np.int8)
     for i, cs in enumerate(manifest.codes_per_class):

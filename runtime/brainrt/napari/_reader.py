@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BrainrtError
+from ..grid import load_features
 
 
 def get_reader(path):
@@ -16,8 +17,6 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    from ..grid import load_features
-
     try:
         load_features(path)
     except (BrainrtError, OSError, ValueError, KeyError):
@@ -27,8 +26,6 @@ def get_reader(path):
 
 def read_features(path):
     """Layer data: the (F, R, C) features (hidden) and the PCA RGB, each cell on its stride x stride pixels."""
-    from ..grid import load_features
-
     path = Path(path[0] if isinstance(path, (list, tuple)) else path)
     grid = load_features(path)
     features = np.asarray(grid.features, np.float32)  # a whole grid in memory (stride 16: a few MB)

@@ -3,8 +3,9 @@
 The image's features are computed once per (bundle, stride, image pixels) and kept in a
 :class:`FeatureCache`; a refit after painting corrections only reads the stroke cells from
 the cached grid, fits (:func:`brainrt.fit.fitted_of`) and applies the head to the cached
-grid, so it takes seconds. The job yields progress like the other jobs (:mod:`._work`)
-while it featurizes, so Cancel stops it between blocks.
+grid, so it takes seconds. Like the other jobs (:mod:`._work`) it featurizes through the
+library's loop with a per-block callback (:class:`._work.Progress`): progress after every
+block, Cancel at the next one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from ..derive import ClassTable, stroke_record
 from ..errors import BrainrtError
 from ..geometry import grid_shape
 from ..fit import cell_labels, fitted_of, predict_grid, samples_of_grid, uncertainty
-from ._work import grid_layer, labels_layer, featurize_steps, load_bundle
+from ..plan import DEFAULT_PRECISION
+from ..smooth import choose
+from ._work import featurize, grid_layer, labels_layer, load_bundle
 
 
 class FeatureCache:
@@ -51,19 +54,12 @@ class FeatureCache:
         return sum(g.features.nbytes for g in self._grids.values())
 
 
-def _smoothing(bundle, grid):
-    """The parent's default smoothing, in grid cells, and its space."""
-    sm = bundle.manifest.smoothing
-    if sm is None or sm.sigma_um <= 0:
-        return 0.0, "log"
-    return sm.sigma_um / (grid.pixel_size_um * grid.stride), sm.space
-
-
-def train_job(source, strokes, bundle_path, *, cache, state, stride=16, class_map=None, strokes_name="strokes"):
+def train_job(source, strokes, bundle_path, *, cache, state, stride=16, class_map=None, strokes_name="strokes",
+              precision=DEFAULT_PRECISION, on_block=None):
     """Fit on the strokes (an array of the image's shape) and return the map and uncertainty layers.
 
     ``state`` receives the ``fitted`` heads, the parent ``bundle`` and the ``seconds`` of each stage, for the
-    widget's Save and status line.
+    widget's Save and status line; ``on_block`` is called after every block while the image is featurized.
     """
     bundle = load_bundle(bundle_path)
     table = ClassTable.resolve(class_map, bundle)
@@ -77,13 +73,14 @@ def train_job(source, strokes, bundle_path, *, cache, state, stride=16, class_ma
     t0, key = time.perf_counter(), FeatureCache.key(bundle_path, stride, source.image)
     grid, cached = cache.get(key), True
     if grid is None:
-        grid, cached = (yield from featurize_steps(source, bundle, stride=stride)), False
+        grid, cached = featurize(source, bundle, stride=stride, precision=precision, on_block=on_block), False
         cache.put(key, grid)
     t1 = time.perf_counter()
     samples = samples_of_grid(grid.features, grid.valid, cells, source=strokes_name)
     fitted = fitted_of(samples, table, [{**stroke_record(source.image, strokes), "image": source.name}],
                        stride=stride)
-    sigma, space = _smoothing(bundle, grid)
+    sigma, space = choose(bundle.manifest.smoothing, None, proba=True, pixel_size_um=grid.pixel_size_um,
+                          stride=grid.stride)
     labels, probs = predict_grid(fitted, grid.features, grid.valid, sigma_cells=sigma, space=space)
     state.update(fitted=fitted, bundle=bundle, cached=cached,
                  seconds={"features": round(t1 - t0, 3), "fit_and_map": round(time.perf_counter() - t1, 3)})

@@ -1,14 +1,18 @@
 """The plugin's dock widgets (magicgui): area map, outliers and clusters, sub-division.
 
-Each widget runs its job (:mod:`._work`) in a napari thread worker: a progress bar follows
-the engine's blocks, Cancel stops the job between two blocks, and the viewer stays
+Each widget runs its job (:mod:`._work`) in a napari thread worker: the job's per-block
+callback (:class:`._work.Progress`) moves the progress bar after every block of the
+engine and stops the job between two blocks when Cancel is pressed; the viewer stays
 responsive. The job's layers are added together when it ends; an error (bad bundle, image
 too small, no tissue, ...) is one notification line and adds nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+import time
 
 import napari
 import numpy as np
@@ -17,9 +21,15 @@ from magicgui.widgets import PushButton, SpinBox
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
 
+from ..api import default_model
+from ..derive import ClassTable, save_bundle
 from ..errors import BrainrtError
+from ..manifest import PRECISIONS
+from ..plan import DEFAULT_PRECISION
 from . import _work
+from ._train import FeatureCache, strokes_layer, train_job
 
 log = logging.getLogger("brainrt")
 HEADS = ("default", "logreg", "linsvm", "rbfsvm", "cnn")
@@ -28,17 +38,24 @@ AREA = "(an area of the classifier)"
 
 def _default_bundle():
     try:
-        from ..api import default_model
-
         return str(default_model())
     except BrainrtError:
         return ""
 
 
+class _Relay(QObject):
+    """Carries the job's progress from the worker thread to the widget (a queued Qt signal)."""
+
+    fraction = Signal(float)
+
+
 def _guarded(job):
-    """Run ``job`` (a generator); return ("ok", layers) or ("error", one line). Never raises, so no traceback dialog."""
+    """Run ``job``; return ("ok", layers), ("cancelled", None) or ("error", one line). Never raises, so no
+    traceback dialog."""
     try:
-        layers = yield from job
+        layers = job()
+    except _work.Cancelled:
+        return "cancelled", None
     except BrainrtError as exc:
         return "error", str(exc)
     except MemoryError:
@@ -60,16 +77,19 @@ class JobWidget(Container):
         self.bundle = FileEdit(mode="d", value=_default_bundle(), label="bundle")
         self.image = ComboBox(choices=self._images, label="image")
         self.stride = SpinBox(value=16, min=2, max=256, label="stride (px)")
+        self.precision = ComboBox(choices=PRECISIONS, value=DEFAULT_PRECISION, label="precision")
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
         self.status = Label(value="")
-        super().__init__(widgets=[self.bundle, self.image, self.stride, *extra, self.run_button, self.cancel_button,
+        super().__init__(widgets=[self.bundle, self.image, self.stride, self.precision, *extra, self.run_button, self.cancel_button,
                                   self.progress, self.status])
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self.reset_choices)
-        self.worker = None
+        self.worker, self.cancelled = None, threading.Event()
+        self.relay = _Relay()
+        self.relay.fraction.connect(lambda f: setattr(self.progress, "value", int(round(100 * f))))
 
     def _images(self, widget=None):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
@@ -88,31 +108,34 @@ class JobWidget(Container):
             raise BrainrtError(f"{layer.name}: expected a 2D or 3D grayscale layer, got shape {data.shape}")
         return _work.Source(np.asarray(data), tuple(layer.scale[-2:]), tuple(layer.translate[-2:]), layer.name, z)
 
-    def job(self, source):  # pragma: no cover - abstract
+    def job(self, source, **kw):  # pragma: no cover - abstract
+        """The job's function of ``source`` with the common options ``kw`` (stride, precision, on_block)."""
         raise NotImplementedError
 
     def run(self):
         """Start the job in a thread worker (returned, for tests); errors before it starts are notified."""
         if self.worker is not None:
             return self.worker
+        self.cancelled = cancelled = threading.Event()
+        progress = _work.Progress(report=self.relay.fraction.emit, cancelled=cancelled.is_set)
         try:
-            job = self.job(self.source())
+            job = self.job(self.source(), stride=self.stride.value, precision=self.precision.value,
+                           on_block=progress)
         except BrainrtError as exc:
             show_error(str(exc))
             return None
         self.worker = worker = create_worker(_guarded, job)
-        worker.yielded.connect(lambda f: setattr(self.progress, "value", int(round(100 * f))))
         worker.returned.connect(self._finish)
-        worker.aborted.connect(lambda: setattr(self.status, "value", "cancelled"))
         worker.finished.connect(self._idle)
         self._busy()
         worker.start()
         return worker
 
     def cancel(self):
+        """Stop the running job at its next block (its callback raises :class:`._work.Cancelled`)."""
         if self.worker is not None:
             self.status.value = "cancelling..."
-            self.worker.quit()
+            self.cancelled.set()
 
     def _busy(self):
         self.run_button.enabled, self.cancel_button.enabled = False, True
@@ -124,6 +147,9 @@ class JobWidget(Container):
 
     def _finish(self, result):
         status, payload = result
+        if status == "cancelled":
+            self.status.value = "cancelled"
+            return
         if status == "error":
             self.status.value = "failed"
             show_error(payload)
@@ -152,10 +178,10 @@ class AreaMapWidget(JobWidget):
         self.smooth = FloatSpinBox(value=-1.0, min=-1.0, max=10000.0, step=5.0, label="smoothing (um, -1: bundle's)")
         super().__init__(napari_viewer, extra=[self.head, self.smooth])
 
-    def job(self, source):
+    def job(self, source, **kw):
         head = None if self.head.value == "default" else self.head.value
         smooth = None if self.smooth.value < 0 else float(self.smooth.value)
-        return _work.area_map_job(source, self.bundle.value, stride=self.stride.value, head=head, smooth=smooth)
+        return functools.partial(_work.area_map_job, source, self.bundle.value, head=head, smooth=smooth, **kw)
 
 
 class ClustersWidget(JobWidget):
@@ -163,8 +189,8 @@ class ClustersWidget(JobWidget):
 
     title = "clusters"
 
-    def job(self, source):
-        return _work.clusters_job(source, self.bundle.value, stride=self.stride.value)
+    def job(self, source, **kw):
+        return functools.partial(_work.clusters_job, source, self.bundle.value, **kw)
 
 
 class SubdivideWidget(JobWidget):
@@ -185,14 +211,15 @@ class SubdivideWidget(JobWidget):
         layers = [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, (Shapes, Labels))]
         return [(AREA, None), *layers]
 
-    def job(self, source):
+    def job(self, source, **kw):
         layer, area = self.region.value, self.area.value.strip() or None
-        kw = dict(stride=self.stride.value, k=self.k.value, interior=self.interior.value)
+        kw.update(k=self.k.value, interior=self.interior.value)
         if layer is None:
             if area is None:
                 raise BrainrtError("name the area to sub-divide, or choose a Shapes or Labels region")
-            return _work.subdivide_job(source, self.bundle.value, region=None, area=area, **kw)
-        return _work.subdivide_job(source, self.bundle.value, region=self._layer_region(layer, area, source), **kw)
+            return functools.partial(_work.subdivide_job, source, self.bundle.value, region=None, area=area, **kw)
+        region = self._layer_region(layer, area, source)
+        return functools.partial(_work.subdivide_job, source, self.bundle.value, region=region, **kw)
 
     def _layer_region(self, layer, area, source):
         scale, translate = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
@@ -221,8 +248,6 @@ class TrainAreasWidget(JobWidget):
     title = "train areas"
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
-        from ._train import FeatureCache
-
         self.viewer = napari_viewer  # the strokes choices list its layers
         self.strokes = ComboBox(choices=self._labels, label="strokes")
         self.class_map = FileEdit(mode="r", value="", filter="*.json", label="class map (JSON, optional)")
@@ -246,13 +271,9 @@ class TrainAreasWidget(JobWidget):
 
     def add_strokes_layer(self):
         """An empty strokes layer over the chosen image, its values and colours those of the class map."""
-        from ..derive import ClassTable
-        from ._train import strokes_layer
-        from ._work import load_bundle
-
         try:
             source, layer = self.source(), self.image.value
-            table = ClassTable.resolve(self._class_map(), load_bundle(self.bundle.value))
+            table = ClassTable.resolve(self._class_map(), _work.load_bundle(self.bundle.value))
             data, kw, _ = strokes_layer(source, table, f"strokes ({layer.name})", layer.data.shape)
         except BrainrtError as exc:
             show_error(str(exc))
@@ -263,27 +284,21 @@ class TrainAreasWidget(JobWidget):
         self.strokes.value = added
         return added
 
-    def job(self, source):
-        from ._train import train_job
-
+    def job(self, source, **kw):
         layer = self.strokes.value
         if layer is None:
             raise BrainrtError("add a strokes layer (New strokes layer) and paint strokes on the image")
         data = layer.data
         strokes = np.asarray(data[source.z] if source.z is not None and np.ndim(data) == 3 else data)
-        return train_job(source, strokes, self.bundle.value, cache=self.cache, state=self.state,
-                         stride=self.stride.value, class_map=self._class_map(), strokes_name=layer.name)
+        return functools.partial(train_job, source, strokes, self.bundle.value, cache=self.cache, state=self.state,
+                                 class_map=self._class_map(), strokes_name=layer.name, **kw)
 
     def run(self):
-        import time
-
         self.t0 = time.perf_counter()
         return super().run()
 
     def _finish(self, result):
         """Update the map layers of an earlier fit in place (no pile of layers), add the new ones."""
-        import time
-
         status, payload = result
         if status == "ok":
             new = []
@@ -304,8 +319,6 @@ class TrainAreasWidget(JobWidget):
 
     def save(self):
         """Write the last fit as a derived bundle in the chosen folder."""
-        from ..derive import save_bundle
-
         out = str(self.save_path.value or "").strip()
         if "fitted" not in self.state or out in ("", "."):
             show_error("fit first, then choose a folder for the bundle")

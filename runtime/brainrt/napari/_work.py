@@ -1,11 +1,12 @@
-"""The plugin's work, without Qt: generators that yield progress and return napari layer data.
+"""The plugin's work, without Qt: jobs that run the library and return napari layer data.
 
-Each job is a generator: it yields the fraction done after every block of grid rows
-(:func:`brainrt.engine.blocks`), so a napari ``thread_worker`` can report progress and
-stop between blocks when Cancel is pressed, and it returns a list of layer-data tuples
-``(data, kwargs, layer_type)`` that the widget adds all at once (nothing is half-added).
-Errors are :class:`~brainrt.errors.BrainrtError` s with one line; the widget shows them as
-notifications.
+Each job featurizes through the library's one loop (:func:`brainrt.api.featurize_plan`,
+hence :func:`brainrt.engine.run`) with a :class:`Progress` as its per-block callback: it
+reports the fraction of cells done after every block of grid rows and raises
+:class:`Cancelled` at the next block once Cancel is pressed. A job returns a list of
+layer-data tuples ``(data, kwargs, layer_type)`` that the widget adds all at once (nothing
+is half-added). Errors are :class:`~brainrt.errors.BrainrtError` s with one line; the
+widget shows them as notifications.
 """
 
 from __future__ import annotations
@@ -18,11 +19,28 @@ import numpy as np
 
 from .. import api
 from ..bundle import Bundle
-from ..engine import Meter, blocks
 from ..errors import BrainrtError, file_error
-from ..geometry import upsample
-from ..grid import FeatureGrid
-from ..plan import make_plan
+from ..geometry import cell_centre, upsample
+from ..plan import DEFAULT_PRECISION, make_plan
+from ..plots import class_colors
+
+
+class Cancelled(Exception):
+    """Cancel was pressed: the job stopped between two blocks and returns nothing."""
+
+
+class Progress:
+    """The per-block callback of a job: ``report(fraction)`` after every block, and :class:`Cancelled`
+    raised at the first block after ``cancelled()`` turns true."""
+
+    def __init__(self, report=None, cancelled=None):
+        self.report, self.cancelled = report, cancelled
+
+    def __call__(self, block, meter):
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled
+        if self.report is not None:
+            self.report(meter.n / max(meter.total, 1))
 
 
 @dataclass(frozen=True)
@@ -57,16 +75,11 @@ def load_bundle(path, device="auto"):
     return Bundle.load(path, device=device)
 
 
-def featurize_steps(source, bundle, *, stride):
-    """Yield the fraction of cells done after each block; return the :class:`FeatureGrid`."""
-    plan = make_plan(source.image, bundle, stride=stride, pixel_size_um=source.pixel_size_um, owner="napari")
-    features = np.zeros(plan.shape + (bundle.n_features,), np.float32)
-    meter = Meter(plan.n_cells)
-    yield 0.0
-    for b in blocks(plan, bundle.predictor(plan.method, stride=plan.stride), meter=meter):
-        features[b.r0 : b.r1] = b.features
-        yield meter.n / max(plan.n_cells, 1)
-    return FeatureGrid.of_plan(plan, features, bundle.model_id, meter.close(plan.method))
+def featurize(source, bundle, *, stride, precision=DEFAULT_PRECISION, on_block=None):
+    """The :class:`~brainrt.grid.FeatureGrid` of ``source`` (``on_block``: a :class:`Progress`)."""
+    plan = make_plan(source.image, bundle, stride=stride, pixel_size_um=source.pixel_size_um, owner="napari",
+                     precision=precision)
+    return api.featurize_plan(plan, bundle, on_block=on_block)
 
 
 def grid_layer(data, source, grid, name, **kw):
@@ -82,8 +95,6 @@ def labels_layer(cells, source, grid, name, names, colors=None, **kw):
     (``colors``: one per name, e.g. a class map's "#rrggbb"; default: the palette)."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    from ..plots import class_colors
-
     full = upsample((np.asarray(cells) + 1).astype(np.uint16), grid.stride, grid.image_shape)
     colors = class_colors(len(names), colors)
     cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
@@ -93,10 +104,11 @@ def labels_layer(cells, source, grid, name, names, colors=None, **kw):
                       features=features, opacity=0.5, metadata={"brainrt_names": list(names)}, **kw), "labels"
 
 
-def area_map_job(source, bundle_path, *, stride=16, head=None, smooth=None):
+def area_map_job(source, bundle_path, *, stride=16, head=None, smooth=None, precision=DEFAULT_PRECISION,
+                 on_block=None):
     """Area map: a Labels layer of the classes and one probability image per class."""
     bundle = load_bundle(bundle_path)
-    grid = yield from featurize_steps(source, bundle, stride=stride)
+    grid = featurize(source, bundle, stride=stride, precision=precision, on_block=on_block)
     result = api.classify(grid, bundle, head=head, smooth=smooth)
     layers = [labels_layer(result.labels, source, grid, source.label("areas"), result.names)]
     if result.probabilities is not None:
@@ -106,10 +118,10 @@ def area_map_job(source, bundle_path, *, stride=16, head=None, smooth=None):
     return layers
 
 
-def clusters_job(source, bundle_path, *, stride=16):
+def clusters_job(source, bundle_path, *, stride=16, precision=DEFAULT_PRECISION, on_block=None):
     """GMM clusters (Labels) and per-area log-likelihood maps (low everywhere = outlier)."""
     bundle = load_bundle(bundle_path)
-    grid = yield from featurize_steps(source, bundle, stride=stride)
+    grid = featurize(source, bundle, stride=stride, precision=precision, on_block=on_block)
     clusters, loglik = api.cluster(grid, bundle)
     n = int(clusters.max()) + 1
     layers = [labels_layer(clusters, source, grid, source.label("clusters"), [f"cluster {i}" for i in range(n)])]
@@ -120,10 +132,11 @@ def clusters_job(source, bundle_path, *, stride=16):
     return layers
 
 
-def subdivide_job(source, bundle_path, *, region, stride=16, k=4, interior=True, area=None, head=None):
+def subdivide_job(source, bundle_path, *, region, stride=16, k=4, interior=True, area=None, head=None,
+                  precision=DEFAULT_PRECISION, on_block=None):
     """PCA + KMeans inside a region: ``region(grid)`` gives the cells (R, C) bool, or None with ``area``."""
     bundle = load_bundle(bundle_path)
-    grid = yield from featurize_steps(source, bundle, stride=stride)
+    grid = featurize(source, bundle, stride=stride, precision=precision, on_block=on_block)
     cells = api.region_cells(grid, bundle, area=area, head=head) if region is None else region(grid, source)
     if not np.any(cells):
         raise BrainrtError(f"{source.name}: the region holds no grid cell of the image")
@@ -134,8 +147,6 @@ def subdivide_job(source, bundle_path, *, region, stride=16, k=4, interior=True,
 
 def cell_world(grid, source):
     """World (y, x) coordinates of every grid cell's centre, (R, C, 2)."""
-    from ..geometry import cell_centre
-
     R, C = grid.shape
     ys = cell_centre(np.arange(R), grid.stride) * float(source.scale[0]) + source.translate[0]
     xs = cell_centre(np.arange(C), grid.stride) * float(source.scale[1]) + source.translate[1]

@@ -1,0 +1,32 @@
+"""onnxruntime sessions: their options and how a graph file is opened.
+
+:class:`~brainrt.bundle.Bundle` opens every graph through :func:`open_session` (with the
+execution providers :func:`brainrt.bundle.providers` chose for its device) and keeps one
+session per graph file.
+"""
+
+from __future__ import annotations
+
+from .errors import file_error
+
+
+def session_options(threads=None):
+    """Session options: ``threads`` intra-op threads (None: onnxruntime's default, all cores), quiet logs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.log_severity_level = 3
+    return opts
+
+
+def open_session(path, opts, chosen, *, owner=None):
+    """The inference session of the graph file ``path``; a graph that cannot be loaded is the one-line
+    error naming ``owner`` (the bundle folder)."""
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), opts, providers=list(chosen))
+    except Exception as exc:
+        raise file_error(owner or path, f"cannot load the ONNX graph ({type(exc).__name__})") from None

@@ -1,0 +1,132 @@
+"""Where the engine's blocks go: small objects that :func:`brainrt.engine.run` feeds.
+
+A sink takes the blocks of grid rows in order (``put(block)``), gives its result at the
+end (``close()``) and cleans up after an error or an interrupt (``abort()``). The loop
+is written once, in the engine; what happens to the features is the sink's business:
+
+- :class:`ArraySink`: into one NumPy array of grid rows, the features themselves or a
+  head's output per cell (``fn``), for the whole grid or for one band of rows;
+- :class:`ZarrFeatureSink`: into a zarr feature grid written beside its target and
+  renamed into place when complete (a stride-1 grid of a slice is GBs);
+- :class:`ClassifySink`: a classifier head on every block, then the streamed in-plane
+  smoothing (:class:`~brainrt.smooth.RowSmoother`), so features are never held whole.
+
+The volume band writer (:mod:`brainrt.volumes.blocks`) is an :class:`ArraySink` over
+one band whose rows then go into the volume's store. Sinks trust their inputs: the plan
+is checked.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .finished import FOLDER_RECORD, write_record
+from .heads import apply_rows
+from .integrity import compressors, seal
+from .io import atomic_path
+from .smooth import RowSmoother
+
+
+class Sink:
+    """The sink protocol: ``put(block)`` per block in order, ``close()`` -> result, ``abort()`` on failure."""
+
+    def put(self, block):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def close(self):
+        return None
+
+    def abort(self):
+        """Undo what was started (temporary files); the default has nothing to undo."""
+
+
+class ArraySink(Sink):
+    """Blocks into ``out``, whose first row is grid row ``r0``: the features (``fn`` None) or
+    ``fn(features)`` of every valid cell (a head; ``out`` then holds its output per cell)."""
+
+    def __init__(self, out, *, r0=0, fn=None):
+        self.out, self.r0, self.fn = out, r0, fn
+
+    @classmethod
+    def features(cls, shape, n_features, *, r0=0):
+        """A sink of features into a zeroed (rows, cols, n_features) float32 array."""
+        return cls(np.zeros(tuple(shape) + (n_features,), np.float32), r0=r0)
+
+    def put(self, block):
+        rows = self.out[block.r0 - self.r0 : block.r1 - self.r0]
+        if self.fn is None:
+            rows[...] = block.features
+        else:
+            apply_rows(block.features, block.valid, self.fn, rows)
+
+    def close(self):
+        return self.out
+
+
+class ZarrFeatureSink(Sink):
+    """Feature blocks into the zarr group ``path`` (``features`` (R, C, F) float32, ``valid``, ``attrs``),
+    written in a temporary folder beside it and renamed into place by :meth:`close`, which returns
+    the ``features`` array opened read-only. With a run ``record`` (:mod:`brainrt.finished`), the
+    record goes inside the group, so a finished grid is known by the arguments that made it."""
+
+    def __init__(self, path, *, valid, n_features, attrs, record=None):
+        import zarr
+
+        R, C = valid.shape
+        self.path, self.attrs, self.record = path, attrs, record
+        self._target = atomic_path(path, overwrite=True, is_dir=True)
+        tmp = self._target.__enter__()
+        try:
+            self.root = zarr.open_group(str(tmp), mode="w")
+            self.arr = self.root.create_array("features", shape=(R, C, n_features), chunks=(64, 64, n_features),
+                                              dtype="float32", fill_value=0.0, compressors=compressors())
+            self.root.create_array("valid", shape=(R, C), chunks=(512, 512), dtype="bool",
+                                   compressors=compressors())[:] = valid
+            self.tmp = tmp
+        except BaseException as exc:
+            self._target.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+    def put(self, block):
+        self.arr[block.r0 : block.r1] = block.features
+
+    def close(self):
+        import zarr
+
+        self.root.attrs.update(self.attrs)
+        if self.record is not None:
+            write_record(self.tmp / FOLDER_RECORD, self.record)
+        seal(self.tmp, ("features", "valid"))  # chunk checksums (:mod:`brainrt.integrity`)
+        self._target.__exit__(None, None, None)
+        return zarr.open_group(str(self.path), mode="r")["features"]
+
+    def abort(self):
+        exc = RuntimeError("aborted")
+        self._target.__exit__(RuntimeError, exc, None)  # removes the temporary folder
+
+
+class ClassifySink(Sink):
+    """A classifier head (:class:`~brainrt.heads.Classifier`) on every block into its output grid of
+    ``shape``, smoothed in the plane as the rows arrive when ``sigma`` (grid cells) > 0."""
+
+    def __init__(self, clf, shape, *, sigma=0.0, space="log"):
+        self.rows = ArraySink(clf.empty(shape), fn=clf.fn)
+        self.smoother = RowSmoother(sigma, space=space) if sigma > 0 else None
+        self.done = 0  # rows of the output already smoothed
+
+    def put(self, block):
+        self.rows.put(block)
+        if self.smoother is not None:
+            out = self.rows.out
+            self._write(self.smoother.push(out[block.r0 : block.r1], block.valid))
+
+    def close(self):
+        if self.smoother is not None:
+            self._write(self.smoother.flush())
+        return self.rows.out
+
+    def _write(self, smoothed):
+        """Write consecutive smoothed row blocks into the output from row ``done`` on."""
+        for r in smoothed:
+            self.rows.out[self.done : self.done + len(r)] = r
+            self.done += len(r)

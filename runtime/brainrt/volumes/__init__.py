@@ -1,0 +1,19 @@
+"""Whole volumes: a stack in, one OME-Zarr (classify) or zarr (featurize) out, a (z, row band) block per task.
+
+- :mod:`.sources`: lazy readers of a 3D TIFF, a folder of 2D TIFFs or a zarr / OME-Zarr stack;
+- :mod:`.plan`: the volume's input edge, :func:`make_volume_plan` (same option declarations
+  as a slice's, :mod:`brainrt.params`) and the frozen :class:`VolumePlan`;
+- :mod:`.blocks`: what runs in a task (worker caches, the band task, the slice tasks), the
+  task graph as data, the store layout and the completion records;
+- :mod:`.executors`: serial and Dask executors that only schedule that graph, and
+  :func:`process_volume`, the one call (plan, cluster, run).
+"""
+
+from .blocks import partial_path, run_block, slice_plan, task_graph, worker_bundle
+from .executors import dask_client, process_volume, run_volume
+from .plan import VolumePlan, make_volume_plan, parse_z
+from .sources import VolumeSource, folder_files, is_volume_input, natural_key, open_volume
+
+__all__ = ["VolumePlan", "VolumeSource", "dask_client", "folder_files", "is_volume_input", "make_volume_plan",
+           "natural_key", "open_volume", "parse_z", "partial_path", "process_volume", "run_block", "run_volume",
+           "slice_plan", "task_graph", "worker_bundle"]

@@ -1,0 +1,392 @@
+"""Volume blocks: the tasks a worker runs, the output store's layout, and their completion records.
+
+Everything that runs inside a task lives here, so a worker process needs only this module:
+
+- **worker caches**: the bundle, loaded and verified once per process
+  (:func:`worker_bundle`), and the last two slices' :class:`~brainrt.plan.Plan` s
+  (:func:`slice_plan`: tissue grid and intensity standardization need whole-slice
+  statistics; the bands of one slice on one worker pay once);
+- **the tasks**, as data (:func:`task_graph`, built once per run; the executors of
+  :mod:`brainrt.volumes.executors` only schedule it): a block (z, row band) runs the
+  engine's loop into a :class:`BandSink` (features, or a head's raw probabilities, into
+  the band's own chunks: no two tasks share a chunk); ``finish`` (classify, one per z,
+  after its bands) smooths in the plane through :class:`~brainrt.smooth.RowSmoother` and
+  writes the label pyramid; ``zsmooth`` (one per z, after the finishes within its
+  kernel's reach) smooths across slices (:func:`~brainrt.smooth.smooth_across`);
+- **the store**: its layout (OME-Zarr for classify, a zarr group for featurize;
+  :func:`create_store`), assembled under ``.NAME.partial`` with the run's fingerprint and
+  one completion record per task written after its data (:func:`execute`); a rerun
+  skips recorded tasks (resume), a rerun with other arguments is refused, and the folder
+  is renamed into place when every task is done (:func:`finalize`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ..bundle import MANIFEST, Bundle, sha256_file
+from ..engine import run
+from ..errors import BrainrtError, file_error
+from ..geometry import upsample
+from ..heads import OFF_TISSUE, Classifier
+from ..integrity import compressors, seal
+from ..io import check_target
+from ..plan import plan_of
+from ..plots import class_colors
+from ..sinks import ArraySink
+from ..smooth import RowSmoother, radius, smooth_across
+
+#: Folder of the completion records and the run's fingerprint inside the store.
+STATE = ".brainrt"
+#: Smallest side of the label pyramid's coarsest level (levels halve until below it), and most levels.
+PYRAMID_MIN, PYRAMID_LEVELS = 64, 5
+LABEL_CHUNK = 1024
+#: Bytes of neighbouring slices' probabilities the z pass reads at a time.
+Z_BYTES = 64 << 20
+
+_BUNDLES: dict = {}
+_SLICES: OrderedDict = OrderedDict()
+_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- per-process caches
+def worker_bundle(vplan):
+    """The plan's bundle, loaded and verified once per process (keyed by the manifest's sha256)."""
+    with _LOCK:
+        b = _BUNDLES.get(vplan.model_hash)
+        if b is None:
+            b = Bundle.load(vplan.model, threads=vplan.threads, device=vplan.device)
+            if sha256_file(Path(vplan.model) / MANIFEST) != vplan.model_hash:
+                raise file_error(vplan.model, "the bundle changed since the run was planned")
+            _BUNDLES[vplan.model_hash] = b
+        return b
+
+
+def remember_bundle(vplan, bundle):
+    """Use the loaded ``bundle`` for ``vplan``'s tasks in this process (the serial executor's)."""
+    with _LOCK:
+        _BUNDLES[vplan.model_hash] = bundle
+
+
+def slice_plan(vplan, bundle, z):
+    """The 2D plan of slice ``z`` (None for a slice without tissue); the last two are cached."""
+    key = (vplan.source, z, vplan.model_hash, tuple(sorted(vplan.slice_options.items())))
+    with _LOCK:
+        if key in _SLICES:
+            _SLICES.move_to_end(key)
+            return _SLICES[key]
+    image = vplan.source.read(z)
+    if image.shape != tuple(vplan.source.shape[1:]):
+        raise file_error(vplan.source.name, f"slice {z} has shape {image.shape}, not the stack's "
+                                            f"{tuple(vplan.source.shape[1:])}")
+    try:  # the options were checked once, by make_volume_plan
+        plan = plan_of(image, bundle, owner=vplan.task, **vplan.slice_options)
+    except BrainrtError as exc:
+        if "no tissue found" not in str(exc):
+            raise BrainrtError(f"{vplan.source.name} z={z}: {exc}") from None
+        plan = None  # an empty slice (e.g. past the tissue's end): everything off tissue
+    with _LOCK:
+        _SLICES[key] = plan
+        while len(_SLICES) > 2:
+            _SLICES.popitem(last=False)
+    return plan
+
+
+# --------------------------------------------------------------------------- the task graph
+class Task(NamedTuple):
+    """One task: ``fn(vplan, store, *args)``; ``name`` is its completion record (and Dask key), ``deps``
+    the names of the tasks it waits for, ``block`` whether it is a (z, band) block (progress counts those)."""
+
+    name: str
+    fn: object
+    args: tuple
+    deps: tuple = ()
+    block: bool = False
+
+
+def task_graph(vplan) -> tuple:
+    """Every task of ``vplan``, each after the tasks it needs (a topological order: the serial one)."""
+    tasks = []
+    for z in vplan.zs:
+        bands = [Task(f"b{z}-{band[0]}", run_block, (z, band), (), True) for band in vplan.bands]
+        tasks += bands
+        if vplan.task == "classify":
+            tasks.append(Task(f"f{z}", finish_slice, (z,), tuple(t.name for t in bands)))
+    if vplan.z_sigma > 0:
+        r = radius(vplan.z_sigma)
+        for i, z in enumerate(vplan.zs):
+            near = vplan.zs[max(0, i - r) : i + r + 1]  # the finished slices its kernel reaches
+            tasks.append(Task(f"g{z}", zsmooth_slice, (z,), tuple(f"f{n}" for n in near)))
+    return tuple(tasks)
+
+
+def execute(vplan, store, task, *_deps):
+    """Run ``task`` unless its completion record exists, then write the record (after the data).
+    Returns 1 if it ran, 0 if it was done already. ``_deps``: the results it waited for (Dask)."""
+    if _record(store, task.name).exists():
+        return 0
+    task.fn(vplan, store, *task.args)
+    _mark(store, task.name)
+    return 1
+
+
+def _record(store, name):
+    return Path(store) / STATE / "done" / name
+
+
+def _mark(store, name):
+    p = _record(store, name)
+    tmp = p.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("")
+    os.replace(tmp, p)  # the record appears whole, after the data
+
+
+# --------------------------------------------------------------------------- the tasks
+class BandSink(ArraySink):
+    """The volume band writer: the band's features (featurize) or the head's raw probabilities (classify),
+    written with the band's valid cells into slice position ``zi`` of the store by :meth:`close`."""
+
+    def __init__(self, vplan, root, zi, band, valid, fn=None):
+        r0, r1 = band
+        depth = vplan.n_features if vplan.task == "featurize" else len(vplan.class_names)
+        super().__init__(np.zeros((r1 - r0, vplan.grid[1], depth), np.float32), r0=r0, fn=fn)
+        names = ("features", "valid") if vplan.task == "featurize" else ("scratch/probabilities", "scratch/valid")
+        self.targets, self.zi, self.valid = [root[n] for n in names], zi, valid
+
+    def close(self):
+        r0, r1 = self.r0, self.r0 + len(self.out)
+        self.targets[0][self.zi, r0:r1] = self.out
+        self.targets[1][self.zi, r0:r1] = self.valid
+        return self.out
+
+
+def run_block(vplan, store, z, band):
+    """Compute block (z, band): the worker reads slice z itself and writes the band's chunks."""
+    import zarr
+
+    bundle = worker_bundle(vplan)
+    plan = slice_plan(vplan, bundle, z)
+    root = zarr.open_group(str(store), mode="r+")
+    fn = Classifier.of(bundle, vplan.head).fn if vplan.task == "classify" else None
+    valid = plan.valid[band[0] : band[1]] if plan is not None else np.zeros((band[1] - band[0], vplan.grid[1]), bool)
+    sink = BandSink(vplan, root, vplan.zs.index(z), band, valid, fn)
+    if plan is None:  # no tissue: the band stays empty
+        sink.close()
+    else:
+        run(plan, bundle.predictor_for(plan), sink, rows=band)
+
+
+def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, pyramid) kept readable in order
+    """Smooth slice ``z``'s probabilities in the plane and write them and its label pyramid (classify)."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r+")
+    zi, (R, C) = vplan.zs.index(z), vplan.grid
+    raw, valid = root["scratch/probabilities"], root["scratch/valid"]
+    probs, zsm = root["0"], vplan.z_sigma > 0
+    smoother = RowSmoother(vplan.sigma_cells, space=vplan.space) if vplan.sigma_cells > 0 else None
+    labels, done = np.full((R, C), -1, np.int16), 0
+    v_all = np.asarray(valid[zi])
+
+    def put(p):
+        nonlocal done
+        n = len(p)
+        v = v_all[done : done + n]
+        p = np.where(v[..., None], p, 0).astype(np.float32)
+        if zsm:  # the z pass reads it, then writes the outputs
+            root["scratch/planar"][zi, done : done + n] = p
+        else:
+            probs[:, zi, done : done + n] = np.moveaxis(p, -1, 0)
+            labels[done : done + n] = np.where(v, p.argmax(-1), -1)
+        done += n
+
+    for r0, r1 in vplan.bands:
+        p = np.asarray(raw[zi, r0:r1])
+        if smoother is None:
+            put(p)
+        else:
+            for s in smoother.push(p, v_all[r0:r1]):
+                put(s)
+    if smoother is not None:
+        for s in smoother.flush():
+            put(s)
+    if not zsm:
+        _write_labels(vplan, root, zi, labels)
+
+
+def zsmooth_slice(vplan, store, z):
+    """Smooth slice ``z``'s in-plane smoothed probabilities across neighbouring slices (Gaussian of
+    ``vplan.z_sigma`` slices, normalized over tissue cells like in the plane) and write the outputs."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r+")
+    zi, (R, C), r = vplan.zs.index(z), vplan.grid, radius(vplan.z_sigma)
+    lo, hi = max(0, zi - r), min(len(vplan.zs), zi + r + 1)
+    planar, valid, probs = root["scratch/planar"], root["scratch/valid"], root["0"]
+    labels = np.full((R, C), -1, np.int16)
+    step = max(1, Z_BYTES // ((hi - lo) * C * len(vplan.class_names) * 4))  # rows per read: bounded memory
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        p, v = np.asarray(planar[lo:hi, r0:r1]), np.asarray(valid[lo:hi, r0:r1])
+        out = smooth_across(p, v, vplan.z_sigma, zi - lo, space=vplan.space)
+        probs[:, zi, r0:r1] = np.moveaxis(out, -1, 0)
+        labels[r0:r1] = np.where(v[zi - lo], out.argmax(-1), -1)
+    _write_labels(vplan, root, zi, labels)
+
+
+def _write_labels(vplan, root, zi, labels):
+    """The label pyramid of slice position ``zi`` from its grid labels (class indices, -1 off tissue)."""
+    codes = np.asarray(list(vplan.class_codes) + [OFF_TISSUE], np.uint8)[labels]
+    full = upsample(codes, vplan.stride, vplan.source.shape[1:])
+    for level in range(_n_levels(vplan.source.shape[1:])):
+        f = 2**level
+        root[f"labels/areas/{level}"][zi] = full[::f, ::f]
+
+
+def _n_levels(shape):
+    n = 1
+    while n < PYRAMID_LEVELS and min(shape) // 2**n >= PYRAMID_MIN:
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- the store
+def create_store(vplan, tmp):
+    """The empty output (OME-Zarr for classify, a zarr group for featurize) with its metadata."""
+    import zarr
+
+    root = zarr.open_group(str(tmp), mode="w")
+    Z, (R, C), F, K = len(vplan.zs), vplan.grid, vplan.n_features, len(vplan.class_names)
+    band = vplan.bands[0][1] - vplan.bands[0][0]
+    cc = min(C, 512)
+    if vplan.task == "featurize":
+        root.create_array("features", shape=(Z, R, C, F), chunks=(1, band, cc, F), dtype="float32", fill_value=0.0,
+                          compressors=compressors())
+        root.create_array("valid", shape=(Z, R, C), chunks=(1, band, cc), dtype="bool", fill_value=False,
+                          compressors=compressors())
+        root.attrs.update(_attrs(vplan))
+    else:
+        root.create_array("scratch/probabilities", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
+                          fill_value=0.0)
+        root.create_array("scratch/valid", shape=(Z, R, C), chunks=(1, band, cc), dtype="bool", fill_value=False)
+        if vplan.z_sigma > 0:
+            root.create_array("scratch/planar", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
+                              fill_value=0.0)
+        root.create_array("0", shape=(K, Z, R, C), chunks=(1, 1, min(R, 1024), min(C, 1024)), dtype="float32",
+                          fill_value=0.0)
+        _ome_metadata(vplan, root)
+    (tmp / STATE / "done").mkdir(parents=True, exist_ok=True)
+    (tmp / STATE / "run.json").write_text(json.dumps(vplan.fingerprint(), indent=1))
+    return root
+
+
+def _attrs(vplan):
+    return {"brainrt": {"task": vplan.task, "model_id": vplan.model_id, "stride": vplan.stride,
+                        "zs": list(vplan.zs), "pixel_size_um": vplan.pixel_size_um,
+                        "z_spacing_um": vplan.z_spacing_um, "source": vplan.source.path,
+                        "image_shape": list(vplan.source.shape[1:]), "class_names": list(vplan.class_names)}}
+
+
+def _name_and_centre(root, class_names, half):
+    """The probability image's channels named by class (omero) and shifted by half a grid cell (top-level
+    translation after each level's scale: napari-ome-zarr applies one top-level transform)."""
+    ome = dict(root.attrs["ome"]) if "ome" in root.attrs else None
+    omero = {"channels": [{"label": n, "active": True, "window": {"start": 0, "end": 1, "min": 0, "max": 1}}
+                          for n in class_names]}
+    shift = [{"type": "translation", "translation": [0, 0, half, half]}]
+    if ome is not None:
+        ome["multiscales"] = [{**ome["multiscales"][0], "coordinateTransformations": shift}]
+        root.attrs.update({"ome": {**ome, "omero": omero}})
+    else:
+        root.attrs.update({"omero": omero, "multiscales": [{**root.attrs["multiscales"][0],
+                                                            "coordinateTransformations": shift}]})
+
+
+def _ome_metadata(vplan, root):
+    """Probabilities (c, z, y, x) at grid resolution as the image, the area labels (z, y, x) with a pyramid."""
+    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
+
+    px, dz, s = vplan.pixel_size_um, vplan.z_spacing_um, vplan.stride
+    um = "micrometer"
+    write_multiscales_metadata(
+        root, [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, dz, px * s, px * s]}]}],
+        axes=[{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": um} for a in "zyx"],
+        name="probabilities")
+    _name_and_centre(root, vplan.class_names, (s - 1) / 2 * px)  # cell (i, j) covers pixels i*s .. i*s + s - 1
+    root.attrs.update(_attrs(vplan))
+    h, w = vplan.source.shape[1:]
+    Z = len(vplan.zs)
+    labels = root.require_group("labels/areas")
+    datasets = []
+    for level in range(_n_levels((h, w))):
+        f = 2**level
+        shape = (Z, -(-h // f), -(-w // f))
+        labels.create_array(str(level), shape=shape, chunks=(1, min(shape[1], LABEL_CHUNK), min(shape[2], LABEL_CHUNK)),
+                            dtype="uint8", fill_value=OFF_TISSUE)
+        datasets.append({"path": str(level),
+                         "coordinateTransformations": [{"type": "scale", "scale": [dz, px * f, px * f]}]})
+    write_multiscales_metadata(labels, datasets, axes=[{"name": a, "type": "space", "unit": um} for a in "zyx"],
+                               name="areas")
+    colors = class_colors(len(vplan.class_names))
+    write_label_metadata(
+        root["labels"], "areas",
+        colors=[{"label-value": int(c), "rgba": [int(round(255 * v)) for v in colors[i]] + [255]}
+                for i, c in enumerate(vplan.class_codes)] + [{"label-value": OFF_TISSUE, "rgba": [0, 0, 0, 0]}],
+        properties=[{"label-value": int(c), "name": n} for n, c in zip(vplan.class_names, vplan.class_codes)]
+        + [{"label-value": OFF_TISSUE, "name": "off tissue"}], source={"image": "../../"})
+
+
+def partial_path(out):
+    """The folder a volume output is assembled in (kept by an interrupted run, for its resume)."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+def open_partial(vplan, out):
+    """The partial store of ``out``: resumed when its fingerprint matches, refused when it differs, else new."""
+    check_target(out, is_dir=True)
+    tmp = partial_path(out)
+    run = tmp / STATE / "run.json"
+    if run.is_file():
+        old = json.loads(run.read_text())
+        new = json.loads(json.dumps(vplan.fingerprint()))
+        if old != new:
+            diff = ", ".join([f"{k} {_short(old.get(k))} vs {_short(new.get(k))}" for k in new
+                              if old.get(k) != new.get(k)][:3])
+            raise file_error(out, f"an unfinished run with other arguments is in {tmp} ({diff}); rerun it with "
+                                  "the same arguments to resume, or delete that folder")
+        return tmp, sum(1 for p in (tmp / STATE / "done").iterdir() if not p.name.endswith(".tmp"))
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    create_store(vplan, tmp)
+    return tmp, 0
+
+
+def _short(value, n=40):
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def finalize(vplan, tmp, out):
+    """Drop the scratch arrays and the records, and rename the finished store into place."""
+    import zarr
+
+    if vplan.task == "classify":
+        root = zarr.open_group(str(tmp), mode="r+")
+        del root["scratch"]
+    shutil.rmtree(tmp / STATE)
+    if vplan.task == "featurize":
+        seal(tmp, ("features", "valid"))  # chunk checksums (:mod:`brainrt.integrity`)
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)

@@ -1,0 +1,122 @@
+"""Executors: run a volume plan's task graph (:func:`~brainrt.volumes.blocks.task_graph`, built once
+as data) in this process or on a Dask cluster. They only schedule: the tasks, the store and the
+completion records are :mod:`brainrt.volumes.blocks`' business.
+
+A new executor is one more function of ``(vplan, store, tasks, tick)`` beside
+:func:`run_serial` and :func:`run_dask` that runs each task through
+:func:`~brainrt.volumes.blocks.execute` after its ``deps``, and one branch in
+:func:`run_volume`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+
+from .blocks import execute, finalize, open_partial, remember_bundle, task_graph, worker_bundle
+from .plan import make_volume_plan
+
+log = logging.getLogger("brainrt")
+
+
+def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=None):
+    """Run every task of ``vplan`` into the OME-Zarr (classify) or zarr (featurize) folder ``out``.
+
+    ``client``: a ``dask.distributed.Client`` (None: run in this process with ``bundle``).
+    Resumes an unfinished run of the same plan; ``on_task(n_done)`` is called after each task
+    (tests use it to interrupt a run). Returns statistics (tasks, computed, skipped, seconds, blocks/s).
+    """
+    tmp, already = open_partial(vplan, Path(out))
+    t0 = time.perf_counter()
+    tasks, counts = task_graph(vplan), [0, 0]  # blocks, slice tasks computed
+    bar = _bar(vplan, progress)
+
+    def tick(task, computed):
+        counts[0 if task.block else 1] += computed
+        if bar is not None and task.block:
+            bar.update(1)
+        if on_task is not None:
+            on_task(sum(counts))
+
+    try:
+        if client is None:
+            remember_bundle(vplan, bundle or worker_bundle(vplan))
+            run_serial(vplan, tmp, tasks, tick)
+        else:
+            log.info("dask dashboard: %s", client.dashboard_link)
+            run_dask(vplan, tmp, tasks, tick, client)
+    finally:
+        if bar is not None:
+            bar.close()
+    finalize(vplan, tmp, out)
+    dt = time.perf_counter() - t0
+    return {"blocks": vplan.n_blocks, "computed_blocks": counts[0], "skipped_records": already,
+            "seconds": round(dt, 3), "blocks_per_s": round(counts[0] / dt, 3) if dt else None}
+
+
+def _bar(vplan, progress):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=vplan.n_blocks, unit="block", desc=vplan.task, smoothing=0.1, mininterval=1.0)
+
+
+def run_serial(vplan, store, tasks, tick):
+    """Each task in the graph's (topological) order, in this process."""
+    for task in tasks:
+        tick(task, execute(vplan, store, task))
+
+
+def run_dask(vplan, store, tasks, tick, client):
+    """One Dask task per graph task, after the futures of its deps; workers read, compute and write themselves."""
+    from dask.distributed import as_completed
+
+    run, futures = uuid.uuid4().hex[:8], {}
+    for t in tasks:
+        futures[t.name] = client.submit(execute, vplan, str(store), t, *(futures[d] for d in t.deps),
+                                        key=f"brainrt-{t.name}-{run}", retries=2)
+    by_key = {f.key: tasks[i] for i, f in enumerate(futures.values())}
+    try:
+        for f in as_completed(list(futures.values())):
+            tick(by_key[f.key], f.result())
+    except BaseException:
+        client.cancel(list(futures.values()))
+        raise
+
+
+@contextlib.contextmanager
+def dask_client(*, workers=None, scheduler=None):
+    """A ``dask.distributed.Client``: of the scheduler at ``scheduler``, else of a local cluster of
+    ``workers`` processes (default: one per core) with one thread each."""
+    from dask.distributed import Client, LocalCluster
+
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)  # "still alive, killing" after an interrupt
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    n = workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def process_volume(source, bundle, out, *, task="classify", client=None, workers=None, scheduler=None,
+                   progress=False, **options):
+    """Plan and run a volume into ``out`` (see :func:`~brainrt.volumes.plan.make_volume_plan` for ``options``).
+
+    ``client``: a ``dask.distributed.Client`` to run on; without one, a local cluster of
+    ``workers`` processes or the scheduler at ``scheduler`` is used for the run.
+    Returns ``(plan, statistics)``.
+    """
+    vplan = make_volume_plan(source, bundle, task=task, **options)
+    if client is not None:
+        return vplan, run_volume(vplan, out, client=client, progress=progress)
+    with dask_client(workers=workers, scheduler=scheduler) as c:
+        return vplan, run_volume(vplan, out, client=c, progress=progress)

@@ -1,0 +1,165 @@
+"""The volume plan: one checked, frozen job for a whole stack (which slices, which row bands, how).
+
+:func:`make_volume_plan` is the volume's input edge, the twin of
+:func:`brainrt.plan.make_plan` for a slice: its options are checked against the same
+declarations (:mod:`brainrt.params`), with the same defaults, once, on the client;
+the workers build each slice's :class:`~brainrt.plan.Plan` from the checked options
+without checking them again (:func:`brainrt.plan.plan_of`). The band height comes from
+the bundle's dense geometry (no onnxruntime session on the client).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import params
+from ..bundle import MANIFEST, sha256_file
+from ..engine import dense_geometry
+from ..errors import BrainrtError, file_error, param_error
+from ..geometry import grid_shape
+from ..heads import Classifier
+from ..plan import DEFAULT_PIXEL_SIZE_UM, resolve_method
+from ..predictor import dense_window
+from ..smooth import choose
+from .sources import VolumeSource, open_volume
+
+#: Grid rows per task on the per-patch path (the dense path uses its tile height).
+PATCH_BAND_ROWS = 64
+_D = params.default
+
+
+def parse_z(z, n_slices, owner="classify"):
+    """The slice indices of ``z``: an int, "a:b" (Python range, either end optional), "all" or None (all)."""
+    if z is None or (isinstance(z, str) and z.strip() == "all"):
+        return tuple(range(n_slices))
+    try:
+        if isinstance(z, str) and ":" in z:
+            a, b = (s.strip() for s in z.split(":", 1))
+            zs = tuple(range(n_slices))[slice(int(a) if a else None, int(b) if b else None)]
+        else:
+            zi = int(z)
+            if not 0 <= zi < n_slices:
+                raise ValueError
+            zs = (zi,)
+    except ValueError:
+        raise param_error("z", owner, f"an index in 0..{n_slices - 1}, a range 'a:b' or 'all'", z) from None
+    if not zs:
+        raise param_error("z", owner, f"a non-empty range of the stack's {n_slices} slices", z)
+    return zs
+
+
+@dataclass(frozen=True)
+class VolumePlan:
+    """A checked volume job; everything a worker needs to redo any block (picklable, small).
+
+    ``task`` is "featurize" or "classify"; ``zs`` the slices; ``bands`` the grid row ranges
+    (one task per (z, band)); ``slice_options`` the keyword arguments of
+    :func:`brainrt.plan.make_plan` for each slice; ``model`` the bundle folder and
+    ``model_hash`` its manifest's sha256 (the workers' bundle cache key); ``sigma_cells`` and
+    ``space`` the in-plane smoothing of classify.
+    """
+
+    source: VolumeSource
+    task: str
+    zs: tuple
+    grid: tuple
+    bands: tuple
+    stride: int
+    method: str
+    pixel_size_um: float
+    z_spacing_um: float
+    model: str
+    model_hash: str
+    model_id: str
+    class_names: tuple
+    class_codes: tuple
+    n_features: int
+    head: str | None = None
+    sigma_cells: float = 0.0
+    space: str = "log"
+    threads: int = 1
+    slice_options: dict = field(default_factory=dict)
+    z_sigma: float = 0.0
+    device: str = "auto"
+
+    def fingerprint(self) -> dict:
+        """What makes two runs' outputs the same (a resume must match it exactly)."""
+        s = self.source
+        return {"source": s.path, "kind": s.kind, "shape": list(s.shape), "task": self.task, "zs": list(self.zs),
+                **{k: v for k, v in sorted(self.slice_options.items())}, "model_hash": self.model_hash,
+                "head": self.head, "sigma_cells": self.sigma_cells, "space": self.space, "z_sigma": self.z_sigma,
+                "z_spacing_um": self.z_spacing_um, "bands": [list(b) for b in self.bands]}
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.zs) * len(self.bands)
+
+
+def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("stride"), method=_D("method"),
+                     tissue=None, min_tissue=_D("min_tissue"), threshold=None, pixel_size_um=None, z_spacing_um=None,
+                     batch_size=_D("batch_size"), standardize=True, head=None, smooth=None, band_rows=None, threads=1,
+                     precision=_D("precision"), series=None, smooth_z=_D("smooth_z"), device=_D("device")):
+    """Check a volume job and return its :class:`VolumePlan`.
+
+    ``source`` is a path (see :func:`~brainrt.volumes.sources.open_volume`) or a
+    :class:`VolumeSource`; ``tissue`` is None (Otsu per slice), "otsu" or "all" (a mask
+    volume is not supported yet); ``band_rows`` is the grid rows per task (default: the
+    engine's dense tile height, so a band costs no extra halo); ``smooth_z`` is the sigma
+    in micrometres of the smoothing of class probabilities across slices (0: off), after the
+    in-plane ``smooth``; ``device`` where the workers run the network. Other options as in
+    :func:`brainrt.featurize` and :func:`brainrt.classify`.
+    """
+    owner = f"{task} (volume)"
+    o = params.check(owner, task=task, stride=stride, method=method, min_tissue=min_tissue, threshold=threshold,
+                     pixel_size_um=pixel_size_um, z_spacing_um=z_spacing_um, batch_size=batch_size,
+                     band_rows=band_rows, threads=threads, precision=precision, smooth_z=smooth_z, device=device)
+    bundle.check_precision(precision, owner)
+    if series not in (None, 0):
+        raise param_error("series", owner, "None for a volume (the first series is read)", series)
+    if tissue not in (None, "otsu", "all"):
+        raise param_error("tissue", owner, "'otsu' or 'all' for a volume (a mask volume is not supported)", tissue)
+    if o["smooth_z"] and task != "classify":
+        raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
+    src = source if isinstance(source, VolumeSource) else open_volume(source)
+    (nz, h, w), stride = src.shape, o["stride"]
+    if min(h, w) < bundle.patch_size:
+        raise file_error(src.path, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
+    zs = parse_z(z, nz, owner)
+    method = resolve_method(o["method"], stride, bundle.dense_strides, owner)
+    px = float(o["pixel_size_um"] or src.pixel_size_um or DEFAULT_PIXEL_SIZE_UM)
+    dz = float(o["z_spacing_um"] or src.z_spacing_um or px)
+    sigma, space = _smoothing(bundle, task, head, smooth, px, stride)
+    opts = dict(stride=stride, method=method, tissue=tissue, min_tissue=o["min_tissue"], threshold=o["threshold"],
+                pixel_size_um=px, batch_size=o["batch_size"], standardize=bool(standardize), precision=precision)
+    grid = grid_shape((h, w), stride)
+    bands = _bands(grid[0], o["band_rows"], bundle, method, stride)
+    return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, *_model_fields(bundle), head, float(sigma),
+                      space, o["threads"] or 1, opts, o["smooth_z"] / dz, device)
+
+
+def _model_fields(bundle):
+    """The plan's bundle fields: folder, manifest sha256 (the workers' cache key), id, classes, features."""
+    path = Path(bundle.path)
+    return (str(path.resolve()), sha256_file(path / MANIFEST), bundle.model_id, tuple(bundle.class_names),
+            tuple(bundle.class_codes), bundle.n_features)
+
+
+def _smoothing(bundle, task, head, smooth, pixel_size_um, stride):
+    """(sigma in cells, space) of the in-plane smoothing; a classify volume needs a head with probabilities."""
+    if task != "classify":
+        return 0.0, "log"
+    clf = Classifier.of(bundle, head)
+    if not clf.proba:
+        raise BrainrtError(f"head {head!r} gives no class probabilities; a volume needs one that does")
+    return choose(bundle.manifest.smoothing, smooth, proba=True, pixel_size_um=pixel_size_um, stride=stride)
+
+
+def _bands(rows, band_rows, bundle, method, stride):
+    """Grid row ranges of the tasks: ``band_rows`` each (default: the dense tile height, no extra halo)."""
+    if band_rows is None:
+        band_rows = PATCH_BAND_ROWS
+        if method == "dense":
+            q, out_side = dense_geometry(stride, dense_window(bundle, stride))
+            band_rows = out_side // q
+    return tuple((r, min(rows, r + band_rows)) for r in range(0, rows, band_rows))
