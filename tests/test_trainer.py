@@ -644,10 +644,10 @@ def test_far_bundle_features_are_the_trained_networks(far_bundle_path, synthetic
         export_features(model, Path(tmp) / "f.onnx", patch_size=64, n_check=8)
         import onnxruntime as ort
 
-        from brainrt.tiling import _PAD_REFLECT, _gather_patches
+        from brainrt.tiling import PAD_REFLECT, patches_kernel
 
         buf = np.empty((3, 1, 1024, 1024), np.float32)
-        _gather_patches(img, centres, buf, _PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
+        patches_kernel(img, centres, buf, PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)
         got = ort.InferenceSession(str(Path(tmp) / "f.onnx")).run(None, {"patches": buf})[0]
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
