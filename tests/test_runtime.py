@@ -108,12 +108,12 @@ def test_auto_picks_dense_where_subsampling_is_cheaper(tiny_bundle, synthetic_sl
 
 
 def test_dense_needs_dense_graphs(tiny_bundle, synthetic_slice):
-    from brainrt.plan import _resolve_method
+    from brainrt.plan import resolve_method
 
-    assert _resolve_method("auto", 3, (), "featurize") == "patch"
+    assert resolve_method("auto", 3, (), "featurize") == "patch"
     with pytest.raises(BrainrtError, match="no dense graphs"):
-        _resolve_method("dense", 3, (), "featurize")
-    assert _resolve_method("patch", 4, (1, 2, 4), "featurize") == "patch"
+        resolve_method("dense", 3, (), "featurize")
+    assert resolve_method("patch", 4, (1, 2, 4), "featurize") == "patch"
 
 
 @pytest.mark.parametrize(("kw", "match"), [
