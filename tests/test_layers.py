@@ -299,7 +299,7 @@ def _private_imports(path):
         if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("brainrt")):
             for a in node.names:
                 bound.add(a.asname or a.name)
-                if a.name.startswith("_") and not _is_module(path, node, a.name):
+                if a.name.startswith("_") and not a.name.startswith("__") and not _is_module(path, node, a.name):
                     yield f"{path.relative_to(ROOT)}:{node.lineno} imports {a.name}"
         elif isinstance(node, ast.Import):
             bound |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("brainrt")}

@@ -322,19 +322,19 @@ def ctrl_c_case(t):
 @contextlib.contextmanager
 def serial_volumes():
     """Volume runs in this process (no Dask client: the serial runner) instead of a cluster per run."""
-    import brainrt.volrun as volrun
+    from brainrt.volumes import executors
 
-    real = volrun.dask_client
+    real = executors.dask_client
 
     @contextlib.contextmanager
     def none(**_):
         yield None
 
-    volrun.dask_client = none
+    executors.dask_client = none
     try:
         yield
     finally:
-        volrun.dask_client = real
+        executors.dask_client = real
 
 
 def _cmd(args, t):

@@ -40,6 +40,7 @@ COMMAND_GROUP = "brainrt.commands"
 
 def one_line_errors(fn):
     """Turn BrainrtError (and missing optional packages) into one line and exit status 2."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -54,6 +55,9 @@ def one_line_errors(fn):
         except KeyboardInterrupt:
             click.echo("Interrupted; no output was written", err=True)
             sys.exit(130)  # 128 + SIGINT, as shells expect
+        except OSError as exc:  # a failed read or write the checks could not foresee (disk full, permissions)
+            click.echo(f"Error: {exc.filename or 'brainrt'}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -67,6 +71,7 @@ def _plugins():
 
 class _Commands(click.Group):
     """This module's commands plus the registered ones, each loaded when first needed."""
+
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), *_plugins()})
 
@@ -75,6 +80,22 @@ class _Commands(click.Group):
         if cmd is None and name in (plugins := _plugins()):
             cmd = plugins[name].load()
         return cmd
+
+    def main(self, *args, standalone_mode=True, **kwargs):
+        """Usage errors (a bad option value, a missing argument) as one line too, exit status 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            where = getattr(exc, "ctx", None)
+            hint = f" (see '{where.command_path} --help')" if where is not None else ""
+            click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(0)
 
 
 @click.group(cls=_Commands)
@@ -101,8 +122,7 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **tas
     try:
         vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
                                    progress=_progress(), threads=threads or 1, device=kw["device"],
-                                   **dict(opts, z=kw["z"] or "all"),
-                                   **task_kw)
+                                   **dict(opts, z=kw["z"] or "all"), **task_kw)
     except KeyboardInterrupt:
         click.echo(f"Interrupted; the finished blocks are kept in {partial_path(out)}: rerun the same command to "
                    "resume", err=True)
@@ -150,8 +170,7 @@ def _progress():
     return log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
 
 
-def _is_zarr(source):
-    """Whether ``source`` is a saved feature grid (a zarr store with a ``features`` array), not an image."""
+def _is_zarr(source):  # a saved feature grid (a zarr store with a ``features`` array), not an image
     return str(source).rstrip("/").endswith(".zarr") and (Path(str(source)) / "features").exists()
 
 
@@ -352,13 +371,7 @@ def fit(images, strokes, model, class_map, stride, seed, tissue_mask, threshold,
     fitted = fit_heads(list(images), list(strokes), parent, class_map=class_map, stride=stride, seed=seed,
                        tissue=tissue, threshold=threshold, standardize=standardize)
     save_bundle(fitted, parent, out)
-    rec = fitted.record
-    counts = ", ".join(f"{n} {c['strokes']}/{c['cells']}" for n, c in rec["counts"].items())
-    cv = rec["cv"]
-    score = (f"grouped CV ({cv['folds']} folds by stroke) balanced accuracy {cv['balanced_accuracy'][str(cv['C'])]:.3f}"
-             f" at C={cv['C']}" if cv["folds"] else "no CV (fewer than 2 strokes of some class)")
-    click.echo(f"wrote {out}: {len(fitted.samples.y)} stroke cells (strokes/cells: {counts}); {score}; "
-               f"features {rec['seconds']['features']:.1f} s, fit {rec['seconds']['fit'] + rec['seconds']['cv']:.1f} s")
+    click.echo(f"wrote {out}: {fitted.summary()}")
 
 
 @main.command()

@@ -240,6 +240,17 @@ class Fitted:
     samples: Samples
     record: dict
 
+    def summary(self):
+        """One line on the fit: stroke cells per class, the grouped CV score, the time taken."""
+        rec = self.record
+        counts = ", ".join(f"{n} {c['strokes']}/{c['cells']}" for n, c in rec["counts"].items())
+        cv = rec["cv"]
+        score = (f"grouped CV ({cv['folds']} folds by stroke) balanced accuracy "
+                 f"{cv['balanced_accuracy'][str(cv['C'])]:.3f} at C={cv['C']}" if cv["folds"]
+                 else "no CV (fewer than 2 strokes of some class)")
+        return (f"{len(self.samples.y)} stroke cells (strokes/cells: {counts}); {score}; features "
+                f"{rec['seconds']['features']:.1f} s, fit {rec['seconds']['fit'] + rec['seconds']['cv']:.1f} s")
+
 
 def _pairs(images, strokes):
     images = list(images) if isinstance(images, (list, tuple)) else [images]
