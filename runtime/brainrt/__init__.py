@@ -23,8 +23,8 @@ from .grid import FeatureGrid
 from .io import read_tiff
 from .manifest import Manifest
 from .plan import Plan
+from .version import __version__
 
 __all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "Manifest", "Plan", "featurize", "classify",
            "classify_image", "cluster", "fit_heads", "save_bundle", "subdivide", "load_features", "make_plan",
            "upsample", "pixel_metrics", "read_tiff"]
-__version__ = "0.1.0"

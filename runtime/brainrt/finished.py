@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import BrainrtError, file_error
+from .version import __version__
 from .io import current_umask
 
 FORMAT = "brainrt-run/1"
@@ -55,8 +56,6 @@ def input_identity(path) -> dict | None:
 
 def run_record(command: str, arguments: dict, inputs: dict, model_hash: str | None) -> dict:
     """The run record of ``command`` (arguments by option name, inputs by option name -> path)."""
-    from . import __version__
-
     rec = {"format": FORMAT, "command": command, "arguments": arguments,
            "inputs": {k: [input_identity(x) for x in v] if isinstance(v, (list, tuple)) else input_identity(v)
                       for k, v in inputs.items()}, "model": model_hash, "brainrt": __version__}
