@@ -75,40 +75,63 @@ def share_weights(paths, folder, location=WEIGHTS_FILE):
     it once keeps the bundle small. onnxruntime resolves the external data relative to
     each model file, so the graphs still load with a plain ``InferenceSession(path)``.
     """
-    import hashlib
-
     import onnx
     from onnx import numpy_helper
-    from onnx.external_data_helper import set_external_data
 
     models = [onnx.load(str(p)) for p in paths]  # external data read before rewriting it
-    table, offset = {}, 0
+    table = {}
     with open(folder / location, "wb") as blob:
         for path, model in zip(paths, models):
             for t in model.graph.initializer:
                 arr = numpy_helper.to_array(t)
-                if arr.size < 1024:
-                    continue  # small tensors stay inline
-                raw = np.ascontiguousarray(arr).tobytes()
-                # bytes, not shape: FC1 is (1024, 3200) per patch and (1024, 128, 5, 5) dense
-                key = (hashlib.sha256(raw).hexdigest(), t.data_type)
-                if key not in table:
-                    pad = (-offset) % 64
-                    blob.write(b"\0" * pad)
-                    offset += pad
-                    blob.write(raw)
-                    table[key] = (offset, len(raw))
-                    offset += len(raw)
-                off, length = table[key]
-                t.ClearField("float_data")
-                t.raw_data = raw
-                set_external_data(t, location=location, offset=off, length=length)
-                t.data_location = onnx.TensorProto.EXTERNAL
-                t.ClearField("raw_data")
+                if arr.size >= 1024:  # small tensors stay inline
+                    _externalize(t, np.ascontiguousarray(arr).tobytes(), blob, table, location)
             onnx.save_model(model, str(path))
+        offset = blob.tell()
     for path in paths:
         onnx.checker.check_model(str(path))
     return offset
+
+
+def _externalize(t, raw, blob, table, location):
+    """Point the initializer ``t`` (bytes ``raw``) at its copy in ``blob``, written once per distinct
+    content (``table``: (sha256, dtype) -> (offset, length)), 64-byte aligned."""
+    import hashlib
+
+    import onnx
+    from onnx.external_data_helper import set_external_data
+
+    key = (hashlib.sha256(raw).hexdigest(), t.data_type)  # bytes, not shape: FC1 is (1024, 3200) per patch and (1024, 128, 5, 5) dense
+    if key not in table:
+        blob.write(b"\0" * ((-blob.tell()) % 64))
+        table[key] = (blob.tell(), len(raw))
+        blob.write(raw)
+    off, length = table[key]
+    t.ClearField("float_data")
+    t.raw_data = raw
+    set_external_data(t, location=location, offset=off, length=length)
+    t.data_location = onnx.TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+
+
+def _dense_error(sess, plain, x, s, win, off):
+    """Max abs difference between the dense graph ``sess`` of stride ``s`` on the tile ``x`` and the per-patch
+    network ``plain`` on a 5 x 5 spread of its output positions."""
+    fp, tile = plain.footprint, x.shape[-1]
+    # footprint pixels outside the dense window are never read: zeros around the tile stand for them
+    xp = torch.nn.functional.pad(x, (fp, fp, fp, fp))
+    got = sess.run(None, {DENSE_INPUT: x.numpy()})[0][0]  # (F, R, C)
+    rows = (tile - win) // s + 1
+    if got.shape[1:] != (rows, rows):
+        raise RuntimeError(f"dense stride {s}: output {got.shape[1:]} != expected {(rows, rows)}")
+    # a 5 x 5 spread of output positions whose whole patch lies inside the tile
+    ii = np.unique(np.linspace(0, rows - 1, 5).astype(int))
+    sel = [(i, j) for i in ii for j in ii]
+    patches = torch.stack([xp[0, :, fp + i * s - off : fp + i * s - off + fp, fp + j * s - off : fp + j * s - off + fp]
+                           for i, j in sel])
+    with torch.no_grad():
+        ref = plain(patches).numpy()
+    return max(float(np.abs(got[:, i, j] - ref[k]).max()) for k, (i, j) in enumerate(sel))
 
 
 def export_dense(plain, folder, *, patch_size, tile=None, seed=0):
@@ -123,12 +146,9 @@ def export_dense(plain, folder, *, patch_size, tile=None, seed=0):
 
     folder = Path(folder)
     win, off = dense_geometry(plain.patch_size, plain.context)
-    fp = plain.footprint
     tile = tile or win + 138
     rng = np.random.default_rng(seed)
     x = torch.from_numpy(rng.standard_normal((1, 1, tile, tile)).astype(np.float32))
-    # footprint pixels outside the dense window are never read: zeros around the tile stand for them
-    xp = torch.nn.functional.pad(x, (fp, fp, fp, fp))
     files, checks = {}, {}
     strides = dense_strides(plain.context)
     for s in strides:
@@ -139,23 +159,12 @@ def export_dense(plain, folder, *, patch_size, tile=None, seed=0):
                           dynamic_axes={DENSE_INPUT: {2: "height", 3: "width"}, DENSE_OUTPUT: {2: "rows", 3: "cols"}},
                           opset_version=OPSET, dynamo=False)
         files[str(s)] = name
-        sess = ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
-        got = sess.run(None, {DENSE_INPUT: x.numpy()})[0][0]  # (F, R, C)
-        rows = (tile - win) // s + 1
-        if got.shape[1:] != (rows, rows):
-            raise RuntimeError(f"dense stride {s}: output {got.shape[1:]} != expected {(rows, rows)}")
-        # a 5 x 5 spread of output positions whose whole patch lies inside the tile
-        ii = np.unique(np.linspace(0, rows - 1, 5).astype(int))
-        sel = [(i, j) for i in ii for j in ii]
-        patches = torch.stack([xp[0, :, fp + i * s - off : fp + i * s - off + fp, fp + j * s - off : fp + j * s - off + fp]
-                               for i, j in sel])
-        with torch.no_grad():
-            ref = plain(patches).numpy()
-        diff = max(float(np.abs(got[:, i, j] - ref[k]).max()) for k, (i, j) in enumerate(sel))
+        diff = _dense_error(ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"]), plain,
+                            x, s, win, off)
         if diff > 1e-4:
             raise RuntimeError(f"dense stride {s}: max abs difference {diff:.2e} > 1e-4 against per-patch features")
         checks[str(s)] = diff
     return {"files": files, "input": DENSE_INPUT, "output": DENSE_OUTPUT, "strides": list(strides),
-            "window": win, "offset": off, "footprint": fp, "max_abs_diff_vs_patch": checks,
+            "window": win, "offset": off, "footprint": plain.footprint, "max_abs_diff_vs_patch": checks,
             "geometry": "output[:, :, i, j] = features of the footprint whose dense window (rows offset .. offset+window-1 "
                         "of the footprint) has its top-left at tile pixel (i*s, j*s)"}

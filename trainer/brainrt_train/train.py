@@ -44,23 +44,11 @@ def tissue_edge(ctx, gen, p=BORDER_P, ratios=None):
     picked at random (so the 512 px field still sees about three quarters of the borders).
     """
     n, nc, s, _ = ctx.shape
-    ratios = ratios or (1,) * nc
+    ratio = torch.tensor(ratios or (1,) * nc, dtype=ctx.dtype)
     hit = torch.rand(n, generator=gen) < p
     if not bool(hit.any()):
         return ctx
-    theta = torch.rand(n, generator=gen) * (2 * math.pi)
-    cos, sin = theta.cos(), theta.sin()
-    inner = s / 8 * math.sqrt(2) + 1  # the patch's corner, plus a pixel (in the first field's pixels)
-    reach = (s - 1) / 2 * (cos.abs() + sin.abs())  # the frame's farthest point along theta
-    u = torch.rand(n, generator=gen) ** 2  # near the patch more often: big cuts
-    level = torch.rand(n, generator=gen) * 0.08
-    ratio = torch.tensor(ratios, dtype=ctx.dtype)
-    if nc > 1:  # the scale whose ring holds the line
-        which = torch.randint(0, nc, (n,), generator=gen)
-        top = ratio[which] * reach
-    else:
-        top = reach
-    dist = inner + u * (top - inner - 2)  # in the first field's pixels
+    cos, sin, dist, level = _border_lines(n, s, ratio, gen)
     r = torch.arange(s, dtype=ctx.dtype) - (s - 1) / 2
     out = []
     for c in range(nc):
@@ -68,6 +56,23 @@ def tissue_edge(ctx, gen, p=BORDER_P, ratios=None):
         cut = (proj > (dist / ratio[c])[:, None, None]) & hit[:, None, None]
         out.append(torch.where(cut, level[:, None, None], ctx[:, c]))
     return torch.stack(out, 1)
+
+
+def _border_lines(n, s, ratio, gen):
+    """``n`` random border lines for :func:`tissue_edge` on ``S = s`` frames of the field ``ratio``s:
+    their direction (cos, sin), distance from the centre (in the first field's pixels), gray level."""
+    theta = torch.rand(n, generator=gen) * (2 * math.pi)
+    cos, sin = theta.cos(), theta.sin()
+    inner = s / 8 * math.sqrt(2) + 1  # the patch's corner, plus a pixel (in the first field's pixels)
+    reach = (s - 1) / 2 * (cos.abs() + sin.abs())  # the frame's farthest point along theta
+    u = torch.rand(n, generator=gen) ** 2  # near the patch more often: big cuts
+    level = torch.rand(n, generator=gen) * 0.08
+    if len(ratio) > 1:  # the scale whose ring holds the line
+        which = torch.randint(0, len(ratio), (n,), generator=gen)
+        top = ratio[which] * reach
+    else:
+        top = reach
+    return cos, sin, inner + u * (top - inner - 2), level
 
 
 #: Share of training batches turned by a free angle and rescaled (see :func:`rotate_scale`);
@@ -160,65 +165,96 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = PaperCNN(n_classes, patch_size=patch_size, context=context).to(device)
-    ratios = tuple(k // model.context[0] for k in model.context) or None
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(train[1]) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15) if schedule == "onecycle" else None
-    best, best_acc, history = None, -1.0, []
-    t0 = time.perf_counter()
-    xt, yt = train
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * len(yt), unit="patch", desc="train", mininterval=5.0, smoothing=0.05)
+    aug = {"border_p": border_p, "rotate_p": rotate_p, "ratios": tuple(k // model.context[0] for k in model.context) or None}
+    step = _Stepper(model, lr, schedule, epochs * math.ceil(len(train[1]) / batch_size), gen, norm, batch_size,
+                    device, aug, _bar(progress, epochs * len(train[1])))
+    (xt, yt), best, best_acc, history, t0 = train, None, -1.0, [], time.perf_counter()
     for epoch in range(epochs):
         te = time.perf_counter()
         if redraw is not None and epoch > 0:
             xt, yt = redraw(epoch)
-        model.train()
-        perm = torch.randperm(len(yt), generator=gen)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for i in range(0, len(perm), batch_size):
-            idx = perm[i : i + batch_size]
-            if len(idx) < 2:
-                continue
-            xb = normalize(augment(xt[idx], gen, border_p=border_p, rotate_p=rotate_p, ratios=ratios), norm).to(device)
-            yb = yt[idx].to(device)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None and sched.last_epoch + 1 < steps:
-                sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(idx)
-            if bar is not None:
-                bar.update(len(idx))
-        val_acc = float((predict(model, val[0].to(device), norm).argmax(1).cpu() == val[1]).float().mean()) if len(val[1]) else 0.0
+        loss, train_acc = step.epoch(xt, yt)
+        val_acc = step.accuracy(*val)
         dt = time.perf_counter() - te
-        rec = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_acc": val_acc, "seconds": round(dt, 1), "lr": opt.param_groups[0]["lr"]}
-        history.append(rec)
-        eta = dt * (epochs - epoch - 1)
-        log.info("epoch %d/%d  loss %.3f  train %.3f  val %.3f  %.0fs  ETA %.0f min",
-                 epoch + 1, epochs, rec["loss"], rec["train_acc"], val_acc, dt, eta / 60)
+        history.append(_epoch_record(epoch, epochs, loss, train_acc, val_acc, dt, step.opt.param_groups[0]["lr"]))
         if val_acc > best_acc:
             best_acc, best = val_acc, copy.deepcopy(model.state_dict())
             if checkpoint:
                 save_checkpoint(checkpoint, best, history=history, n_classes=n_classes, patch_size=patch_size,
                                 context=list(model.context), norm=norm)
-        if bar is not None:
-            bar.set_postfix(epoch=epoch + 1, val=f"{val_acc:.3f}")
+        step.shown(epoch=epoch + 1, val=f"{val_acc:.3f}")
         if max_minutes and (time.perf_counter() - t0 + dt) / 60 > max_minutes:
             log.info("stopping after epoch %d: --max-minutes %.0f reached", epoch + 1, max_minutes)
             break
-    if bar is not None:
-        bar.close()
+    step.shown(close=True)
     model.load_state_dict(best)
     return model.cpu().eval(), history, time.perf_counter() - t0
+
+
+def _epoch_record(epoch, epochs, loss, train_acc, val_acc, dt, lr):
+    """The history entry of epoch ``epoch`` (0-based), said in the log with the time left."""
+    log.info("epoch %d/%d  loss %.3f  train %.3f  val %.3f  %.0fs  ETA %.0f min",
+             epoch + 1, epochs, loss, train_acc, val_acc, dt, dt * (epochs - epoch - 1) / 60)
+    return {"epoch": epoch + 1, "loss": loss, "train_acc": train_acc, "val_acc": val_acc, "seconds": round(dt, 1),
+            "lr": lr}
+
+
+def _bar(progress, total):
+    """A progress bar over ``total`` training patches, or None."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="patch", desc="train", mininterval=5.0, smoothing=0.05)
+
+
+class _Stepper:
+    """One training epoch after another: Adam (and the one-cycle schedule over ``steps`` steps), the
+    augmentation ``aug`` drawn from ``gen``, the progress ``bar``."""
+
+    def __init__(self, model, lr, schedule, steps, gen, norm, batch_size, device, aug, bar):
+        self.model, self.gen, self.norm, self.batch_size, self.device, self.aug, self.bar = (
+            model, gen, norm, batch_size, device, aug, bar)
+        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
+        self.steps = steps
+        self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+                      if schedule == "onecycle" else None)
+
+    def epoch(self, xt, yt):
+        """One pass over ``(xt, yt)`` in a random order; returns (mean loss, training accuracy)."""
+        self.model.train()
+        perm = torch.randperm(len(yt), generator=self.gen)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i in range(0, len(perm), self.batch_size):
+            idx = perm[i : i + self.batch_size]
+            if len(idx) < 2:
+                continue
+            xb = normalize(augment(xt[idx], self.gen, **self.aug), self.norm).to(self.device)
+            yb = yt[idx].to(self.device)
+            logits = self.model(xb)
+            loss = F.cross_entropy(logits, yb)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            if self.sched is not None and self.sched.last_epoch + 1 < self.steps:
+                self.sched.step()
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(idx)
+            if self.bar is not None:
+                self.bar.update(len(idx))
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def accuracy(self, x_unit, y):
+        """Accuracy of the model on ``(x_unit, y)`` (0 without samples)."""
+        if not len(y):
+            return 0.0
+        return float((predict(self.model, x_unit.to(self.device), self.norm).argmax(1).cpu() == y).float().mean())
+
+    def shown(self, close=False, **postfix):
+        """The progress bar's postfix, or its end."""
+        if self.bar is not None:
+            self.bar.close() if close else self.bar.set_postfix(**postfix)
 
 
 def save_checkpoint(path, state, **meta):
