@@ -125,7 +125,7 @@ def classify(grid, bundle, *, head=None, smooth=None):
     """
     _check_grid(grid, bundle)
     clf = Classifier.of(bundle, head)
-    out = apply_rows(grid.features, grid.valid, clf.fn, clf.empty(grid.shape))
+    out = clf.apply(grid.features, grid.valid, pixel_size_um=grid.pixel_size_um, stride=grid.stride)
     sigma, space = _smoothing(bundle, clf, smooth, grid.pixel_size_um, grid.stride)
     if sigma > 0:
         out = smooth_probabilities(out, grid.valid, sigma, space=space)
@@ -160,7 +160,8 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
     sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)
     meter = Meter(plan.n_cells, progress=progress)
     try:
-        out = run(plan, bundle.predictor_for(plan), ClassifySink(clf, plan.shape, sigma=sigma, space=space),
+        out = run(plan, bundle.predictor_for(plan), ClassifySink(clf, plan.shape, sigma=sigma, space=space,
+                                                                   stream=clf.stream(plan.pixel_size_um, plan.stride)),
                   meter=meter, on_block=on_block)
     finally:
         stats = _close(meter, plan, "featurized and classified")

@@ -211,7 +211,7 @@ class Bundle:
             raise file_error(path / MANIFEST, f"manifest geometry contradicts itself: {'; '.join(problems)}; "
                                               "refusing to load it")
         log.info("brainrt: bundle %s on %s", path.name, session.get_providers()[0])
-        loaded = _load_heads(path, manifest.heads) if heads else {}  # each unpickled when first used
+        loaded = _load_heads(path, manifest) if heads else {}  # each unpickled when first used
         return cls(path=path, manifest=manifest, session=session, heads=loaded, options=(opts, chosen))
 
     def graph_session(self, rel):
@@ -312,31 +312,46 @@ def check_graph(path, manifest, session):
         raise file_error(path, f"manifest does not match {g.file}: it says {'; '.join(problems)}; refusing to load it")
 
 
-def _load_heads(path, files):
+def _load_heads(path, manifest):
     """Name -> head of the manifest's head files, except :data:`UNUSED_HEADS` (verified with the rest,
-    never unpickled); each is loaded when first used (:class:`Heads`)."""
-    return Heads(path, {name: rel for name, rel in files.items() if name not in UNUSED_HEADS})
+    never unpickled); each is loaded when first used (:class:`Heads`). A context head (``context_heads``)
+    needs its own file and its stage-1 head's: checked here, before anything is loaded."""
+    specs = manifest.context_heads or {}
+    for name, spec in specs.items():
+        if name not in manifest.heads or (spec.stage1 is not None and spec.stage1 not in manifest.heads):
+            raise file_error(path, f"context head {name!r} needs head files for itself and its stage 1 "
+                                   f"{spec.stage1!r}; the manifest's heads are {', '.join(manifest.heads)}")
+    return Heads(path, {name: rel for name, rel in manifest.heads.items() if name not in UNUSED_HEADS}, specs)
 
 
 class Heads(Mapping):
-    """The bundle's heads by name, each loaded on first use (``.npz``: :class:`LinearHead`; else joblib),
+    """The bundle's heads by name, each loaded on first use (``.npz``: :class:`LinearHead`, or a
+    :class:`~brainrt.ctxhead.ContextHead` with its stage 1 when ``specs`` describes it; else joblib),
     so a command that fails on its input fails before scikit-learn is even imported. Every file was
     verified against the manifest's sha256 when the bundle was loaded."""
 
-    def __init__(self, path, files):
-        self._path, self._files, self._loaded, self._lock = Path(path), dict(files), {}, threading.Lock()
+    def __init__(self, path, files, specs=None):
+        self._path, self._files, self._loaded, self._lock = Path(path), dict(files), {}, threading.RLock()
+        self._specs = dict(specs or {})
 
     def __getitem__(self, name):
         rel = self._files[name]
         with self._lock:
             if name not in self._loaded:
-                if rel.endswith(".npz"):
-                    self._loaded[name] = LinearHead.load(self._path / rel)
-                else:
-                    import joblib
-
-                    self._loaded[name] = joblib.load(self._path / rel)
+                self._loaded[name] = self._load(name, rel)
             return self._loaded[name]
+
+    def _load(self, name, rel):
+        if name in self._specs:
+            from .ctxhead import ContextHead
+
+            spec = self._specs[name]
+            return ContextHead.load(self._path / rel, spec.scales, self[spec.stage1] if spec.stage1 else None)
+        if rel.endswith(".npz"):
+            return LinearHead.load(self._path / rel)
+        import joblib
+
+        return joblib.load(self._path / rel)
 
     def __iter__(self):
         return iter(self._files)

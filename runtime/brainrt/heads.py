@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .ctxhead import ContextHead, ContextStream, PassThrough, context_probabilities
 from .errors import BrainrtError
 
 #: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
@@ -108,29 +109,50 @@ def float32_proba(model):
 @dataclass(frozen=True)
 class Classifier:
     """A classifier head as a per-row function ``fn`` and the empty grid it fills:
-    probabilities (R, C, K) or, for heads without them, labels (R, C)."""
+    probabilities (R, C, K) or, for heads without them, labels (R, C). A context head
+    (:mod:`brainrt.ctxhead`): ``fn`` gives its per-cell terms, which :meth:`stream` pools
+    into probabilities."""
 
     fn: object
     n_classes: int
     proba: bool
     name: str = ""
+    context: object = None
 
     @classmethod
     def of(cls, bundle, head=None):
         """The bundle's head ``head`` (default: the manifest's), checked to be a classifier."""
         head = head or bundle.manifest.default_head
         model = bundle.head(head)
+        K = len(bundle.class_names)
+        if isinstance(model, ContextHead):
+            return cls(model.terms, K, True, head, model)
         if not hasattr(model, "predict") or head in NOT_CLASSIFIERS:
             raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
-        K = len(bundle.class_names)
         if hasattr(model, "predict_proba"):
             return cls(per_class(model, float32_proba(model) or model.predict_proba, K, 0.0), K, True, head)
         return cls(model.predict, K, False, head)
 
-    def empty(self, shape):
+    def empty(self, shape, *, terms=False):
+        """The grid ``fn`` fills (``terms``: a context head's terms, else its probabilities)."""
         if self.proba:
-            return np.zeros(tuple(shape) + (self.n_classes,), np.float32)
+            n = self.context.n_terms if terms and self.context is not None else self.n_classes
+            return np.zeros(tuple(shape) + (n,), np.float32)
         return np.full(tuple(shape), -1, np.int16)
+
+    def stream(self, pixel_size_um, stride):
+        """Rows of ``fn``'s output in, rows of the map's values out: a :class:`~brainrt.ctxhead.ContextStream`
+        for a context head (sigmas in cells of this grid), else a pass-through."""
+        if self.context is None:
+            return PassThrough()
+        return ContextStream(self.context, self.context.sigmas_cells(pixel_size_um, stride))
+
+    def apply(self, features, valid, *, pixel_size_um, stride):
+        """The whole grid's map values (R, C, K) or labels (R, C): ``fn`` a band at a time, then :meth:`stream`."""
+        out = apply_rows(features, valid, self.fn, self.empty(valid.shape, terms=True))
+        if self.context is None:
+            return out
+        return context_probabilities(self.context, out, valid, self.context.sigmas_cells(pixel_size_um, stride))
 
     def result(self, out, grid, bundle, smooth_um=0.0):
         """:class:`ClassMapResult` of a filled output grid (smoothed by ``smooth_um``)."""

@@ -171,6 +171,43 @@ class Smoothing(Part):
         return {**k, "sigma_um": float(k["sigma_um"])}
 
 
+@dataclass(frozen=True)
+class PoolScale(_Part):
+    """One neighbourhood summary of a context head: ``source`` ("features" or "probabilities", the
+    stage-1 head's) Gaussian-pooled over tissue, ``sigma_um`` in-plane and ``sigma_z_um`` across slices."""
+
+    source: str
+    sigma_um: float
+    sigma_z_um: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    _where = "manifest context_heads scales"
+
+    @classmethod
+    def _coerce(cls, k):
+        if k["source"] not in ("features", "probabilities") or not float(k["sigma_um"]) > 0:
+            raise BrainrtError(f"{cls._where}: bad scale {k} (source features|probabilities, sigma_um > 0)")
+        return {"source": k["source"], "sigma_um": float(k["sigma_um"]), "sigma_z_um": float(k.get("sigma_z_um", 0))}
+
+
+@dataclass(frozen=True)
+class ContextHeadSpec(_Part):
+    """A context head (:mod:`brainrt.ctxhead`): its scales, the stage-1 head whose probabilities it pools,
+    its regularization ``C`` and how they were chosen (``extra["table"]``: the candidates' scores)."""
+
+    scales: tuple
+    stage1: str | None = None
+    C: float | None = None
+    chosen_on: str = ""
+    extra: dict = field(default_factory=dict)
+
+    _where = "manifest context_heads"
+
+    @classmethod
+    def _coerce(cls, k):
+        return {**k, "scales": tuple(PoolScale.from_dict(x) for x in k["scales"])}
+
+
 #: Arithmetic a bundle's graphs may come in (fp32 always; int8 when :class:`Int8Graphs` are recorded).
 PRECISIONS = ("fp32", "int8")
 
@@ -239,6 +276,7 @@ class Manifest:
     int8: Int8Graphs | None = None
     heads: dict
     default_head: str = "logreg"
+    context_heads: dict | None = None  # head name -> ContextHeadSpec (its weights: the heads entry)
     versions: dict = field(default_factory=dict)
     training: Training | None = None
     metrics: dict = field(default_factory=dict)
@@ -265,6 +303,8 @@ class Manifest:
         dense, training = known.get("dense_onnx"), known.get("training")
         parts = {k: t.from_dict(known[k]) for k, t in (("context", Context), ("intensity", Intensity),
                                                         ("smoothing", Smoothing), ("int8", Int8Graphs)) if known.get(k)}
+        if known.get("context_heads"):
+            parts["context_heads"] = {str(n): ContextHeadSpec.from_dict(v) for n, v in known["context_heads"].items()}
         return cls(**{**known, **parts, "classes": tuple(ClassSpec.from_dict(c) for c in known["classes"]),
                       "patch_size": int(known["patch_size"]), "n_features": int(known["n_features"]),
                       "normalization": Normalization.from_dict(known["normalization"]),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ctxhead import PassThrough
 from .finished import FOLDER_RECORD, write_record
 from .heads import apply_rows
 from .integrity import compressors, seal
@@ -107,26 +108,39 @@ class ZarrFeatureSink(Sink):
 
 class ClassifySink(Sink):
     """A classifier head (:class:`~brainrt.heads.Classifier`) on every block into its output grid of
-    ``shape``, smoothed in the plane as the rows arrive when ``sigma`` (grid cells) > 0."""
+    ``shape``, smoothed in the plane as the rows arrive when ``sigma`` (grid cells) > 0. A context
+    head's terms go through its ``stream`` (:meth:`~brainrt.heads.Classifier.stream`, which pools
+    them with a halo of rows) before the smoothing."""
 
-    def __init__(self, clf, shape, *, sigma=0.0, space="log"):
-        self.rows = ArraySink(clf.empty(shape), fn=clf.fn)
+    def __init__(self, clf, shape, *, sigma=0.0, space="log", stream=None):
+        self.clf, self.out = clf, clf.empty(shape)
+        self.valid = np.zeros(tuple(shape), bool)
+        self.stream = stream if stream is not None else PassThrough()
         self.smoother = RowSmoother(sigma, space=space) if sigma > 0 else None
-        self.done = 0  # rows of the output already smoothed
+        self.mapped = self.done = 0  # rows of the output mapped by the head / already smoothed
 
     def put(self, block):
-        self.rows.put(block)
-        if self.smoother is not None:
-            out = self.rows.out
-            self._write(self.smoother.push(out[block.r0 : block.r1], block.valid))
+        values = apply_rows(block.features, block.valid, self.clf.fn, self.clf.empty(block.valid.shape, terms=True))
+        self.valid[block.r0 : block.r1] = block.valid
+        self._map(self.stream.push(values, block.valid))
 
     def close(self):
+        self._map(self.stream.flush())
         if self.smoother is not None:
             self._write(self.smoother.flush())
-        return self.rows.out
+        return self.out
+
+    def _map(self, rows):
+        """Finished map rows into the output from row ``mapped`` on, then through the smoother."""
+        for r in rows:
+            a = self.mapped
+            self.out[a : a + len(r)] = r
+            self.mapped += len(r)
+            if self.smoother is not None:
+                self._write(self.smoother.push(self.out[a : self.mapped], self.valid[a : self.mapped]))
 
     def _write(self, smoothed):
         """Write consecutive smoothed row blocks into the output from row ``done`` on."""
         for r in smoothed:
-            self.rows.out[self.done : self.done + len(r)] = r
+            self.out[self.done : self.done + len(r)] = r
             self.done += len(r)

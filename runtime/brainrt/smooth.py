@@ -16,11 +16,18 @@ temporaries, both cores): at stride 1 the bundle's 40 um sigma is a 275-tap kern
 Slices of a volume are smoothed across the same way (a Gaussian along z, normalized over tissue cells), after the in-plane
 pass: :func:`smooth_across`. :func:`choose` turns a user's ``smooth`` (micrometres,
 None: the bundle's default) into grid cells.
+
+:class:`RowPooler` is that normalized convolution streamed for any channels (it yields
+the sums ``G * (x * valid)`` and ``G * valid``); :class:`RowSmoother` is a pooler of
+class scores, context heads (:mod:`brainrt.ctxhead`) pool their neighbourhood terms with
+it, and :func:`combine_z` extends the pooling across the slices of a volume (in-plane
+sums first, then z: the 3D normalized convolution, separable).
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -163,24 +170,38 @@ def smooth_probabilities(prob, valid, sigma, *, space="log"):
     return np.concatenate([b for b in blocks], axis=0) if blocks else prob[:0]
 
 
-class RowSmoother:
-    """Smooth a grid given as consecutive row blocks; yields smoothed blocks in order.
+class Pooled(NamedTuple):
+    """Normalized Gaussian sums of a row block: ``num`` (r, C, ch) = G * (x * valid), ``den`` (r, C, 1) = G * valid."""
 
-    ``push(prob_block, valid_block)`` yields the rows that can be finished; ``flush()``
-    yields the rest at the end of the grid.
+    num: np.ndarray
+    den: np.ndarray
+    valid: np.ndarray
+
+    def mean(self):
+        """The tissue-weighted neighbourhood mean ``num / den`` of every tissue cell (0 elsewhere)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.valid[..., None], self.num / self.den, 0).astype(np.float32)
+
+
+class RowPooler:
+    """Gaussian pooling over tissue cells of a grid given as consecutive row blocks.
+
+    ``push(values_block, valid_block)`` yields :class:`Pooled` blocks of the rows whose
+    kernel has fully arrived (``radius`` rows after them); ``flush()`` the rest at the
+    end of the grid. Zero padding and one fixed order of terms make the stream equal to
+    pooling the whole grid at once, bit for bit.
     """
 
-    def __init__(self, sigma, *, space="log"):
-        if space not in ("log", "prob"):
-            raise ValueError(f"space must be 'log' or 'prob', got {space!r}")
-        self.k, self.r, self.space = _kernel(sigma), radius(sigma), space
+    def __init__(self, sigma):
+        self.k, self.r = _kernel(sigma), radius(sigma)
         self._num = self._den = self._valid = None  # column-filtered rows not yet emitted, plus r rows before
         self._done = 0  # rows emitted
         self._first = 0  # grid row of the first buffered row
 
-    def push(self, prob, valid):
-        num, den = _to_scores(np.asarray(prob, np.float32), np.asarray(valid, bool), self.space)
-        self._append(_filter_cols(num, self.k), _filter_cols(den, self.k), np.asarray(valid, bool))
+    def push(self, values, valid):
+        valid = np.asarray(valid, bool)
+        num = np.where(valid[..., None], np.asarray(values, np.float32), 0).astype(np.float32)
+        self._append(_filter_cols(num, self.k), _filter_cols(valid.astype(np.float32)[..., None], self.k), valid)
         yield from self._emit(final=False)
 
     def flush(self):
@@ -206,8 +227,70 @@ class RowSmoother:
         num, den = (_rows_kernel(x.reshape(len(x), -1), self.k, self._done - lo, n,
                                  np.empty((n, x[0].size), np.float32)).reshape((n,) + x.shape[1:])
                     for x in (self._num, self._den))
-        yield _from_scores(num, den, self._valid[self._done - lo : stop - lo], self.space)
+        yield Pooled(num, den, self._valid[self._done - lo : stop - lo])
         self._done = stop
         keep = max(self._done - r, lo) - lo  # keep r rows of history
         self._num, self._den, self._valid = self._num[keep:], self._den[keep:], self._valid[keep:]
         self._first = lo + keep
+
+
+class RowSmoother:
+    """Smooth a grid given as consecutive row blocks; yields smoothed blocks in order.
+
+    ``push(prob_block, valid_block)`` yields the rows that can be finished; ``flush()``
+    yields the rest at the end of the grid. A :class:`RowPooler` of the class scores.
+    """
+
+    def __init__(self, sigma, *, space="log"):
+        if space not in ("log", "prob"):
+            raise ValueError(f"space must be 'log' or 'prob', got {space!r}")
+        self.pooler, self.space = RowPooler(sigma), space
+        self.k, self.r = self.pooler.k, self.pooler.r
+
+    def push(self, prob, valid):
+        prob = np.asarray(prob, np.float32)
+        yield from self._finish(self.pooler.push(np.log(np.maximum(prob, EPS)) if self.space == "log" else prob, valid))
+
+    def flush(self):
+        yield from self._finish(self.pooler.flush())
+
+    def _finish(self, pooled):
+        for p in pooled:
+            yield _from_scores(p.num, p.den, p.valid, self.space)
+
+
+def pool_grid(values, valid, sigma):
+    """:class:`Pooled` sums of a whole grid (one push of a :class:`RowPooler`)."""
+    pooler = RowPooler(sigma)
+    parts = list(pooler.push(values, valid)) + list(pooler.flush())
+    return Pooled(*(np.concatenate([getattr(p, f) for p in parts]) for f in Pooled._fields))
+
+
+def z_kernel(sigma_z):
+    """Weights of slices ``z - r .. z + r`` (r = :func:`radius`) along z; ``[1]`` for ``sigma_z <= 0``."""
+    return _kernel(sigma_z) if sigma_z > 0 else np.ones(1, np.float32)
+
+
+def combine_z(parts, kz, valid):
+    """Pooled sums across z: ``parts[t]`` are the in-plane :class:`Pooled` sums of slice ``z - r + t``
+    (None beyond the volume: zero padding), weighted by ``kz``; ``valid`` is slice z's tissue.
+
+    In-plane sums first, then z, over numerators and denominators alike: the 3D normalized
+    convolution, separable, with one fixed order of terms (a z block == the whole volume).
+    """
+    num = den = None
+    for w, p in zip(kz, parts):
+        if p is None:
+            continue
+        num = w * p.num if num is None else num + w * p.num
+        den = w * p.den if den is None else den + w * p.den
+    return Pooled(num, den, np.asarray(valid, bool))
+
+
+def pool_volume(values, valid, sigma, sigma_z):
+    """Pooled sums of a whole volume ``(Z, R, C, ch)``: in-plane ``sigma`` cells, across z ``sigma_z`` slices."""
+    planes = [pool_grid(v, m, sigma) for v, m in zip(values, valid)]
+    kz = z_kernel(sigma_z)
+    r = len(kz) // 2
+    return [combine_z([planes[z + t - r] if 0 <= z + t - r < len(planes) else None for t in range(len(kz))], kz,
+                      valid[z]) for z in range(len(planes))]
