@@ -236,3 +236,21 @@ def test_a_context_head_without_its_stage1_is_refused(ctx_bundle, tmp_path):
     (dst / MANIFEST).write_text(m.to_json())
     with pytest.raises(BrainrtError, match="stage 1"):
         brainrt.Bundle.load(dst)
+
+
+def test_cli_classify_with_the_context_head_and_a_clear_error_without_one(ctx_bundle, tiny_bundle_path, slice_tif,
+                                                                           tmp_path):
+    import tifffile
+    from click.testing import CliRunner
+
+    from brainrt.cli import main
+
+    out = tmp_path / "ctx.ome.tif"
+    r = CliRunner().invoke(main, ["classify", str(slice_tif), "-m", str(ctx_bundle.path), "--head", "ctx",
+                                  "--stride", "8", "--smooth", "0", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    ref = brainrt.classify_image(str(slice_tif), ctx_bundle, stride=8, head="ctx", smooth=0)
+    assert np.array_equal(tifffile.imread(out), brainrt.upsample(ref.cell_codes(), 8, ref.grid.image_shape))
+    r = CliRunner().invoke(main, ["classify", str(slice_tif), "-m", str(tiny_bundle_path), "--head", "ctx",
+                                  "-o", str(tmp_path / "x.ome.tif")])
+    assert r.exit_code == 2 and "no head 'ctx'" in r.stderr, r.stderr

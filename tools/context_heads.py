@@ -65,8 +65,11 @@ def run(args):
     sl = load_slice(args.image, args.mask, ClassMap.from_dict(m.class_map))
     feats, valid, px = grid_features(bundle, args.image, args.features, args.stride)
     regions = regions_of(bundle, sl)
-    cells = ch.split_cells(sl.labels, valid, regions, stride=args.stride)
-    train = ch.interior_train_cells(bundle, sl, valid, stride=args.stride) if args.train == "interior" else cells["train"]
+    ts = args.train_stride or args.stride  # heads may learn from a finer grid: sigmas are in um
+    tfeats, tvalid, _ = (feats, valid, px) if ts == args.stride else grid_features(bundle, args.image,
+                                                                                   args.train_features, ts)
+    train = (ch.interior_train_cells(bundle, sl, tvalid, stride=ts) if args.train == "interior"
+             else ch.split_cells(sl.labels, tvalid, regions, stride=ts)["train"])
     sm = m.smoothing
     smooth_cells = (sm.sigma_um if sm else 0.0) / (px * args.stride)
     stage1 = bundle.head(args.stage1)
@@ -80,10 +83,10 @@ def run(args):
         spec = ch.CANDIDATES[cname]
         for C in args.C:
             t = time.perf_counter()
-            head = ch.fit_candidate(feats, valid, train, ch.scales_of(spec), stage1, C=C, pixel_size_um=px,
-                                    stride=args.stride, n_classes=K, balanced=not args.unbalanced)
+            head = ch.fit_candidate(tfeats, tvalid, train, ch.scales_of(spec), stage1, C=C, pixel_size_um=px,
+                                    stride=ts, n_classes=K, balanced=not args.unbalanced)
             prob = ch.head_probabilities(head, feats, valid, pixel_size_um=px, stride=args.stride)
-            row = {"name": cname, "scales": [list(s) for s in spec], "C": C, "train": args.train,
+            row = {"name": cname, "scales": [list(s) for s in spec], "C": C, "train": args.train, "train_stride": ts,
                    "balanced": not args.unbalanced,
                    **ch.map_scores(prob, valid, sl, regions, names, stride=args.stride, smooth_cells=smooth_cells),
                    "seconds": round(time.perf_counter() - t, 1)}
@@ -163,6 +166,8 @@ def main(argv=None):
     ap.add_argument("--train", choices=("interior", "region"), default="interior",
                     help="training cells: centred on an eligible training centre (patch inside its class, as the "
                          "bundle's heads were drawn), or every labeled cell of the training region")
+    ap.add_argument("--train-stride", type=int, help="fit on this grid's cells (default: --stride)")
+    ap.add_argument("--train-features", type=Path, help="cache of the --train-stride grid's features")
     ap.add_argument("--unbalanced", action="store_true", help="no class weights (default: balanced)")
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("--maps", nargs="*", default=None, help="extra candidates 'NAME C=X' to draw in maps.png")

@@ -89,7 +89,8 @@ def interior_train_cells(bundle, sl, valid, *, stride):
         for a in arrs:
             lab[a[:, 1], a[:, 2]] = c
     R, C = valid.shape
-    lab = lab[np.ix_(cell_centre(np.arange(R), stride), cell_centre(np.arange(C), stride))]
+    ys = np.minimum(cell_centre(np.arange(R), stride), lab.shape[0] - 1)
+    lab = lab[np.ix_(ys, np.minimum(cell_centre(np.arange(C), stride), lab.shape[1] - 1))]
     r, c = np.nonzero(valid & (lab >= 0))
     return r, c, lab[r, c]
 

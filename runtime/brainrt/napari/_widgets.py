@@ -32,7 +32,7 @@ from . import _work
 from ._train import FeatureCache, strokes_layer, train_job
 
 log = logging.getLogger("brainrt")
-HEADS = ("default", "logreg", "linsvm", "rbfsvm", "cnn")
+HEADS = ("default", "logreg", "linsvm", "rbfsvm", "cnn", "ctx")
 AREA = "(an area of the classifier)"
 
 
