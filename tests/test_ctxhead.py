@@ -254,3 +254,43 @@ def test_cli_classify_with_the_context_head_and_a_clear_error_without_one(ctx_bu
     r = CliRunner().invoke(main, ["classify", str(slice_tif), "-m", str(tiny_bundle_path), "--head", "ctx",
                                   "-o", str(tmp_path / "x.ome.tif")])
     assert r.exit_code == 2 and "no head 'ctx'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("sigma_z_um", [0.0, 12.0])
+def test_volume_classify_with_a_context_head_equals_whole_volume_pooling(ctx_bundle, tmp_path, sigma_z_um):
+    """The volume path pools each slice's terms in the plane and across z (sigma_z in um, z spacing 10 um)
+    band by band; it equals the whole-volume normalized pooling of the same terms."""
+    import zarr
+
+    from brainrt.heads import apply_rows
+    from brainrt.synth import make_volume
+    from brainrt.volumes import make_volume_plan, run_volume
+    from brainrt_train.ctxhead import add_context_head
+    from conftest import write_tiff
+
+    head = ctx_bundle.head("ctx")
+    scales = tuple(dataclasses.replace(s, sigma_z_um=sigma_z_um) for s in head.scales)
+    zhead = ContextHead(head.w_self, head.bias, head.w, scales, head.stage1)
+    bpath = tmp_path / "zbundle"
+    add_context_head(ctx_bundle.path, bpath, {"stage1": "logreg", "C": 1.0}, zhead, default=True)
+    bundle = brainrt.Bundle.load(bpath)
+    vol = make_volume((4, 192, 256), seed=5)
+    stack = write_tiff(tmp_path / "stack.tif", vol.image, photometric="minisblack")
+    plan = make_volume_plan(stack, bundle, stride=16, band_rows=3, smooth=0, z_spacing_um=10.0)
+    assert plan.context and plan.n_terms == zhead.n_terms
+    run_volume(plan, tmp_path / "out.ome.zarr", bundle=bundle)
+    got = np.moveaxis(np.asarray(zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")["0"]), 0, -1)
+    grids = [brainrt.featurize(vol.image[z], bundle, stride=16) for z in range(4)]
+    valid = np.stack([g.valid for g in grids])
+    terms = np.stack([apply_rows(g.features, g.valid, zhead.terms, np.zeros(g.valid.shape + (zhead.n_terms,),
+                                                                           np.float32)) for g in grids])
+    K = zhead.n_classes
+    sig = zhead.sigmas_cells(grids[0].pixel_size_um, 16)
+    pooled = [pool_volume(terms[..., K * (s + 1) : K * (s + 2)], valid, sig[s], sc.sigma_z_um / 10.0)
+              for s, sc in enumerate(scales)]
+    for z in range(4):
+        want = np.where(valid[z][..., None], zhead.probabilities(terms[z][..., :K], [p[z].mean() for p in pooled]), 0)
+        np.testing.assert_allclose(got[z], want, atol=2e-5)
+    if sigma_z_um == 0:  # in-plane only: each slice as the 2D path maps it
+        res = brainrt.classify_image(vol.image[2], bundle, stride=16, smooth=0)
+        np.testing.assert_allclose(got[2], res.probabilities, atol=2e-5)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .smooth import RowPooler
+from .smooth import RowPooler, combine_z, z_kernel
 
 #: What a scale pools: the cell features, or the first-stage head's class probabilities.
 SOURCES = ("features", "probabilities")
@@ -98,28 +98,54 @@ class ContextStream:
 
     ``push(terms_block (r, C, K (1 + S)), valid_block)`` yields finished probability rows
     (0 off tissue) in order; ``flush()`` the rest at the end of the grid. Equal, bit for
-    bit, to one push of the whole grid.
+    bit, to one push of the whole grid. With ``sigmas_z`` (slices) the pooling reaches
+    across z too: :meth:`push_slices` takes the same row block of the slices ``z - reach
+    .. z + reach`` (None beyond the volume) and yields slice z's rows (in-plane sums per
+    slice, then :func:`~brainrt.smooth.combine_z`: the 3D normalized convolution).
     """
 
-    def __init__(self, head, sigmas_cells):
+    def __init__(self, head, sigmas_cells, sigmas_z=None):
         self.head, self.K = head, head.n_classes
-        self.poolers = [RowPooler(s) for s in sigmas_cells]
+        self.kz = [z_kernel(s) for s in (sigmas_z or [0.0] * len(sigmas_cells))]
+        self.reach = max([len(k) // 2 for k in self.kz], default=0)
+        self.poolers = [[RowPooler(sig) for _ in k] for sig, k in zip(sigmas_cells, self.kz)]
+        self._parts = [[[] for _ in k] for k in self.kz]  # in-plane sums per scale and slice, not yet combined
+        self._have = None  # per scale, the slice offsets inside the volume
         self._self, self._valid = [], []  # self logits and tissue of rows not yet emitted
-        self._pooled = [[] for _ in self.poolers]  # pooled means per scale, not yet emitted
+        self._pooled = [[] for _ in self.kz]  # pooled means per scale, not yet emitted
 
     def push(self, terms, valid):
-        terms, valid = np.asarray(terms, np.float32), np.asarray(valid, bool)
-        self._self.append(terms[..., : self.K])
-        self._valid.append(valid)
-        for i, pooler in enumerate(self.poolers):
-            part = terms[..., self.K * (i + 1) : self.K * (i + 2)]
-            self._pooled[i] += [p.mean() for p in pooler.push(part, valid)]
+        if self.reach:
+            raise ValueError("a stream that pools across z takes push_slices")
+        yield from self.push_slices([terms], [valid])
+
+    def push_slices(self, terms, valid):
+        c, K = self.reach, self.K
+        if self._have is None:
+            self._have = [[t for t in range(len(k)) if terms[c - len(k) // 2 + t] is not None] for k in self.kz]
+        self._self.append(np.asarray(terms[c], np.float32)[..., :K])
+        self._valid.append(np.asarray(valid[c], bool))
+        for s, k in enumerate(self.kz):
+            for t in self._have[s]:
+                j = c - len(k) // 2 + t
+                part = np.asarray(terms[j], np.float32)[..., K * (s + 1) : K * (s + 2)]
+                self._parts[s][t] += list(self.poolers[s][t].push(part, valid[j]))
+            self._combine(s)
         yield from self._emit()
 
     def flush(self):
-        for i, pooler in enumerate(self.poolers):
-            self._pooled[i] += [p.mean() for p in pooler.flush()]
+        for s in range(len(self.kz)):
+            for t in self._have[s] if self._have else ():
+                self._parts[s][t] += list(self.poolers[s][t].flush())
+            self._combine(s)
         yield from self._emit()
+
+    def _combine(self, s):
+        """Combine across z the in-plane sums that every slice of scale ``s`` has emitted."""
+        have, parts, r = self._have[s], self._parts[s], len(self.kz[s]) // 2
+        while have and all(parts[t] for t in have):
+            got = [parts[t].pop(0) if t in have else None for t in range(len(parts))]
+            self._pooled[s].append(combine_z(got, self.kz[s], got[r].valid).mean())
 
     def _emit(self):
         ready = min([sum(len(p) for p in q) for q in self._pooled], default=sum(len(s) for s in self._self))

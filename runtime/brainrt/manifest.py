@@ -172,7 +172,7 @@ class Smoothing(Part):
 
 
 @dataclass(frozen=True)
-class PoolScale(_Part):
+class PoolScale(Part):
     """One neighbourhood summary of a context head: ``source`` ("features" or "probabilities", the
     stage-1 head's) Gaussian-pooled over tissue, ``sigma_um`` in-plane and ``sigma_z_um`` across slices."""
 
@@ -191,7 +191,7 @@ class PoolScale(_Part):
 
 
 @dataclass(frozen=True)
-class ContextHeadSpec(_Part):
+class ContextHeadSpec(Part):
     """A context head (:mod:`brainrt.ctxhead`): its scales, the stage-1 head whose probabilities it pools,
     its regularization ``C`` and how they were chosen (``extra["table"]``: the candidates' scores)."""
 

@@ -114,12 +114,16 @@ class Task(NamedTuple):
 
 def task_graph(vplan) -> tuple:
     """Every task of ``vplan``, each after the tasks it needs (a topological order: the serial one)."""
-    tasks = []
+    from .context import context_tasks
+
+    tasks, ctx = [], context_tasks(vplan)  # a context head: all blocks, then one context pass per slice
     for z in vplan.zs:
         bands = [Task(f"b{z}-{band[0]}", run_block, (z, band), (), True) for band in vplan.bands]
         tasks += bands
-        if vplan.task == "classify":
+        if vplan.task == "classify" and not ctx:
             tasks.append(Task(f"f{z}", finish_slice, (z,), tuple(t.name for t in bands)))
+    for c in ctx:
+        tasks += [c, Task(f"f{c.args[0]}", finish_slice, c.args, (c.name,))]
     if vplan.z_sigma > 0:
         r = radius(vplan.z_sigma)
         for i, z in enumerate(vplan.zs):
@@ -156,7 +160,7 @@ class BandSink(ArraySink):
 
     def __init__(self, vplan, root, zi, band, valid, fn=None):
         r0, r1 = band
-        depth = vplan.n_features if vplan.task == "featurize" else len(vplan.class_names)
+        depth = vplan.n_features if vplan.task == "featurize" else vplan.n_terms or len(vplan.class_names)
         super().__init__(np.zeros((r1 - r0, vplan.grid[1], depth), np.float32), r0=r0, fn=fn)
         names = ("features", "valid") if vplan.task == "featurize" else ("scratch/probabilities", "scratch/valid")
         self.targets, self.zi, self.valid = [root[n] for n in names], zi, valid
@@ -190,7 +194,7 @@ def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, py
 
     root = zarr.open_group(str(store), mode="r+")
     zi, (R, C) = vplan.zs.index(z), vplan.grid
-    raw, valid = root["scratch/probabilities"], root["scratch/valid"]
+    raw, valid = root["scratch/context" if vplan.context else "scratch/probabilities"], root["scratch/valid"]
     probs, zsm = root["0"], vplan.z_sigma > 0
     smoother = RowSmoother(vplan.sigma_cells, space=vplan.space) if vplan.sigma_cells > 0 else None
     labels, done = np.full((R, C), -1, np.int16), 0
@@ -274,8 +278,12 @@ def create_store(vplan, tmp):
                           compressors=compressors())
         root.attrs.update(_attrs(vplan))
     else:
-        root.create_array("scratch/probabilities", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
+        T = vplan.n_terms or K  # a context head's terms, pooled by its context pass into scratch/context
+        root.create_array("scratch/probabilities", shape=(Z, R, C, T), chunks=(1, band, cc, T), dtype="float32",
                           fill_value=0.0)
+        if vplan.context:
+            root.create_array("scratch/context", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
+                              fill_value=0.0)
         root.create_array("scratch/valid", shape=(Z, R, C), chunks=(1, band, cc), dtype="bool", fill_value=False)
         if vplan.z_sigma > 0:
             root.create_array("scratch/planar", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",

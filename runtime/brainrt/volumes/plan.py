@@ -82,6 +82,8 @@ class VolumePlan:
     slice_options: dict = field(default_factory=dict)
     z_sigma: float = 0.0
     device: str = "auto"
+    context: tuple = ()  # a context head's scales, (sigma in cells, sigma_z in slices) each
+    n_terms: int = 0  # its terms per cell: the raw scratch's channels
 
     def fingerprint(self) -> dict:
         """What makes two runs' outputs the same (a resume must match it exactly)."""
@@ -135,7 +137,16 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     grid = grid_shape((h, w), stride)
     bands = _bands(grid[0], o["band_rows"], bundle, method, stride)
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, *_model_fields(bundle), head, float(sigma),
-                      space, o["threads"] or 1, opts, o["smooth_z"] / dz, device)
+                      space, o["threads"] or 1, opts, o["smooth_z"] / dz, device,
+                      *_context_fields(bundle, task, head, px * stride, dz))
+
+
+def _context_fields(bundle, task, head, cell_um, dz):
+    """A context head's scales in cells and slices (its ``sigma_z_um`` reaches across z), and its terms per cell."""
+    head = Classifier.of(bundle, head).context if task == "classify" else None
+    if head is None:
+        return (), 0
+    return tuple((sc.sigma_um / cell_um, sc.sigma_z_um / dz) for sc in head.scales), head.n_terms
 
 
 def _model_fields(bundle):
