@@ -65,11 +65,7 @@ def run(args):
     sl = load_slice(args.image, args.mask, ClassMap.from_dict(m.class_map))
     feats, valid, px = grid_features(bundle, args.image, args.features, args.stride)
     regions = regions_of(bundle, sl)
-    ts = args.train_stride or args.stride  # heads may learn from a finer grid: sigmas are in um
-    tfeats, tvalid, _ = (feats, valid, px) if ts == args.stride else grid_features(bundle, args.image,
-                                                                                   args.train_features, ts)
-    train = (ch.interior_train_cells(bundle, sl, tvalid, stride=ts) if args.train == "interior"
-             else ch.split_cells(sl.labels, tvalid, regions, stride=ts)["train"])
+    ts, tfeats, tvalid, train = train_cells(args, bundle, sl, feats, valid, regions)
     sm = m.smoothing
     smooth_cells = (sm.sigma_um if sm else 0.0) / (px * args.stride)
     stage1 = bundle.head(args.stage1)
@@ -94,9 +90,22 @@ def run(args):
             heads[(cname, C)], probs[f"{cname} C={C}"] = head, prob
             print(f"{cname:10s} C={C:<5} val {row['smoothed_val']['macro_f1']:.3f} / {row['raw_val']['macro_f1']:.3f}"
                   f"  end Ctx+Str {row['smoothed_end']['Ctx+Str']:.2f}  ({row['seconds']} s)", flush=True)
-    best = ch.choose([r for r in table if not r.get("baseline")])
+    best = ch.choose([r for r in table if not r.get("baseline")])  # validation scores only
     best["chosen"] = True
-    return bundle, sl, valid, table, best, heads[(best["name"], best["C"])], probs
+    return bundle, sl, valid, smooth_cells, table, best, heads[(best["name"], best["C"])], probs
+
+
+def train_cells(args, bundle, sl, feats, valid, regions):
+    """(stride, features, valid, (rows, cols, classes)) of the cells the heads learn from: the training
+    split's only (interior centres or the whole training region), on ``--train-stride``'s grid."""
+    from brainrt_train import ctxhead as ch
+
+    ts = args.train_stride or args.stride  # heads may learn from a finer grid: sigmas are in um
+    tfeats, tvalid = (feats, valid) if ts == args.stride else grid_features(bundle, args.image, args.train_features,
+                                                                            ts)[:2]
+    train = (ch.interior_train_cells(bundle, sl, tvalid, stride=ts) if args.train == "interior"
+             else ch.split_cells(sl.labels, tvalid, regions, stride=ts)["train"])
+    return ts, tfeats, tvalid, train
 
 
 def _fmt_row(r, key, names):
@@ -151,7 +160,7 @@ def maps_png(path, image, probs, valid, names, stride, smooth_cells):
     plt.close(fig)
 
 
-def main(argv=None):
+def parser():
     from brainrt_train import ctxhead as ch
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -173,27 +182,38 @@ def main(argv=None):
     ap.add_argument("--maps", nargs="*", default=None, help="extra candidates 'NAME C=X' to draw in maps.png")
     ap.add_argument("--write", type=Path, help="store the chosen head into this bundle (copy of --model)")
     ap.add_argument("--default", action="store_true", help="make it the default head if it wins on validation")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def write_head(args, bundle, table, best, head):
+    """Store the chosen head into ``--write`` (default head with ``--default`` only if it beats the baseline
+    on validation); the manifest records the validation scores of every candidate, not the test's."""
+    from brainrt_train import ctxhead as ch
+
+    wins = best["smoothed_val"]["macro_f1"] > table[0]["smoothed_val"]["macro_f1"]
+    slim = [{k: v for k, v in r.items() if k.endswith("_val") or k in ("name", "scales", "C")} for r in table]
+    ch.add_context_head(args.model, args.write, {"stage1": args.stage1, "C": best["C"]}, head,
+                        default=args.default and wins, table=slim,
+                        chosen_on=f"validation split, smoothed pixel macro F1, stride {args.stride}; "
+                                  f"candidates {', '.join(args.candidates)} x C {args.C}")
+    print(f"wrote {args.write} (default head: {'ctx' if args.default and wins else bundle.manifest.default_head})")
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    bundle, sl, valid, table, best, head, probs = run(args)
+    bundle, sl, valid, smooth_cells, table, best, head, probs = run(args)
     names = list(bundle.class_names)
     cmd = "python tools/context_heads.py " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "results.json").write_text(json.dumps({"command": cmd, "table": table}, indent=1))
     report(table, best, names, args.out, cmd)
-    sm = bundle.manifest.smoothing
     show = [table[0]["name"], f"plain C={best['C']}", f"{best['name']} C={best['C']}", *(args.maps or [])]
     maps_png(args.out / "maps.png", sl.image, {k: probs[k] for k in dict.fromkeys(show) if k in probs}, valid, names,
-             args.stride, (sm.sigma_um if sm else 0.0) / (1.17 * args.stride))
+             args.stride, smooth_cells)
     print(f"chosen: {best['name']} C={best['C']}  val macro F1 {best['smoothed_val']['macro_f1']:.3f} "
           f"(baseline {table[0]['smoothed_val']['macro_f1']:.3f})")
     if args.write:
-        wins = best["smoothed_val"]["macro_f1"] > table[0]["smoothed_val"]["macro_f1"]
-        slim = [{k: v for k, v in r.items() if k.endswith("_val") or k in ("name", "scales", "C")} for r in table]
-        ch.add_context_head(args.model, args.write, {"stage1": args.stage1, "C": best["C"]}, head,
-                            default=args.default and wins, table=slim,
-                            chosen_on=f"validation split, smoothed pixel macro F1, stride {args.stride}; "
-                                      f"candidates {', '.join(args.candidates)} x C {args.C}")
-        print(f"wrote {args.write} (default head: {'ctx' if args.default and wins else bundle.manifest.default_head})")
+        write_head(args, bundle, table, best, head)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import predictor, sessions
+from .ctxhead import ContextHead
 from .errors import BrainrtError, file_error, param_error
 from .geometry import manifest_problems
 from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
@@ -343,8 +344,6 @@ class Heads(Mapping):
 
     def _load(self, name, rel):
         if name in self._specs:
-            from .ctxhead import ContextHead
-
             spec = self._specs[name]
             return ContextHead.load(self._path / rel, spec.scales, self[spec.stage1] if spec.stage1 else None)
         if rel.endswith(".npz"):

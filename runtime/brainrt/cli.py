@@ -222,8 +222,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
 @click.argument("source", type=click.Path())
 @model_option
 @grid_options
-@click.option("--head", default=None, help="Classifier head: the bundle's default, logreg, linsvm, rbfsvm, cnn, or a "
-              "context head (ctx) where the bundle has one.")
+@click.option("--head", default=None, help="Classifier head (default: the bundle's): logreg, linsvm, rbfsvm, cnn, ctx.")
 @click.option("--smooth", type=float, default=None,
               help="Smooth class scores before the argmax, sigma in um (default: the bundle's, chosen on "
                    "validation; 0: off).")

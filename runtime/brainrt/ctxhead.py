@@ -23,9 +23,6 @@ import numpy as np
 
 from .smooth import RowPooler, combine_z, z_kernel
 
-#: What a scale pools: the cell features, or the first-stage head's class probabilities.
-SOURCES = ("features", "probabilities")
-
 
 class ContextHead:
     """Folded weights: ``w_self`` (K, F) and ``bias`` (K,); per scale ``w[s]`` (K, F or K).

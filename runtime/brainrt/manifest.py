@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .context_record import ContextHeadSpec, PoolScale  # noqa: F401 (PoolScale: a part of the manifest too)
 from .errors import BrainrtError, file_error
 from .records import Part, plain, split_fields
 from .training_record import Training, TrainingSlice
@@ -169,43 +170,6 @@ class Smoothing(Part):
     @classmethod
     def _coerce(cls, k):
         return {**k, "sigma_um": float(k["sigma_um"])}
-
-
-@dataclass(frozen=True)
-class PoolScale(Part):
-    """One neighbourhood summary of a context head: ``source`` ("features" or "probabilities", the
-    stage-1 head's) Gaussian-pooled over tissue, ``sigma_um`` in-plane and ``sigma_z_um`` across slices."""
-
-    source: str
-    sigma_um: float
-    sigma_z_um: float = 0.0
-    extra: dict = field(default_factory=dict)
-
-    _where = "manifest context_heads scales"
-
-    @classmethod
-    def _coerce(cls, k):
-        if k["source"] not in ("features", "probabilities") or not float(k["sigma_um"]) > 0:
-            raise BrainrtError(f"{cls._where}: bad scale {k} (source features|probabilities, sigma_um > 0)")
-        return {"source": k["source"], "sigma_um": float(k["sigma_um"]), "sigma_z_um": float(k.get("sigma_z_um", 0))}
-
-
-@dataclass(frozen=True)
-class ContextHeadSpec(Part):
-    """A context head (:mod:`brainrt.ctxhead`): its scales, the stage-1 head whose probabilities it pools,
-    its regularization ``C`` and how they were chosen (``extra["table"]``: the candidates' scores)."""
-
-    scales: tuple
-    stage1: str | None = None
-    C: float | None = None
-    chosen_on: str = ""
-    extra: dict = field(default_factory=dict)
-
-    _where = "manifest context_heads"
-
-    @classmethod
-    def _coerce(cls, k):
-        return {**k, "scales": tuple(PoolScale.from_dict(x) for x in k["scales"])}
 
 
 #: Arithmetic a bundle's graphs may come in (fp32 always; int8 when :class:`Int8Graphs` are recorded).

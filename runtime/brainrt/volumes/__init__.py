@@ -4,13 +4,15 @@
 - :mod:`.plan`: the volume's input edge, :func:`make_volume_plan` (same option declarations
   as a slice's, :mod:`brainrt.params`) and the frozen :class:`VolumePlan`;
 - :mod:`.blocks`: what runs in a task (worker caches, the band task, the slice tasks), the
-  task graph as data, the store layout and the completion records;
+  store layout and the completion records; :mod:`.context`: a context head's slice task;
+- :mod:`.graph`: the task graph as data;
 - :mod:`.executors`: serial and Dask executors that only schedule that graph, and
   :func:`process_volume`, the one call (plan, cluster, run).
 """
 
-from .blocks import partial_path, run_block, slice_plan, task_graph, worker_bundle
+from .blocks import partial_path, run_block, slice_plan, worker_bundle
 from .executors import dask_client, process_volume, run_volume
+from .graph import task_graph
 from .plan import VolumePlan, make_volume_plan, parse_z
 from .sources import VolumeSource, folder_files, is_volume_input, natural_key, open_volume
 

@@ -6,8 +6,8 @@ Everything that runs inside a task lives here, so a worker process needs only th
   (:func:`worker_bundle`), and the last two slices' :class:`~brainrt.plan.Plan` s
   (:func:`slice_plan`: tissue grid and intensity standardization need whole-slice
   statistics; the bands of one slice on one worker pay once);
-- **the tasks**, as data (:func:`task_graph`, built once per run; the executors of
-  :mod:`brainrt.volumes.executors` only schedule it): a block (z, row band) runs the
+- **the tasks** (their graph is data, :func:`brainrt.volumes.graph.task_graph`; the
+  executors of :mod:`brainrt.volumes.executors` only schedule it): a block (z, row band) runs the
   engine's loop into a :class:`BandSink` (features, or a head's raw probabilities, into
   the band's own chunks: no two tasks share a chunk); ``finish`` (classify, one per z,
   after its bands) smooths in the plane through :class:`~brainrt.smooth.RowSmoother` and
@@ -28,7 +28,6 @@ import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -100,38 +99,7 @@ def slice_plan(vplan, bundle, z):
     return plan
 
 
-# --------------------------------------------------------------------------- the task graph
-class Task(NamedTuple):
-    """One task: ``fn(vplan, store, *args)``; ``name`` is its completion record (and Dask key), ``deps``
-    the names of the tasks it waits for, ``block`` whether it is a (z, band) block (progress counts those)."""
-
-    name: str
-    fn: object
-    args: tuple
-    deps: tuple = ()
-    block: bool = False
-
-
-def task_graph(vplan) -> tuple:
-    """Every task of ``vplan``, each after the tasks it needs (a topological order: the serial one)."""
-    from .context import context_tasks
-
-    tasks, ctx = [], context_tasks(vplan)  # a context head: all blocks, then one context pass per slice
-    for z in vplan.zs:
-        bands = [Task(f"b{z}-{band[0]}", run_block, (z, band), (), True) for band in vplan.bands]
-        tasks += bands
-        if vplan.task == "classify" and not ctx:
-            tasks.append(Task(f"f{z}", finish_slice, (z,), tuple(t.name for t in bands)))
-    for c in ctx:
-        tasks += [c, Task(f"f{c.args[0]}", finish_slice, c.args, (c.name,))]
-    if vplan.z_sigma > 0:
-        r = radius(vplan.z_sigma)
-        for i, z in enumerate(vplan.zs):
-            near = vplan.zs[max(0, i - r) : i + r + 1]  # the finished slices its kernel reaches
-            tasks.append(Task(f"g{z}", zsmooth_slice, (z,), tuple(f"f{n}" for n in near)))
-    return tuple(tasks)
-
-
+# --------------------------------------------------------------------------- running a task
 def execute(vplan, store, task, *_deps):
     """Run ``task`` unless its completion record exists, then write the record (after the data).
     Returns 1 if it ran, 0 if it was done already. ``_deps``: the results it waited for (Dask)."""

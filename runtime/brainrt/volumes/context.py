@@ -1,4 +1,5 @@
-"""A context head's pass over a volume: one task per slice, after the blocks of the slices it reaches.
+"""A context head's pass over a volume: one task per slice, after the blocks of the slices it reaches
+(:func:`~brainrt.volumes.graph.task_graph` places it).
 
 The blocks write each cell's terms (:meth:`~brainrt.ctxhead.ContextHead.terms`) instead of
 probabilities; the context task of slice z streams the terms of slices ``z - reach .. z +
@@ -15,6 +16,7 @@ import numpy as np
 from ..ctxhead import ContextStream
 from ..heads import Classifier
 from ..smooth import radius
+from .blocks import worker_bundle
 
 
 def reach(vplan):
@@ -22,24 +24,9 @@ def reach(vplan):
     return max([radius(sz) for _, sz in vplan.context], default=0)
 
 
-def context_tasks(vplan):
-    """The context tasks of a classify run with a context head (none otherwise), each after its blocks."""
-    from .blocks import Task
-
-    if vplan.task != "classify" or not vplan.context:
-        return []
-    r, out = reach(vplan), []
-    for i, z in enumerate(vplan.zs):
-        near = vplan.zs[max(0, i - r) : i + r + 1]
-        out.append(Task(f"c{z}", context_slice, (z,), tuple(f"b{n}-{b[0]}" for n in near for b in vplan.bands)))
-    return out
-
-
 def context_slice(vplan, store, z):
     """Slice z's class probabilities by the context head, from the terms of the slices within its reach."""
     import zarr
-
-    from .blocks import worker_bundle
 
     head = Classifier.of(worker_bundle(vplan), vplan.head).context
     stream = ContextStream(head, [s for s, _ in vplan.context], [sz for _, sz in vplan.context])

@@ -1,4 +1,4 @@
-"""Executors: run a volume plan's task graph (:func:`~brainrt.volumes.blocks.task_graph`, built once
+"""Executors: run a volume plan's task graph (:func:`~brainrt.volumes.graph.task_graph`, built once
 as data) in this process or on a Dask cluster. They only schedule: the tasks, the store and the
 completion records are :mod:`brainrt.volumes.blocks`' business.
 
@@ -17,7 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .blocks import execute, finalize, open_partial, remember_bundle, task_graph, worker_bundle
+from .blocks import execute, finalize, open_partial, remember_bundle, worker_bundle
+from .graph import task_graph
 from .plan import make_volume_plan
 
 log = logging.getLogger("brainrt")

@@ -117,10 +117,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
                      pixel_size_um=pixel_size_um, z_spacing_um=z_spacing_um, batch_size=batch_size,
                      band_rows=band_rows, threads=threads, precision=precision, smooth_z=smooth_z, device=device)
     bundle.check_precision(precision, owner)
-    if series not in (None, 0):
-        raise param_error("series", owner, "None for a volume (the first series is read)", series)
-    if tissue not in (None, "otsu", "all"):
-        raise param_error("tissue", owner, "'otsu' or 'all' for a volume (a mask volume is not supported)", tissue)
+    _check_volume_only(series, tissue, owner)
     if o["smooth_z"] and task != "classify":
         raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
     src = source if isinstance(source, VolumeSource) else open_volume(source)
@@ -139,6 +136,14 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, *_model_fields(bundle), head, float(sigma),
                       space, o["threads"] or 1, opts, o["smooth_z"] / dz, device,
                       *_context_fields(bundle, task, head, px * stride, dz))
+
+
+def _check_volume_only(series, tissue, owner):
+    """The slice options a volume restricts: the first series, and Otsu or all cells as tissue."""
+    if series not in (None, 0):
+        raise param_error("series", owner, "None for a volume (the first series is read)", series)
+    if tissue not in (None, "otsu", "all"):
+        raise param_error("tissue", owner, "'otsu' or 'all' for a volume (a mask volume is not supported)", tissue)
 
 
 def _context_fields(bundle, task, head, cell_um, dz):
