@@ -238,6 +238,16 @@ def test_a_context_head_without_its_stage1_is_refused(ctx_bundle, tmp_path):
         brainrt.Bundle.load(dst)
 
 
+def test_a_bundle_derived_from_one_with_a_context_head_loads(ctx_bundle, synthetic_slice, tmp_path):
+    """brainrt fit drops the parent's class-bound heads, the context head with them: its spec must go too."""
+    from brainrt.synth import draw_strokes
+
+    strokes = draw_strokes(synthetic_slice.mask, 2, length=80, margin=32, seed=1)
+    fitted = brainrt.fit_heads(synthetic_slice.image, strokes, ctx_bundle, cv=False)
+    b = brainrt.Bundle.load(brainrt.save_bundle(fitted, ctx_bundle, tmp_path / "derived"))
+    assert b.manifest.context_heads is None and "ctx" not in b.heads and b.manifest.default_head == "logreg"
+
+
 def test_cli_classify_with_the_context_head_and_a_clear_error_without_one(ctx_bundle, tiny_bundle_path, slice_tif,
                                                                            tmp_path):
     import tifffile

@@ -253,7 +253,7 @@ def save_bundle(fitted, parent, out):
         m = parent.manifest
         manifest = dataclasses.replace(
             m, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), classes=fitted.table.specs(),
-            class_map=fitted.table.to_dict(), heads=heads, default_head="logreg", training=None,
+            class_map=fitted.table.to_dict(), heads=heads, default_head="logreg", context_heads=None, training=None,
             metrics={k: v for k, v in (("cv_balanced_accuracy", _best(cv, "balanced_accuracy")),
                                        ("cv_macro_f1", _best(cv, "macro_f1"))) if v is not None},
             versions=versions(), files=hash_tree(tmp),
