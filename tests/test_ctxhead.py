@@ -304,3 +304,54 @@ def test_volume_classify_with_a_context_head_equals_whole_volume_pooling(ctx_bun
     if sigma_z_um == 0:  # in-plane only: each slice as the 2D path maps it
         res = brainrt.classify_image(vol.image[2], bundle, stride=16, smooth=0)
         np.testing.assert_allclose(got[2], res.probabilities, atol=2e-5)
+
+
+def test_the_choice_reads_validation_only():
+    from brainrt_train.ctxhead import choose
+
+    def row(name, val, test, scales=(), C=1.0):
+        return {"name": name, "scales": [list(s) for s in scales], "C": C,
+                "smoothed_val": {"macro_f1": val}, "smoothed_test": {"macro_f1": test}}
+
+    table = [row("plain", 0.70, 0.90), row("f75", 0.80, 0.10, [("features", 75.0)]),
+             row("f300", 0.803, 0.20, [("features", 300.0)])]
+    assert choose(table)["name"] == "f75"  # f300 ties within 0.005: the smaller field; test scores never read
+    assert choose([{**r, "smoothed_test": None} for r in table])["name"] == "f75"
+
+
+def test_the_tool_adds_a_context_head_chosen_on_validation(tiny_bundle_path, slice_tif, mask_tif, tmp_path, capsys):
+    """tools/context_heads.py: candidates fitted on the training split, chosen on validation, written into a
+    copy of the bundle (the parent untouched; the manifest records validation scores only)."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("context_heads_tool", ROOT / "tools" / "context_heads.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    before = (tiny_bundle_path / "manifest.json").read_text()
+    out, dst = tmp_path / "run", tmp_path / "with-ctx"
+    tool.main(["--model", str(tiny_bundle_path), "--image", str(slice_tif), "--mask", str(mask_tif),
+               "--stride", "8", "--train", "region", "--candidates", "plain", "f75", "--C", "0.1", "1",
+               "-o", str(out), "--write", str(dst)])
+    table = json.loads((out / "results.json").read_text())["table"]
+    rows = [r for r in table if not r.get("baseline")]
+    best = max(rows, key=lambda r: r["smoothed_val"]["macro_f1"])
+    chosen = [r for r in rows if r.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["smoothed_val"]["macro_f1"] >= best["smoothed_val"]["macro_f1"] - 0.005
+    assert (tiny_bundle_path / "manifest.json").read_text() == before
+    b = brainrt.Bundle.load(dst)
+    spec = b.manifest.context_heads["ctx"]
+    assert b.manifest.default_head == "logreg" and "validation" in spec.chosen_on and spec.C == chosen[0]["C"]
+    assert all(not k.endswith("_test") for r in spec.extra["table"] for k in r)
+    assert [[s.source, s.sigma_um] for s in spec.scales] == chosen[0]["scales"]
+    assert (out / "REPORT.md").is_file() and (out / "maps.png").is_file()
+    res = brainrt.classify_image(str(slice_tif), b, stride=8, head="ctx", smooth=0)
+    assert res.probabilities.shape[-1] == len(b.class_names)
+    again = (dst / "manifest.json").read_text()
+    with pytest.raises(SystemExit) as info:  # an existing bundle is not replaced without --overwrite
+        tool.main(["--model", str(tiny_bundle_path), "--image", str(slice_tif), "--mask", str(mask_tif),
+                   "-o", str(out), "--write", str(dst)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and "already exists" in err and "\n" not in err, err
+    assert (dst / "manifest.json").read_text() == again

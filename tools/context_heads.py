@@ -19,7 +19,6 @@ validation macro F1). Writes ``results.json``, ``REPORT.md`` and ``maps.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "runtime"), str(ROOT / "trainer")]
+#: The classes the hypothalamic-end measure (slice309, x < 905) is reported for.
+HYPO_END = {"Ctx", "Str", "HypoTh"}
 
 
 def grid_features(bundle, image, cache, stride):
@@ -60,8 +61,7 @@ def run(args):
     from brainrt_train.data import ClassMap, load_slice
 
     bundle = brainrt.Bundle.load(args.model)
-    m = bundle.manifest
-    names = list(m.class_names)
+    m, names = bundle.manifest, list(bundle.class_names)
     sl = load_slice(args.image, args.mask, ClassMap.from_dict(m.class_map))
     feats, valid, px = grid_features(bundle, args.image, args.features, args.stride)
     regions = regions_of(bundle, sl)
@@ -89,7 +89,8 @@ def run(args):
             table.append(row)
             heads[(cname, C)], probs[f"{cname} C={C}"] = head, prob
             print(f"{cname:10s} C={C:<5} val {row['smoothed_val']['macro_f1']:.3f} / {row['raw_val']['macro_f1']:.3f}"
-                  f"  end Ctx+Str {row['smoothed_end']['Ctx+Str']:.2f}  ({row['seconds']} s)", flush=True)
+                  + (f"  end Ctx+Str {row['smoothed_end']['Ctx+Str']:.2f}" if HYPO_END <= set(names) else "")
+                  + f"  ({row['seconds']} s)", flush=True)
     best = ch.choose([r for r in table if not r.get("baseline")])  # validation scores only
     best["chosen"] = True
     return bundle, sl, valid, smooth_cells, table, best, heads[(best["name"], best["C"])], probs
@@ -123,15 +124,20 @@ def report(table, best, names, out, cmd):
         lines += [f"## {title}", "", "| head | C | pixel acc. | macro F1 | " + " | ".join(names) + " |",
                   "|" + " --- |" * (4 + len(names))]
         lines += [_fmt_row(r, key, names) for r in table] + [""]
-    lines += ["## Hypothalamic end (tissue at x < 905): share called Ctx+Str / HypoTh", "",
-              "| head | C | raw Ctx+Str | raw HypoTh | smoothed Ctx+Str | smoothed HypoTh |", "|" + " --- |" * 6]
-    lines += [f"| {r['name']} | {r['C'] if r['C'] is not None else ''} | {r['raw_end']['Ctx+Str']:.3f} | "
-              f"{r['raw_end']['HypoTh']:.3f} | {r['smoothed_end']['Ctx+Str']:.3f} | {r['smoothed_end']['HypoTh']:.3f} |"
-              for r in table]
-    (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+    if HYPO_END <= set(names):  # slice309's classes: the hypothalamic-end measure
+        lines += ["## Hypothalamic end (tissue at x < 905): share called Ctx+Str / HypoTh", "",
+                  "| head | C | raw Ctx+Str | raw HypoTh | smoothed Ctx+Str | smoothed HypoTh |", "|" + " --- |" * 6]
+        lines += [f"| {r['name']} | {r['C'] if r['C'] is not None else ''} | {r['raw_end']['Ctx+Str']:.3f} | "
+                  f"{r['raw_end']['HypoTh']:.3f} | {r['smoothed_end']['Ctx+Str']:.3f} | "
+                  f"{r['smoothed_end']['HypoTh']:.3f} |" for r in table]
+    from brainrt.io import atomic_path
+
+    with atomic_path(out / "REPORT.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def maps_png(path, image, probs, valid, names, stride, smooth_cells):
+    from brainrt.io import save_figure
     from brainrt.plots import class_colors
     from brainrt_train.ctxhead import END_X
     from brainrt_train.evaluate import labels_of
@@ -156,8 +162,7 @@ def maps_png(path, image, probs, valid, names, stride, smooth_cells):
 
     fig.legend(handles=[Patch(color=colors[i], label=n) for i, n in enumerate(names)], loc="lower center",
                ncol=len(names), fontsize=8, frameon=False)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def parser():
@@ -182,6 +187,7 @@ def parser():
     ap.add_argument("--maps", nargs="*", default=None, help="extra candidates 'NAME C=X' to draw in maps.png")
     ap.add_argument("--write", type=Path, help="store the chosen head into this bundle (copy of --model)")
     ap.add_argument("--default", action="store_true", help="make it the default head if it wins on validation")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --write bundle (not --model's)")
     return ap
 
 
@@ -193,19 +199,34 @@ def write_head(args, bundle, table, best, head):
     wins = best["smoothed_val"]["macro_f1"] > table[0]["smoothed_val"]["macro_f1"]
     slim = [{k: v for k, v in r.items() if k.endswith("_val") or k in ("name", "scales", "C")} for r in table]
     ch.add_context_head(args.model, args.write, {"stage1": args.stage1, "C": best["C"]}, head,
-                        default=args.default and wins, table=slim,
+                        default=args.default and wins, table=slim, overwrite=args.overwrite,
                         chosen_on=f"validation split, smoothed pixel macro F1, stride {args.stride}; "
                                   f"candidates {', '.join(args.candidates)} x C {args.C}")
     print(f"wrote {args.write} (default head: {'ctx' if args.default and wins else bundle.manifest.default_head})")
 
 
 def main(argv=None):
+    from brainrt.errors import BrainrtError
+
     args = parser().parse_args(argv)
+    try:
+        return choose_and_write(args, argv)
+    except BrainrtError as exc:  # bad input: one line, exit 2
+        print(f"context_heads: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def choose_and_write(args, argv):
+    from brainrt.io import write_json
+    from brainrt_train.ctxhead import check_head_target
+
+    if args.write:  # before any work
+        check_head_target(args.model, args.write, overwrite=args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
     bundle, sl, valid, smooth_cells, table, best, head, probs = run(args)
     names = list(bundle.class_names)
     cmd = "python tools/context_heads.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "results.json").write_text(json.dumps({"command": cmd, "table": table}, indent=1))
+    write_json(args.out / "results.json", {"command": cmd, "table": table})
     report(table, best, names, args.out, cmd)
     show = [table[0]["name"], f"plain C={best['C']}", f"{best['name']} C={best['C']}", *(args.maps or [])]
     maps_png(args.out / "maps.png", sl.image, {k: probs[k] for k in dict.fromkeys(show) if k in probs}, valid, names,

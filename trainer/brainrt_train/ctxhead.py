@@ -175,7 +175,19 @@ def choose(table):
     return min(tied, key=lambda r: (max([u for _, u in r["scales"]], default=0.0), len(r["scales"]), r["C"]))
 
 
-def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, table=None, chosen_on=""):
+def check_head_target(bundle_dir, out, *, overwrite=False):
+    """The one-line error :func:`add_context_head` would raise for ``out``, before any work: an existing
+    folder is replaced only with ``overwrite`` or when it is the bundle itself (adding a head in place)."""
+    from pathlib import Path
+
+    from brainrt.io import check_target
+
+    in_place = Path(out).resolve() == Path(bundle_dir).resolve()
+    return check_target(out, overwrite=overwrite or in_place, is_dir=True), overwrite or in_place
+
+
+def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, table=None, chosen_on="",
+                     overwrite=False):
     """Write ``head`` (with its :class:`~brainrt.manifest.ContextHeadSpec` fields) into a copy of the bundle
     at ``out`` (``out == bundle_dir``: in place), re-hashed and verified; return the new manifest."""
     import shutil
@@ -185,9 +197,10 @@ def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, 
     from brainrt.io import atomic_path
     from brainrt.manifest import ContextHeadSpec
 
-    bundle_dir, out = Path(bundle_dir), Path(out)
+    out, replace = check_head_target(bundle_dir, out, overwrite=overwrite)
+    bundle_dir = Path(bundle_dir)
     manifest = verify_bundle(bundle_dir)
-    with atomic_path(out, overwrite=True, is_dir=True) as tmp:
+    with atomic_path(out, overwrite=replace, is_dir=True) as tmp:
         shutil.copytree(bundle_dir, tmp, dirs_exist_ok=True)
         head.save(tmp / "heads" / f"{name}.npz")
         ctx = {**(manifest.context_heads or {}),
