@@ -192,6 +192,22 @@ def test_interrupt_exits_130(tmp_path, tiny_bundle_path, synthetic_slice, monkey
     assert not (tmp_path / "a.ome.tif").exists()
 
 
+def test_interrupt_says_no_patch_count(tiny_bundle, synthetic_slice, caplog):
+    """Interrupted: the "featurized N patches" line is not logged (it came before "Interrupted; ...")."""
+    plan = brainrt.make_plan(synthetic_slice.image[:192, :256], tiny_bundle, stride=32)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    with caplog.at_level(logging.INFO, logger="brainrt"):
+        for call in (brainrt.api.featurize_plan, brainrt.api.classify_plan):
+            with pytest.raises(KeyboardInterrupt):
+                call(plan, tiny_bundle, on_block=stop)
+        assert not [r.getMessage() for r in caplog.records if "patches" in r.getMessage()]
+        brainrt.api.featurize_plan(plan, tiny_bundle)
+        assert [r.getMessage() for r in caplog.records if "featurized" in r.getMessage()]
+
+
 def test_demo_output_is_ignored_by_git():
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")

@@ -4,12 +4,17 @@ and zarr inputs, resume after a client kill, a worker killed mid-run, OME-Zarr m
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 
-from conftest import write_tiff
+from conftest import listing, one_cli_error, run_cli, write_tiff
 
 SHAPE = (4, 192, 256)
 STRIDE = 16
@@ -41,7 +46,7 @@ def client():
 def _plan(source, bundle, **kw):
     from brainrt.volume import make_volume_plan
 
-    return make_volume_plan(source, bundle, stride=STRIDE, band_rows=BAND, smooth=SMOOTH, **kw)
+    return make_volume_plan(source, bundle, **{"stride": STRIDE, "band_rows": BAND, "smooth": SMOOTH, **kw})
 
 
 def _arrays(path):
@@ -104,10 +109,13 @@ def test_parse_z():
     from brainrt.volume import parse_z
 
     assert parse_z("all", 5) == (0, 1, 2, 3, 4) and parse_z("1:3", 5) == (1, 2) and parse_z(4, 5) == (4,)
-    assert parse_z(":2", 5) == (0, 1)
-    for bad in ("9", "x", "3:1"):
+    assert parse_z(":2", 5) == (0, 1) and parse_z("0:5", 5) == tuple(range(5))
+    for bad in ("x", "3:1"):
         with pytest.raises(BrainrtError, match="'z' parameter"):
             parse_z(bad, 5)
+    for bad in ("9", 5, "3:100", "-1:", "6:"):  # past the stack: refused, not clipped
+        with pytest.raises(BrainrtError, match=r"^stack.tif: --z \S+ is outside the stack's 5 slices \(z 0..4\)$"):
+            parse_z(bad, 5, name="stack.tif")
 
 
 def test_dask_equals_serial_and_ome_metadata(client, serial_out, stack_tif, tiny_bundle, tmp_path):
@@ -288,3 +296,158 @@ def test_int8_volume_matches_2d(volume, stack_tif, tiny_bundle, tmp_path):
     got = np.asarray(zarr.open_group(str(out), mode="r")["0"][:, 0])
     want = brainrt.classify_image(volume.image[2], tiny_bundle, stride=32, precision="int8").probabilities
     np.testing.assert_allclose(np.moveaxis(got, 0, -1), want, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- finished volumes, bad inputs (issue 19)
+def _mtimes(folder):
+    return {p: (folder / p).stat().st_mtime_ns for p in listing(folder)}
+
+
+def test_finished_volume_rule(stack_tif, tiny_bundle, tmp_path):
+    """A finished volume rerun with the same arguments: nothing to do; other arguments, or featurize into it:
+    refused unless overwrite. One rule: the run record of brainrt.finished, kept inside the store."""
+    from brainrt.errors import BrainrtError
+    from brainrt.finished import read_record
+    from brainrt.volumes import make_volume_plan, run_volume
+
+    def plan(**kw):
+        return make_volume_plan(stack_tif, tiny_bundle, **{"z": "0:2", "stride": 32, **kw})
+
+    out = tmp_path / "v.ome.zarr"
+    assert not run_volume(plan(), out, bundle=tiny_bundle)["complete"]
+    rec = read_record(out, is_dir=True)
+    assert rec["command"] == "classify" and rec["arguments"]["--stride"] == 32 and rec["arguments"]["--z"] == "0:2"
+    assert not any("done" in p for p in listing(out))
+    before = _mtimes(out)
+    st = run_volume(plan(), out, bundle=tiny_bundle)
+    assert st["complete"] and st["computed_blocks"] == 0 and _mtimes(out) == before
+    for other, words in ((dict(stride=16), "--stride 32 vs 16"), (dict(z="0:1"), '--z "0:2" vs "0:1"'),
+                         (dict(task="featurize"), "written by classify, not featurize")):
+        with pytest.raises(BrainrtError, match=f"^{re.escape(str(out))}: already holds the output of other arguments "
+                                               f".*{re.escape(words)}.*; pass --overwrite to replace it$"):
+            run_volume(plan(**other), out, bundle=tiny_bundle)
+        assert _mtimes(out) == before
+    st = run_volume(plan(stride=16), out, bundle=tiny_bundle, overwrite=True)
+    assert st["computed_blocks"] == st["blocks"] and read_record(out, is_dir=True)["arguments"]["--stride"] == 16
+
+
+def _serial(monkeypatch):
+    """CLI volume runs in this process (the serial executor), as tools/bad_inputs.py runs them."""
+    import contextlib
+
+    from brainrt.volumes import executors
+
+    monkeypatch.setattr(executors, "dask_client", contextlib.contextmanager(lambda **_: (yield None)))
+
+
+def test_cli_finished_volume(stack_tif, tiny_bundle_path, tmp_path, monkeypatch):
+    _serial(monkeypatch)
+    out = tmp_path / "v.ome.zarr"
+
+    def cli(*args, task="classify", z="0:2", stride=32):
+        return run_cli([task, stack_tif, "--z", z, "--stride", stride, "-m", tiny_bundle_path, "-o", out, *args])
+
+    assert cli().exit_code == 0
+    before = _mtimes(out)
+    r = cli()
+    assert r.exit_code == 0 and r.stdout.strip() == f"{out} is complete (written by the same command and arguments); " \
+                                                    "nothing to do (--overwrite recomputes it)", r.output
+    for kw, words in ((dict(stride=16), "--stride 32 vs 16"), (dict(z="0:3"), '--z "0:2" vs "0:3"'),
+                      (dict(task="featurize"), "written by classify, not featurize")):
+        assert words in one_cli_error(cli(**kw)) and _mtimes(out) == before
+    assert cli("--overwrite", stride=16).exit_code == 0 and _mtimes(out) != before
+
+
+def test_resume_refusal_names_options(stack_tif, tiny_bundle, tmp_path):
+    """An interrupted run's refusal names the options as typed (--smooth, not sigma_cells); --overwrite restarts."""
+    from brainrt.errors import BrainrtError
+    from brainrt.volumes import partial_path, run_volume
+
+    out = tmp_path / "r.ome.zarr"
+
+    def die(n):
+        if n >= 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_volume(_plan(stack_tif, tiny_bundle, z="0:2"), out, bundle=tiny_bundle, on_task=die)
+    assert partial_path(out).is_dir() and not out.exists()
+    other = _plan(stack_tif, tiny_bundle, z="0:2", smooth=50.0)
+    with pytest.raises(BrainrtError, match=r"other arguments .*\(--smooth 30.0 vs 50.0\)") as err:
+        run_volume(other, out, bundle=tiny_bundle)
+    assert "sigma" not in str(err.value)
+    st = run_volume(_plan(stack_tif, tiny_bundle, z="0:2"), out, bundle=tiny_bundle)
+    assert st["skipped_records"] >= 2 and out.is_dir() and not partial_path(out).exists()
+    with pytest.raises(KeyboardInterrupt):
+        run_volume(other, tmp_path / "s.ome.zarr", bundle=tiny_bundle, on_task=die)
+    st = run_volume(_plan(stack_tif, tiny_bundle, z="0:2"), tmp_path / "s.ome.zarr", bundle=tiny_bundle,
+                    overwrite=True)
+    assert st["skipped_records"] == 0 and st["computed_blocks"] == st["blocks"]
+
+
+def test_z_past_the_stack_is_refused(stack_tif, tiny_bundle_path, tmp_path):
+    r = run_cli(["classify", stack_tif, "--z", "3:100", "-m", tiny_bundle_path, "-o", tmp_path / "z.ome.zarr"])
+    assert one_cli_error(r) == f"Error: {stack_tif}: --z 3:100 is outside the stack's 4 slices (z 0..3)"
+    assert listing(tmp_path) == []
+
+
+def test_one_slice_of_a_zarr_stack_is_a_slice(volume, stack_tif, tiny_bundle_path, tmp_path):
+    """--z 1 of a zarr stack writes the 2D outputs, as --z 1 of a TIFF stack does (the same map)."""
+    import tifffile
+    import zarr
+
+    src = tmp_path / "stack.zarr"
+    zarr.open_array(str(src), mode="w", shape=SHAPE, chunks=(1, *SHAPE[1:]), dtype="uint8")[:] = volume.image
+    for source, name in ((src, "a"), (stack_tif, "b")):
+        r = run_cli(["classify", source, "--z", 1, "--stride", 32, "-m", tiny_bundle_path,
+                     "-o", tmp_path / f"{name}.ome.tif"])
+        assert r.exit_code == 0, r.output
+    assert (tmp_path / "a.ome.tif").is_file() and (tmp_path / "a.probabilities.ome.tif").is_file()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.ome.tif"), tifffile.imread(tmp_path / "b.ome.tif"))
+
+
+def test_folder_slice_shapes_checked_first(volume, tiny_bundle_path, tmp_path):
+    """A TIFF folder with one slice of another shape: refused from the headers, before any work (no .partial)."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for z in range(SHAPE[0]):
+        write_tiff(folder / f"s{z}.tif", volume.image[z] if z != 2 else volume.image[z, :150])
+    r = run_cli(["classify", folder, "--stride", 32, "-m", tiny_bundle_path, "-o", tmp_path / "f.ome.zarr"])
+    assert one_cli_error(r) == (f"Error: {folder}: slice 2 (s2.tif) has shape (150, 256), not the stack's "
+                                f"(192, 256) (that of s0.tif)")
+    assert listing(tmp_path) == ["folder"] + [f"folder/s{z}.tif" for z in range(SHAPE[0])]
+
+
+def _stderr_lines(proc, lines):
+    for line in proc.stderr:
+        lines.append(line.rstrip())
+
+
+def test_ctrl_c_in_a_terminal(stack_tif, tiny_bundle_path, tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group: the Dask workers too), while the cluster starts
+    and after the first blocks: the one "Interrupted" line, exit 130, no worker traceback."""
+    from brainrt.volumes import partial_path
+
+    for when in ("starting", "running"):
+        out = tmp_path / f"{when}.ome.zarr"
+        done = partial_path(out) / ".brainrt" / "done"
+        cmd = [sys.executable, "-m", "brainrt.cli", "classify", stack_tif, "--z", "all", "--stride", "2",
+               "-m", tiny_bundle_path, "--workers", "2", "-o", out]
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        lines = []
+        reader = threading.Thread(target=_stderr_lines, args=(proc, lines), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not (
+                any("bundle" in ln for ln in lines) if when == "starting" else done.is_dir() and any(done.iterdir())):
+            time.sleep(0.05)
+        time.sleep(1.5 if when == "starting" else 0)  # into the cluster's start
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+        kept = f"the finished blocks are kept in {partial_path(out)}: rerun the same command to resume"
+        said = f"Interrupted; {kept if partial_path(out).is_dir() else 'no output was written'}"
+        assert proc.returncode == 130, (when, lines)
+        assert [ln for ln in lines if ln.strip() and not ln.startswith(("brainrt: bundle", "dask dashboard"))] == \
+            [said], (when, lines)

@@ -88,8 +88,10 @@ def featurize_plan(plan, bundle, *, out=None, progress=False, on_block=None, rec
                 ZarrFeatureSink(out, valid=plan.valid, n_features=bundle.n_features,
                                 attrs=zarr_attrs(plan, bundle.model_id), record=record))
         features = run(plan, bundle.predictor_for(plan), sink, meter=meter, on_block=on_block)
-    finally:
-        stats = _close(meter, plan, "featurized")  # also ends the progress bar's line before any error message
+    except BaseException:
+        meter.close(plan.method)  # ends the progress bar's line before the error message (and says no more)
+        raise
+    stats = _close(meter, plan, "featurized")
     return FeatureGrid.of_plan(plan, features, bundle.model_id, stats)
 
 
@@ -163,8 +165,10 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
         out = run(plan, bundle.predictor_for(plan), ClassifySink(clf, plan.shape, sigma=sigma, space=space,
                                                                    stream=clf.stream(plan.pixel_size_um, plan.stride)),
                   meter=meter, on_block=on_block)
-    finally:
-        stats = _close(meter, plan, "featurized and classified")
+    except BaseException:
+        meter.close(plan.method)  # as in featurize_plan
+        raise
+    stats = _close(meter, plan, "featurized and classified")
     return clf.result(out, FeatureGrid.of_plan(plan, None, bundle.model_id, stats), bundle,
                       sigma * plan.pixel_size_um * plan.stride)
 

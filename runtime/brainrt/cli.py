@@ -20,7 +20,7 @@ from .bundle import MANIFEST, Bundle, default_model, sha256_file, verify_bundle
 from .demo import run_demo
 from .derive import check_fit_target, save_bundle
 from .errors import BrainrtError
-from .finished import is_finished
+from .finished import COMPLETE, is_finished
 from .fit import fit_heads
 from .grid import FeatureGrid
 from .heads import Classifier
@@ -112,21 +112,22 @@ def main(ctx, verbose, quiet, progress):
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
 
 
-def _run_volume(task, source, model, threads, out, workers, scheduler, kw, **task_kw):
+def _run_volume(task, source, model, threads, out, workers, scheduler, overwrite, kw, **task_kw):
     """A volume (--z a:b or all, a TIFF folder or a zarr stack): one Dask run into an OME-Zarr or zarr folder."""
     out = out or default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
-    kw.pop("overwrite", None)
     bundle, _ = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")), record=False,
                          device=kw["device"])
     opts = _plan_options(**dict(kw, z=None))
     try:
         vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
                                    progress=_progress(), threads=threads or 1, device=kw["device"],
-                                   **dict(opts, z=kw["z"] or "all"), **task_kw)
+                                   overwrite=overwrite, **dict(opts, z=kw["z"] or "all"), **task_kw)
     except KeyboardInterrupt:
-        click.echo(f"Interrupted; the finished blocks are kept in {partial_path(out)}: rerun the same command to "
-                   "resume", err=True)
+        kept = f"the finished blocks are kept in {partial_path(out)}: rerun the same command to resume"
+        click.echo(f"Interrupted; {kept if partial_path(out).is_dir() else 'no output was written'}", err=True)
         sys.exit(130)
+    if st["complete"]:
+        return click.echo(COMPLETE.format(out))
     click.echo(f"wrote {out}: {len(vplan.zs)} slices, grid {vplan.grid[0]} x {vplan.grid[1]}, {st['blocks']} blocks "
                f"({st['computed_blocks']} computed) in {st['seconds']:.1f} s ({st['blocks_per_s'] or 0:.2f} blocks/s)")
 
@@ -155,8 +156,7 @@ def _prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, r
         return Bundle.load(model, threads=threads, device=device), None
     rec = command_record(ctx, sha256_file(model / MANIFEST))
     if is_finished(out, rec, members=members, is_dir=is_dir, overwrite=overwrite):
-        click.echo(f"{out} is complete (written by the same command and arguments); nothing to do "
-                   "(--overwrite recomputes it)")
+        click.echo(COMPLETE.format(out))
         return None, None
     return Bundle.load(model, threads=threads, device=device), rec
 
@@ -204,7 +204,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
     (--workers N local processes, or --scheduler ADDRESS) into one zarr, (z, rows, cols, 64).
     """
     if is_volume_input(slice_tif, kw["z"]):
-        return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler, kw)
+        return _run_volume("featurize", slice_tif, model, threads, out, workers, scheduler, overwrite, kw)
     slice_only(slice_tif, workers, scheduler)
     out = out or default_out(slice_tif, ".features.zarr")
     bundle, rec = _prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]),
@@ -246,7 +246,7 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     if is_volume_input(source, kw["z"]):
         if truth:
             raise BrainrtError("--truth scores one slice; it does not apply to a volume")
-        return _run_volume("classify", source, model, threads, out, workers, scheduler, kw, head=head,
+        return _run_volume("classify", source, model, threads, out, workers, scheduler, overwrite, kw, head=head,
                            smooth=smooth, smooth_z=smooth_z)
     if smooth_z:
         raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")

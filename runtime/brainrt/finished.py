@@ -11,7 +11,8 @@ The rule (README, "Finished outputs"):
 The **run record** (:func:`run_record`) is a small JSON dict: the command, its arguments by
 option name, the identity of every input file (resolved path, size, modification time) and
 the bundle's manifest sha256; the library version is kept but not compared. A folder output
-(zarr) holds it as ``.brainrt/run.json``; a file output ``X.ome.tif`` and its side files
+(zarr, a 2D feature grid or a volume) holds it as ``.brainrt/run.json`` (a volume from the
+start of its ``.partial`` folder, so a resume is checked against the same record); a file output ``X.ome.tif`` and its side files
 (``X.probabilities.ome.tif``, ``X.overlay.png``, ...) are one **set** whose record
 ``X.run.json`` also lists each file's size. :class:`OutputSet` writes a set as one: every
 file goes to a temporary name first; only when all are written are they renamed into place,
@@ -92,6 +93,11 @@ def _compared(rec):
     return {k: v for k, v in rec.items() if k not in NOT_COMPARED}
 
 
+def same_run(old: dict, new: dict) -> bool:
+    """Whether two run records are of the same run (all but the files and the library version equal)."""
+    return _compared(old) == _compared(new)
+
+
 def differences(old: dict, new: dict, n=3) -> str:
     """The first ``n`` differing arguments or inputs, as ``--opt OLD vs NEW`` (for refusals)."""
     out = []
@@ -119,6 +125,10 @@ def _show(value, n=40):
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
+#: What a command says when its output is already finished by the same arguments.
+COMPLETE = "{} is complete (written by the same command and arguments); nothing to do (--overwrite recomputes it)"
+
+
 def refusal(out, problem) -> BrainrtError:
     """The one-line refusal to replace an existing output (the same words for every command)."""
     return file_error(out, f"{problem}; pass --overwrite to replace it")
@@ -138,7 +148,7 @@ def is_finished(out, record, *, members=(), is_dir=False, overwrite=False, read=
     old = read(out) if read is not None else read_record(out, is_dir=is_dir)
     if old is None:
         raise refusal(there[0], "already exists and has no brainrt run record (unknown arguments)")
-    if _compared(old) != _compared(record):
+    if not same_run(old, record):
         raise refusal(out, f"already holds the output of other arguments ({differences(old, record)})")
     missing = _set_problems(out, old, members) if not is_dir else ([] if out.is_dir() else [out.name])
     if missing:

@@ -14,15 +14,15 @@ Everything that runs inside a task lives here, so a worker process needs only th
   writes the label pyramid; ``zsmooth`` (one per z, after the finishes within its
   kernel's reach) smooths across slices (:func:`~brainrt.smooth.smooth_across`);
 - **the store**: its layout (OME-Zarr for classify, a zarr group for featurize;
-  :func:`create_store`), assembled under ``.NAME.partial`` with the run's fingerprint and
-  one completion record per task written after its data (:func:`execute`); a rerun
-  skips recorded tasks (resume), a rerun with other arguments is refused, and the folder
-  is renamed into place when every task is done (:func:`finalize`).
+  :func:`create_store`), assembled under ``.NAME.partial`` with the run record of
+  :mod:`brainrt.finished` (the one a finished output keeps) and one completion record per
+  task written after its data (:func:`execute`); a rerun skips recorded tasks (resume), a
+  rerun with other arguments is refused, and the folder is renamed into place when every
+  task is done (:func:`finalize`); a finished output is left alone (:func:`is_complete`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -34,6 +34,7 @@ import numpy as np
 from ..bundle import MANIFEST, Bundle, sha256_file
 from ..engine import run
 from ..errors import BrainrtError, file_error
+from ..finished import FOLDER_RECORD, differences, is_finished, read_record, same_run, write_record
 from ..geometry import upsample
 from ..heads import OFF_TISSUE, Classifier
 from ..integrity import compressors, seal
@@ -43,8 +44,8 @@ from ..plots import class_colors
 from ..sinks import ArraySink
 from ..smooth import RowSmoother, radius, smooth_across
 
-#: Folder of the completion records and the run's fingerprint inside the store.
-STATE = ".brainrt"
+#: Folder of the completion records (``done/``) and the run record inside the store.
+STATE = str(FOLDER_RECORD.parent)
 #: Smallest side of the label pyramid's coarsest level (levels halve until below it), and most levels.
 PYRAMID_MIN, PYRAMID_LEVELS = 64, 5
 LABEL_CHUNK = 1024
@@ -260,7 +261,7 @@ def create_store(vplan, tmp):
                           fill_value=0.0)
         _ome_metadata(vplan, root)
     (tmp / STATE / "done").mkdir(parents=True, exist_ok=True)
-    (tmp / STATE / "run.json").write_text(json.dumps(vplan.fingerprint(), indent=1))
+    write_record(tmp / FOLDER_RECORD, vplan.record())
     return root
 
 
@@ -326,30 +327,29 @@ def partial_path(out):
     return out.parent / f".{out.name}.partial"
 
 
-def open_partial(vplan, out):
-    """The partial store of ``out``: resumed when its fingerprint matches, refused when it differs, else new."""
+def is_complete(vplan, out, *, overwrite=False) -> bool:
+    """The finished-output rule (:func:`brainrt.finished.is_finished`) for volume ``out``: True when it is
+    finished by the same run (nothing to do); False when there is nothing (or ``overwrite``); else the refusal."""
     check_target(out, is_dir=True)
-    tmp = partial_path(out)
-    run = tmp / STATE / "run.json"
-    if run.is_file():
-        old = json.loads(run.read_text())
-        new = json.loads(json.dumps(vplan.fingerprint()))
-        if old != new:
-            diff = ", ".join([f"{k} {_short(old.get(k))} vs {_short(new.get(k))}" for k in new
-                              if old.get(k) != new.get(k)][:3])
-            raise file_error(out, f"an unfinished run with other arguments is in {tmp} ({diff}); rerun it with "
-                                  "the same arguments to resume, or delete that folder")
+    return is_finished(out, vplan.record(), is_dir=True, overwrite=overwrite)
+
+
+def open_partial(vplan, out, *, overwrite=False):
+    """The partial store of ``out``: resumed when its run record is the same run's, else refused (a new one
+    with ``overwrite``); a new one when there is none."""
+    check_target(out, is_dir=True)
+    tmp, new = partial_path(out), vplan.record()
+    old = read_record(tmp, is_dir=True)
+    if old is not None and same_run(old, new):
         return tmp, sum(1 for p in (tmp / STATE / "done").iterdir() if not p.name.endswith(".tmp"))
+    if old is not None and not overwrite:
+        raise file_error(out, f"an unfinished run with other arguments is in {tmp} ({differences(old, new)}); rerun "
+                              "it with the same arguments to resume, --overwrite to start again, or delete that folder")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     create_store(vplan, tmp)
     return tmp, 0
-
-
-def _short(value, n=40):
-    text = repr(value)
-    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def finalize(vplan, tmp, out):
@@ -359,7 +359,7 @@ def finalize(vplan, tmp, out):
     if vplan.task == "classify":
         root = zarr.open_group(str(tmp), mode="r+")
         del root["scratch"]
-    shutil.rmtree(tmp / STATE)
+    shutil.rmtree(tmp / STATE / "done")  # the run record stays: a finished output of the same run is known
     if vplan.task == "featurize":
         seal(tmp, ("features", "valid"))  # chunk checksums (:mod:`brainrt.integrity`)
     out = Path(out)

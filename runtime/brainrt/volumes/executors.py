@@ -13,25 +13,31 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
 
-from .blocks import execute, finalize, open_partial, remember_bundle, worker_bundle
+from .blocks import execute, finalize, is_complete, open_partial, remember_bundle, worker_bundle
 from .graph import task_graph
 from .plan import make_volume_plan
 
 log = logging.getLogger("brainrt")
 
 
-def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=None):
+def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=None, overwrite=False):
     """Run every task of ``vplan`` into the OME-Zarr (classify) or zarr (featurize) folder ``out``.
 
     ``client``: a ``dask.distributed.Client`` (None: run in this process with ``bundle``).
-    Resumes an unfinished run of the same plan; ``on_task(n_done)`` is called after each task
-    (tests use it to interrupt a run). Returns statistics (tasks, computed, skipped, seconds, blocks/s).
+    ``out`` finished by the same run: nothing to do (``complete`` in the statistics); anything
+    else there is refused unless ``overwrite`` (README, "Finished outputs"). Resumes an
+    unfinished run of the same plan; ``on_task(n_done)`` is called after each task (tests use
+    it to interrupt a run). Returns statistics (tasks, computed, skipped, seconds, blocks/s).
     """
-    tmp, already = open_partial(vplan, Path(out))
+    if is_complete(vplan, out, overwrite=overwrite):
+        return _complete(vplan)
+    tmp, already = open_partial(vplan, Path(out), overwrite=overwrite)
     t0 = time.perf_counter()
     tasks, counts = task_graph(vplan), [0, 0]  # blocks, slice tasks computed
     bar = _bar(vplan, progress)
@@ -56,7 +62,13 @@ def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=
     finalize(vplan, tmp, out)
     dt = time.perf_counter() - t0
     return {"blocks": vplan.n_blocks, "computed_blocks": counts[0], "skipped_records": already,
-            "seconds": round(dt, 3), "blocks_per_s": round(counts[0] / dt, 3) if dt else None}
+            "seconds": round(dt, 3), "blocks_per_s": round(counts[0] / dt, 3) if dt else None, "complete": False}
+
+
+def _complete(vplan):
+    """The statistics of a run that found its output finished (nothing computed)."""
+    return {"blocks": vplan.n_blocks, "computed_blocks": 0, "skipped_records": 0, "seconds": 0.0,
+            "blocks_per_s": None, "complete": True}
 
 
 def _bar(vplan, progress):
@@ -103,21 +115,55 @@ def dask_client(*, workers=None, scheduler=None):
             yield client
         return
     n = workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+    with _deaf_to_ctrl_c() as interrupted:
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, silence_logs=logging.ERROR)
+    with cluster, Client(cluster) as client:
+        if interrupted:  # while the cluster started: raised now, so that it is shut down as a whole
+            raise KeyboardInterrupt
         yield client
 
 
+@contextlib.contextmanager
+def _deaf_to_ctrl_c():
+    """Start a local cluster whose worker processes a terminal's Ctrl-C does not reach, and that Ctrl-C does
+    not cut short (a half-started cluster prints tracebacks at exit): a Ctrl-C meanwhile is noted in the list
+    it yields, for the caller to raise once the cluster can be shut down.
+
+    A terminal sends SIGINT to every process of its foreground group, the workers too: each would print
+    its KeyboardInterrupt traceback while this process shuts the cluster down. SIGINT is blocked in this
+    thread while the cluster starts: its IO loop thread inherits the mask, and so does every worker
+    process it starts (restarted ones too; a process keeps its parent thread's mask across exec). The
+    multiprocessing resource tracker is started first: starting it unblocks SIGINT in the starting thread.
+    """
+    caught = []
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield caught
+        return
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    old = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield caught
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending SIGINT is noted in ``caught``
+        signal.signal(signal.SIGINT, old)
+
+
 def process_volume(source, bundle, out, *, task="classify", client=None, workers=None, scheduler=None,
-                   progress=False, **options):
+                   progress=False, overwrite=False, **options):
     """Plan and run a volume into ``out`` (see :func:`~brainrt.volumes.plan.make_volume_plan` for ``options``).
 
     ``client``: a ``dask.distributed.Client`` to run on; without one, a local cluster of
-    ``workers`` processes or the scheduler at ``scheduler`` is used for the run.
-    Returns ``(plan, statistics)``.
+    ``workers`` processes or the scheduler at ``scheduler`` is used for the run. A finished
+    ``out`` of the same run is left as it is (statistics ``complete``, no cluster started);
+    any other output there is refused unless ``overwrite``. Returns ``(plan, statistics)``.
     """
     vplan = make_volume_plan(source, bundle, task=task, **options)
+    if is_complete(vplan, out, overwrite=overwrite):
+        return vplan, _complete(vplan)
     if client is not None:
-        return vplan, run_volume(vplan, out, client=client, progress=progress)
+        return vplan, run_volume(vplan, out, client=client, progress=progress, overwrite=overwrite)
     with dask_client(workers=workers, scheduler=scheduler) as c:
-        return vplan, run_volume(vplan, out, client=c, progress=progress)
+        return vplan, run_volume(vplan, out, client=c, progress=progress, overwrite=overwrite)

@@ -17,6 +17,7 @@ from .. import params
 from ..bundle import MANIFEST, sha256_file
 from ..engine import dense_geometry
 from ..errors import BrainrtError, file_error, param_error
+from ..finished import run_record
 from ..geometry import grid_shape
 from ..heads import Classifier
 from ..plan import DEFAULT_PIXEL_SIZE_UM, resolve_method
@@ -29,21 +30,23 @@ PATCH_BAND_ROWS = 64
 _D = params.default
 
 
-def parse_z(z, n_slices, owner="classify"):
-    """The slice indices of ``z``: an int, "a:b" (Python range, either end optional), "all" or None (all)."""
+def parse_z(z, n_slices, owner="classify", name="the stack"):
+    """The slice indices of ``z``: an int, "a:b" (a Python range of indices, either end optional), "all" or
+    None (all). An index or an end past the stack's slices is refused (one line naming the stack ``name``)."""
     if z is None or (isinstance(z, str) and z.strip() == "all"):
         return tuple(range(n_slices))
     try:
-        if isinstance(z, str) and ":" in z:
-            a, b = (s.strip() for s in z.split(":", 1))
-            zs = tuple(range(n_slices))[slice(int(a) if a else None, int(b) if b else None)]
-        else:
-            zi = int(z)
-            if not 0 <= zi < n_slices:
-                raise ValueError
-            zs = (zi,)
+        ends = [s.strip() for s in z.split(":", 1)] if isinstance(z, str) and ":" in z else [str(z).strip()]
+        a, b = (int(e) if e else None for e in (ends if len(ends) == 2 else ends * 2))
     except ValueError:
         raise param_error("z", owner, f"an index in 0..{n_slices - 1}, a range 'a:b' or 'all'", z) from None
+    if len(ends) == 1:  # one index: in 0..n-1, the range a:a+1
+        a, b, outside = a, a + 1, not 0 <= a < n_slices
+    else:  # a range: both ends in 0..n
+        outside = any(e is not None and not 0 <= e <= n_slices for e in (a, b))
+    if outside:
+        raise file_error(name, f"--z {z} is outside the stack's {n_slices} slices (z 0..{n_slices - 1})")
+    zs = tuple(range(n_slices))[slice(a, b)]
     if not zs:
         raise param_error("z", owner, f"a non-empty range of the stack's {n_slices} slices", z)
     return zs
@@ -85,13 +88,17 @@ class VolumePlan:
     context: tuple = ()  # a context head's scales, (sigma in cells, sigma_z in slices) each
     n_terms: int = 0  # its terms per cell: the raw scratch's channels
 
-    def fingerprint(self) -> dict:
-        """What makes two runs' outputs the same (a resume must match it exactly)."""
-        s = self.source
-        return {"source": s.path, "kind": s.kind, "shape": list(s.shape), "task": self.task, "zs": list(self.zs),
-                **{k: v for k, v in sorted(self.slice_options.items())}, "model_hash": self.model_hash,
-                "head": self.head, "sigma_cells": self.sigma_cells, "space": self.space, "z_sigma": self.z_sigma,
-                "z_spacing_um": self.z_spacing_um, "bands": [list(b) for b in self.bands]}
+    def record(self) -> dict:
+        """The run record (:mod:`brainrt.finished`) of this job: what makes two runs' outputs the same, by
+        option name (a finished output and a resume are checked against it)."""
+        o, px = self.slice_options, self.pixel_size_um
+        args = {"--z": f"{self.zs[0]}:{self.zs[-1] + 1}", "--stride": self.stride, "--method": self.method,
+                "--precision": o["precision"], "--all-cells": o["tissue"] == "all", "--threshold": o["threshold"],
+                "min_tissue": o["min_tissue"], "--pixel-size": px, "--standardize": o["standardize"],
+                "--head": self.head, "--smooth": round(self.sigma_cells * self.stride * px, 6),
+                "--smooth-z": round(self.z_sigma * self.z_spacing_um, 6), "z_spacing_um": self.z_spacing_um,
+                "band_rows": self.bands[0][1] - self.bands[0][0]}
+        return run_record(self.task, args, {"SOURCE": self.source.path}, self.model_hash)
 
     @property
     def n_blocks(self) -> int:
@@ -124,7 +131,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     (nz, h, w), stride = src.shape, o["stride"]
     if min(h, w) < bundle.patch_size:
         raise file_error(src.path, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
-    zs = parse_z(z, nz, owner)
+    zs = parse_z(z, nz, owner, src.path)
     method = resolve_method(o["method"], stride, bundle.dense_strides, owner)
     px = float(o["pixel_size_um"] or src.pixel_size_um or DEFAULT_PIXEL_SIZE_UM)
     dz = float(o["z_spacing_um"] or src.z_spacing_um or px)

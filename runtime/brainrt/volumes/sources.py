@@ -77,11 +77,16 @@ def natural_key(name: str):
 
 
 def is_volume_input(path, z=None) -> bool:
-    """Whether ``path`` with ``z`` is a volume job: ``z`` a range or "all", a folder of TIFFs,
-    or a zarr that is not a saved feature grid (which has a ``features`` array)."""
+    """Whether ``path`` with ``z`` is a volume job: ``z`` a range or "all", a folder of TIFFs, or (without
+    ``z``) a zarr that is not a saved feature grid (which has a ``features`` array) nor one slice.
+    One index ``z`` of a 3D TIFF or zarr stack is a slice (2D outputs)."""
     p = str(path).rstrip("/")
     if isinstance(z, str) and not z.strip().lstrip("-").isdigit():
         return True
+    if "://" not in p and Path(p).is_dir() and not is_zarr_path(p):
+        return True  # a TIFF folder: the 2D readers read files
+    if z is not None:
+        return False
     if "://" in p:
         return True
     if p.endswith(".zarr") or Path(p).is_dir():
@@ -157,6 +162,15 @@ def _open_folder(path):
         shape, dtype = tuple(page.shape), page.dtype
     if len(shape) != 2:
         raise file_error(files[0], f"expected a 2D grayscale slice in the folder {path}, got shape {shape}")
+    for z, f in enumerate(files[1:], 1):  # every slice's shape from its header, before any work
+        try:
+            with tifffile.TiffFile(f) as tif:
+                other = tuple(tif.series[0].shape)
+        except Exception as exc:  # tifffile raises many types for broken files
+            raise file_error(f, f"cannot read as TIFF ({type(exc).__name__}: {first_line(exc)})") from None
+        if other != shape:
+            raise file_error(path, f"slice {z} ({Path(f).name}) has shape {other}, not the stack's {shape} "
+                                   f"(that of {Path(files[0]).name})")
     return VolumeSource("folder", str(path), (len(files),) + shape, np.dtype(dtype).str, px)
 
 
