@@ -11,7 +11,8 @@ and nothing half-written, or when a run that succeeds gives the right result; an
 else says what is wrong (a traceback, a wrong result with exit 0, more than one line).
 Volume runs go through the in-process serial runner (the same task functions as the Dask
 workers, so the same outputs and refusals; the CLI starts a local cluster); the Ctrl-C case
-runs a real process on two Dask workers and sends it SIGINT.
+runs a real process on two Dask workers and sends SIGINT to its process group, as a terminal's
+Ctrl-C does (the workers get it too).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def make_data(t: Path, data: Path | None):
         tifffile.imwrite(t / "c309_f32_255.tif", img.astype(np.float32))
         tifffile.imwrite(t / "c309_f64.tif", (img / 255).astype(np.float64))
         tifffile.imwrite(t / "c309_u16.tif", (1000 + img.astype(np.uint16) * 95 // 255).astype(np.uint16))
+        for name in ("slice309.tif", "slice309_areas.tif"):  # the whole training slice (a crop has another sha256)
+            shutil.copyfile(data / name, t / name)
 
 
 def _halve_patch(b):
@@ -272,10 +275,12 @@ def cases(t, data_present):  # long: the table's rows, in the issue's order
              group="tracebacks"),
         Case("subdivide -k 0", ["subdivide", "s.tif", *m, "--area", "fibrous", "-k", "0", "-o", "k0.ome.tif"]),
         Case("a TIFF folder with one slice of another shape", c + ["folder", *vol, *m, "-o", "fold.ome.zarr"]),
+        Case("--z 2:100 on a 6-slice zarr stack", c + ["stack.zarr", "--z", "2:100", *vol, *m, "-o", "z2.ome.zarr"]),
         Case("a stack saved without photometric (SYX), --z all",
              c + ["stack_syx.tif", "--z", "all", *vol, *m, "-o", "syx.ome.zarr"], "ok", group="inputs users have"),
         Case("feature volume -> classify", f + ["stack.tif", "--z", "0:2", *vol, *m, "-o", "fv.zarr"], "ok"),
-        Case("...", c + ["fv.zarr", *m, "-o", "fv.ome.tif"], "ok"),
+        Case("... without --z (2 slices)", c + ["fv.zarr", *m, "-o", "fv.ome.tif"]),
+        Case("... with --z 1", c + ["fv.zarr", "--z", "1", *m, "-o", "fv.ome.tif"], one_slice_tiff("fv.ome.tif")),
         Case("a 2D zarr", c + ["plane.zarr", *vol, *m, "-o", "plane.ome.tif"], "ok"),
         Case("bundle with patch_size halved in its manifest", c + ["s.tif", "-m", "halved", "-o", "h.ome.tif"]),
         Case("bundle with a .DS_Store", c + ["s.tif", "-m", "dsstore", "-o", "ds.ome.tif"], "ok"),
@@ -291,8 +296,11 @@ def cases(t, data_present):  # long: the table's rows, in the issue's order
             Case("slice309 crop, uint8", c + ["c309.tif", *shipped, "-o", "r8.ome.tif"], "ok", group="1. pixel types"),
             *[Case(f"... as {kind}", c + [f"c309_{kind}.tif", *shipped, "-o", f"r_{kind}.ome.tif"],
                    same_map("r8.ome.tif", f"r_{kind}.ome.tif")) for kind in ("f32", "f32_255", "f64", "u16")],
-            Case("--truth on the training slice", c + ["c309.tif", *shipped, "--truth", "c309_areas.tif", "-o",
-                                                       "tr.ome.tif"], says("train"), group="2. scoring"),
+            Case("--truth on the training slice (the whole slice309: a crop is another image)",
+                 c + ["slice309.tif", *shipped, "--truth", "slice309_areas.tif", "-o", "tr.ome.tif"],
+                 says("training slice", "--held-out"), group="2. scoring"),
+            Case("... --held-out", c + ["slice309.tif", *shipped, "--truth", "slice309_areas.tif", "--held-out",
+                                        "-o", "tr2.ome.tif"], says("test")),
         ]
     return rows
 
@@ -303,16 +311,17 @@ def ctrl_c_case(t):
     cmd = [sys.executable, "-m", "brainrt.cli", "classify", str(t / "stack.tif"), "--z", "all", "--stride", "8",
            "-m", str(DEMO), "--workers", "2", "-o", str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=t)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=t,
+                            start_new_session=True)  # its own process group, as in a terminal
     deadline = time.monotonic() + 60
     partial = t / ".cc.ome.zarr.partial" / ".brainrt" / "done"
     while proc.poll() is None and time.monotonic() < deadline and not (partial.is_dir() and any(partial.iterdir())):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches every process of the group: the workers too
     stdout, stderr = proc.communicate(timeout=60)
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     res = Result(proc.returncode, stdout, stderr)
-    bad = [ln for ln in lines if not ln.startswith(("brainrt:", "Interrupted", "dask dashboard"))]
+    bad = [ln for ln in lines if not ln.startswith(("brainrt: bundle", "Interrupted", "dask dashboard"))]
     v = "ok" if proc.returncode == 130 and not bad else f"{len(bad)} other lines on stderr"
     return ("Ctrl-C during a volume run", _cmd(cmd[3:], t), res,
             lines[-1] if lines else "", v)
