@@ -95,14 +95,21 @@ def labels_of(prob, valid, *, stride, shape, sigma_cells=0.0, space="log"):
 
 
 def choose_smoothing(bundle, slices, regions, names, *, stride=16, pixel_size_um=1.17, split="val"):
-    """Smoothing (sigma in um and space) with the best macro F1 on ``split``'s pixels, and the table.
+    """Smoothing (sigma in um and space) with the best macro F1 on ``split``'s pixels, and the table,
+    for the bundle's default head (see :func:`choose_smoothing_of`)."""
+    grids = [class_probabilities(bundle, sl.image, stride=stride) for sl in slices]
+    return choose_smoothing_of(grids, slices, regions[split], names, stride=stride, pixel_size_um=pixel_size_um)
+
+
+def choose_smoothing_of(grids, slices, region, names, *, stride=16, pixel_size_um=1.17):
+    """Smoothing with the best macro F1 on ``region`` (a pixel mask per slice) of the grids
+    ``(probabilities, valid)`` (one per slice), and the table of every sigma and space tried.
 
     Macro F1 rather than accuracy: a sigma that wipes out a small area loses a sixth of it.
     """
     table = []
-    grids = [class_probabilities(bundle, sl.image, stride=stride) for sl in slices]
     truth = np.concatenate([sl.labels.ravel() for sl in slices])
-    region = np.concatenate([r.ravel() for r in regions[split]])
+    region = np.concatenate([r.ravel() for r in region])
     for space in ("log", "prob"):
         for sigma in SIGMAS_UM:
             if sigma == 0 and space == "prob":
