@@ -446,8 +446,24 @@ def test_ctrl_c_in_a_terminal(stack_tif, tiny_bundle_path, tmp_path):
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=120)
         reader.join(timeout=10)
+        done = partial_path(out) / ".brainrt" / "done"  # what is left says what the one line must say
         kept = f"the finished blocks are kept in {partial_path(out)}: rerun the same command to resume"
-        said = f"Interrupted; {kept if partial_path(out).is_dir() else 'no output was written'}"
+        said = f"Interrupted; {kept if done.is_dir() and any(done.iterdir()) else 'no output was written'}"
+        assert partial_path(out).is_dir() == (said != "Interrupted; no output was written"), (when, lines)
         assert proc.returncode == 130, (when, lines)
         assert [ln for ln in lines if ln.strip() and not ln.startswith(("brainrt: bundle", "dask dashboard"))] == \
             [said], (when, lines)
+
+
+def test_interrupted_line_tells_what_is_left(tmp_path):
+    """An interrupt says where finished blocks are kept, or that nothing was written: a partial store without a
+    finished block (interrupted while it was being set up) is removed, so the line and the disk agree."""
+    from brainrt.volumes import interrupted_line, partial_path
+
+    out = tmp_path / "v.ome.zarr"
+    (partial_path(out) / ".brainrt" / "done").mkdir(parents=True)
+    assert interrupted_line(out) == "Interrupted; no output was written"
+    assert not partial_path(out).exists()
+    (partial_path(out) / ".brainrt" / "done").mkdir(parents=True)
+    (partial_path(out) / ".brainrt" / "done" / "b0-0").write_text("")
+    assert interrupted_line(out).startswith(f"Interrupted; the finished blocks are kept in {partial_path(out)}")

@@ -30,7 +30,7 @@ from .outputs import siblings, write_classification, write_clusters, write_subdi
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
                       model_option, output_kind, slice_only, volume_options)
-from .volumes import is_volume_input, partial_path, process_volume
+from .volumes import interrupted_line, is_volume_input, process_volume
 
 log = logging.getLogger("brainrt")
 
@@ -123,8 +123,7 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, overwrite
                                    progress=_progress(), threads=threads or 1, device=kw["device"],
                                    overwrite=overwrite, **dict(opts, z=kw["z"] or "all"), **task_kw)
     except KeyboardInterrupt:
-        kept = f"the finished blocks are kept in {partial_path(out)}: rerun the same command to resume"
-        click.echo(f"Interrupted; {kept if partial_path(out).is_dir() else 'no output was written'}", err=True)
+        click.echo(interrupted_line(out), err=True)
         sys.exit(130)
     if st["complete"]:
         return click.echo(COMPLETE.format(out))

@@ -10,12 +10,12 @@
   :func:`process_volume`, the one call (plan, cluster, run).
 """
 
-from .blocks import partial_path, run_block, slice_plan, worker_bundle
+from .blocks import interrupted_line, partial_path, run_block, slice_plan, worker_bundle
 from .executors import dask_client, process_volume, run_volume
 from .graph import task_graph
 from .plan import VolumePlan, make_volume_plan, parse_z
 from .sources import VolumeSource, folder_files, is_volume_input, natural_key, open_volume
 
 __all__ = ["VolumePlan", "VolumeSource", "dask_client", "folder_files", "is_volume_input", "make_volume_plan",
-           "natural_key", "open_volume", "parse_z", "partial_path", "process_volume", "run_block", "run_volume",
+           "interrupted_line", "natural_key", "open_volume", "parse_z", "partial_path", "process_volume", "run_block", "run_volume",
            "slice_plan", "task_graph", "worker_bundle"]

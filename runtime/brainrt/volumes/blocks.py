@@ -327,6 +327,18 @@ def partial_path(out):
     return out.parent / f".{out.name}.partial"
 
 
+def interrupted_line(out):
+    """What an interrupted run of ``out`` says, once it has stopped: where its finished blocks are kept
+    for the resume, or that no output was written (a partial store without a finished block is removed)."""
+    tmp = partial_path(out)
+    done = tmp / STATE / "done"
+    if tmp.is_dir() and not (done.is_dir() and any(not p.name.endswith(".tmp") for p in done.iterdir())):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if tmp.is_dir():
+        return f"Interrupted; the finished blocks are kept in {tmp}: rerun the same command to resume"
+    return "Interrupted; no output was written"
+
+
 def is_complete(vplan, out, *, overwrite=False) -> bool:
     """The finished-output rule (:func:`brainrt.finished.is_finished`) for volume ``out``: True when it is
     finished by the same run (nothing to do); False when there is nothing (or ``overwrite``); else the refusal."""
