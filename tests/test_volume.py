@@ -91,17 +91,60 @@ def test_serial_equals_2d_path(serial_out, volume, tiny_bundle):
 
 
 def test_task_graph_is_data_in_serial_order(stack_tif, tiny_bundle):
-    """The executors only schedule this graph: every task after the tasks it waits for, one record name each."""
+    """The executors only schedule this graph: every task after the tasks it waits for, one record name each;
+    one read task per slice whose plan its blocks use."""
     from brainrt.volumes import task_graph
 
     tasks = task_graph(_plan(stack_tif, tiny_bundle, smooth_z=1.17))
     names = [t.name for t in tasks]
-    assert len(set(names)) == len(names) == 4 * 3 + 4 + 4  # blocks, finishes, z passes
+    assert len(set(names)) == len(names) == 4 + 4 * 3 + 4 + 4  # reads, blocks, finishes, z passes
     seen = set()
     for t in tasks:
-        assert set(t.deps) <= seen, t
+        assert set(t.deps) | set(t.uses) <= seen, t
         seen.add(t.name)
-    assert sum(t.block for t in tasks) == 12 and tasks[3].name == "f0" and tasks[3].deps == ("b0-0", "b0-4", "b0-8")
+    assert sum(t.block for t in tasks) == 12 and tasks[4].name == "f0" and tasks[4].deps == ("b0-0", "b0-4", "b0-8")
+    assert [t.name for t in tasks if t.data] == ["p0", "p1", "p2", "p3"]
+    assert {t.uses for t in tasks if t.block and t.name.startswith("b1-")} == {("p1",)}
+
+
+def _reads(client=None):
+    from brainrt.volumes import bytes_read
+
+    if client is None:
+        return bytes_read()
+    got = client.run(bytes_read).values()
+    return {k: sum(g[k] for g in got) for k in ("bytes", "slices")}
+
+
+def test_each_slice_read_once(client, serial_out, stack_tif, tiny_bundle, tmp_path):
+    """3 bands per slice, 2 workers: every slice is read once (its blocks share its plan), the measured bytes
+    are those of the slices, and a resumed run reads only the slices with blocks left to do."""
+    from brainrt.volrun import run_volume
+
+    from brainrt.volumes import open_volume
+
+    nbytes = SHAPE[1] * SHAPE[2]
+    client.run(open_volume(stack_tif).read, 0)  # a fresh worker's first read imports tifffile's zarr view
+    for c in (None, client):
+        out = tmp_path / f"once-{c is None}.ome.zarr"
+        before = _reads(c)
+        run_volume(_plan(stack_tif, tiny_bundle), out, client=c, bundle=tiny_bundle if c is None else None)
+        after = _reads(c)
+        assert after["slices"] - before["slices"] == SHAPE[0]
+        assert SHAPE[0] * nbytes <= after["bytes"] - before["bytes"] < 1.25 * SHAPE[0] * nbytes  # + TIFF header
+        _same(out, serial_out)
+
+    def stop(n):
+        if n >= 5:  # slice 0 done (3 blocks, its finish), slice 1 begun
+            raise KeyboardInterrupt
+
+    out = tmp_path / "part.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        run_volume(_plan(stack_tif, tiny_bundle), out, bundle=tiny_bundle, on_task=stop)
+    before = _reads()
+    run_volume(_plan(stack_tif, tiny_bundle), out, bundle=tiny_bundle)
+    assert _reads()["slices"] - before["slices"] == SHAPE[0] - 1
+    _same(out, serial_out)
 
 
 def test_parse_z():

@@ -2,14 +2,16 @@
 
 Everything that runs inside a task lives here, so a worker process needs only this module:
 
-- **worker caches**: the bundle, loaded and verified once per process
-  (:func:`worker_bundle`), and the last two slices' :class:`~brainrt.plan.Plan` s
-  (:func:`slice_plan`: tissue grid and intensity standardization need whole-slice
-  statistics; the bands of one slice on one worker pay once);
+- **the worker cache**: the bundle, loaded and verified once per process (:func:`worker_bundle`);
 - **the tasks** (their graph is data, :func:`brainrt.volumes.graph.task_graph`; the
-  executors of :mod:`brainrt.volumes.executors` only schedule it): a block (z, row band) runs the
-  engine's loop into a :class:`BandSink` (features, or a head's raw probabilities, into
-  the band's own chunks: no two tasks share a chunk); ``finish`` (classify, one per z,
+  executors of :mod:`brainrt.volumes.executors` only schedule it): ``read`` (one per z, a
+  data task) reads the slice once and makes its :class:`~brainrt.plan.Plan` (:func:`slice_plan`:
+  the tissue grid and the intensity standardization need whole-slice statistics), which the
+  executor hands to the slice's blocks and drops after them, so the volume is read once
+  whatever the band height (a band plus its halo would be the footprint's 512 px more);
+  a block (z, row band) runs the engine's loop on it into a :class:`BandSink` (features,
+  or a head's raw probabilities, into the band's own chunks: no two tasks share a chunk);
+  ``finish`` (classify, one per z,
   after its bands) smooths in the plane through :class:`~brainrt.smooth.RowSmoother` and
   writes the label pyramid; ``zsmooth`` (one per z, after the finishes within its
   kernel's reach) smooths across slices (:func:`~brainrt.smooth.smooth_across`);
@@ -26,7 +28,6 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,6 @@ LABEL_CHUNK = 1024
 Z_BYTES = 64 << 20
 
 _BUNDLES: dict = {}
-_SLICES: OrderedDict = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -77,36 +77,35 @@ def remember_bundle(vplan, bundle):
 
 
 def slice_plan(vplan, bundle, z):
-    """The 2D plan of slice ``z`` (None for a slice without tissue); the last two are cached."""
-    key = (vplan.source, z, vplan.model_hash, tuple(sorted(vplan.slice_options.items())))
-    with _LOCK:
-        if key in _SLICES:
-            _SLICES.move_to_end(key)
-            return _SLICES[key]
+    """The 2D plan of slice ``z`` (None for a slice without tissue): reads the slice."""
     image = vplan.source.read(z)
     if image.shape != tuple(vplan.source.shape[1:]):
         raise file_error(vplan.source.name, f"slice {z} has shape {image.shape}, not the stack's "
                                             f"{tuple(vplan.source.shape[1:])}")
     try:  # the options were checked once, by make_volume_plan
-        plan = plan_of(image, bundle, owner=vplan.task, **vplan.slice_options)
+        return plan_of(image, bundle, owner=vplan.task, **vplan.slice_options)
     except BrainrtError as exc:
         if "no tissue found" not in str(exc):
             raise BrainrtError(f"{vplan.source.name} z={z}: {exc}") from None
-        plan = None  # an empty slice (e.g. past the tissue's end): everything off tissue
-    with _LOCK:
-        _SLICES[key] = plan
-        while len(_SLICES) > 2:
-            _SLICES.popitem(last=False)
-    return plan
+        return None  # an empty slice (e.g. past the tissue's end): everything off tissue
 
 
 # --------------------------------------------------------------------------- running a task
-def execute(vplan, store, task, *_deps):
-    """Run ``task`` unless its completion record exists, then write the record (after the data).
-    Returns 1 if it ran, 0 if it was done already. ``_deps``: the results it waited for (Dask)."""
+def block_name(z, band):
+    """The completion record (and graph name) of block (z, band)."""
+    return f"b{z}-{band[0]}"
+
+
+def execute(vplan, store, task, *values):
+    """Run ``task`` (a :class:`~brainrt.volumes.graph.Task`): a data task returns its value; another runs
+    unless its completion record exists, with the ``values`` of its ``uses`` (first; then its deps'
+    results, which it only waited for), and writes the record after the data. Returns 1 if it ran, 0 if
+    it was done already."""
+    if task.data:
+        return task.fn(vplan, store, *task.args)
     if _record(store, task.name).exists():
         return 0
-    task.fn(vplan, store, *task.args)
+    task.fn(vplan, store, *task.args, *values[: len(task.uses)])
     _mark(store, task.name)
     return 1
 
@@ -141,12 +140,18 @@ class BandSink(ArraySink):
         return self.out
 
 
-def run_block(vplan, store, z, band):
-    """Compute block (z, band): the worker reads slice z itself and writes the band's chunks."""
+def read_slice(vplan, store, z):
+    """The plan of slice ``z`` for its blocks (one read); None, unread, when all its blocks are recorded."""
+    if all(_record(store, block_name(z, band)).exists() for band in vplan.bands):
+        return None
+    return slice_plan(vplan, worker_bundle(vplan), z)
+
+
+def run_block(vplan, store, z, band, plan):
+    """Compute block (z, band) of ``plan`` (slice z's, from its read task) and write the band's chunks."""
     import zarr
 
     bundle = worker_bundle(vplan)
-    plan = slice_plan(vplan, bundle, z)
     root = zarr.open_group(str(store), mode="r+")
     fn = Classifier.of(bundle, vplan.head).fn if vplan.task == "classify" else None
     valid = plan.valid[band[0] : band[1]] if plan is not None else np.zeros((band[1] - band[0], vplan.grid[1]), bool)

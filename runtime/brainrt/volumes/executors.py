@@ -4,8 +4,9 @@ completion records are :mod:`brainrt.volumes.blocks`' business.
 
 A new executor is one more function of ``(vplan, store, tasks, tick)`` beside
 :func:`run_serial` and :func:`run_dask` that runs each task through
-:func:`~brainrt.volumes.blocks.execute` after its ``deps``, and one branch in
-:func:`run_volume`.
+:func:`~brainrt.volumes.blocks.execute` after its ``uses`` and ``deps``, passes the values
+of a task's ``uses`` (data tasks: a slice's plan) to it and drops each such value after its
+last user, and one branch in :func:`run_volume`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from .blocks import execute, finalize, is_complete, open_partial, remember_bundle, worker_bundle
@@ -79,24 +81,46 @@ def _bar(vplan, progress):
     return tqdm(total=vplan.n_blocks, unit="block", desc=vplan.task, smoothing=0.1, mininterval=1.0)
 
 
+def _users(tasks):
+    """How many tasks use each data task's value (an executor drops the value after the last)."""
+    return Counter(u for t in tasks for u in t.uses)
+
+
 def run_serial(vplan, store, tasks, tick):
-    """Each task in the graph's (topological) order, in this process."""
+    """Each task in the graph's (topological) order, in this process (one slice's plan held at a time)."""
+    values, left = {}, _users(tasks)
     for task in tasks:
-        tick(task, execute(vplan, store, task))
+        out = execute(vplan, store, task, *(values[u] for u in task.uses))
+        if task.data:
+            values[task.name] = out
+            continue
+        for u in task.uses:
+            left[u] -= 1
+            if not left[u]:
+                del values[u]
+        tick(task, out)
 
 
 def run_dask(vplan, store, tasks, tick, client):
-    """One Dask task per graph task, after the futures of its deps; workers read, compute and write themselves."""
+    """One Dask task per graph task, after the futures of its uses and deps; workers read, compute and
+    write themselves. A slice's plan stays on the worker that read it (Dask runs its blocks there, or
+    copies it to another worker) and is released after its last block; it never comes to the client."""
     from dask.distributed import as_completed
 
-    run, futures = uuid.uuid4().hex[:8], {}
+    run, futures, left = uuid.uuid4().hex[:8], {}, _users(tasks)
     for t in tasks:
-        futures[t.name] = client.submit(execute, vplan, str(store), t, *(futures[d] for d in t.deps),
+        futures[t.name] = client.submit(execute, vplan, str(store), t, *(futures[d] for d in t.uses + t.deps),
                                         key=f"brainrt-{t.name}-{run}", retries=2)
-    by_key = {f.key: tasks[i] for i, f in enumerate(futures.values())}
+    by_key = {futures[t.name].key: t for t in tasks if not t.data}
+    pending = [futures[t.name] for t in tasks if not t.data]
     try:
-        for f in as_completed(list(futures.values())):
-            tick(by_key[f.key], f.result())
+        for f in as_completed(pending):
+            task = by_key[f.key]
+            tick(task, f.result())
+            for u in task.uses:
+                left[u] -= 1
+                if not left[u]:
+                    futures.pop(u)  # the client's last reference: the plan is freed on the workers
     except BaseException:
         client.cancel(list(futures.values()))
         raise

@@ -2,7 +2,8 @@
 :mod:`brainrt.volumes.executors` only schedule it, what each task does is :mod:`.blocks`' and
 :mod:`.context`'s.
 
-Per slice z: a block task per row band (``b{z}-{r0}``); with a context head, a context task
+Per slice z: a read task (``p{z}``, a data task: the slice's plan, read once, for its blocks);
+a block task per row band (``b{z}-{r0}``); with a context head, a context task
 (``c{z}``) after the blocks of every slice its pooling reaches; ``finish`` (``f{z}``: classify,
 after the slice's bands or its context task); ``zsmooth`` (``g{z}``, after the finishes within
 the z kernel's reach).
@@ -13,27 +14,30 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..smooth import radius
-from .blocks import finish_slice, run_block, zsmooth_slice
+from .blocks import block_name, finish_slice, read_slice, run_block, zsmooth_slice
 from .context import context_slice, reach
 
 
 class Task(NamedTuple):
-    """One task: ``fn(vplan, store, *args)``; ``name`` is its completion record (and Dask key), ``deps``
-    the names of the tasks it waits for, ``block`` whether it is a (z, band) block (progress counts those)."""
+    """``fn(vplan, store, *args, *values of uses)``; ``name``: its completion record (and Dask key); ``uses``:
+    the data tasks whose values it takes; ``deps``: others it waits for; ``block``: a (z, band) block. A
+    ``data`` task (a slice's plan) writes no record; its value is dropped once its users have run."""
 
     name: str
     fn: object
     args: tuple
     deps: tuple = ()
     block: bool = False
+    uses: tuple = ()
+    data: bool = False
 
 
 def task_graph(vplan) -> tuple:
     """Every task of ``vplan``, each after the tasks it needs (a topological order: the serial one)."""
     tasks, ctx = [], context_tasks(vplan)  # a context head: all blocks, then one context pass per slice
     for z in vplan.zs:
-        bands = [Task(f"b{z}-{band[0]}", run_block, (z, band), (), True) for band in vplan.bands]
-        tasks += bands
+        bands = [Task(block_name(z, band), run_block, (z, band), (), True, (f"p{z}",)) for band in vplan.bands]
+        tasks += [Task(f"p{z}", read_slice, (z,), data=True)] + bands
         if vplan.task == "classify" and not ctx:
             tasks.append(Task(f"f{z}", finish_slice, (z,), tuple(t.name for t in bands)))
     for c in ctx:
@@ -53,5 +57,5 @@ def context_tasks(vplan):
     r, out = reach(vplan), []
     for i, z in enumerate(vplan.zs):
         near = vplan.zs[max(0, i - r) : i + r + 1]
-        out.append(Task(f"c{z}", context_slice, (z,), tuple(f"b{n}-{b[0]}" for n in near for b in vplan.bands)))
+        out.append(Task(f"c{z}", context_slice, (z,), tuple(block_name(n, b) for n in near for b in vplan.bands)))
     return out
