@@ -41,6 +41,15 @@ def listing(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
 
 
+@pytest.fixture(autouse=True)
+def _fp32_by_default(monkeypatch):
+    """Precision "auto" (the default) picks int8 on CPUs with VNNI; the tests see the same default on every
+    machine (fp32, as without VNNI) and test "auto" itself by patching the probe back (test_runtime)."""
+    import brainrt.bundle
+
+    monkeypatch.setattr(brainrt.bundle, "cpu_has_vnni", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def synthetic_slice():
     """The synthetic slice the tiny bundle is trained on (uint8 image, uint8 area codes 0..4)."""

@@ -15,6 +15,7 @@ import pytest
 import brainrt
 from brainrt.errors import BrainrtError
 from brainrt.geometry import grid_shape
+from conftest import ROOT
 
 TOL = 1e-4
 
@@ -368,3 +369,49 @@ def test_logistic_heads_run_as_one_float32_affine_map(tiny_bundle, synthetic_sli
     assert np.abs(got - want).max() <= 1e-5
     assert (got.argmax(1) == want.argmax(1)).all()
     assert float32_proba(tiny_bundle.head("rbfsvm")) is None
+
+
+def test_auto_precision_is_int8_where_the_cpu_has_vnni(tiny_bundle, synthetic_slice, monkeypatch, caplog):
+    import logging
+
+    import brainrt.bundle
+    from brainrt.plan import make_plan
+
+    assert "int8" in tiny_bundle.manifest.precisions
+    image = synthetic_slice.image[:160, :200]
+    with caplog.at_level(logging.INFO, logger="brainrt"):
+        assert make_plan(image, tiny_bundle, stride=16).precision == "fp32"  # conftest: a CPU without VNNI
+        assert "precision fp32 (this CPU has no VNNI)" in caplog.text
+        monkeypatch.setattr(brainrt.bundle, "cpu_has_vnni", lambda: True)
+        assert make_plan(image, tiny_bundle, stride=16).precision == "int8"
+        assert "precision int8: the bundle has int8 graphs and this CPU has VNNI" in caplog.text
+    assert make_plan(image, tiny_bundle, stride=16, precision="fp32").precision == "fp32"
+    g = brainrt.featurize(image, tiny_bundle, stride=16)
+    assert g.stats["precision"] == "int8"
+    demo = brainrt.Bundle.load(ROOT / "models" / "synthetic-demo")  # exported before int8 existed
+    assert "int8" not in demo.manifest.precisions
+    assert make_plan(image, demo, stride=16).precision == "fp32"
+
+
+def test_streamed_probabilities_equal_the_in_memory_ones(tiny_bundle, synthetic_slice, tmp_path):
+    """classify_plan with ``probabilities=`` writes them band by band (never the whole grid in memory):
+    the same labels, and the file holds the in-memory probabilities exactly; an aborted run leaves nothing."""
+    import tifffile
+
+    from brainrt.api import classify_plan
+    from brainrt.io import OmeTiffBands
+    from brainrt.plan import make_plan
+
+    plan = make_plan(synthetic_slice.image, tiny_bundle, stride=2)  # 1.17 um x 2: smoothing spans bands
+    mem = classify_plan(plan, tiny_bundle, smooth=30.0)
+    out = tmp_path / "p.ome.tif"
+    streamed = classify_plan(plan, tiny_bundle, smooth=30.0, probabilities=out)
+    assert streamed.probabilities is None and streamed.grid.stats["probabilities"] == str(out)
+    np.testing.assert_array_equal(streamed.labels, mem.labels)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "CYX"
+        np.testing.assert_array_equal(tif.asarray(), np.moveaxis(mem.probabilities, -1, 0))
+    w = OmeTiffBands(tmp_path / "q.ome.tif", (2, 4, 5), np.float32, pixel_size_um=1.0)
+    w.write(0, np.ones((2, 5, 2), np.float32))
+    w.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.ome.tif"]

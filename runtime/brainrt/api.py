@@ -156,21 +156,37 @@ def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="a
     return classify_plan(plan, bundle, head=head, smooth=smooth, progress=progress)
 
 
-def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_block=None):
-    """:func:`classify_image` of a checked plan; smoothing streams with the blocks (a halo of rows)."""
+def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_block=None, probabilities=None):
+    """:func:`classify_image` of a checked plan; smoothing streams with the blocks (a halo of rows).
+
+    ``probabilities``: an OME-TIFF path the (smoothed) probabilities are streamed to, a band of
+    rows at a time, instead of being kept (the result then holds none): a stride-1 slice then
+    never holds them whole. Written atomically; ignored for heads without probabilities.
+    """
     clf = Classifier.of(bundle, head)
     sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)
+    writer = None
+    if probabilities is not None and clf.proba:
+        from .io import OmeTiffBands
+
+        writer = OmeTiffBands(probabilities, (clf.n_classes,) + plan.shape, np.float32,
+                              pixel_size_um=plan.pixel_size_um * plan.stride, channel_names=bundle.class_names)
     meter = Meter(plan.n_cells, progress=progress)
     try:
-        out = run(plan, bundle.predictor_for(plan), ClassifySink(clf, plan.shape, sigma=sigma, space=space,
-                                                                   stream=clf.stream(plan.pixel_size_um, plan.stride)),
-                  meter=meter, on_block=on_block)
+        sink = ClassifySink(clf, plan.valid, sigma=sigma, space=space, stream=clf.stream(plan.pixel_size_um, plan.stride),
+                            probabilities=writer)
+        labels, probs = run(plan, bundle.predictor_for(plan), sink, meter=meter, on_block=on_block)
+        if writer is not None:
+            writer.commit()
     except BaseException:
         meter.close(plan.method)  # as in featurize_plan
         raise
     stats = _close(meter, plan, "featurized and classified")
-    return clf.result(out, FeatureGrid.of_plan(plan, None, bundle.model_id, stats), bundle,
-                      sigma * plan.pixel_size_um * plan.stride)
+    if writer is not None:
+        stats["probabilities"] = str(probabilities)
+    grid = FeatureGrid.of_plan(plan, None, bundle.model_id, stats)
+    return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid, clf.name,
+                          sigma * plan.pixel_size_um * plan.stride)
 
 
 def cluster(grid, bundle):

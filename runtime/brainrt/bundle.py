@@ -12,6 +12,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -163,6 +164,18 @@ def providers(device="auto"):
     return _PROVIDERS["cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu"]
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has the int8 dot-product instructions (x86 AVX-512 VNNI or AVX-VNNI) with which
+    onnxruntime's int8 kernels cannot saturate (Linux: /proc/cpuinfo; elsewhere False)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_vnni|avx_vnni)\b", flags))
+
+
 @dataclass(frozen=True, eq=False)
 class Bundle:
     """A verified, loaded model bundle. Create it with :meth:`Bundle.load`.
@@ -233,13 +246,27 @@ class Bundle:
         return self.graph_session(self.manifest.dense_onnx.file(stride))
 
     def check_precision(self, precision, owner="Bundle.predictor"):
-        """``precision`` if the bundle has graphs of it; else the one-line error."""
+        """``precision`` if the bundle has graphs of it ("auto": :meth:`auto_precision`); else the one-line error."""
+        if precision == "auto":
+            return self.auto_precision()
         if precision not in PRECISIONS:
-            raise param_error("precision", owner, f"one of {PRECISIONS}", precision)
+            raise param_error("precision", owner, f"one of {('auto',) + PRECISIONS}", precision)
         if precision not in self.manifest.precisions:
             raise file_error(self.path, "bundle has no int8 graphs; use precision fp32, or add them with "
                                         "tools/quantize_bundle.py (bundles exported by this brainrt have them)")
         return precision
+
+    def auto_precision(self):
+        """int8 where it pays and the measured agreement covers it: the bundle has int8 graphs, they run on
+        the CPU and the CPU has int8 dot products (VNNI); else fp32. The log says which, and why."""
+        provider = self.session.get_providers()[0]
+        if "int8" not in self.manifest.precisions or provider != "CPUExecutionProvider" or not cpu_has_vnni():
+            why = ("the bundle has no int8 graphs" if "int8" not in self.manifest.precisions else
+                   f"the graphs run on {provider}" if provider != "CPUExecutionProvider" else "this CPU has no VNNI")
+            log.info("precision fp32 (%s)", why)
+            return "fp32"
+        log.info("precision int8: the bundle has int8 graphs and this CPU has VNNI (--precision fp32 for fp32)")
+        return "int8"
 
     def predictor(self, kind="patch", *, stride=None, precision="fp32"):
         """A :mod:`~brainrt.predictor` over this bundle's graphs (see :func:`brainrt.predictor.build`)."""

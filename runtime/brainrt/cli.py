@@ -8,7 +8,6 @@ the runtime never imports the trainer.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 from pathlib import Path
@@ -26,40 +25,17 @@ from .grid import FeatureGrid
 from .heads import Classifier
 from .io import check_not_input, check_target, read_mask
 from .scoring import score_lines
-from .outputs import siblings, write_classification, write_clusters, write_subdivision
+from .outputs import (classification_set, probabilities_path, siblings, write_classification, write_clusters,
+                      write_subdivision)
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
-                      model_option, output_kind, slice_only, volume_options)
+                      model_option, one_line_errors, output_kind, slice_only, volume_options)
 from .volumes import interrupted_line, is_volume_input, process_volume
 
 log = logging.getLogger("brainrt")
 
 #: Entry-point group of commands other packages add to ``brainrt``.
 COMMAND_GROUP = "brainrt.commands"
-
-
-def one_line_errors(fn):
-    """Turn BrainrtError (and missing optional packages) into one line and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except BrainrtError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(2)
-        except ModuleNotFoundError as exc:
-            click.echo(f"Error: {exc.name} is not installed; install brainrt with the [train] extra "
-                       "for training (pip install 'brainrt[train]')", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted; no output was written", err=True)
-            sys.exit(130)  # 128 + SIGINT, as shells expect
-        except OSError as exc:  # a failed read or write the checks could not foresee (disk full, permissions)
-            click.echo(f"Error: {exc.filename or 'brainrt'}: {exc.strerror or exc}", err=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def _plugins():
@@ -260,12 +236,12 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     job = _job(source, bundle, kw, "classify")
     if truth:  # read and checked before any work (and read again to score, by name)
         api.read_truth(truth, job.image_shape, bundle, z=kw["z"])
-    if isinstance(job, FeatureGrid):
-        result, image = api.classify(job, bundle, head=head, smooth=smooth), None
-    else:  # stream: features are never held whole (a stride-1 grid of a slice is GBs)
-        result, image = api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress()), job.image
-    metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
-    msg = f"wrote {', '.join(_write_map(out, result, image, metrics, truth, kw['z'], rec))}"
+    with classification_set(out, rec) as s:  # a slice's probabilities stream into it, never held whole
+        result, image = _classified(job, bundle, head, smooth, s)
+        metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
+        contours = read_mask(truth, result.grid.image_shape, z=kw["z"]) if truth and image is not None else None
+        written = write_classification(out, result, image=image, metrics=metrics, truth=contours, into=s)
+    msg = f"wrote {', '.join(written)}"
     if metrics:
         msg += (f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels "
                 f"({metrics['scored_on']})")
@@ -274,10 +250,13 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         click.echo(line)
 
 
-def _write_map(out, result, image, metrics, truth, z, record):
-    """The classification's output set; the overlay shows the truth's area borders (with --truth)."""
-    contours = read_mask(truth, result.grid.image_shape, z=z) if truth and image is not None else None
-    return write_classification(out, result, image=image, metrics=metrics, truth=contours, record=record)
+def _classified(job, bundle, head, smooth, s):
+    """(result, image) of a :func:`_job`: a saved grid's in memory; a slice's streamed (features never held
+    whole, a stride-1 grid of a slice is GBs), its probabilities into the output set ``s`` band by band."""
+    if isinstance(job, FeatureGrid):
+        return api.classify(job, bundle, head=head, smooth=smooth), None
+    stream = s.path(probabilities_path(s.out)) if Classifier.of(bundle, head).proba else None
+    return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress(), probabilities=stream), job.image
 
 
 @main.command()

@@ -191,6 +191,10 @@ class OutputSet:
         self._tmp[final] = Path(name)
         return self._tmp[final]
 
+    def has(self, final) -> bool:
+        """Whether the set's file ``final`` has a temporary path (it is written by this run)."""
+        return Path(final) in self._tmp
+
     def __enter__(self):
         return self
 

@@ -1,10 +1,12 @@
 """The command line's shared options, defined once (rasterio's ``rio/options.py``): the model, the
 grid and evaluation options of every command (their defaults are :mod:`brainrt.params`'), the
-volume options, the argument types they need, and what every command's output is named and
-recorded by (:mod:`brainrt.finished`)."""
+volume options, the argument types they need, what every command's output is named and
+recorded by (:mod:`brainrt.finished`), and how every command reports an error (:func:`one_line_errors`)."""
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
 
 import click
@@ -30,9 +32,9 @@ def grid_options(f):
                      help="Grid step in pixels."),
         click.option("--method", type=click.Choice(METHODS), default=params.default("method"), show_default=True,
                      help="Dense (whole tiles) or per-patch evaluation; auto picks dense when it applies."),
-        click.option("--precision", type=click.Choice(PRECISIONS), default=DEFAULT_PRECISION, show_default=True,
-                     help="Network arithmetic: int8 runs the bundle's int8 graphs (dense path about 3.5x faster, "
-                          "maps 99.4% equal on slice309)."),
+        click.option("--precision", type=click.Choice(("auto",) + PRECISIONS), default=DEFAULT_PRECISION,
+                     show_default=True, help="Network arithmetic: int8 runs the bundle's int8 graphs (dense path "
+                     "about 3x faster, maps 99.4% equal on slice309); auto: int8 where the CPU has VNNI."),
         click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (nonzero = tissue)."),
         click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu)."),
         click.option("--all-cells", is_flag=True, help="Featurize every cell, background included."),
@@ -154,3 +156,27 @@ class AreaOption(click.Option):
         except (BrainrtError, OSError):
             self.help = "Sub-divide the cells classified as this area (one of the bundle's classes)."
         return super().get_help_record(ctx)
+
+
+def one_line_errors(fn):
+    """Turn BrainrtError (and missing optional packages) into one line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except BrainrtError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            click.echo(f"Error: {exc.name} is not installed; install brainrt with the [train] extra "
+                       "for training (pip install 'brainrt[train]')", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no output was written", err=True)
+            sys.exit(130)  # 128 + SIGINT, as shells expect
+        except OSError as exc:  # a failed read or write the checks could not foresee (disk full, permissions)
+            click.echo(f"Error: {exc.filename or 'brainrt'}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
+
+    return wrapper

@@ -7,6 +7,7 @@ happen before, in :mod:`brainrt.api`.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import numpy as np
 from .geometry import upsample
 from .heads import OFF_TISSUE
 from .finished import SET_RECORD, OutputSet, set_member
-from .io import write_json, write_ome_tiff
+from .io import OmeTiffBands, write_json, write_ome_tiff
 from .plots import confusion_png, overlay_png
 
 
@@ -33,40 +34,58 @@ def _set(out, record):
     return OutputSet(out, siblings(out)[:-1], record=record)
 
 
+def classification_set(out, record):
+    """The output set of the label map ``out`` (``with``: written as one), for :func:`write_classification`'s
+    ``into`` when the probabilities are streamed into it first (:func:`probabilities_path`)."""
+    return _set(out, record)
+
+
+def probabilities_path(out):
+    """Where the probabilities of the label map ``out`` go."""
+    return set_member(out, ".probabilities.ome.tif")
+
+
 def label_key(names, codes):
     """The class names of a label map, by code ("areas: 1 Ctx, 2 Str, ..., 255 off tissue"), as its channel name."""
     return "areas: " + ", ".join(f"{c} {n}" for c, n in zip(codes, names)) + f", {OFF_TISSUE} off tissue"
 
 
-def write_classification(out, result, *, image=None, metrics=None, truth=None, record=None):
-    """Label map (full resolution, mask codes), probabilities (grid resolution), overlay
+def write_classification(out, result, *, image=None, metrics=None, truth=None, record=None, into=None):
+    """Label map (full resolution, mask codes), probabilities (grid resolution, uncompressed), overlay
     PNG (with ``image``; truth contours with ``truth``, a mask of the image's shape) and, with
     ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG: one output set,
-    written as one (files of an older set that this call does not write are removed).
-    Returns the paths written."""
+    written as one (files of an older set that this call does not write are removed). ``into``: the
+    open set (:func:`classification_set`) the probabilities were already streamed into
+    (:func:`brainrt.api.classify_plan`), committed by its ``with``. Returns the paths written."""
+    with contextlib.nullcontext(into) if into is not None else _set(out, record) as s:
+        return [str(p) for p in _write_classification(s, Path(out), result, image, metrics, truth)]
+
+
+def _write_classification(s, out, result, image, metrics, truth):
     grid = result.grid
     px = grid.pixel_size_um
-    written = [Path(out)]
-    with _set(out, record) as s:
-        write_ome_tiff(s.path(out), upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px,
-                       channel_names=[label_key(result.names, result.codes)])
-        if result.probabilities is not None:
-            p = set_member(out, ".probabilities.ome.tif")
-            write_ome_tiff(s.path(p), np.moveaxis(result.probabilities, -1, 0), pixel_size_um=px * grid.stride,
-                           channel_names=result.names)
-            written.append(p)
-        if image is not None:
-            png = set_member(out, ".overlay.png")
-            overlay_png(s.path(png), image, upsample(result.labels, grid.stride, grid.image_shape), result.names,
-                        title=f"brainrt classify (stride {grid.stride})", pixel_size_um=px, truth=truth)
-            written.append(png)
-        if metrics is not None:
-            j, c = set_member(out, ".metrics.json"), set_member(out, ".confusion.png")
-            write_json(s.path(j), metrics)
-            confusion_png(s.path(c), metrics["confusion_matrix"], result.names,
-                          title=f"pixels vs truth (accuracy {metrics['pixel_accuracy']:.3f})")
-            written += [j, c]
-    return [str(p) for p in written]
+    write_ome_tiff(s.path(out), upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px,
+                   channel_names=[label_key(result.names, result.codes)])
+    written, p = [out], probabilities_path(out)
+    if result.probabilities is not None:
+        bands = OmeTiffBands(s.path(p), (len(result.names),) + result.probabilities.shape[:2], np.float32,
+                             pixel_size_um=px * grid.stride, channel_names=result.names)
+        bands.write(0, result.probabilities)
+        bands.commit()
+    if result.probabilities is not None or s.has(p):
+        written.append(p)
+    if image is not None:
+        png = set_member(out, ".overlay.png")
+        overlay_png(s.path(png), image, upsample(result.labels, grid.stride, grid.image_shape), result.names,
+                    title=f"brainrt classify (stride {grid.stride})", pixel_size_um=px, truth=truth)
+        written.append(png)
+    if metrics is not None:
+        j, c = set_member(out, ".metrics.json"), set_member(out, ".confusion.png")
+        write_json(s.path(j), metrics)
+        confusion_png(s.path(c), metrics["confusion_matrix"], result.names,
+                      title=f"pixels vs truth (accuracy {metrics['pixel_accuracy']:.3f})")
+        written += [j, c]
+    return written
 
 
 def write_clusters(out, clusters, loglik, grid, names, *, image=None, record=None):

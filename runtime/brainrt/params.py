@@ -103,8 +103,8 @@ class Param:
 
 
 #: Every option of featurize / classify, of a slice or a volume. Defaults: the paper's grid step,
-#: half a patch of tissue, 256 patches per call, fp32 (int8 agrees on 99.4% of slice309's tissue at
-#: stride 4; README, "int8").
+#: half a patch of tissue, 256 patches per call, precision "auto": int8 where the CPU has VNNI and the
+#: bundle int8 graphs, else fp32 (README, "int8").
 PARAMS = {
     "stride": Param(Interval(int, 1), 16),
     "batch_size": Param(Interval(int, 1), 256),
@@ -113,7 +113,7 @@ PARAMS = {
     "pixel_size_um": Param(Interval(float, 0.0, low_open=True, none=True), None),
     "z_spacing_um": Param(Interval(float, 0.0, low_open=True, none=True), None),
     "method": Param(Options(("auto", "patch", "dense")), "auto"),
-    "precision": Param(Options(PRECISIONS), "fp32"),
+    "precision": Param(Options(("auto",) + PRECISIONS), "auto"),
     "smooth": Param(Interval(float, 0.0, 1e6, none=True), None),
     "smooth_z": Param(Interval(float, 0.0, 1e6), 0.0),
     "band_rows": Param(Interval(int, 1, none=True), None),

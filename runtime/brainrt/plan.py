@@ -99,13 +99,14 @@ def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     TIFF path; ``pixel_size_um`` defaults to the TIFF's, else :data:`DEFAULT_PIXEL_SIZE_UM`.
     ``standardize`` maps the image's tissue histogram onto the bundle's training tissue
     (:mod:`brainrt.intensity`) when the bundle records one. ``series`` picks one series of a
-    multi-series TIFF. ``precision`` "int8" runs the bundle's int8 graphs.
+    multi-series TIFF. ``precision`` "int8" runs the bundle's int8 graphs, "auto" (default) them where
+    the CPU has VNNI (:meth:`~brainrt.bundle.Bundle.auto_precision`).
     Errors name the file for file problems and the parameter (of ``owner``) otherwise.
     """
     o = params.check(owner, stride=stride, batch_size=batch_size, min_tissue=min_tissue, threshold=threshold,
                      pixel_size_um=pixel_size_um, method=method, precision=precision)
     o["method"] = resolve_method(o["method"], o["stride"], bundle.dense_strides, owner)
-    bundle.check_precision(precision, owner)
+    o["precision"] = bundle.check_precision(o["precision"], owner)  # "auto": int8 where it pays (VNNI)
     return plan_of(image, bundle, tissue=tissue, z=z, standardize=standardize, owner=owner, series=series, **o)
 
 

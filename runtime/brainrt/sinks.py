@@ -9,7 +9,8 @@ is written once, in the engine; what happens to the features is the sink's busin
 - :class:`ZarrFeatureSink`: into a zarr feature grid written beside its target and
   renamed into place when complete (a stride-1 grid of a slice is GBs);
 - :class:`ClassifySink`: a classifier head on every block, then the streamed in-plane
-  smoothing (:class:`~brainrt.smooth.RowSmoother`), so features are never held whole.
+  smoothing (:class:`~brainrt.smooth.RowSmoother`), so features are never held whole;
+  the probabilities go into memory or, band by band, into their OME-TIFF.
 
 The volume band writer (:mod:`brainrt.volumes.blocks`) is an :class:`ArraySink` over
 one band whose rows then go into the volume's store. Sinks trust their inputs: the plan
@@ -107,40 +108,55 @@ class ZarrFeatureSink(Sink):
 
 
 class ClassifySink(Sink):
-    """A classifier head (:class:`~brainrt.heads.Classifier`) on every block into its output grid of
-    ``shape``, smoothed in the plane as the rows arrive when ``sigma`` (grid cells) > 0. A context
-    head's terms go through its ``stream`` (:meth:`~brainrt.heads.Classifier.stream`, which pools
-    them with a halo of rows) before the smoothing."""
+    """A classifier head (:class:`~brainrt.heads.Classifier`) on every block, smoothed in the plane as the
+    rows arrive when ``sigma`` (grid cells) > 0. A context head's terms go through its ``stream``
+    (:meth:`~brainrt.heads.Classifier.stream`, which pools them with a halo of rows) before the smoothing.
+    ``close()`` gives ``(labels, probabilities)``: labels (R, C) int16 (-1 off tissue) always in memory
+    (small), probabilities (R, C, K) in memory, or streamed band by band to ``probabilities`` (a writer
+    with ``write(y0, band)`` and ``abort()``, e.g. :class:`~brainrt.io.OmeTiffBands`; then None), so a
+    stride-1 slice never holds them whole."""
 
-    def __init__(self, clf, shape, *, sigma=0.0, space="log", stream=None):
-        self.clf, self.out = clf, clf.empty(shape)
-        self.valid = np.zeros(tuple(shape), bool)
+    def __init__(self, clf, valid, *, sigma=0.0, space="log", stream=None, probabilities=None):
+        self.clf, self.valid, self.writer = clf, valid, probabilities
+        self.labels = np.full(valid.shape, -1, np.int16)
+        self.probs = clf.empty(valid.shape) if clf.proba and probabilities is None else None
         self.stream = stream if stream is not None else PassThrough()
-        self.smoother = RowSmoother(sigma, space=space) if sigma > 0 else None
-        self.mapped = self.done = 0  # rows of the output mapped by the head / already smoothed
+        self.smoother = RowSmoother(sigma, space=space) if sigma > 0 and clf.proba else None
+        self.mapped = self.done = 0  # grid rows mapped by the head / finished (smoothed, labelled, written)
 
     def put(self, block):
+        if not self.clf.proba:  # the head gives labels
+            apply_rows(block.features, block.valid, self.clf.fn, self.labels[block.r0 : block.r1])
+            return
         values = apply_rows(block.features, block.valid, self.clf.fn, self.clf.empty(block.valid.shape, terms=True))
-        self.valid[block.r0 : block.r1] = block.valid
         self._map(self.stream.push(values, block.valid))
 
     def close(self):
-        self._map(self.stream.flush())
+        if self.clf.proba:
+            self._map(self.stream.flush())
         if self.smoother is not None:
-            self._write(self.smoother.flush())
-        return self.out
+            for band in self.smoother.flush():
+                self._finish(band)
+        return self.labels, self.probs
+
+    def abort(self):
+        if self.writer is not None:
+            self.writer.abort()
 
     def _map(self, rows):
-        """Finished map rows into the output from row ``mapped`` on, then through the smoother."""
+        """Finished map rows (probabilities) from row ``mapped`` on, through the smoother when there is one."""
         for r in rows:
             a = self.mapped
-            self.out[a : a + len(r)] = r
             self.mapped += len(r)
-            if self.smoother is not None:
-                self._write(self.smoother.push(self.out[a : self.mapped], self.valid[a : self.mapped]))
+            for band in [r] if self.smoother is None else self.smoother.push(r, self.valid[a : self.mapped]):
+                self._finish(band)
 
-    def _write(self, smoothed):
-        """Write consecutive smoothed row blocks into the output from row ``done`` on."""
-        for r in smoothed:
-            self.out[self.done : self.done + len(r)] = r
-            self.done += len(r)
+    def _finish(self, band):
+        """Labels of the next rows from their (smoothed) probabilities; the probabilities to their place."""
+        rows = slice(self.done, self.done + len(band))
+        self.labels[rows] = np.where(self.valid[rows], band.argmax(-1), -1)
+        if self.writer is not None:
+            self.writer.write(self.done, band)
+        else:
+            self.probs[rows] = band
+        self.done += len(band)

@@ -77,7 +77,7 @@ class JobWidget(Container):
         self.bundle = FileEdit(mode="d", value=_default_bundle(), label="bundle")
         self.image = ComboBox(choices=self._images, label="image")
         self.stride = SpinBox(value=16, min=2, max=256, label="stride (px)")
-        self.precision = ComboBox(choices=PRECISIONS, value=DEFAULT_PRECISION, label="precision")
+        self.precision = ComboBox(choices=("auto",) + PRECISIONS, value=DEFAULT_PRECISION, label="precision")
         self.run_button, self.cancel_button = PushButton(text="Run"), PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(value=0, min=0, max=100, label="progress")
         self.status = Label(value="")

@@ -123,7 +123,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     o = params.check(owner, task=task, stride=stride, method=method, min_tissue=min_tissue, threshold=threshold,
                      pixel_size_um=pixel_size_um, z_spacing_um=z_spacing_um, batch_size=batch_size,
                      band_rows=band_rows, threads=threads, precision=precision, smooth_z=smooth_z, device=device)
-    bundle.check_precision(precision, owner)
+    precision = bundle.check_precision(o["precision"], owner)  # "auto" decided once for the whole run
     _check_volume_only(series, tissue, owner)
     if o["smooth_z"] and task != "classify":
         raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
