@@ -41,13 +41,16 @@ def listing(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
 
 
-@pytest.fixture(autouse=True)
-def _fp32_by_default(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_by_default():
     """Precision "auto" (the default) picks int8 on CPUs with VNNI; the tests see the same default on every
-    machine (fp32, as without VNNI) and test "auto" itself by patching the probe back (test_runtime)."""
+    machine (fp32, as without VNNI) and test "auto" itself by patching the probe back (test_runtime).
+    Session-wide, before any other fixture computes features."""
     import brainrt.bundle
 
-    monkeypatch.setattr(brainrt.bundle, "cpu_has_vnni", lambda: False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(brainrt.bundle, "cpu_has_vnni", lambda: False)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -429,7 +429,7 @@ def test_interrupted_featurize_leaves_no_output(tmp_path, tiny_bundle_path, tiny
     big = write_tiff(tmp_path / "big.tif", image)
     out = tmp_path / "out.zarr"
     cmd = [sys.executable, "-m", "brainrt.cli", "-q", "featurize", str(big), "-m", str(tiny_bundle_path),
-           "--stride", "2", "--method", "patch", "-o", str(out)]
+           "--stride", "2", "--method", "patch", "--precision", "fp32", "-o", str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     log = open(tmp_path / "killed-run.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

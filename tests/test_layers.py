@@ -375,8 +375,10 @@ def test_plan_and_volume_defaults_are_the_declared_ones(tiny_bundle, tmp_path):
     stack = write_tiff(tmp_path / "v.tif", make_volume((2, 192, 256), seed=1).image, photometric="minisblack")
     v = make_volume_plan(stack, tiny_bundle)
     p = make_plan(make_volume((1, 192, 256), seed=1).image[0], tiny_bundle)
-    for name in ("stride", "batch_size", "min_tissue", "precision"):
+    for name in ("stride", "batch_size", "min_tissue"):
         assert v.slice_options[name] == getattr(p, name, params.default(name)) == params.default(name), name
+    auto = tiny_bundle.check_precision(params.default("precision"))  # "auto", decided once per run
+    assert v.slice_options["precision"] == p.precision == auto
 
 
 def _long_functions(path, limit=40):

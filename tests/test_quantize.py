@@ -235,8 +235,8 @@ def test_precision_errors_are_one_line(tiny_bundle, fp32_only_bundle, synthetic_
     import brainrt
     from brainrt.errors import BrainrtError
 
-    with pytest.raises(BrainrtError, match=r"^The 'precision' parameter of featurize must be one of \('fp32', "
-                                           r"'int8'\)\. Got 'int4' instead\.$"):
+    with pytest.raises(BrainrtError, match=r"^The 'precision' parameter of featurize must be one of \('auto', "
+                                           r"'fp32', 'int8'\)\. Got 'int4' instead\.$"):
         brainrt.featurize(synthetic_slice.image, tiny_bundle, precision="int4")
     old = brainrt.Bundle.load(fp32_only_bundle)
     assert old.manifest.precisions == ("fp32",)

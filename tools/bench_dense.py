@@ -14,8 +14,10 @@ with fp32 over the whole slice at stride 4 (``int8 label agreement (stride 4):
 accuracy of both against the annotation). A bundle without int8 graphs gets a
 temporary int8 copy calibrated on the image (tools/quantize_bundle.py), said so.
 The stride comparison times the dense path at strides 3 and 1, 12 and 4 on a 1000 x 1500
-crop (stride 3 runs the stride-1 graph and keeps every third position, so the two should
-cost about the same; ``--no-strides`` skips it). ``--whole-slice`` also classifies the whole slice at stride 1 in a child process and
+crop, at the default precision (stride 3 runs the stride-1 graph and keeps every third position, so the two should
+cost about the same; ``--no-strides`` skips it). ``--whole-slice`` also runs ``brainrt classify`` of the whole
+slice at stride 1 in a child process (labels, probabilities and overlay written to a
+temporary folder) and
 prints its wall time and peak RSS (minutes).
 
     python tools/bench_dense.py --model models/slice309-paper6 --image ../shared/data/slice309.tif \
@@ -114,19 +116,28 @@ def int8_agreement(image_path, mask_path, bundle, stride=4):
 
 
 def whole_slice(model, image_path, precision, threads):
-    """Classify the whole slice at stride 1 in a fresh process: (seconds from reading the TIFF to the
-    label map, wall seconds of the process, peak RSS bytes of the process)."""
-    code = ("import resource, sys, time, brainrt; b = brainrt.Bundle.load(sys.argv[1], threads=int(sys.argv[4]) or None); "
-            "t = time.perf_counter(); brainrt.classify_image(sys.argv[2], b, stride=1, precision=sys.argv[3]); "
-            "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", code, str(model), str(image_path), precision, str(threads or 0)],
-                          check=True, capture_output=True, text=True)
-    secs, rss_kib = done.stdout.split()[-2:]
-    return float(secs), time.perf_counter() - t, int(rss_kib) * 1024  # ru_maxrss is in KiB on Linux
+    """``brainrt classify`` of the whole slice at stride 1 in a fresh process, writing its outputs (labels,
+    probabilities, overlay) into a temporary folder: wall seconds from reading the TIFF to the last file,
+    the engine's own seconds in that run (cutting tiles, onnxruntime, stitching: the pure dense time),
+    peak RSS bytes of the process and the precision it ran."""
+    code = ("import json, resource, sys, time; from brainrt import api; from brainrt.cli import main; st = {}; "
+            "close = api._close; api._close = lambda m, p, v: st.update(close(m, p, v)) or st; "
+            "t = time.perf_counter(); main(['-q', 'classify', sys.argv[2], '-m', sys.argv[1], '--stride', '1', "
+            "'--precision', sys.argv[3], '--threads', sys.argv[4], '-o', sys.argv[5]], standalone_mode=False); "
+            "print(json.dumps({'seconds': time.perf_counter() - t, 'stats': st, "
+            "'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+    with tempfile.TemporaryDirectory(prefix="bench-whole-") as tmp:
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", code, str(model), str(image_path), precision, str(threads),
+                               str(Path(tmp) / "slice.labels.ome.tif")], check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    engine = sum(r["stats"]["timings"].values())
+    return {"seconds": r["seconds"], "process_wall_s": wall, "engine_s": engine, "peak_rss_bytes": r["rss"] * 1024,
+            "precision": r["stats"]["precision"], "patches": r["stats"]["patches"]}  # ru_maxrss: KiB on Linux
 
 
-def stride_costs(image, bundle, shape=(1000, 1500), pairs=((3, 1), (12, 4)), precision="fp32"):
+def stride_costs(image, bundle, shape=(1000, 1500), pairs=((3, 1), (12, 4)), precision="auto"):
     """Seconds of the dense path at each stride of ``pairs`` on a centred crop of ``shape`` (all cells),
     and the ratio of each pair: a stride no graph has (3, 12) against the graph it subsamples (1, 4)."""
     import brainrt
@@ -139,7 +150,8 @@ def stride_costs(image, bundle, shape=(1000, 1500), pairs=((3, 1), (12, 4)), pre
         g = brainrt.featurize(crop, bundle, stride=s, tissue="all", precision=precision)
         assert g.stats["method"] == "dense", s
         secs[s] = g.stats["seconds"]
-    return {"crop": [ch, cw], "seconds": secs, "ratios": {f"{a}/{b}": secs[a] / secs[b] for a, b in pairs}}
+    return {"crop": [ch, cw], "seconds": secs, "precision": g.stats["precision"],
+            "ratios": {f"{a}/{b}": secs[a] / secs[b] for a, b in pairs}}
 
 
 def _args(argv):
@@ -155,7 +167,7 @@ def _args(argv):
     ap.add_argument("--whole-slice", nargs="*", default=None, choices=["fp32", "int8"],
                     help="Also classify the whole slice at stride 1 with these precisions (default int8; minutes).")
     ap.add_argument("--no-strides", action="store_true",
-                    help="Skip the stride comparison (strides 3 vs 1 and 12 vs 4 on a 1000 x 1500 crop, fp32).")
+                    help="Skip the stride comparison (strides 3 vs 1 and 12 vs 4 on a 1000 x 1500 crop, default precision).")
     ap.add_argument("--json", default=None, help="Also write the results here.")
     return ap.parse_args(argv)
 
@@ -168,9 +180,9 @@ def _paths(crop, bundle, args):
     runs = {"per_patch": [], "dense": [], "share": [], "dense8": [], "peaks": []}
     for _ in range(args.repeats):
         runs["peaks"].append(peaks(args.threads, repeats=3))  # the peak under the same load as the paths timed
-        g = brainrt.featurize(crop, bundle, stride=args.patch_stride, method="patch", tissue="all")
+        g = brainrt.featurize(crop, bundle, stride=args.patch_stride, method="patch", tissue="all", precision="fp32")
         runs["per_patch"].append(g.stats["patches_per_s"])
-        g = brainrt.featurize(crop, bundle, stride=1, method="dense", tissue="all")
+        g = brainrt.featurize(crop, bundle, stride=1, method="dense", tissue="all", precision="fp32")
         runs["dense"].append(g.stats["patches_per_s"])
         t = g.stats["timings"]
         runs["share"].append((t["tiling"] + t["stitching"]) / g.stats["seconds"])
@@ -194,7 +206,7 @@ def _print_peaks(res, macs):
 def _print_strides(res, image, bundle):
     sc = stride_costs(image, bundle)
     res["strides"] = sc
-    print(f"strides on a {sc['crop'][0]} x {sc['crop'][1]} crop (dense, fp32): "
+    print(f"strides on a {sc['crop'][0]} x {sc['crop'][1]} crop (dense, {sc['precision']}): "
           + ", ".join(f"stride {k} {v:.1f} s" for k, v in sc["seconds"].items()))
     print("stride cost ratios: " + ", ".join(f"stride {k}: {v:.2f}x" for k, v in sc["ratios"].items()))
 
@@ -209,12 +221,21 @@ def _print_int8(res, args, bundle):
               f"1st percentile {a['cosine_p1']:.5f}")
         print(f"pixel accuracy vs annotation (stride 4): fp32 {a['pixel_accuracy_fp32']:.4f}, int8 "
               f"{a['pixel_accuracy_int8']:.4f} ({100 * (a['pixel_accuracy_int8'] - a['pixel_accuracy_fp32']):+.2f} points)")
+    _print_whole(res, args, bundle)
+
+
+def _print_whole(res, args, bundle):
+    """--whole-slice: `brainrt classify` of the whole slice at stride 1, against the engine's own time in that
+    run and against the pure dense time at this run's crop rate of the same precision."""
     whole = [] if args.whole_slice is None else (args.whole_slice or ["int8"])  # bare --whole-slice: int8
     for p in whole:
-        secs, wall, rss = whole_slice(bundle.path, args.image, p, args.threads)
-        res["int8"][f"whole_slice_stride1_{p}"] = {"seconds": secs, "process_wall_s": wall, "peak_rss_bytes": rss}
-        print(f"whole slice, stride 1, {p}: {secs:.1f} s featurize + classify ({wall:.1f} s process wall), "
-              f"peak RSS {rss / 1e9:.2f} GB")
+        r = whole_slice(bundle.path, args.image, p, args.threads)
+        res["int8"][f"whole_slice_stride1_{p}"] = r
+        rate = res["int8"]["dense"] if r["precision"] == "int8" else res["dense"]
+        print(f"whole slice, stride 1, {p} ({r['precision']}): {r['seconds']:.1f} s `brainrt classify` with its outputs "
+              f"({r['process_wall_s']:.1f} s process wall), peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB; the engine's "
+              f"own time {r['engine_s']:.1f} s: {r['seconds'] / r['engine_s']:.2f}x of it; pure dense time at the "
+              f"crop's rate {r['patches'] / rate:.1f} s: {r['seconds'] * rate / r['patches']:.2f}x of it")
 
 
 def main(argv=None):

@@ -21,7 +21,7 @@ from .errors import BrainrtError
 from .geometry import cell_centre, upsample
 from .grid import FeatureGrid, load_features, zarr_attrs
 from .heads import ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
-from .io import read_mask
+from .io import OmeTiffBands, read_mask
 from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STRIDE, make_plan
 from .scoring import pixel_metrics, read_truth, score
 from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
@@ -167,8 +167,6 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
     sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)
     writer = None
     if probabilities is not None and clf.proba:
-        from .io import OmeTiffBands
-
         writer = OmeTiffBands(probabilities, (clf.n_classes,) + plan.shape, np.float32,
                               pixel_size_um=plan.pixel_size_um * plan.stride, channel_names=bundle.class_names)
     meter = Meter(plan.n_cells, progress=progress)

@@ -257,12 +257,11 @@ class Bundle:
         return precision
 
     def auto_precision(self):
-        """int8 where it pays and the measured agreement covers it: the bundle has int8 graphs, they run on
-        the CPU and the CPU has int8 dot products (VNNI); else fp32. The log says which, and why."""
-        provider = self.session.get_providers()[0]
-        if "int8" not in self.manifest.precisions or provider != "CPUExecutionProvider" or not cpu_has_vnni():
-            why = ("the bundle has no int8 graphs" if "int8" not in self.manifest.precisions else
-                   f"the graphs run on {provider}" if provider != "CPUExecutionProvider" else "this CPU has no VNNI")
+        """int8 where it pays (int8 graphs, run on a CPU with VNNI), else fp32; the log says which and why."""
+        provider, has8 = self.session.get_providers()[0], "int8" in self.manifest.precisions
+        why = ("the bundle has no int8 graphs" if not has8 else f"the graphs run on {provider}"
+               if provider != "CPUExecutionProvider" else None if cpu_has_vnni() else "this CPU has no VNNI")
+        if why:
             log.info("precision fp32 (%s)", why)
             return "fp32"
         log.info("precision int8: the bundle has int8 graphs and this CPU has VNNI (--precision fp32 for fp32)")
