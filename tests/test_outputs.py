@@ -118,26 +118,39 @@ def test_classify_from_features_removes_an_older_overlay(small, tiny_bundle_path
     assert sorted(rec["files"]) == ["x.ome.tif", "x.probabilities.ome.tif"]
 
 
-def test_disk_full_leaves_the_old_set_and_no_label_map_alone(small, tiny_bundle_path, monkeypatch):
-    """A write that fails (ENOSPC) on the probabilities: one line, exit 2; neither a new label map
+@pytest.mark.parametrize("where", ["layout", "band"])
+def test_disk_full_leaves_the_old_set_and_no_label_map_alone(where, small, tiny_bundle_path, monkeypatch):
+    """A write that fails (ENOSPC) on the probabilities, streamed into their file band by band while they
+    are computed (laying the file out, or writing a band): one line, exit 2; neither a new label map
     without its probabilities nor a temporary file is left, and an older set stays whole."""
+    import os
+
     src, _, out = small
-    real = tifffile.imwrite
+    real_imwrite, real_pwrite = tifffile.imwrite, os.pwrite
 
-    def full(path, data, *a, **kw):
-        if ".probabilities." in str(path) or data.ndim == 3:
+    def full(path, data=None, *a, **kw):
+        if ".probabilities." in str(path) or (data is not None and np.ndim(data) == 3):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, data, *a, **kw)
+        return real_imwrite(path, data, *a, **kw)
 
-    monkeypatch.setattr(tifffile, "imwrite", full)
+    def full_band(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fill(on):
+        if where == "layout":
+            monkeypatch.setattr(tifffile, "imwrite", full if on else real_imwrite)
+        else:
+            monkeypatch.setattr(os, "pwrite", full_band if on else real_pwrite)
+
     args = ["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]
+    fill(True)
     line = _one_error(_run(args))
     assert "x.ome.tif" in line and "no space left" in line, line
     assert listing(out) == []
-    monkeypatch.setattr(tifffile, "imwrite", real)
+    fill(False)
     _ok(_run(args))
     before = _state(out)
-    monkeypatch.setattr(tifffile, "imwrite", full)
+    fill(True)
     _one_error(_run([*args, "--stride", "8", "--overwrite"]))
     assert _state(out) == before
 
