@@ -100,6 +100,7 @@ def run(plan, predictor, sink, *, rows=None, meter=None, on_block=None):
             sink.put(b)
             if on_block is not None:
                 on_block(b, meter)
+            del b  # not held while the next block is computed (a stride-1 block of a slice is 238 MB)
     except BaseException:
         sink.abort()
         raise

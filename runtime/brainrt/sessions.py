@@ -11,13 +11,18 @@ from .errors import file_error
 
 
 def session_options(threads=None):
-    """Session options: ``threads`` intra-op threads (None: onnxruntime's default, all cores), quiet logs."""
+    """Session options: ``threads`` intra-op threads (None: onnxruntime's default, all cores), quiet logs,
+    and no memory pattern: with it, onnxruntime plans one block for all of a run's intermediate tensors
+    on top of its arena, which doubled the memory a dense tile takes (measured on a stride-1 tile of
+    the shipped bundle: arena growth 800 -> 432 MB fp32, 214 -> 125 MB int8, same speed; the arena
+    itself stays on, without it a tile ran 10-20% slower)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
     opts.log_severity_level = 3
+    opts.enable_mem_pattern = False
     return opts
 
 

@@ -42,6 +42,8 @@ TRUNCATE = 4.0
 EPS = 1e-6
 #: Values per column chunk of the row filter (its rows stay in cache while the kernel slides).
 _CHUNK = 2048
+#: Pooled rows computed at a time (the temporaries of the last steps are this many rows).
+EMIT_ROWS = 32
 
 
 def radius(sigma: float) -> int:
@@ -138,23 +140,21 @@ def _cols_kernel(a, k, out):
     return out
 
 
-def _filter_cols(a, k):
-    a = np.ascontiguousarray(a, np.float32)
-    return _cols_kernel(a, k, np.empty_like(a))
-
-
 def _to_scores(prob, valid, space):
     s = np.log(np.maximum(prob, EPS)) if space == "log" else prob.astype(np.float32)
     return np.where(valid[..., None], s, 0).astype(np.float32), valid.astype(np.float32)[..., None]
 
 
 def _from_scores(num, den, valid, space):
+    """Smoothed probabilities from the smoothed scores and weights, in place of ``num`` (returned)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        s = num / den
+        s = np.divide(num, den, out=num)
     if space == "log":
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
-    s = s / s.sum(axis=-1, keepdims=True)
-    return np.where(valid[..., None], s, 0).astype(np.float32)
+        s -= s.max(axis=-1, keepdims=True)
+        np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    s[~valid] = 0
+    return s
 
 
 def smooth_probabilities(prob, valid, sigma, *, space="log"):
@@ -187,51 +187,72 @@ class RowPooler:
     """Gaussian pooling over tissue cells of a grid given as consecutive row blocks.
 
     ``push(values_block, valid_block)`` yields :class:`Pooled` blocks of the rows whose
-    kernel has fully arrived (``radius`` rows after them); ``flush()`` the rest at the
-    end of the grid. Zero padding and one fixed order of terms make the stream equal to
-    pooling the whole grid at once, bit for bit.
+    kernel has fully arrived (``radius`` rows after them), :data:`EMIT_ROWS` rows at a time;
+    ``flush()`` the rest at the end of the grid. Zero padding and one fixed order of terms
+    make the stream equal to pooling the whole grid at once, bit for bit. The column-filtered
+    rows not yet emitted, and ``radius`` rows before them, wait in buffers reused from block to
+    block (no copy of the whole buffer per block: at stride 1 it is hundreds of MB).
     """
 
     def __init__(self, sigma):
         self.k, self.r = _kernel(sigma), radius(sigma)
-        self._num = self._den = self._valid = None  # column-filtered rows not yet emitted, plus r rows before
+        self._num = self._den = self._valid = None  # buffers of rows (capacity, C, ch), (capacity, C, 1), (capacity, C)
+        self._n = 0  # rows held in the buffers
         self._done = 0  # rows emitted
         self._first = 0  # grid row of the first buffered row
 
     def push(self, values, valid):
         valid = np.asarray(valid, bool)
-        num = np.where(valid[..., None], np.asarray(values, np.float32), 0).astype(np.float32)
-        self._append(_filter_cols(num, self.k), _filter_cols(valid.astype(np.float32)[..., None], self.k), valid)
+        num, den, v = self._room(len(valid), np.shape(values)[1:])
+        num[...] = values
+        num[~valid] = 0
+        den[..., 0] = valid
+        v[...] = valid
+        _cols_kernel(num, self.k, num)  # in place: the kernel reads each row from its own copy
+        _cols_kernel(den, self.k, den)
+        self._n += len(valid)
         yield from self._emit(final=False)
 
     def flush(self):
         yield from self._emit(final=True)
 
-    def _append(self, num, den, valid):
-        if self._num is None:
-            self._num, self._den, self._valid = num, den, valid
-        else:
-            self._num = np.concatenate([self._num, num])
-            self._den = np.concatenate([self._den, den])
-            self._valid = np.concatenate([self._valid, valid])
+    def _room(self, n, cell_shape):
+        """Views of the next ``n`` buffer rows (the buffers grown, keeping their rows, when full)."""
+        if self._num is None or self._n + n > len(self._num):
+            cap, old = max(self._n + n, 2 * self.r + n), (self._num, self._den, self._valid)
+            self._num = np.empty((cap,) + tuple(cell_shape), np.float32)
+            self._den = np.empty((cap, cell_shape[0], 1), np.float32)
+            self._valid = np.empty((cap, cell_shape[0]), bool)
+            for new, buf in zip((self._num, self._den, self._valid), old):
+                if buf is not None:
+                    new[: self._n] = buf[: self._n]
+        rows = slice(self._n, self._n + n)
+        return self._num[rows], self._den[rows], self._valid[rows]
 
     def _emit(self, *, final):
         if self._num is None:
             return
-        r, lo = self.r, self._first
-        total = lo + len(self._num)  # grid rows received so far
-        stop = total if final else total - r  # rows whose whole kernel has arrived
-        if stop <= self._done:
-            return
-        n = stop - self._done
-        num, den = (_rows_kernel(x.reshape(len(x), -1), self.k, self._done - lo, n,
-                                 np.empty((n, x[0].size), np.float32)).reshape((n,) + x.shape[1:])
-                    for x in (self._num, self._den))
-        yield Pooled(num, den, self._valid[self._done - lo : stop - lo])
-        self._done = stop
-        keep = max(self._done - r, lo) - lo  # keep r rows of history
-        self._num, self._den, self._valid = self._num[keep:], self._den[keep:], self._valid[keep:]
-        self._first = lo + keep
+        r, lo, n = self.r, self._first, self._n
+        stop = lo + n if final else lo + n - r  # rows whose whole kernel has arrived
+        for a in range(self._done, stop, EMIT_ROWS):
+            m = min(stop, a + EMIT_ROWS) - a
+            num, den = (_rows_kernel(x[:n].reshape(n, -1), self.k, a - lo, m, np.empty((m, x[0].size), np.float32))
+                        .reshape((m,) + x.shape[1:]) for x in (self._num, self._den))
+            yield Pooled(num, den, self._valid[a - lo : a - lo + m].copy())
+        if stop > self._done:
+            self._done = stop
+            self._drop(max(self._done - r, lo) - lo)  # keep r rows of history
+
+    def _drop(self, keep):
+        """Drop the first ``keep`` buffered rows: the rest moves to the front in chunks of at most ``keep``
+        rows, so a chunk's source and destination never overlap (no temporary copy)."""
+        m = self._n - keep
+        if keep > 0:
+            for buf in (self._num, self._den, self._valid):
+                for i in range(0, m, keep):
+                    j = min(m, i + keep)
+                    buf[i:j] = buf[keep + i : keep + j]
+        self._n, self._first = m, self._first + keep
 
 
 class RowSmoother:
@@ -249,7 +270,10 @@ class RowSmoother:
 
     def push(self, prob, valid):
         prob = np.asarray(prob, np.float32)
-        yield from self._finish(self.pooler.push(np.log(np.maximum(prob, EPS)) if self.space == "log" else prob, valid))
+        if self.space == "log":
+            prob = np.maximum(prob, EPS)
+            np.log(prob, out=prob)
+        yield from self._finish(self.pooler.push(prob, valid))
 
     def flush(self):
         yield from self._finish(self.pooler.flush())
