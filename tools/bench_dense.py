@@ -232,10 +232,13 @@ def _print_whole(res, args, bundle):
         r = whole_slice(bundle.path, args.image, p, args.threads)
         res["int8"][f"whole_slice_stride1_{p}"] = r
         rate = res["int8"]["dense"] if r["precision"] == "int8" else res["dense"]
-        print(f"whole slice, stride 1, {p} ({r['precision']}): {r['seconds']:.1f} s `brainrt classify` with its outputs "
-              f"({r['process_wall_s']:.1f} s process wall), peak RSS {r['peak_rss_bytes'] / 1e9:.2f} GB; the engine's "
-              f"own time {r['engine_s']:.1f} s: {r['seconds'] / r['engine_s']:.2f}x of it; pure dense time at the "
-              f"crop's rate {r['patches'] / rate:.1f} s: {r['seconds'] * rate / r['patches']:.2f}x of it")
+        dense = r["patches"] / rate
+        print(f"whole slice, stride 1, {p} ({r['precision']}, {r['patches']} positions): `brainrt classify` with its "
+              f"outputs {r['seconds']:.1f} s ({r['process_wall_s']:.1f} s process wall), peak RSS "
+              f"{r['peak_rss_bytes'] / 1e9:.2f} GB")
+        print(f"  pure dense time: {r['engine_s']:.1f} s the engine's own in that run (tiles, onnxruntime, stitching): "
+              f"whole / dense {r['seconds'] / r['engine_s']:.2f}x; {dense:.1f} s at this run's {r['precision']} crop "
+              f"rate: {r['seconds'] / dense:.2f}x; int8/fp32 dense speed {res['int8']['ratio']:.2f}x")
 
 
 def main(argv=None):
