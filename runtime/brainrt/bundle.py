@@ -12,7 +12,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -164,18 +163,6 @@ def providers(device="auto"):
     return _PROVIDERS["cuda" if device == "cuda" or (device == "auto" and cuda) else "cpu"]
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_vnni() -> bool:
-    """Whether this CPU has the int8 dot-product instructions (x86 AVX-512 VNNI or AVX-VNNI) with which
-    onnxruntime's int8 kernels cannot saturate (Linux: /proc/cpuinfo; elsewhere False)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_vnni|avx_vnni)\b", flags))
-
-
 @dataclass(frozen=True, eq=False)
 class Bundle:
     """A verified, loaded model bundle. Create it with :meth:`Bundle.load`.
@@ -260,12 +247,10 @@ class Bundle:
         """int8 where it pays (int8 graphs, run on a CPU with VNNI), else fp32; the log says which and why."""
         provider, has8 = self.session.get_providers()[0], "int8" in self.manifest.precisions
         why = ("the bundle has no int8 graphs" if not has8 else f"the graphs run on {provider}"
-               if provider != "CPUExecutionProvider" else None if cpu_has_vnni() else "this CPU has no VNNI")
-        if why:
-            log.info("precision fp32 (%s)", why)
-            return "fp32"
-        log.info("precision int8: the bundle has int8 graphs and this CPU has VNNI (--precision fp32 for fp32)")
-        return "int8"
+               if provider != "CPUExecutionProvider" else None if sessions.cpu_has_vnni() else "this CPU has no VNNI")
+        log.info("precision fp32 (%s)" % why if why else
+                 "precision int8: the bundle has int8 graphs and this CPU has VNNI (--precision fp32 for fp32)")
+        return "fp32" if why else "int8"
 
     def predictor(self, kind="patch", *, stride=None, precision="fp32"):
         """A :mod:`~brainrt.predictor` over this bundle's graphs (see :func:`brainrt.predictor.build`)."""

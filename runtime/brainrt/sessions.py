@@ -7,6 +7,9 @@ session per graph file.
 
 from __future__ import annotations
 
+import functools
+import re
+
 from .errors import file_error
 
 
@@ -35,3 +38,15 @@ def open_session(path, opts, chosen, *, owner=None):
         return ort.InferenceSession(str(path), opts, providers=list(chosen))
     except Exception as exc:
         raise file_error(owner or path, f"cannot load the ONNX graph ({type(exc).__name__})") from None
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has the int8 dot-product instructions (x86 AVX-512 VNNI or AVX-VNNI) with which
+    onnxruntime's int8 kernels cannot saturate (Linux: /proc/cpuinfo; elsewhere False)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_vnni|avx_vnni)\b", flags))
