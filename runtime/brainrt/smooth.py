@@ -140,6 +140,11 @@ def _cols_kernel(a, k, out):
     return out
 
 
+def _log_scores(x):
+    """``log(max(x, EPS))`` in place (the log space's scores)."""
+    np.log(np.maximum(x, EPS, out=x), out=x)
+
+
 def _to_scores(prob, valid, space):
     s = np.log(np.maximum(prob, EPS)) if space == "log" else prob.astype(np.float32)
     return np.where(valid[..., None], s, 0).astype(np.float32), valid.astype(np.float32)[..., None]
@@ -194,8 +199,8 @@ class RowPooler:
     block (no copy of the whole buffer per block: at stride 1 it is hundreds of MB).
     """
 
-    def __init__(self, sigma):
-        self.k, self.r = _kernel(sigma), radius(sigma)
+    def __init__(self, sigma, *, prepare=None):
+        self.k, self.r, self.prepare = _kernel(sigma), radius(sigma), prepare  # prepare(rows): in place, before pooling
         self._num = self._den = self._valid = None  # buffers of rows (capacity, C, ch), (capacity, C, 1), (capacity, C)
         self._n = 0  # rows held in the buffers
         self._done = 0  # rows emitted
@@ -205,6 +210,8 @@ class RowPooler:
         valid = np.asarray(valid, bool)
         num, den, v = self._room(len(valid), np.shape(values)[1:])
         num[...] = values
+        if self.prepare is not None:
+            self.prepare(num)
         num[~valid] = 0
         den[..., 0] = valid
         v[...] = valid
@@ -265,14 +272,10 @@ class RowSmoother:
     def __init__(self, sigma, *, space="log"):
         if space not in ("log", "prob"):
             raise ValueError(f"space must be 'log' or 'prob', got {space!r}")
-        self.pooler, self.space = RowPooler(sigma), space
+        self.pooler, self.space = RowPooler(sigma, prepare=_log_scores if space == "log" else None), space
         self.k, self.r = self.pooler.k, self.pooler.r
 
     def push(self, prob, valid):
-        prob = np.asarray(prob, np.float32)
-        if self.space == "log":
-            prob = np.maximum(prob, EPS)
-            np.log(prob, out=prob)
         yield from self._finish(self.pooler.push(prob, valid))
 
     def flush(self):
