@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import brainrt
+
 ROOT = Path(__file__).resolve().parents[1]
 #: The shared dataset (slice309) lives beside the checkout; tests that need it skip without it.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -155,3 +157,32 @@ def one_cli_error(result):
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     return lines[0]
+
+
+def small_slice(synthetic_slice):
+    return synthetic_slice.image[:192, :256]
+
+
+def error_line(result_or_text):
+    """The one line of a failed command's stderr (progress bars aside); fails on anything else."""
+    text = result_or_text if isinstance(result_or_text, str) else result_or_text.stderr
+    assert "Traceback" not in text, text
+    lines = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip() and not ln.startswith("featurize:")]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("Error: "), text
+    if not isinstance(result_or_text, str):
+        assert result_or_text.stdout == "", result_or_text.stdout  # nothing claims success
+    return lines[0]
+
+
+@pytest.fixture
+def io_dirs(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    return src, out
+
+
+@pytest.fixture(scope="module")
+def grid16(tiny_bundle, synthetic_slice):
+    return brainrt.featurize(synthetic_slice.image, tiny_bundle, stride=16)

@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import ROOT
 
@@ -306,10 +307,9 @@ def test_train_job_featurizes_once_and_maps_the_known_areas():
 
 
 def test_train_job_errors_are_one_line():
+    from brainrt.napari._sample import demo_slice
     from brainrt.napari._train import FeatureCache, train_job
     from brainrt.napari._work import Source
-
-    from brainrt.napari._sample import demo_slice
 
     src = Source(demo_slice()[0][0][:300, :300], (PX, PX), (0.0, 0.0), "crop")
     for strokes, expected in [(np.zeros((300, 299), np.uint8), "differs from the image's"),
@@ -361,3 +361,51 @@ def test_train_areas_cancel_leaves_no_layer(viewer, qtbot):
     assert w.run() is not None
     qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
     assert len(viewer.layers) == n0 and w.status.value == "cancelled"
+
+
+VOLUME_PX, VOLUME_STRIDE = 2.0, 16
+
+
+@pytest.fixture(scope="module")
+def volume_output(tmp_path_factory, tiny_bundle):
+    from dask.distributed import Client
+
+    from brainrt.synth import make_volume
+    from brainrt.volrun import process_volume
+
+    d = tmp_path_factory.mktemp("omezarr")
+    tifffile.imwrite(d / "s.tif", make_volume((2, 192, 256), seed=3).image, photometric="minisblack")
+    with Client(processes=False, n_workers=1, threads_per_worker=1) as client:
+        process_volume(str(d / "s.tif"), tiny_bundle, str(d / "o.ome.zarr"), task="classify", client=client,
+                       stride=VOLUME_STRIDE, pixel_size_um=VOLUME_PX)
+    return d / "o.ome.zarr"
+
+
+def test_napari_ome_zarr_opens_the_output(volume_output, tiny_bundle):
+    reader = pytest.importorskip("napari_ome_zarr._reader", reason="napari-ome-zarr (the [napari] extra) is missing")
+    layers = reader.napari_get_reader(str(volume_output))(str(volume_output))
+    kinds = [kind for _, _, kind in layers]
+    assert kinds == ["image", "labels"], kinds
+    (_, img, _), (_, lab, _) = layers
+    assert img["channel_axis"] == 0
+    assert [n.split(": ")[-1] for n in img["name"]] == list(tiny_bundle.class_names)
+    np.testing.assert_allclose(img["scale"], [VOLUME_PX, VOLUME_PX * VOLUME_STRIDE, VOLUME_PX * VOLUME_STRIDE])
+    np.testing.assert_allclose(lab["scale"], [VOLUME_PX, VOLUME_PX, VOLUME_PX])
+    half = (VOLUME_STRIDE - 1) / 2 * VOLUME_PX  # cell (i, j) covers pixels i*s .. i*s + s - 1: its centre
+    np.testing.assert_allclose(np.asarray(img["affine"].translate)[-2:], [half, half])
+    np.testing.assert_allclose(np.asarray(lab["affine"].translate)[-2:], [0.0, 0.0])
+
+
+def test_2d_label_ome_tiff_names_its_classes(tmp_path, tiny_bundle, slice_tif):
+    from click.testing import CliRunner
+
+    from brainrt.cli import main
+
+    out = tmp_path / "a.ome.tif"
+    r = CliRunner().invoke(main, ["classify", str(slice_tif), "-m", str(tiny_bundle.path), "--stride", "32",
+                                  "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    with tifffile.TiffFile(out) as tif:
+        xml = tif.ome_metadata
+    for name, code in zip(tiny_bundle.class_names, tiny_bundle.class_codes):
+        assert f"{code} {name}" in xml, xml[:400]

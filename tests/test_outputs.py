@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
 
+import brainrt
 from brainrt.cli import main
-from conftest import listing, write_tiff
+from conftest import error_line, listing, one_cli_error, run_cli, small_slice, write_tiff
 
 
 def _run(args, **kw):
@@ -54,7 +61,6 @@ COMMANDS = {"featurize": ("x.zarr", []), "classify": ("x.ome.tif", []), "cluster
             "subdivide": ("x.ome.tif", ["--area", "dense-small", "-k", "2", "--whole"])}
 
 
-# 3. finished work is never silently replaced ---------------------------------------------------------
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_finished_output_same_arguments_do_nothing_others_refused(command, small, tiny_bundle_path):
     src, _, out = small
@@ -98,7 +104,6 @@ def test_incomplete_set_is_refused(small, tiny_bundle_path):
     assert "incomplete" in _one_error(_run(args))
 
 
-# 5. stale side files --------------------------------------------------------------------------------
 def test_rerun_without_truth_removes_the_old_metrics(small, tiny_bundle_path):
     src, truth, out = small
     base = ["classify", src, "-m", tiny_bundle_path, "-o", out / "x.ome.tif"]
@@ -155,7 +160,6 @@ def test_disk_full_leaves_the_old_set_and_no_label_map_alone(where, small, tiny_
     assert _state(out) == before
 
 
-# 7. options that quietly did something else ---------------------------------------------------------
 @pytest.mark.parametrize(("command", "name"), [("classify", "a.png"), ("featurize", "a.tif"), ("cluster", "a.zarr"),
                                                ("subdivide", "a.json")])
 def test_output_name_of_another_format_is_refused(command, name, small, tiny_bundle_path):
@@ -235,3 +239,146 @@ def test_readme_volume_example_files_are_ignored_by_git():
     for name in [*names, f".{names[-1]}.partial"]:
         done = subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT)
         assert done.returncode == 0, f"{name} is not ignored by git"
+
+
+@pytest.mark.parametrize("command, extra", [("classify", []), ("cluster", []), ("subdivide", ["--area", "A"]),
+                                            ("featurize", [])])
+def test_output_that_is_the_input_is_refused(command, extra, tmp_path, tiny_bundle_path, synthetic_slice):
+    src = write_tiff(tmp_path / "slice.tif", synthetic_slice.image[:192, :256])
+    before = src.read_bytes()
+    r = run_cli([command, src, "-m", tiny_bundle_path, "-o", tmp_path / "." / "slice.tif", *extra])
+    line = one_cli_error(r)
+    assert "slice.tif" in line and ("input" in line or "file" in line), line
+    assert src.read_bytes() == before
+
+
+def test_output_that_is_the_truth_or_a_sibling_is_refused(tmp_path, tiny_bundle_path, synthetic_slice):
+    src = write_tiff(tmp_path / "slice.tif", synthetic_slice.image[:192, :256])
+    truth = write_tiff(tmp_path / "truth.tif", synthetic_slice.mask[:192, :256])
+    r = run_cli(["classify", src, "-m", tiny_bundle_path, "--truth", truth, "-o", truth])
+    assert "is an input" in one_cli_error(r)
+    # the probabilities written beside labels.ome.tif would replace the input
+    img = write_tiff(tmp_path / "x.probabilities.ome.tif", synthetic_slice.image[:192, :256])
+    r = run_cli(["classify", img, "-m", tiny_bundle_path, "-o", tmp_path / "x.ome.tif"])
+    assert "is an input" in one_cli_error(r)
+
+
+@pytest.mark.parametrize("command", ["featurize", "classify"])
+def test_output_in_missing_folder(command, io_dirs, tiny_bundle_path, slice_tif):
+    src, out = io_dirs
+    target = out / "missing" / ("x.zarr" if command == "featurize" else "x.labels.ome.tif")
+    result = run_cli([command, slice_tif, "-m", tiny_bundle_path, "-o", target])
+    line = error_line(result)
+    assert result.exit_code == 2
+    assert str(target) in line and "does not exist" in line
+    assert listing(out) == []
+
+
+@pytest.mark.parametrize("command", ["featurize", "classify"])
+def test_output_in_read_only_folder(command, io_dirs, tiny_bundle_path, slice_tif):
+    src, out = io_dirs
+    out.chmod(0o555)
+    try:
+        if os.access(out, os.W_OK):
+            pytest.skip("running as root: a read-only folder is still writable")
+        target = out / ("x.zarr" if command == "featurize" else "x.labels.ome.tif")
+        result = run_cli([command, slice_tif, "-m", tiny_bundle_path, "-o", target])
+        assert result.exit_code == 2
+        line = error_line(result)
+        assert str(target) in line and "not writable" in line
+        assert listing(out) == []
+    finally:
+        out.chmod(0o755)
+
+
+@pytest.mark.parametrize("command", ["featurize", "classify"])
+def test_output_in_unwritable_folder_simulated(command, io_dirs, tiny_bundle_path, slice_tif, monkeypatch):
+    """The same check where chmod cannot bite (root): os.access says the folder is read-only."""
+    src, out = io_dirs
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if (Path(p) == out and mode & os.W_OK)
+                        else real_access(p, mode, **kw))
+    target = out / ("x.zarr" if command == "featurize" else "x.labels.ome.tif")
+    result = run_cli([command, slice_tif, "-m", tiny_bundle_path, "-o", target])
+    assert result.exit_code == 2
+    line = error_line(result)
+    assert str(target) in line and "not writable" in line
+    assert listing(out) == []
+
+
+def test_featurize_does_not_replace_a_file_by_a_folder(io_dirs, tiny_bundle_path, synthetic_slice):
+    """`brainrt featurize slice.tif -o slice.tif` must not delete the slice to put a zarr folder there."""
+    src, _ = io_dirs
+    path = write_tiff(src / "slice.tif", small_slice(synthetic_slice))
+    data = path.read_bytes()
+    result = run_cli(["featurize", path, "-m", tiny_bundle_path, "-o", path])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert str(path) in error_line(result)
+    assert path.read_bytes() == data
+    assert listing(src) == ["slice.tif"]
+
+
+def test_classify_does_not_replace_a_folder_by_a_file(io_dirs, tiny_bundle_path, slice_tif):
+    src, out = io_dirs
+    target = out / "x.labels.ome.tif"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    result = run_cli(["classify", slice_tif, "-m", tiny_bundle_path, "-o", target])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert str(target) in error_line(result)
+    assert listing(out) == ["x.labels.ome.tif", "x.labels.ome.tif/keep.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_umask_modes(umask, tmp_path, tiny_bundle, synthetic_slice):
+    """Atomic writes go through mkstemp/mkdtemp (0600/0700); the final files must not keep those modes."""
+    import stat
+
+    from brainrt.io import write_json
+
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+        brainrt.featurize(small_slice(synthetic_slice), tiny_bundle, out=tmp_path / "f.zarr")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "f.zarr").stat().st_mode) == 0o777 & ~umask
+
+
+def test_interrupted_featurize_leaves_no_output(tmp_path, tiny_bundle_path, tiny_bundle):
+    from brainrt.synth import make_slice
+
+    image = make_slice((192, 320), seed=2).image  # ~12,000 patches at stride 2 on the per-patch path: seconds
+    big = write_tiff(tmp_path / "big.tif", image)
+    out = tmp_path / "out.zarr"
+    cmd = [sys.executable, "-m", "brainrt.cli", "-q", "featurize", str(big), "-m", str(tiny_bundle_path),
+           "--stride", "2", "--method", "patch", "--precision", "fp32", "-o", str(out)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    log = open(tmp_path / "killed-run.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    def first_block_written():  # the event: a chunk of the first block in the temp folder's features
+        return any(p.is_file() for p in tmp_path.glob(".out.zarr.*/features/c/**/*"))
+
+    try:
+        deadline = time.monotonic() + 300
+        while not first_block_written() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, f"finished before it could be killed: {(tmp_path / 'killed-run.log').read_text()}"
+        assert first_block_written(), "no block was written"
+        proc.send_signal(signal.SIGKILL)  # mid-run: after the first of about a dozen blocks
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # temp folders may stay behind, the output may not
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert out.is_dir()
+    got = brainrt.load_features(out)
+    ref = brainrt.featurize(image, tiny_bundle, stride=2, method="patch")
+    np.testing.assert_array_equal(got.valid, ref.valid)
+    np.testing.assert_array_equal(np.asarray(got.features[:]), ref.features)

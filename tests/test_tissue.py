@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
+import brainrt
 from brainrt.errors import BrainrtError
 from brainrt.geometry import grid_shape
 from brainrt.tissue import box_fraction, otsu_threshold, tissue_grid
@@ -125,3 +128,25 @@ def test_box_fraction_errors():
         box_fraction(np.ones((3, 3, 3), bool), 4, 2)
     with pytest.raises(BrainrtError):
         box_fraction(np.ones((3, 3), bool), 4, 0)
+
+
+def test_all_tissue_crop_keeps_every_cell(tiny_bundle, synthetic_slice, caplog):
+    crop = synthetic_slice.image[40:170, 340:470]
+    assert (synthetic_slice.mask[40:170, 340:470] > 0).all()
+    with caplog.at_level(logging.INFO, logger="brainrt"):
+        plan = brainrt.make_plan(crop, tiny_bundle, stride=16)
+    assert plan.valid.all()
+    assert "no background" in caplog.text
+
+
+def test_slices_with_background_still_use_otsu(tiny_bundle, synthetic_slice, caplog):
+    with caplog.at_level(logging.INFO, logger="brainrt"):
+        plan = brainrt.make_plan(synthetic_slice.image, tiny_bundle, stride=16)
+    assert not plan.valid.all() and "no background" not in caplog.text
+
+
+@pytest.mark.realdata
+def test_all_tissue_crop_of_slice309(shared_data, shipped_bundle_path):
+    image, _ = brainrt.read_tiff(shared_data / "slice309.tif")
+    plan = brainrt.make_plan(image[700:830, 1500:1630], brainrt.Bundle.load(shipped_bundle_path), stride=16)
+    assert plan.valid.shape == (9, 9) and plan.valid.all()

@@ -14,6 +14,7 @@ import time
 import numpy as np
 import pytest
 
+from brainrt.errors import BrainrtError
 from conftest import listing, one_cli_error, run_cli, write_tiff
 
 SHAPE = (4, 192, 256)
@@ -120,7 +121,6 @@ def test_each_slice_read_once(client, serial_out, stack_tif, tiny_bundle, tmp_pa
     """3 bands per slice, 2 workers: every slice is read once (its blocks share its plan), the measured bytes
     are those of the slices, and a resumed run reads only the slices with blocks left to do."""
     from brainrt.volrun import run_volume
-
     from brainrt.volumes import open_volume
 
     nbytes = SHAPE[1] * SHAPE[2]
@@ -510,3 +510,27 @@ def test_interrupted_line_tells_what_is_left(tmp_path):
     (partial_path(out) / ".brainrt" / "done").mkdir(parents=True)
     (partial_path(out) / ".brainrt" / "done" / "b0-0").write_text("")
     assert interrupted_line(out).startswith(f"Interrupted; the finished blocks are kept in {partial_path(out)}")
+
+
+def test_volume_output_that_is_the_input_folder_is_refused(tmp_path, tiny_bundle_path, synthetic_slice):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(2):
+        write_tiff(folder / f"s{z}.tif", synthetic_slice.image[:192, :256])
+    before = sorted(p.name for p in folder.iterdir())
+    r = run_cli(["classify", folder, "-m", tiny_bundle_path, "-o", folder])
+    assert "is an input" in one_cli_error(r)
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_volume_plan_carries_the_device(tiny_bundle, tmp_path, synthetic_slice):
+    import numpy as np
+    import tifffile
+
+    from brainrt.volume import make_volume_plan
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.stack([synthetic_slice.image[:192, :256]] * 2), photometric="minisblack")
+    assert make_volume_plan(path, tiny_bundle, device="cpu").device == "cpu"
+    with pytest.raises(BrainrtError, match="'device'"):
+        make_volume_plan(path, tiny_bundle, device="tpu")

@@ -1,12 +1,4 @@
-"""Scoring that says what it scored (issue 19, items 2 and 6 and the all-zero truth).
-
-- ``classify --truth`` on a bundle's own training slice says so; ``--held-out`` scores
-  only the test footprints of the bundle's recorded split;
-- metrics.json records the model, stride, head, smoothing and the confusion matrix's axes;
-  per-class precision/recall/F1 are printed;
-- truth masks with unknown codes are reported, images passed as masks and masks without
-  any class are refused in one line.
-"""
+"""Scoring a map against an annotation: training slice named, held-out split, metrics."""
 
 from __future__ import annotations
 
@@ -14,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from brainrt.cli import main
+from conftest import one_cli_error as _one_error
+from conftest import run_cli as _run
 from conftest import write_tiff
-from conftest import one_cli_error as _one_error, run_cli as _run
 
 
 @pytest.fixture(scope="module")

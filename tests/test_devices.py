@@ -1,10 +1,4 @@
-"""The device has a name (issue 19: onnxruntime-gpu as a hard dependency).
-
-Execution providers are chosen in one place (:func:`brainrt.bundle.providers`) from
-``device`` "auto", "cpu" or "cuda"; CI has no GPU, so the CUDA path and the CPU fallback
-are exercised with the provider list mocked. The CPU build of onnxruntime is the
-default dependency, the GPU build an extra.
-"""
+"""Execution providers: --device auto|cpu|cuda (CUDA mocked)."""
 
 from __future__ import annotations
 
@@ -89,19 +83,6 @@ def test_cli_device_option(tiny_bundle_path, slice_tif, tmp_path, without_cuda):
     r = CliRunner().invoke(main, ["featurize", str(slice_tif), "-m", str(tiny_bundle_path), "--device", "cuda",
                                   "-o", str(tmp_path / "g.zarr")])
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1 and "cuda" in r.stderr, r.stderr
-
-
-def test_volume_plan_carries_the_device(tiny_bundle, tmp_path, synthetic_slice):
-    import numpy as np
-    import tifffile
-
-    from brainrt.volume import make_volume_plan
-
-    path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.stack([synthetic_slice.image[:192, :256]] * 2), photometric="minisblack")
-    assert make_volume_plan(path, tiny_bundle, device="cpu").device == "cpu"
-    with pytest.raises(BrainrtError, match="'device'"):
-        make_volume_plan(path, tiny_bundle, device="tpu")
 
 
 def test_onnxruntime_gpu_is_not_a_hard_dependency():

@@ -1,9 +1,4 @@
-"""Damaged feature zarrs are refused in one line naming the store (issue 19, item 4 of the issue).
-
-A deleted chunk used to read as zeros (labels silently wrong), a truncated one gave a
-codec traceback. Feature stores now record their chunks when finished and carry a
-checksum codec, so a missing, truncated or altered chunk is found.
-"""
+"""Feature grids on disk: zarr round trip, damaged stores refused."""
 
 from __future__ import annotations
 
@@ -11,13 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import brainrt
-from brainrt.cli import main
 from brainrt.errors import BrainrtError
-from conftest import write_tiff
-from conftest import one_cli_error as _one_error, run_cli as _run
+from conftest import one_cli_error as _one_error
+from conftest import run_cli as _run
 
 
 def feature_chunks(store):
@@ -72,3 +65,31 @@ def test_damaged_feature_zarr_refused_by_the_api(features_2d, tmp_path, tiny_bun
     with pytest.raises(BrainrtError, match="damaged"):
         grid = brainrt.load_features(store, bundle=tiny_bundle)
         brainrt.classify(grid, tiny_bundle)
+
+
+def test_zarr_roundtrip_equals_in_memory(tiny_bundle, synthetic_slice, tmp_path, grid16):
+    out = tmp_path / "slice.features.zarr"
+    written = brainrt.featurize(synthetic_slice.image, tiny_bundle, stride=16, out=out)
+    assert out.is_dir()
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temp folder left behind
+    loaded = brainrt.load_features(out)
+    for g in (written, loaded):
+        np.testing.assert_array_equal(np.asarray(g.features[:]), grid16.features)
+        np.testing.assert_array_equal(g.valid, grid16.valid)
+    assert (loaded.stride, loaded.patch_size, loaded.image_shape, loaded.model_id) == (
+        16, 64, grid16.image_shape, tiny_bundle.model_id)
+    a = brainrt.classify(loaded, tiny_bundle)
+    b = brainrt.classify(grid16, tiny_bundle)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # overwriting in place works and leaves no temp folder either
+    brainrt.featurize(synthetic_slice.image, tiny_bundle, stride=32, out=out)
+    assert brainrt.load_features(out).stride == 32
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+def test_load_features_refuses_other_folders(tmp_path):
+    (tmp_path / "x.zarr").mkdir()
+    with pytest.raises(BrainrtError, match=r"x\.zarr: cannot open as a brainrt feature grid"):
+        brainrt.load_features(tmp_path / "x.zarr")
+    with pytest.raises(BrainrtError, match="nosuch"):
+        brainrt.load_features(tmp_path / "nosuch.zarr")

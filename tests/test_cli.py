@@ -1,0 +1,138 @@
+"""The command line: one-line errors, options checked before any work, progress, interrupts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import brainrt
+from brainrt.cli import main
+from conftest import error_line, listing, run_cli, write_tiff
+
+
+def tifffile_shape(path):
+    import tifffile
+
+    return tifffile.imread(path).shape
+
+
+def test_no_progress_bar_off_a_terminal(tmp_path, tiny_bundle_path, synthetic_slice):
+    src = write_tiff(tmp_path / "slice.tif", synthetic_slice.image[:192, :256])
+    r = run_cli(["classify", src, "-m", tiny_bundle_path, "-o", tmp_path / "a.ome.tif"])
+    assert r.exit_code == 0 and "patch/s" not in r.stderr and "%|" not in r.stderr, r.stderr
+    r = run_cli(["--progress", "classify", src, "-m", tiny_bundle_path, "-o", tmp_path / "b.ome.tif"])
+    assert r.exit_code == 0 and "%|" in r.stderr, r.stderr
+
+
+def test_interrupt_exits_130(tmp_path, tiny_bundle_path, synthetic_slice, monkeypatch):
+    import brainrt.api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(brainrt.api, "classify_plan", interrupted)
+    src = write_tiff(tmp_path / "slice.tif", synthetic_slice.image[:192, :256])
+    r = run_cli(["classify", src, "-m", tiny_bundle_path, "-o", tmp_path / "a.ome.tif"])
+    assert r.exit_code == 130 and "Interrupted" in r.stderr
+    assert not (tmp_path / "a.ome.tif").exists()
+
+
+def test_interrupt_says_no_patch_count(tiny_bundle, synthetic_slice, caplog):
+    """Interrupted: the "featurized N patches" line is not logged (it came before "Interrupted; ...")."""
+    plan = brainrt.make_plan(synthetic_slice.image[:192, :256], tiny_bundle, stride=32)
+
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    with caplog.at_level(logging.INFO, logger="brainrt"):
+        for call in (brainrt.api.featurize_plan, brainrt.api.classify_plan):
+            with pytest.raises(KeyboardInterrupt):
+                call(plan, tiny_bundle, on_block=stop)
+        assert not [r.getMessage() for r in caplog.records if "patches" in r.getMessage()]
+        brainrt.api.featurize_plan(plan, tiny_bundle)
+        assert [r.getMessage() for r in caplog.records if "featurized" in r.getMessage()]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["--stride", "0"], "'--stride'"),
+    (["--tissue-mask", "MASK"], "MASK"),
+    (["--head", "nosuch"], "nosuch"),
+    (["--truth", "TRUTH"], "TRUTH"),
+])
+def test_cli_bad_options(args, named, io_dirs, tiny_bundle_path, slice_tif, synthetic_slice):
+    src, out = io_dirs
+    small = write_tiff(src / "small_mask.tif", np.ones((100, 100), np.uint8))
+    args = [str(small) if a in ("MASK", "TRUTH") else a for a in args]
+    named = str(small) if named in ("MASK", "TRUTH") else named
+    result = run_cli(["classify", slice_tif, "-m", tiny_bundle_path, "-o", out / "x.labels.ome.tif", *args])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert named in error_line(result)
+    assert listing(out) == []
+
+
+def test_real_process_prints_one_error_line(tmp_path, tiny_bundle_path):
+    """The true stderr of `brainrt`: with -q exactly the error line; without, info lines but no traceback."""
+    bad = tmp_path / "broken.tif"
+    bad.write_text("not a tiff")
+    cmd = [sys.executable, "-m", "brainrt.cli"]
+    args = ["featurize", str(bad), "-m", str(tiny_bundle_path), "-o", str(tmp_path / "x.zarr")]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    quiet = subprocess.run(cmd + ["-q"] + args, capture_output=True, text=True, timeout=120, env=env)
+    assert quiet.returncode == 2
+    lines = quiet.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: {bad}: cannot read as TIFF"), quiet.stderr
+    assert quiet.stdout == ""
+    loud = subprocess.run(cmd + args, capture_output=True, text=True, timeout=120, env=env)
+    assert loud.returncode == 2
+    assert "Traceback" not in loud.stderr
+    assert loud.stderr.strip().splitlines()[-1].startswith(f"Error: {bad}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.tif"]
+
+
+@pytest.mark.parametrize("command", ["featurize", "classify"])
+def test_real_process_checks_the_output_path_first(command, tmp_path, tiny_bundle_path, slice_tif):
+    """An unwritable -o fails at once, before a progress bar (the error used to follow the bar on its line)."""
+    target = tmp_path / "missing" / ("x.zarr" if command == "featurize" else "x.labels.ome.tif")
+    proc = subprocess.run([sys.executable, "-m", "brainrt.cli", command, str(slice_tif), "-m", str(tiny_bundle_path),
+                           "-o", str(target)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"Error: {target}: output folder {target.parent} does not exist"]
+    assert proc.stdout == "" and listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("case", ["truth shape", "truth codes", "roi shape", "workers on a slice",
+                                  "scheduler on a slice", "z on a 2D image", "unknown area", "bad head"])
+def test_cli_inputs_are_checked_before_any_work(case, tmp_path, slice_tif, tiny_bundle_path, monkeypatch):
+    """Each bad input is one line and exit 2, and the engine never ran (its loop is replaced by a tripwire)."""
+    import brainrt.api
+
+    def tripwire(*args, **kwargs):
+        raise AssertionError("the engine ran before the input was checked")
+
+    monkeypatch.setattr(brainrt.api, "run", tripwire)
+    small = write_tiff(tmp_path / "small.tif", np.ones((10, 10), np.uint8))
+    no_codes = write_tiff(tmp_path / "nocodes.tif", np.full(tifffile_shape(slice_tif), 200, np.uint8))
+    out = tmp_path / "o.ome.tif"
+    args, message = {
+        "truth shape": (["classify", slice_tif, "--truth", small], f"{small}: label mask shape (10, 10) differs"),
+        "truth codes": (["classify", slice_tif, "--truth", no_codes], f"{no_codes}: does not look like a label mask"),
+        "roi shape": (["subdivide", slice_tif, "--roi", small], f"{small}: ROI mask shape (10, 10) differs"),
+        "workers on a slice": (["classify", slice_tif, "--workers", 2], "--workers runs a volume on Dask"),
+        "scheduler on a slice": (["featurize", slice_tif, "--scheduler", "tcp://127.0.0.1:1"],
+                                 "--scheduler runs a volume on Dask"),
+        "z on a 2D image": (["classify", slice_tif, "--z", 0], "is a 2D image; --z 0 does not apply"),
+        "unknown area": (["subdivide", slice_tif, "--area", "Nowhere"], "unknown area 'Nowhere'"),
+        "bad head": (["subdivide", slice_tif, "--area", "dense-small", "--head", "gmm"], "is not a classifier"),
+    }[case]
+    result = CliRunner().invoke(main, [str(a) for a in [*args, "-m", tiny_bundle_path, "-o", out]])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error: ")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert listing(tmp_path) == sorted(["small.tif", "nocodes.tif"])
