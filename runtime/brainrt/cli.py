@@ -235,7 +235,7 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         return
     job = _job(source, bundle, kw, "classify")
     if truth:  # read and checked before any work (and read again to score, by name)
-        api.read_truth(truth, job.image_shape, bundle, z=kw["z"])
+        api.read_truth(truth, job.image_shape, bundle, z=kw["z"], held_out=held_out)
     with classification_set(out, rec) as s:  # a slice's probabilities stream into it, never held whole
         result, image = _classified(job, bundle, head, smooth, s)
         metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None

@@ -15,12 +15,15 @@ from .errors import file_error
 from .geometry import upsample
 from .heads import OFF_TISSUE
 from .io import read_mask
-from .truth import check_truth, scored_pixels
+from .truth import check_held_out, check_truth, scored_pixels
 
 
-def read_truth(path, shape, bundle, *, z=None):
+def read_truth(path, shape, bundle, *, z=None, held_out=False):
     """The label mask TIFF ``path`` to score against, checked before any work: the slice's ``shape``, and
-    codes of the bundle's class map (:func:`brainrt.truth.check_truth`)."""
+    codes of the bundle's class map (:func:`brainrt.truth.check_truth`); ``held_out``: that the bundle
+    has a held-out split left (:func:`brainrt.truth.check_held_out`)."""
+    if held_out:
+        check_held_out(bundle.manifest, str(path))
     truth = read_mask(path, shape, z=z, what="label mask")
     check_truth(truth, bundle.manifest, str(path))
     return truth
@@ -95,5 +98,6 @@ def score_lines(metrics, truth, held_out=False):
     if seen and not held_out:
         lines.append(f"note: this is the bundle's training slice {seen['index']} ({seen['image']}, sha256 "
                      f"{seen['image_sha256'][:12]}...): the score includes the pixels it was trained on; "
-                     "--held-out scores its test split only")
+                     + ("its heads saw every label (training.final): no part of it is held out" if seen.get("final_fit")
+                        else "--held-out scores its test split only"))
     return lines

@@ -73,6 +73,16 @@ def held_out_region(manifest, truth, k):
                            layout=t.layout)
 
 
+def check_held_out(manifest, name):
+    """Refuse ``--held-out`` for a bundle whose heads were refitted on every label of its training slices
+    (``training.final``): its test split is no longer held out, and a score there would be in-sample."""
+    final = manifest.training.extra.get("final") if manifest.training is not None else None
+    if final:
+        raise file_error(name, "nothing of it is held out: the bundle's heads were refitted on every labeled cell "
+                               "of its training slices (its manifest's training.final); the honest estimate is the "
+                               "split run's, in the model card and training.final.estimate")
+
+
 def scored_pixels(manifest, truth, name, *, held_out=False, source=None):
     """(``where`` mask or None, record) of a score of ``truth`` (read from ``name``) on ``source``.
 
@@ -83,11 +93,13 @@ def scored_pixels(manifest, truth, name, *, held_out=False, source=None):
     """
     unknown = check_truth(truth, manifest, name)
     seen = training_slice(manifest, name, source)
+    final = bool(manifest.training.extra.get("final")) if manifest.training is not None else False
     record = {"training_slice": None if seen is None else {"index": seen[0], "image": seen[1].image,
-                                                          "image_sha256": seen[1].image_sha256},
+                                                          "image_sha256": seen[1].image_sha256, "final_fit": final},
               "unknown_codes": {str(c): n for c, n in unknown.items()}, "scored_on": "whole slice"}
     if not held_out:
         return None, record
+    check_held_out(manifest, name)
     own = training_slice(manifest, name)
     if own is None or own[1].shape and tuple(own[1].shape) != tuple(truth.shape):
         raise file_error(name, "is not a training mask of this bundle (no sha256 in its manifest matches); --held-out "
