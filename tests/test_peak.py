@@ -36,3 +36,29 @@ def test_median_peaks_take_each_candidates_median_then_the_best():
     got = peak.median_peaks([run(1.0, 5.0, 7.0), run(3.0, 1.0, 9.0), run(9.0, 2.0, 8.0)])
     assert [c["rate"] for c in got["fp32"]["candidates"]] == [3.0, 2.0]
     assert (got["fp32"]["peak"], got["fp32"]["how"]) == (3.0, "ort") and got["int8"]["peak"] == 8.0
+
+
+def test_the_whole_slice_child_reports_its_own_peak_rss_not_its_parents(monkeypatch):
+    """tools/bench_dense.py --whole-slice measures ``brainrt classify`` in a child process. Its peak RSS was
+    ``ru_maxrss``, which Linux carries over from the parent across fork and exec: with the benchmark holding
+    1.8 GB by then, a 1.02 GB run printed 1.81 GB. VmHWM is the child's own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("VmHWM is Linux's")
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "tools"))  # as the script runs
+    import bench_dense
+
+    held = np.ones(400 * 2**20, np.uint8)  # this process: 400 MB resident
+    inherited = "__import__('resource').getrusage(__import__('resource').RUSAGE_SELF).ru_maxrss * 1024"
+    child = {}
+    for name, expr in (("own", bench_dense.OWN_PEAK_RSS), ("inherited", inherited)):
+        out = subprocess.run([sys.executable, "-c", f"print({expr})"], check=True, capture_output=True, text=True)
+        child[name] = int(out.stdout)
+    assert held.sum() == held.size
+    assert child["inherited"] > 400 * 2**20  # what the benchmark printed: the parent's size
+    assert child["own"] < 100 * 2**20, child  # a bare interpreter
