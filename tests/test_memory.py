@@ -88,3 +88,46 @@ def test_sessions_run_without_the_memory_pattern():
     opts = session_options(2)
     assert opts.enable_mem_pattern is False
     assert opts.enable_cpu_mem_arena is True  # without the arena a tile ran 10-20% slower
+
+
+def test_a_classifier_head_maps_a_block_a_few_head_chunks_at_a_time():
+    """ClassifySink mapped a whole block at once (at stride 1, 160 rows of a slice's width: 22 MB of
+    probabilities besides the block); now whole head chunks at a time (:func:`~brainrt.heads.chunk_rows`),
+    which keeps every head call's cells, so the probabilities are the same bits."""
+    from brainrt.engine import Block
+    from brainrt.heads import Classifier, apply_rows
+    from brainrt.sinks import ClassifySink
+
+    rng = np.random.default_rng(0)
+    rows, C, F, K = 160, 5000, 8, 4
+    w = rng.standard_normal((F, K)).astype(np.float32)
+
+    def proba(x):
+        z = np.exp(x @ w)
+        return z / z.sum(1, keepdims=True)
+
+    clf = Classifier(proba, K, True, "test")
+    features = rng.standard_normal((rows, C, F)).astype(np.float32)
+    valid = rng.random((rows, C)) > 0.1
+    written = []
+
+    class Bands:
+        def write(self, y0, band):
+            written.append((y0, band.copy()))
+
+        def abort(self):
+            pass
+
+    sink = ClassifySink(clf, valid, probabilities=Bands())
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        sink.put(Block(0, rows, features, valid))
+        extra = tracemalloc.get_traced_memory()[1] - base - sum(b.nbytes for _, b in written)
+    finally:
+        tracemalloc.stop()
+    whole = apply_rows(features, valid, proba, np.zeros((rows, C, K), np.float32))
+    assert extra < whole.nbytes / 3, (extra, whole.nbytes)
+    assert len(written) > 1 and np.concatenate([b for _, b in written]).tobytes() == whole.tobytes()
+    labels, probs = sink.close()
+    assert probs is None and np.array_equal(labels, np.where(valid, whole.argmax(-1), -1))

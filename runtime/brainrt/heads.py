@@ -40,13 +40,20 @@ class ClassMapResult:
         return np.asarray(self.codes + [OFF_TISSUE], np.uint8)[self.labels]  # -1 indexes OFF_TISSUE
 
 
+def chunk_rows(n_cols):
+    """Rows of a grid ``n_cols`` wide in one head call of :func:`apply_rows` (about :data:`HEAD_CHUNK` cells).
+    The calls' cells decide the float rounding of a head's matrix products, so callers that split a
+    band keep to these chunks (the same bits)."""
+    return max(1, HEAD_CHUNK // max(n_cols, 1))
+
+
 def apply_rows(features, valid, fn, out):
     """``out[valid] = fn(features[valid])``, a band of rows at a time (bounded memory).
 
     ``features`` (r, C, F) may be a NumPy or zarr array; ``out`` (r, C, ...) is filled in
     place and returned.
     """
-    step = max(1, HEAD_CHUNK // max(valid.shape[1], 1))
+    step = chunk_rows(valid.shape[1])
     for r0 in range(0, valid.shape[0], step):
         v = valid[r0 : r0 + step]
         if v.any():
