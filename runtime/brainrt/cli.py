@@ -9,6 +9,7 @@ the runtime never imports the trainer.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, overwrite
                                    progress=_progress(), threads=threads or 1, device=kw["device"],
                                    overwrite=overwrite, **dict(opts, z=kw["z"] or "all"), **task_kw)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping now: a second Ctrl-C must not cut the exit short
         click.echo(interrupted_line(out), err=True)
         sys.exit(130)
     if st["complete"]:
