@@ -11,6 +11,9 @@
   :func:`process_volume`, the one call (plan, cluster, run).
 """
 
+import sys
+import warnings
+
 from .blocks import interrupted_line, partial_path, read_slice, run_block, slice_plan, worker_bundle
 from .executors import dask_client, process_volume, run_volume
 from .graph import task_graph
@@ -20,3 +23,16 @@ from .sources import VolumeSource, bytes_read, folder_files, is_volume_input, na
 __all__ = ["VolumePlan", "VolumeSource", "bytes_read", "dask_client", "folder_files", "interrupted_line",
            "is_volume_input", "make_volume_plan", "natural_key", "open_volume", "parse_z", "partial_path",
            "process_volume", "read_slice", "run_block", "run_volume", "slice_plan", "task_graph", "worker_bundle"]
+
+
+def moved_from(old, *modules):
+    """The module ``__getattr__`` of a deprecated alias ``brainrt.OLD``: a public name found in :mod:`brainrt.volumes`
+    or one of ``modules``, returned with a DeprecationWarning naming where it lives now."""
+    def __getattr__(name):
+        where = next((m for m in (sys.modules[__name__], *modules) if hasattr(m, name)), None)
+        if name.startswith("_") or where is None:
+            raise AttributeError(f"module 'brainrt.{old}' has no attribute {name!r}")
+        warnings.warn(f"brainrt.{old}.{name} moved to {where.__name__}.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(where, name)
+
+    return __getattr__
