@@ -81,6 +81,23 @@ def test_row_smoother_reuses_its_buffers(tiny_bundle):
     assert np.concatenate(out).tobytes() == whole.tobytes()  # bit for bit
 
 
+def test_a_smoother_that_knows_the_grid_height_holds_no_more_rows_than_the_grid():
+    """At stride 1 the default 300 um kernel reaches past a slice's height (radius 1026 cells, slice309 is
+    1420 rows): the buffers were sized 2 radius + a block, 2084 rows of a slice's width (338 MB where the
+    grid's scores are 231 MB). Given the grid's ``rows`` they hold at most the grid; the same bits."""
+    rng = np.random.default_rng(1)
+    sigma, R, C, K, n = 40.0, 120, 50, 4, 16  # radius 160 > R
+    prob = rng.dirichlet(np.ones(K), size=(R, C)).astype(np.float32)
+    valid = rng.random((R, C)) > 0.1
+    for rows, most in ((None, 2 * radius(sigma) + n), (R, R)):
+        sm, out = RowSmoother(sigma, rows=rows), []
+        for a in range(0, R, n):
+            out += sm.push(prob[a : a + n], valid[a : a + n])
+        assert len(sm.pooler._num) == most, (rows, len(sm.pooler._num))
+        out += sm.flush()
+        assert np.concatenate(out).tobytes() == smooth_probabilities(prob, valid, sigma).tobytes()
+
+
 def test_sessions_run_without_the_memory_pattern():
     """onnxruntime's memory pattern planned a second block for a run's tensors on top of its arena: a
     stride-1 dense tile of the shipped bundle took 800 MB fp32 / 214 MB int8 with it, 432 / 125 MB

@@ -125,7 +125,7 @@ class ClassifySink(Sink):
         self.labels = np.full(valid.shape, -1, np.int16)
         self.probs = clf.empty(valid.shape) if clf.proba and probabilities is None else None
         self.stream = stream if stream is not None else PassThrough()
-        self.smoother = RowSmoother(sigma, space=space) if sigma > 0 and clf.proba else None
+        self.smoother = RowSmoother(sigma, space=space, rows=len(valid)) if sigma > 0 and clf.proba else None
         self.mapped = self.done = 0  # grid rows mapped by the head / finished (smoothed, labelled, written)
 
     def put(self, block):

@@ -170,7 +170,7 @@ def smooth_probabilities(prob, valid, sigma, *, space="log"):
     prob, valid = np.asarray(prob, np.float32), np.asarray(valid, bool)
     if sigma <= 0:
         return np.where(valid[..., None], prob, 0).astype(np.float32)
-    sm = RowSmoother(sigma, space=space)
+    sm = RowSmoother(sigma, space=space, rows=len(prob))
     blocks = list(sm.push(prob, valid)) + list(sm.flush())
     return np.concatenate([b for b in blocks], axis=0) if blocks else prob[:0]
 
@@ -196,11 +196,14 @@ class RowPooler:
     ``flush()`` the rest at the end of the grid. Zero padding and one fixed order of terms
     make the stream equal to pooling the whole grid at once, bit for bit. The column-filtered
     rows not yet emitted, and ``radius`` rows before them, wait in buffers reused from block to
-    block (no copy of the whole buffer per block: at stride 1 it is hundreds of MB).
+    block (no copy of the whole buffer per block: at stride 1 it is hundreds of MB). ``rows``: the
+    grid's height, when known: the buffers never hold more (at stride 1 the default 300 um kernel
+    reaches past a slice's height, and buffers of 2 radius rows were 1.5x the grid's scores).
     """
 
-    def __init__(self, sigma, *, prepare=None):
+    def __init__(self, sigma, *, prepare=None, rows=None):
         self.k, self.r, self.prepare = _kernel(sigma), radius(sigma), prepare  # prepare(rows): in place, before pooling
+        self.rows = rows
         self._num = self._den = self._valid = None  # buffers of rows (capacity, C, ch), (capacity, C, 1), (capacity, C)
         self._n = 0  # rows held in the buffers
         self._done = 0  # rows emitted
@@ -226,7 +229,10 @@ class RowPooler:
     def _room(self, n, cell_shape):
         """Views of the next ``n`` buffer rows (the buffers grown, keeping their rows, when full)."""
         if self._num is None or self._n + n > len(self._num):
-            cap, old = max(self._n + n, 2 * self.r + n), (self._num, self._den, self._valid)
+            cap = max(self._n + n, 2 * self.r + n)
+            if self.rows is not None:  # never more than the rows still to come, and those held
+                cap = max(self._n + n, min(cap, self.rows - self._first))
+            old = (self._num, self._den, self._valid)
             self._num = np.empty((cap,) + tuple(cell_shape), np.float32)
             self._den = np.empty((cap, cell_shape[0], 1), np.float32)
             self._valid = np.empty((cap, cell_shape[0]), bool)
@@ -266,13 +272,15 @@ class RowSmoother:
     """Smooth a grid given as consecutive row blocks; yields smoothed blocks in order.
 
     ``push(prob_block, valid_block)`` yields the rows that can be finished; ``flush()``
-    yields the rest at the end of the grid. A :class:`RowPooler` of the class scores.
+    yields the rest at the end of the grid. A :class:`RowPooler` of the class scores (``rows``: the
+    grid's height, when known).
     """
 
-    def __init__(self, sigma, *, space="log"):
+    def __init__(self, sigma, *, space="log", rows=None):
         if space not in ("log", "prob"):
             raise ValueError(f"space must be 'log' or 'prob', got {space!r}")
-        self.pooler, self.space = RowPooler(sigma, prepare=_log_scores if space == "log" else None), space
+        self.pooler = RowPooler(sigma, prepare=_log_scores if space == "log" else None, rows=rows)
+        self.space = space
         self.k, self.r = self.pooler.k, self.pooler.r
 
     def push(self, prob, valid):
@@ -288,7 +296,7 @@ class RowSmoother:
 
 def pool_grid(values, valid, sigma):
     """:class:`Pooled` sums of a whole grid (one push of a :class:`RowPooler`)."""
-    pooler = RowPooler(sigma)
+    pooler = RowPooler(sigma, rows=len(valid))
     parts = list(pooler.push(values, valid)) + list(pooler.flush())
     return Pooled(*(np.concatenate([getattr(p, f) for p in parts]) for f in Pooled._fields))
 

@@ -170,7 +170,7 @@ def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, py
     zi, (R, C) = vplan.zs.index(z), vplan.grid
     raw, valid = root["scratch/context" if vplan.context else "scratch/probabilities"], root["scratch/valid"]
     probs, zsm = root["0"], vplan.z_sigma > 0
-    smoother = RowSmoother(vplan.sigma_cells, space=vplan.space) if vplan.sigma_cells > 0 else None
+    smoother = RowSmoother(vplan.sigma_cells, space=vplan.space, rows=R) if vplan.sigma_cells > 0 else None
     labels, done = np.full((R, C), -1, np.int16), 0
     v_all = np.asarray(valid[zi])
 
