@@ -170,3 +170,55 @@ def test_streamed_probabilities_equal_the_in_memory_ones(tiny_bundle, synthetic_
     w.write(0, np.ones((2, 5, 2), np.float32))
     w.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.ome.tif"]
+
+
+def test_tile_columns_are_even_and_cover_the_grid():
+    """No narrow last tile (a tile's halo costs the same whatever its width): 1024 cells in tiles of at
+    most 160 were 6 x 160 + 64, now 7 tiles of 147 or fewer."""
+    from brainrt.engine import _tile_columns
+
+    for cols, most in ((1024, 160), (5805, 320), (160, 160), (1, 160), (161, 160), (333, 7)):
+        cuts = _tile_columns(cols, most)
+        widths = [b - a for a, b in cuts]
+        assert cuts[0][0] == 0 and cuts[-1][1] == cols and all(b == c for (_, b), (c, _) in zip(cuts, cuts[1:]))
+        assert max(widths) <= most and len(cuts) == -(-cols // most)
+        assert max(widths) - min(widths) <= len(cuts), (cols, most, widths)  # at most a few cells apart
+    assert [b - a for a, b in _tile_columns(1024, 160)] == [147] * 6 + [142]
+
+
+class _Shapes:
+    """A predictor that notes the output shape of every tile it maps."""
+
+    def __init__(self, inner):
+        self.inner, self.shapes = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, tile):
+        out = self.inner(tile)
+        self.shapes.append(out.shape[1:])
+        return out
+
+
+def test_int8_tiles_are_wider_than_high_and_give_the_per_patch_features(tiny_bundle, synthetic_slice, monkeypatch):
+    """int8 tiles are up to DENSE_WIDTH_FACTOR["int8"] (2) times as wide as high (im2col bytes are a quarter
+    of fp32's; wider tiles share the convolutions' halo): the features are still those of the per-patch
+    int8 graph, exactly; fp32 tiles stay square."""
+    from brainrt import engine
+    from brainrt.plan import make_plan
+    from brainrt.sinks import ArraySink
+
+    monkeypatch.setattr(engine, "DENSE_MAX_OUT", 12)  # many small tiles on a small crop
+    image = synthetic_slice.image[:96, :220]
+    for precision, factor in (("int8", 2), ("fp32", 1)):
+        plan = make_plan(image, tiny_bundle, stride=2, method="dense", precision=precision, tissue="all")
+        pred = _Shapes(tiny_bundle.predictor_for(plan))
+        grid = engine.run(plan, pred, ArraySink.features(plan.shape, tiny_bundle.manifest.n_features))
+        q, rows = engine.dense_geometry(plan.stride, pred)
+        widths = {b - a for a, b in engine._tile_columns(plan.shape[1], factor * rows)}
+        assert {s[0] for s in pred.shapes} == {rows} and {s[1] for s in pred.shapes} == widths, pred.shapes
+        assert max(widths) > rows if factor > 1 else max(widths) <= rows
+        if precision == "int8":
+            patch = brainrt.featurize(image, tiny_bundle, stride=2, method="patch", precision="int8", tissue="all")
+            np.testing.assert_array_equal(grid, patch.features)

@@ -62,3 +62,30 @@ def test_the_whole_slice_child_reports_its_own_peak_rss_not_its_parents(monkeypa
     assert held.sum() == held.size
     assert child["inherited"] > 400 * 2**20  # what the benchmark printed: the parent's size
     assert child["own"] < 100 * 2**20, child  # a bare interpreter
+
+
+def test_process_scaling_runs_the_children_together_and_takes_the_median(monkeypatch):
+    """The ceiling of a 1 -> 2 worker speed-up: the children of a round start from one common time (so
+    they overlap) and the ratio is the median round's aggregate rate over one process alone."""
+    import json
+    import time
+
+    starts, rates = [], iter([10.0, 9.0, 9.0, 10.0, 8.0, 8.0, 10.0, 10.0, 10.0])  # rounds: 1.8, 1.6, 2.0
+
+    class Child:
+        def __init__(self, argv, **_):
+            starts.append(float(argv[4]))
+            assert float(argv[4]) > time.time()  # a start still to come
+
+        def communicate(self):
+            return json.dumps(next(rates)) + "\n", None
+
+    monkeypatch.setattr(peak.subprocess, "Popen", Child)
+    got = peak.process_scaling(procs=2, rounds=3)
+    assert got["rounds"] == pytest.approx([1.8, 1.6, 2.0]) and got["ratio"] == pytest.approx(1.8)
+    assert len(starts) == 9 and len(set(starts[1:3])) == 1  # the 2 children of a round share their start
+
+
+def test_process_scaling_measures_for_real():
+    got = peak.process_scaling(procs=2, n=128, repeats=2, rounds=1)
+    assert len(got["rounds"]) == 1 and got["ratio"] > 0

@@ -2,7 +2,8 @@
 
 Prints blocks/s, the bytes the readers of all workers took from the kernel ("measured read:
 N.NNx the input"), the 1 -> 2 worker speed-up (median of ``--repeats`` alternated runs, with
-the load average), the scheduler's overhead (serial vs 1 worker) and the peak RSS of every
+the load average) beside the machine's own ceiling for it (the same single-thread matrix product in 2
+processes at once against one alone, :func:`peak.process_scaling`), the scheduler's overhead (serial vs 1 worker) and the peak RSS of every
 worker, then an estimate for the full 720-slice volume of 1420 x 5805 px at stride 1 and 4
 on 1, 16 and 128 workers from the measured per-cell cost (the stride-1 cost is measured on
 one slice of the stack), with the bytes read (at the measured ratio) and written.
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from peak import process_scaling
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,6 +215,10 @@ def _scaling(vplan, work, bundle, cells, repeats):
     print(f"speed-up 1 -> 2 workers: {times[1] / times[2]:.2f}x, median of {repeats} ({times[1] / times[2] / 2:.0%} "
           f"per worker; runs {', '.join(f'{p:.2f}' for p in pairs)}); scheduler overhead (1 worker vs serial): "
           f"{times[1] / times[0] - 1:+.1%}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    ceiling = process_scaling()  # right after the runs, under the same load
+    print(f"machine ceiling: 2 processes of one single-thread matrix product at once run {ceiling['ratio']:.2f}x one "
+          f"alone (median of {len(ceiling['rounds'])}); the 1 -> 2 worker speed-up is "
+          f"{times[1] / times[2] / ceiling['ratio']:.0%} of it")
     return times, max(r[3][0] for rs in runs.values() for r in rs) / size[0]
 
 

@@ -153,6 +153,32 @@ def median_peaks(runs):
     return out
 
 
+#: A child of :func:`process_scaling`: one single-thread fp32 product rate, timed from a common start.
+_SCALING_CHILD = (
+    "import json, sys, time; sys.path.insert(0, sys.argv[1]); from peak import onnxruntime_peak; "
+    "onnxruntime_peak('fp32', 1, 256, 1); t0 = float(sys.argv[2]); time.sleep(max(0.0, t0 - time.time())); "
+    "print(json.dumps(onnxruntime_peak('fp32', 1, int(sys.argv[3]), int(sys.argv[4]))['rate']))")
+
+
+def process_scaling(procs=2, n=1536, repeats=12, rounds=3):
+    """How much faster ``procs`` processes run the same single-thread fp32 product at once than one alone:
+    the ceiling of any ``procs``-worker speed-up on this machine (shared caches, memory, a busy host).
+
+    ``rounds`` alternated rounds (one process, then ``procs`` started together, each timing ``repeats``
+    products of ``n x n`` from a common start); returns ``{"ratio": median of the rounds' aggregate rate
+    over the single rate, "rounds": [...]}``."""
+    here, ratios = os.path.dirname(os.path.abspath(__file__)), []
+    for _ in range(rounds):
+        rates = {}
+        for k in (1, procs):
+            t0 = time.time() + 3.0  # every child has imported onnxruntime and warmed up by then
+            children = [subprocess.Popen([sys.executable, "-c", _SCALING_CHILD, here, str(t0), str(n), str(repeats)],
+                                         stdout=subprocess.PIPE, text=True) for _ in range(k)]
+            rates[k] = sum(json.loads(c.communicate()[0].strip().splitlines()[-1]) for c in children)
+        ratios.append(rates[procs] / rates[1])
+    return {"ratio": statistics.median(ratios), "rounds": ratios}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -166,6 +192,9 @@ def main(argv=None):
             print(f"{name}: {c['rate'] / 1e9:7.1f} G multiply-adds/s  {c['how']}")
         print(f"{name} peak: {p['peak'] / 1e9:.1f} G multiply-adds/s")
     print(f"reference, not a peak: {ref['rate'] / 1e9:.1f} G multiply-adds/s  {ref['how']}")
+    sc = process_scaling()
+    print(f"2 processes at once: {sc['ratio']:.2f}x one alone (single-thread fp32 product; rounds "
+          f"{', '.join(f'{r:.2f}' for r in sc['rounds'])}): the ceiling of a 1 -> 2 worker speed-up here")
 
 
 if __name__ == "__main__":
