@@ -107,44 +107,26 @@ def test_sessions_run_without_the_memory_pattern():
     assert opts.enable_cpu_mem_arena is True  # without the arena a tile ran 10-20% slower
 
 
-def test_a_classifier_head_maps_a_block_a_few_head_chunks_at_a_time():
-    """ClassifySink mapped a whole block at once (at stride 1, 160 rows of a slice's width: 22 MB of
-    probabilities besides the block); now whole head chunks at a time (:func:`~brainrt.heads.chunk_rows`),
-    which keeps every head call's cells, so the probabilities are the same bits."""
-    from brainrt.engine import Block
-    from brainrt.heads import Classifier, apply_rows
-    from brainrt.sinks import ClassifySink
+def test_a_classifier_sink_gets_blocks_of_head_values_not_features(tiny_bundle, synthetic_slice, monkeypatch):
+    """The engine maps each tile through the sink's head as it stitches it (:class:`~brainrt.engine.CellMap`):
+    a classify block holds K probabilities per cell, not F features (at stride 1 a block of slice309 was
+    238 MB of features beside the full smoothing buffer; its probabilities are 22 MB). The map is the one
+    of the features' grid through the same head."""
+    from brainrt import engine
+    from brainrt.heads import Classifier
+    from brainrt.sinks import ArraySink, ClassifySink
 
-    rng = np.random.default_rng(0)
-    rows, C, F, K = 160, 5000, 8, 4
-    w = rng.standard_normal((F, K)).astype(np.float32)
+    monkeypatch.setattr(engine, "DENSE_MAX_OUT", 24)  # several blocks and tiles
+    plan = make_plan(synthetic_slice.image[:160, :300], tiny_bundle, stride=2, method="dense")
+    pred, clf = tiny_bundle.predictor_for(plan), Classifier.of(tiny_bundle)
+    shapes = []
+    labels, probs = run(plan, pred, ClassifySink(clf, plan.valid), on_block=lambda b, m: shapes.append(b.features.shape))
+    assert len(shapes) > 1 and {s[2:] for s in shapes} == {(clf.n_classes,)}, shapes
+    features = run(plan, pred, ArraySink.features(plan.shape, tiny_bundle.manifest.n_features))
+    want = clf.apply(features, plan.valid, pixel_size_um=1.17, stride=2)
+    np.testing.assert_allclose(probs, want, atol=1e-6)
+    assert np.array_equal(labels, np.where(plan.valid, want.argmax(-1), -1))
+    head_labels = run(plan, pred, ArraySink(np.full(plan.shape, -1, np.int16), fn=lambda f: clf.fn(f).argmax(-1)))
+    assert np.array_equal(head_labels, labels)  # an ArraySink of a head: its values where there is tissue
 
-    def proba(x):
-        z = np.exp(x @ w)
-        return z / z.sum(1, keepdims=True)
 
-    clf = Classifier(proba, K, True, "test")
-    features = rng.standard_normal((rows, C, F)).astype(np.float32)
-    valid = rng.random((rows, C)) > 0.1
-    written = []
-
-    class Bands:
-        def write(self, y0, band):
-            written.append((y0, band.copy()))
-
-        def abort(self):
-            pass
-
-    sink = ClassifySink(clf, valid, probabilities=Bands())
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        sink.put(Block(0, rows, features, valid))
-        extra = tracemalloc.get_traced_memory()[1] - base - sum(b.nbytes for _, b in written)
-    finally:
-        tracemalloc.stop()
-    whole = apply_rows(features, valid, proba, np.zeros((rows, C, K), np.float32))
-    assert extra < whole.nbytes / 3, (extra, whole.nbytes)
-    assert len(written) > 1 and np.concatenate([b for _, b in written]).tobytes() == whole.tobytes()
-    labels, probs = sink.close()
-    assert probs is None and np.array_equal(labels, np.where(valid, whole.argmax(-1), -1))

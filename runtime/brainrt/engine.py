@@ -35,12 +35,6 @@ DENSE_MAX_TILE = 1024
 #: in onnxruntime holds 3200 floats per output position (12.8 kB), plus 4 kB of FC1
 #: output: 160 x 160 positions keep that near 430 MB, so a whole slice stays under 2 GB.
 DENSE_MAX_OUT = 160
-#: Output tile width over its height, by precision. int8 im2col values are bytes, a quarter
-#: of fp32's: a 160 x 320 int8 tile of the shipped bundle peaked at 464 MB of process memory
-#: against 789 MB for a 160 x 160 fp32 one, and ran 1.27x faster per position than a 160 x 160
-#: int8 tile (the convolutions' halo is shared by more positions; measured side by side).
-#: The height stays: it is the rows of a block and of a volume's band.
-DENSE_WIDTH_FACTOR = {"fp32": 1, "int8": 2}
 #: Most input pixels per batch on the per-patch path (64 MB of float32).
 BATCH_PIXELS = 1 << 24
 #: Cells per block on the per-patch path, in batches.
@@ -48,12 +42,28 @@ BATCHES_PER_BLOCK = 4
 
 
 class Block(NamedTuple):
-    """Grid rows ``r0:r1``: ``features`` (r, C, F) float32 (0 off tissue) and ``valid`` (r, C)."""
+    """Grid rows ``r0:r1``: ``features`` (r, C, F) float32 (0 off tissue), or the sink's per-cell values
+    (:class:`CellMap`), and ``valid`` (r, C)."""
 
     r0: int
     r1: int
     features: np.ndarray
     valid: np.ndarray
+
+
+class CellMap(NamedTuple):
+    """What a sink keeps of each tissue cell: ``fn`` maps the features (n, F) of tissue cells to (n, *shape)
+    values of ``dtype`` (a head's probabilities); other cells get ``fill``. A sink with one (its ``cells``
+    attribute) gets blocks of those values: the engine maps each tile as it is stitched, so a block never
+    holds the features (at stride 1 a block of slice309's features is 238 MB, its 6 probabilities 22 MB)."""
+
+    fn: object
+    shape: tuple
+    dtype: object = np.float32
+    fill: float = 0
+
+    def empty(self, rows, cols):
+        return np.full((rows, cols) + tuple(self.shape), self.fill, self.dtype)
 
 
 class Meter:
@@ -102,7 +112,7 @@ def run(plan, predictor, sink, *, rows=None, meter=None, on_block=None):
     """
     meter = meter or Meter()
     try:
-        for b in blocks(plan, predictor, rows=rows, meter=meter):
+        for b in blocks(plan, predictor, rows=rows, meter=meter, cells=getattr(sink, "cells", None)):
             sink.put(b)
             if on_block is not None:
                 on_block(b, meter)
@@ -113,16 +123,28 @@ def run(plan, predictor, sink, *, rows=None, meter=None, on_block=None):
     return sink.close()
 
 
-def blocks(plan, predictor, *, rows=None, meter=None):
-    """Yield :class:`Block` s of the grid rows ``rows`` (default: all), in order (:func:`run` consumes them)."""
+def blocks(plan, predictor, *, rows=None, meter=None, cells=None):
+    """Yield :class:`Block` s of the grid rows ``rows`` (default: all), in order (:func:`run` consumes them);
+    with ``cells`` (a :class:`CellMap`), of its values instead of the features."""
     r0, r1 = rows or (0, plan.shape[0])
     meter = meter or Meter()
+    cells = cells or CellMap(None, (predictor.n_features,))
     if predictor.kind == "dense":
-        return _dense_blocks(plan, predictor, r0, r1, meter)
-    return _patch_blocks(plan, predictor, r0, r1, meter)
+        return _dense_blocks(plan, predictor, r0, r1, meter, cells)
+    return _patch_blocks(plan, predictor, r0, r1, meter, cells)
 
 
-def _patch_blocks(plan, predictor, r0, r1, meter):
+def _stitch(block, where, valid, features, cells):
+    """``block[where] = features`` (of the cells ``valid`` there, 0 elsewhere), through ``cells.fn`` if any."""
+    if cells.fn is None:
+        block[where] = np.where(valid[..., None], features, 0.0) if valid is not None else features
+    elif valid is None:
+        block[where] = cells.fn(features)
+    elif valid.any():
+        block[where][valid] = cells.fn(features[valid])
+
+
+def _patch_blocks(plan, predictor, r0, r1, meter, per_cell):
     """Per-patch path: blocks of rows holding about BATCHES_PER_BLOCK batches of cells."""
     n, C = plan.batch_size, plan.shape[1]
     n = max(1, min(n, BATCH_PIXELS // max(w * w for w in predictor.windows)))  # context windows are large
@@ -130,7 +152,7 @@ def _patch_blocks(plan, predictor, r0, r1, meter):
     step = max(1, min(plan.shape[0], (BATCHES_PER_BLOCK * n) // max(C, 1) or 1))
     for b0 in range(r0, r1, step):
         b1 = min(r1, b0 + step)
-        block = np.zeros((b1 - b0, C, predictor.n_features), np.float32)
+        block = per_cell.empty(b1 - b0, C)
         centres, cells = valid_centres(plan.valid[b0:b1], plan.stride)
         centres[:, 0] += b0 * plan.stride
         for a, b in batch_ranges(len(centres), n):
@@ -141,15 +163,14 @@ def _patch_blocks(plan, predictor, r0, r1, meter):
             t = meter.lap("tiling", t)
             f = predictor(*(buf[: b - a] for buf in buffers))
             t = meter.lap("onnx", t)
-            block[cells[a:b, 0], cells[a:b, 1]] = f
+            _stitch(block, (cells[a:b, 0], cells[a:b, 1]), None, f, per_cell)
             meter.lap("stitching", t)
             meter.done(b - a)
         yield Block(b0, b1, block, plan.valid[b0:b1])
 
 
 def dense_geometry(stride, predictor):
-    """(subsampling q of the dense output, output tile side in dense positions) for a grid stride: the
-    tile's height; its width is up to :data:`DENSE_WIDTH_FACTOR` times that for the predictor's precision."""
+    """(subsampling q of the dense output, output tile side in dense positions) for a grid stride."""
     q = stride // predictor.stride
     tile = max(DENSE_MAX_TILE, predictor.window + DENSE_MAX_TILE // 2)
     out_side = max(1, min(DENSE_MAX_OUT, (tile - predictor.window) // predictor.stride + 1))
@@ -157,29 +178,29 @@ def dense_geometry(stride, predictor):
 
 
 def _tile_columns(cols, most):
-    """Column ranges of tiles of at most ``most`` cells, as even as whole cells allow (no narrow last tile:
-    a tile's halo costs as much whatever its width)."""
+    """Ranges of ``cols`` cells in tiles of at most ``most``, as even as whole cells allow (no narrow last
+    tile: a tile's halo costs as much whatever its width); the blocks of rows are cut the same way."""
     n = -(-cols // most)
     width = -(-cols // n)
     return [(c, min(cols, c + width)) for c in range(0, cols, width)]
 
 
-def _dense_blocks(plan, predictor, r0, r1, meter):
-    """Dense path: tiles of whole grid cells (wider than high in int8), stitched into blocks of rows."""
+def _dense_blocks(plan, predictor, r0, r1, meter, cells):
+    """Dense path: square tiles of whole grid cells (at most), stitched into blocks of rows."""
     q, out_side = dense_geometry(plan.stride, predictor)
     per_tile = out_side // q  # grid cells per tile side (rows)
-    columns = _tile_columns(plan.shape[1], per_tile * DENSE_WIDTH_FACTOR[predictor.precision])
+    columns = _tile_columns(plan.shape[1], per_tile)
     width = max(c1 - c0 for c0, c1 in columns)
     tile_buf = np.empty([(n * q - 1) * predictor.stride + predictor.window for n in (per_tile, width)], np.float32)
-    for b0 in range(r0, r1, per_tile):
-        b1 = min(r1, b0 + per_tile)
-        block = np.zeros((b1 - b0, plan.shape[1], predictor.n_features), np.float32)
+    for b0, b1 in _tile_columns(r1 - r0, per_tile):  # blocks of rows, as even as the columns
+        b0, b1 = b0 + r0, b1 + r0
+        block = cells.empty(b1 - b0, plan.shape[1])
         for c0, c1 in columns:
-            _dense_tile(plan, predictor, tile_buf, block, b0, c0, c1, q, meter)
+            _dense_tile(plan, predictor, tile_buf, block, b0, c0, c1, q, meter, cells)
         yield Block(b0, b1, block, plan.valid[b0:b1])
 
 
-def _dense_tile(plan, predictor, tile_buf, block, b0, c0, c1, q, meter):
+def _dense_tile(plan, predictor, tile_buf, block, b0, c0, c1, q, meter, cells):
     """Cut, run and stitch the tile of grid cells ``block rows x [c0, c1)``; skip it off tissue."""
     b1 = b0 + block.shape[0]
     v = plan.valid[b0:b1, c0:c1]
@@ -195,6 +216,6 @@ def _dense_tile(plan, predictor, tile_buf, block, b0, c0, c1, q, meter):
     t = meter.lap("tiling", t)
     out = predictor(tile)  # (F, nr, nc)
     t = meter.lap("onnx", t)
-    block[:, c0:c1] = np.where(v[..., None], np.moveaxis(out[:, ::q, ::q], 0, -1), 0.0)
+    _stitch(block, (slice(None), slice(c0, c1)), v, np.moveaxis(out[:, ::q, ::q], 0, -1), cells)
     meter.lap("stitching", t)
     meter.done(int(v.sum()))

@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from .ctxhead import PassThrough
+from .engine import CellMap
 from .finished import FOLDER_RECORD, write_record
-from .heads import apply_rows, chunk_rows
 from .integrity import compressors, seal
 from .io import atomic_path
 from .smooth import RowSmoother
@@ -44,10 +44,12 @@ class Sink:
 
 class ArraySink(Sink):
     """Blocks into ``out``, whose first row is grid row ``r0``: the features (``fn`` None) or
-    ``fn(features)`` of every valid cell (a head; ``out`` then holds its output per cell)."""
+    ``fn(features)`` of every valid cell (a head; ``out`` then holds its output per cell, mapped by the
+    engine tile by tile: :class:`~brainrt.engine.CellMap`)."""
 
     def __init__(self, out, *, r0=0, fn=None):
         self.out, self.r0, self.fn = out, r0, fn
+        self.cells = None if fn is None else CellMap(fn, out.shape[2:], out.dtype)
 
     @classmethod
     def features(cls, shape, n_features, *, r0=0):
@@ -58,8 +60,8 @@ class ArraySink(Sink):
         rows = self.out[block.r0 - self.r0 : block.r1 - self.r0]
         if self.fn is None:
             rows[...] = block.features
-        else:
-            apply_rows(block.features, block.valid, self.fn, rows)
+        else:  # the head's values of the block's tissue cells (the rest of ``out`` as it was)
+            rows[block.valid] = block.features[block.valid]
 
     def close(self):
         return self.out
@@ -107,7 +109,7 @@ class ZarrFeatureSink(Sink):
         self._target.__exit__(RuntimeError, exc, None)  # removes the temporary folder
 
 
-#: Rows of a block a classifier head maps at a time (rounded to whole head chunks, :func:`~brainrt.heads.chunk_rows`).
+#: Rows of a block pushed into the smoother at a time.
 PUSH_ROWS = 32
 
 
@@ -127,15 +129,15 @@ class ClassifySink(Sink):
         self.stream = stream if stream is not None else PassThrough()
         self.smoother = RowSmoother(sigma, space=space, rows=len(valid)) if sigma > 0 and clf.proba else None
         self.mapped = self.done = 0  # grid rows mapped by the head / finished (smoothed, labelled, written)
+        terms = clf.empty((0, 0), terms=True)  # the engine maps each tile through the head (blocks of its values)
+        self.cells = CellMap(clf.fn, terms.shape[2:], terms.dtype, -1 if not clf.proba else 0)
 
     def put(self, block):
         if not self.clf.proba:  # the head gives labels
-            apply_rows(block.features, block.valid, self.clf.fn, self.labels[block.r0 : block.r1])
+            self.labels[block.r0 : block.r1] = block.features
             return
-        step = chunk_rows(block.valid.shape[1]) * max(1, PUSH_ROWS // chunk_rows(block.valid.shape[1]))
-        for a in range(0, len(block.valid), step):  # whole head chunks at a time: the same bits, a fifth of the memory
-            f, v = block.features[a : a + step], block.valid[a : a + step]
-            self._map(self.stream.push(apply_rows(f, v, self.clf.fn, self.clf.empty(v.shape, terms=True)), v))
+        for a in range(0, len(block.valid), PUSH_ROWS):  # the smoother's steps: its temporaries stay small
+            self._map(self.stream.push(block.features[a : a + PUSH_ROWS], block.valid[a : a + PUSH_ROWS]))
 
     def close(self):
         if self.clf.proba:
