@@ -186,6 +186,44 @@ def test_tile_columns_are_even_and_cover_the_grid():
     assert [b - a for a, b in _tile_columns(1024, 160)] == [147] * 6 + [142]
 
 
+class _Shapes:
+    """A predictor that notes the output shape of every tile it maps."""
+
+    def __init__(self, inner):
+        self.inner, self.shapes = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, tile):
+        out = self.inner(tile)
+        self.shapes.append(out.shape[1:])
+        return out
+
+
+def test_int8_tiles_are_wider_than_high_and_give_the_per_patch_features(tiny_bundle, synthetic_slice, monkeypatch):
+    """int8 tiles are up to DENSE_WIDTH_FACTOR["int8"] (2) times as wide as high (im2col bytes are a quarter
+    of fp32's; wider tiles share the convolutions' halo): the features are still those of the per-patch
+    int8 graph, exactly; fp32 tiles stay square."""
+    from brainrt import engine
+    from brainrt.plan import make_plan
+    from brainrt.sinks import ArraySink
+
+    monkeypatch.setattr(engine, "DENSE_MAX_OUT", 12)  # many small tiles on a small crop
+    image = synthetic_slice.image[:96, :220]
+    for precision, factor in (("int8", 2), ("fp32", 1)):
+        plan = make_plan(image, tiny_bundle, stride=2, method="dense", precision=precision, tissue="all")
+        pred = _Shapes(tiny_bundle.predictor_for(plan))
+        grid = engine.run(plan, pred, ArraySink.features(plan.shape, tiny_bundle.manifest.n_features))
+        q, rows = engine.dense_geometry(plan.stride, pred)
+        widths = {b - a for a, b in engine._tile_columns(plan.shape[1], factor * rows)}
+        assert {s[0] for s in pred.shapes} == {rows} and {s[1] for s in pred.shapes} == widths, pred.shapes
+        assert max(widths) > rows if factor > 1 else max(widths) <= rows
+        if precision == "int8":
+            patch = brainrt.featurize(image, tiny_bundle, stride=2, method="patch", precision="int8", tissue="all")
+            np.testing.assert_array_equal(grid, patch.features)
+
+
 def test_blocks_and_tiles_are_cut_evenly(tiny_bundle, synthetic_slice, monkeypatch):
     """Blocks of rows and tiles across are as even as whole cells allow (they were tile-sized with a narrow
     remainder, whose halo costs as much as a full tile's); the features do not depend on the cuts."""

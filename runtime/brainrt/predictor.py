@@ -63,6 +63,7 @@ class DensePredictor:
     std: float
     n_features: int
     kind: str = "dense"
+    precision: str = "fp32"
 
     def __call__(self, tile) -> np.ndarray:
         return self.session.run(None, {self.input_name: tile[None, None]})[0][0]
@@ -91,7 +92,7 @@ def build(bundle, kind="patch", *, stride=None, precision="fp32"):
         raise param_error("kind", "Bundle.predictor", "'patch' or 'dense'", kind)
     w = dense_window(bundle, stride, precision)
     return DensePredictor(bundle.dense_session(w.stride, precision), m.dense_onnx.input, w.stride, w.window, w.offset,
-                          **norm)
+                          **norm, precision=precision)
 
 
 class DenseWindow(NamedTuple):
