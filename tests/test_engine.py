@@ -215,7 +215,7 @@ def test_int8_tiles_are_wider_than_high_and_give_the_per_patch_features(tiny_bun
         plan = make_plan(image, tiny_bundle, stride=2, method="dense", precision=precision, tissue="all")
         pred = _Shapes(tiny_bundle.predictor_for(plan))
         grid = engine.run(plan, pred, ArraySink.features(plan.shape, tiny_bundle.manifest.n_features))
-        q, rows = engine.dense_geometry(plan.stride, pred)
+        _, rows = engine.dense_geometry(plan.stride, pred)
         widths = {b - a for a, b in engine._tile_columns(plan.shape[1], factor * rows)}
         assert {s[0] for s in pred.shapes} == {rows} and {s[1] for s in pred.shapes} == widths, pred.shapes
         assert max(widths) > rows if factor > 1 else max(widths) <= rows
