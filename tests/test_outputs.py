@@ -281,12 +281,7 @@ def test_output_in_read_only_folder(command, io_dirs, tiny_bundle_path, slice_ti
     try:
         if os.access(out, os.W_OK):
             pytest.skip("running as root: a read-only folder is still writable")
-        target = out / ("x.zarr" if command == "featurize" else "x.labels.ome.tif")
-        result = run_cli([command, slice_tif, "-m", tiny_bundle_path, "-o", target])
-        assert result.exit_code == 2
-        line = error_line(result)
-        assert str(target) in line and "not writable" in line
-        assert listing(out) == []
+        _refused_as_not_writable(command, out, tiny_bundle_path, slice_tif)
     finally:
         out.chmod(0o755)
 
@@ -298,8 +293,13 @@ def test_output_in_unwritable_folder_simulated(command, io_dirs, tiny_bundle_pat
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if (Path(p) == out and mode & os.W_OK)
                         else real_access(p, mode, **kw))
+    _refused_as_not_writable(command, out, tiny_bundle_path, slice_tif)
+
+
+def _refused_as_not_writable(command, out, bundle_path, slice_tif):
+    """``command`` with its output in the folder ``out`` exits 2 with one line naming it, writing nothing."""
     target = out / ("x.zarr" if command == "featurize" else "x.labels.ome.tif")
-    result = run_cli([command, slice_tif, "-m", tiny_bundle_path, "-o", target])
+    result = run_cli([command, slice_tif, "-m", bundle_path, "-o", target])
     assert result.exit_code == 2
     line = error_line(result)
     assert str(target) in line and "not writable" in line

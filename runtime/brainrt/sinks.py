@@ -49,7 +49,7 @@ class ArraySink(Sink):
 
     def __init__(self, out, *, r0=0, fn=None):
         self.out, self.r0, self.fn = out, r0, fn
-        self.cells = None if fn is None else CellMap(fn, out.shape[2:], out.dtype)
+        self.cells = None if fn is None else CellMap.into(fn, out)
 
     @classmethod
     def features(cls, shape, n_features, *, r0=0):
@@ -129,12 +129,11 @@ class ClassifySink(Sink):
         self.stream = stream if stream is not None else PassThrough()
         self.smoother = RowSmoother(sigma, space=space, rows=len(valid)) if sigma > 0 and clf.proba else None
         self.mapped = self.done = 0  # grid rows mapped by the head / finished (smoothed, labelled, written)
-        terms = clf.empty((0, 0), terms=True)  # the engine maps each tile through the head (blocks of its values)
-        self.cells = CellMap(clf.fn, terms.shape[2:], terms.dtype, -1 if not clf.proba else 0)
+        self.cells = CellMap.into(clf.fn, clf.empty((0, 0), terms=True))  # the engine maps each tile through the head
 
     def put(self, block):
-        if not self.clf.proba:  # the head gives labels
-            self.labels[block.r0 : block.r1] = block.features
+        if not self.clf.proba:  # the head gives labels (-1 stays off tissue)
+            self.labels[block.r0 : block.r1][block.valid] = block.features[block.valid]
             return
         for a in range(0, len(block.valid), PUSH_ROWS):  # the smoother's steps: its temporaries stay small
             self._map(self.stream.push(block.features[a : a + PUSH_ROWS], block.valid[a : a + PUSH_ROWS]))
