@@ -124,8 +124,14 @@ def test_a_classifier_sink_gets_blocks_of_head_values_not_features(tiny_bundle, 
     assert len(shapes) > 1 and {s[2:] for s in shapes} == {(clf.n_classes,)}, shapes
     features = run(plan, pred, ArraySink.features(plan.shape, tiny_bundle.manifest.n_features))
     want = clf.apply(features, plan.valid, pixel_size_um=1.17, stride=2)
-    np.testing.assert_allclose(probs, want, atol=1e-6)
-    assert np.array_equal(labels, np.where(plan.valid, want.argmax(-1), -1))
+    # float32 heads on tiles of other sizes than the whole grid's: onnxruntime / BLAS pick other kernels
+    # (AVX-512 VNNI/BF16 EPYCs differ from others by up to 2.1e-6), so a few float32 ulps of the logits
+    np.testing.assert_allclose(probs, want, rtol=1e-5, atol=1e-5)
+    top2 = np.sort(want, axis=-1)[..., -2:]
+    clear = plan.valid & (top2[..., 1] - top2[..., 0] > 1e-4)  # argmax is defined up to that noise
+    assert clear.sum() > 0.9 * plan.valid.sum()
+    assert np.array_equal(labels[clear], want.argmax(-1)[clear])
+    assert np.all(labels[~plan.valid] == -1)
     head_labels = run(plan, pred, ArraySink(np.full(plan.shape, -1, np.int16), fn=lambda f: clf.fn(f).argmax(-1)))
     assert np.array_equal(head_labels, labels)  # an ArraySink of a head: its values where there is tissue
 
