@@ -43,6 +43,20 @@ def listing(folder):
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) if folder.exists() else []
 
 
+def valid_ngff(path):
+    """Validate the OME-Zarr image at ``path`` (and each of its label images) as OME-NGFF 0.5 with
+    ``ome-zarr-models`` (a strict reader of the specification); returns the image model."""
+    import zarr
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    root = zarr.open_group(str(path), mode="r")
+    image = Image.from_zarr(root)
+    for name in (image.labels.label_paths if image.labels is not None else []):
+        ImageLabel.from_zarr(zarr.open_group(str(Path(path) / "labels" / name), mode="r"))
+    return image
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _fp32_by_default():
     """Precision "auto" (the default) picks int8 on CPUs with VNNI; the tests see the same default on every

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from brainrt.errors import BrainrtError
-from conftest import listing, one_cli_error, run_cli, write_tiff
+from conftest import listing, one_cli_error, run_cli, valid_ngff, write_tiff
 
 SHAPE = (4, 192, 256)
 STRIDE = 16
@@ -54,7 +54,7 @@ def _arrays(path):
     import zarr
 
     root = zarr.open_group(str(path), mode="r")
-    return {k: np.asarray(root[k]) for k in ("0", "labels/areas/0", "labels/areas/1")}
+    return {k: np.asarray(root[k]) for k in ("0", "1", "labels/areas/0", "labels/areas/1")}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,12 @@ def serial_out(tmp_path_factory, stack_tif, tiny_bundle):
     out = tmp_path_factory.mktemp("serial") / "serial.ome.zarr"
     run_volume(_plan(stack_tif, tiny_bundle), out, bundle=tiny_bundle)
     return out
+
+
+def zarr_level(path, name):
+    import zarr
+
+    return np.asarray(zarr.open_group(str(path), mode="r")[name])
 
 
 def _same(a, b):
@@ -182,6 +188,25 @@ def test_dask_equals_serial_and_ome_metadata(client, serial_out, stack_tif, tiny
     assert set(tiny_bundle.class_names) <= names and set(label.metadata["color"]) >= set(tiny_bundle.class_codes)
 
 
+def test_volume_is_valid_ngff_0_5(serial_out):
+    """ome-zarr-models accepts the image and its label image; the half-cell offset is the multiscale's own
+    translation after a unit scale; each probability level keeps every 2**l-th cell of level 0 (centres)."""
+    import zarr
+
+    image = valid_ngff(serial_out)
+    ms = image.ome_attributes.multiscales[0]
+    (scale, shift) = ms.coordinateTransformations
+    assert scale.type == "scale" and list(scale.scale) == [1.0] * 4
+    assert shift.type == "translation" and list(shift.translation) == pytest.approx([0, 0, 7.5 * 1.17, 7.5 * 1.17])
+    assert [d.coordinateTransformations[0].scale[2] for d in ms.datasets] == pytest.approx(
+        [1.17 * STRIDE * 2**i for i in range(len(ms.datasets))])
+    root = zarr.open_group(str(serial_out), mode="r")
+    assert len(ms.datasets) == len(root["labels/areas"].attrs["ome"]["multiscales"][0]["datasets"]) == 2
+    assert root["0"].metadata.dimension_names == ("c", "z", "y", "x")
+    assert root["labels/areas/0"].metadata.dimension_names == ("z", "y", "x")
+    np.testing.assert_array_equal(root["1"][:], root["0"][:, :, ::2, ::2])
+
+
 def test_folder_and_zarr_inputs(client, serial_out, volume, tiny_bundle, tmp_path):
     import zarr
 
@@ -296,6 +321,8 @@ def test_z_smoothing(client, serial_out, stack_tif, tiny_bundle, tmp_path):
     want = np.where(valid, e / e.sum(0), 0)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.array_equal(got, planar.astype(np.float32))
+    valid_ngff(a)
+    np.testing.assert_array_equal(zarr_level(a, "1"), got[:, :, ::2, ::2])
 
 
 def test_dask_imported_only_for_volumes(tiny_bundle_path):

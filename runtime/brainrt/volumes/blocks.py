@@ -40,6 +40,7 @@ from ..geometry import upsample
 from ..heads import OFF_TISSUE, Classifier
 from ..integrity import compressors, seal
 from ..io import check_target
+from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
 from ..plan import plan_of
 from ..plots import class_colors
 from ..sinks import ArraySink
@@ -169,7 +170,7 @@ def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, py
     root = zarr.open_group(str(store), mode="r+")
     zi, (R, C) = vplan.zs.index(z), vplan.grid
     raw, valid = root["scratch/context" if vplan.context else "scratch/probabilities"], root["scratch/valid"]
-    probs, zsm = root["0"], vplan.z_sigma > 0
+    zsm = vplan.z_sigma > 0
     smoother = RowSmoother(vplan.sigma_cells, space=vplan.space, rows=R) if vplan.sigma_cells > 0 else None
     labels, done = np.full((R, C), -1, np.int16), 0
     v_all = np.asarray(valid[zi])
@@ -182,7 +183,7 @@ def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, py
         if zsm:  # the z pass reads it, then writes the outputs
             root["scratch/planar"][zi, done : done + n] = p
         else:
-            probs[:, zi, done : done + n] = np.moveaxis(p, -1, 0)
+            _write_probabilities(vplan, root, zi, done, p)
             labels[done : done + n] = np.where(v, p.argmax(-1), -1)
         done += n
 
@@ -208,16 +209,29 @@ def zsmooth_slice(vplan, store, z):
     root = zarr.open_group(str(store), mode="r+")
     zi, (R, C), r = vplan.zs.index(z), vplan.grid, radius(vplan.z_sigma)
     lo, hi = max(0, zi - r), min(len(vplan.zs), zi + r + 1)
-    planar, valid, probs = root["scratch/planar"], root["scratch/valid"], root["0"]
+    planar, valid = root["scratch/planar"], root["scratch/valid"]
     labels = np.full((R, C), -1, np.int16)
     step = max(1, Z_BYTES // ((hi - lo) * C * len(vplan.class_names) * 4))  # rows per read: bounded memory
     for r0 in range(0, R, step):
         r1 = min(R, r0 + step)
         p, v = np.asarray(planar[lo:hi, r0:r1]), np.asarray(valid[lo:hi, r0:r1])
         out = smooth_across(p, v, vplan.z_sigma, zi - lo, space=vplan.space)
-        probs[:, zi, r0:r1] = np.moveaxis(out, -1, 0)
+        _write_probabilities(vplan, root, zi, r0, out)
         labels[r0:r1] = np.where(v[zi - lo], out.argmax(-1), -1)
     _write_labels(vplan, root, zi, labels)
+
+
+def _write_probabilities(vplan, root, zi, r0, p):
+    """Grid rows ``r0 ..`` of slice position ``zi``'s probabilities ``p`` (rows, cols, K) into every level of
+    the image (level ``l`` keeps every ``2**l``-th row and column, as the label pyramid does: the cells'
+    centres, so one translation places every level)."""
+    n = len(p)
+    for level in range(_n_levels(vplan.source.shape[1:])):
+        f = 2**level
+        first = -(-r0 // f) * f  # the first row of this block that level ``l`` keeps
+        if first < r0 + n:
+            rows = p[first - r0 :: f, ::f]
+            root[str(level)][:, zi, first // f : first // f + len(rows)] = np.moveaxis(rows, -1, 0)
 
 
 def _write_labels(vplan, root, zi, labels):
@@ -262,8 +276,6 @@ def create_store(vplan, tmp):
         if vplan.z_sigma > 0:
             root.create_array("scratch/planar", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
                               fill_value=0.0)
-        root.create_array("0", shape=(K, Z, R, C), chunks=(1, 1, min(R, 1024), min(C, 1024)), dtype="float32",
-                          fill_value=0.0)
         _ome_metadata(vplan, root)
     (tmp / STATE / "done").mkdir(parents=True, exist_ok=True)
     write_record(tmp / FOLDER_RECORD, vplan.record())
@@ -277,53 +289,33 @@ def _attrs(vplan):
                         "image_shape": list(vplan.source.shape[1:]), "class_names": list(vplan.class_names)}}
 
 
-def _name_and_centre(root, class_names, half):
-    """The probability image's channels named by class (omero) and shifted by half a grid cell (top-level
-    translation after each level's scale: napari-ome-zarr applies one top-level transform)."""
-    ome = dict(root.attrs["ome"]) if "ome" in root.attrs else None
-    omero = {"channels": [{"label": n, "active": True, "window": {"start": 0, "end": 1, "min": 0, "max": 1}}
-                          for n in class_names]}
-    shift = [{"type": "translation", "translation": [0, 0, half, half]}]
-    if ome is not None:
-        ome["multiscales"] = [{**ome["multiscales"][0], "coordinateTransformations": shift}]
-        root.attrs.update({"ome": {**ome, "omero": omero}})
-    else:
-        root.attrs.update({"omero": omero, "multiscales": [{**root.attrs["multiscales"][0],
-                                                            "coordinateTransformations": shift}]})
-
-
 def _ome_metadata(vplan, root):
-    """Probabilities (c, z, y, x) at grid resolution as the image, the area labels (z, y, x) with a pyramid."""
-    from ome_zarr.writer import write_label_metadata, write_multiscales_metadata
-
-    px, dz, s = vplan.pixel_size_um, vplan.z_spacing_um, vplan.stride
-    um = "micrometer"
-    write_multiscales_metadata(
-        root, [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, dz, px * s, px * s]}]}],
-        axes=[{"name": "c", "type": "channel"}] + [{"name": a, "type": "space", "unit": um} for a in "zyx"],
-        name="probabilities")
-    _name_and_centre(root, vplan.class_names, (s - 1) / 2 * px)  # cell (i, j) covers pixels i*s .. i*s + s - 1
+    """The image: probabilities (c, z, y, x) at grid resolution, with a pyramid of as many levels as the area
+    labels' (z, y, x) at full resolution (:mod:`brainrt.ngff`; NGFF asks a label image for its image's levels)."""
+    px, dz, s, (h, w) = vplan.pixel_size_um, vplan.z_spacing_um, vplan.stride, vplan.source.shape[1:]
+    Z, (R, C), K, n = len(vplan.zs), vplan.grid, len(vplan.class_names), _n_levels((h, w))
+    for level in range(n):
+        f = 2**level
+        r, c = -(-R // f), -(-C // f)
+        create_level(root, str(level), "czyx", (K, Z, r, c), (1, 1, min(r, 1024), min(c, 1024)), "float32", 0.0)
+    root.attrs.update(image_attrs("probabilities", "czyx", [(1.0, dz, px * s * 2**i, px * s * 2**i) for i in range(n)],
+                                  translation=(0, 0, (s - 1) / 2 * px, (s - 1) / 2 * px),  # cell (i, j): pixels i*s ..
+                                  channels=vplan.class_names, window=(0, 1)))
     root.attrs.update(_attrs(vplan))
-    h, w = vplan.source.shape[1:]
-    Z = len(vplan.zs)
-    labels = root.require_group("labels/areas")
-    datasets = []
-    for level in range(_n_levels((h, w))):
+    labels = root.require_group("labels")
+    labels.attrs.update(labels_attrs(["areas"]))
+    areas = labels.require_group("areas")
+    for level in range(n):
         f = 2**level
         shape = (Z, -(-h // f), -(-w // f))
-        labels.create_array(str(level), shape=shape, chunks=(1, min(shape[1], LABEL_CHUNK), min(shape[2], LABEL_CHUNK)),
-                            dtype="uint8", fill_value=OFF_TISSUE)
-        datasets.append({"path": str(level),
-                         "coordinateTransformations": [{"type": "scale", "scale": [dz, px * f, px * f]}]})
-    write_multiscales_metadata(labels, datasets, axes=[{"name": a, "type": "space", "unit": um} for a in "zyx"],
-                               name="areas")
+        create_level(areas, str(level), "zyx", shape, (1, min(shape[1], LABEL_CHUNK), min(shape[2], LABEL_CHUNK)),
+                     "uint8", OFF_TISSUE)
     colors = class_colors(len(vplan.class_names))
-    write_label_metadata(
-        root["labels"], "areas",
-        colors=[{"label-value": int(c), "rgba": [int(round(255 * v)) for v in colors[i]] + [255]}
-                for i, c in enumerate(vplan.class_codes)] + [{"label-value": OFF_TISSUE, "rgba": [0, 0, 0, 0]}],
-        properties=[{"label-value": int(c), "name": n} for n, c in zip(vplan.class_names, vplan.class_codes)]
-        + [{"label-value": OFF_TISSUE, "name": "off tissue"}], source={"image": "../../"})
+    areas.attrs.update(label_image_attrs(
+        "areas", "zyx", [(dz, px * 2**i, px * 2**i) for i in range(n)],
+        values={**{int(c): nm for nm, c in zip(vplan.class_names, vplan.class_codes)}, OFF_TISSUE: "off tissue"},
+        colors={**{int(c): [round(255 * v) for v in colors[i]] + [255] for i, c in enumerate(vplan.class_codes)},
+                OFF_TISSUE: [0, 0, 0, 0]}))
 
 
 def partial_path(out):
