@@ -188,7 +188,7 @@ def test_cli_good_variants(case, command, io_dirs, tiny_bundle_path, tiny_bundle
         assert labels.shape == img.shape and labels.dtype == np.uint8
         assert set(np.unique(labels).tolist()) <= {1, 2, 3, 4, 255}
         assert sorted(listing(out)) == ["x.labels.ome.tif", "x.labels.overlay.png", "x.labels.probabilities.ome.tif",
-                                        "x.labels.run.json"]
+                                        "x.labels.run.json", "x.labels.uncertainty.ome.tif"]
 
 
 def test_planar_three_slice_stack_reads_as_the_stack(tmp_path, stack3, tiny_bundle_path):

@@ -388,7 +388,7 @@ def test_napari_ome_zarr_opens_the_output(volume_output, tiny_bundle):
     assert kinds == ["image", "labels"], kinds
     (_, img, _), (_, lab, _) = layers
     assert img["channel_axis"] == 0
-    assert [n.split(": ")[-1] for n in img["name"]] == list(tiny_bundle.class_names)
+    assert [n.split(": ")[-1] for n in img["name"]] == [*tiny_bundle.class_names, "margin", "entropy"]
     np.testing.assert_allclose(img["scale"], [VOLUME_PX, VOLUME_PX * VOLUME_STRIDE, VOLUME_PX * VOLUME_STRIDE])
     np.testing.assert_allclose(lab["scale"], [VOLUME_PX, VOLUME_PX, VOLUME_PX])
     half = (VOLUME_STRIDE - 1) / 2 * VOLUME_PX  # cell (i, j) covers pixels i*s .. i*s + s - 1: its centre

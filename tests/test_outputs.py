@@ -110,7 +110,8 @@ def test_rerun_without_truth_removes_the_old_metrics(small, tiny_bundle_path):
     _ok(_run([*base, "--truth", truth]))
     assert {"x.metrics.json", "x.confusion.png"} <= set(listing(out))
     _ok(_run([*base, "--overwrite"]))
-    assert sorted(listing(out)) == ["x.ome.tif", "x.overlay.png", "x.probabilities.ome.tif", "x.run.json"]
+    assert sorted(listing(out)) == ["x.ome.tif", "x.overlay.png", "x.probabilities.ome.tif", "x.run.json",
+                                    "x.uncertainty.ome.tif"]
 
 
 def test_classify_from_features_removes_an_older_overlay(small, tiny_bundle_path):
@@ -120,7 +121,7 @@ def test_classify_from_features_removes_an_older_overlay(small, tiny_bundle_path
     _ok(_run(["classify", out / "f.zarr", "-m", tiny_bundle_path, "-o", out / "x.ome.tif", "--overwrite"]))
     assert not (out / "x.overlay.png").exists()
     rec = json.loads((out / "x.run.json").read_text())
-    assert sorted(rec["files"]) == ["x.ome.tif", "x.probabilities.ome.tif"]
+    assert sorted(rec["files"]) == ["x.ome.tif", "x.probabilities.ome.tif", "x.uncertainty.ome.tif"]
 
 
 @pytest.mark.parametrize("where", ["layout", "band"])

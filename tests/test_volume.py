@@ -91,7 +91,9 @@ def test_serial_equals_2d_path(serial_out, volume, tiny_bundle):
     arr = _arrays(serial_out)
     for z in (0, 3):
         res = brainrt.classify_image(volume.image[z], tiny_bundle, stride=STRIDE, smooth=SMOOTH)
-        np.testing.assert_allclose(np.moveaxis(arr["0"][:, z], 0, -1), res.probabilities, atol=1e-6)
+        got = np.moveaxis(arr["0"][:, z], 0, -1)  # the probabilities, then their margin and entropy
+        np.testing.assert_allclose(got[..., :-2], res.probabilities, atol=1e-6)
+        np.testing.assert_allclose(got[..., -2:], res.uncertainty(), atol=1e-5)
         full = upsample(res.cell_codes(), STRIDE, SHAPE[1:])
         assert (arr["labels/areas/0"][z] == full).mean() > 0.999
         np.testing.assert_array_equal(arr["labels/areas/1"][z], arr["labels/areas/0"][z][::2, ::2])
@@ -205,6 +207,8 @@ def test_volume_is_valid_ngff_0_5(serial_out):
     assert root["0"].metadata.dimension_names == ("c", "z", "y", "x")
     assert root["labels/areas/0"].metadata.dimension_names == ("z", "y", "x")
     np.testing.assert_array_equal(root["1"][:], root["0"][:, :, ::2, ::2])
+    names = [c["label"] for c in root.attrs["ome"]["omero"]["channels"]]
+    assert names[-2:] == ["margin", "entropy"] and len(names) == root["0"].shape[0]
 
 
 def test_folder_and_zarr_inputs(client, serial_out, volume, tiny_bundle, tmp_path):
@@ -310,7 +314,8 @@ def test_z_smoothing(client, serial_out, stack_tif, tiny_bundle, tmp_path):
     run_volume(plan, a, bundle=tiny_bundle)
     run_volume(plan, b, client=client)
     _same(a, b)
-    planar, got = _arrays(serial_out)["0"].astype(np.float64), _arrays(a)["0"]
+    K = len(tiny_bundle.class_names)
+    planar, got = _arrays(serial_out)["0"][:K].astype(np.float64), _arrays(a)["0"][:K]
     valid = planar.sum(0) > 0
     d = np.arange(SHAPE[0])
     w = np.exp(-0.5 * (d[:, None] - d[None, :]) ** 2)  # radius 4 reaches every slice of 4
@@ -322,7 +327,7 @@ def test_z_smoothing(client, serial_out, stack_tif, tiny_bundle, tmp_path):
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.array_equal(got, planar.astype(np.float32))
     valid_ngff(a)
-    np.testing.assert_array_equal(zarr_level(a, "1"), got[:, :, ::2, ::2])
+    np.testing.assert_array_equal(zarr_level(a, "1")[:K], got[:, :, ::2, ::2])
 
 
 def test_dask_imported_only_for_volumes(tiny_bundle_path):
@@ -363,7 +368,7 @@ def test_int8_volume_matches_2d(volume, stack_tif, tiny_bundle, tmp_path):
         pytest.skip("the tiny bundle has no int8 graphs")
     out = tmp_path / "int8.ome.zarr"
     run_volume(make_volume_plan(stack_tif, tiny_bundle, stride=32, z="2", precision="int8"), out, bundle=tiny_bundle)
-    got = np.asarray(zarr.open_group(str(out), mode="r")["0"][:, 0])
+    got = np.asarray(zarr.open_group(str(out), mode="r")["0"][: len(tiny_bundle.class_names), 0])
     want = brainrt.classify_image(volume.image[2], tiny_bundle, stride=32, precision="int8").probabilities
     np.testing.assert_allclose(np.moveaxis(got, 0, -1), want, atol=1e-6)
 

@@ -26,6 +26,7 @@ from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEF
 from .scoring import pixel_metrics, read_truth, score
 from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
 from .smooth import choose, smooth_probabilities
+from .uncertainty import CHANNELS, Tee, UncertaintyBands
 
 log = logging.getLogger("brainrt")
 
@@ -156,19 +157,19 @@ def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="a
     return classify_plan(plan, bundle, head=head, smooth=smooth, progress=progress)
 
 
-def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_block=None, probabilities=None):
+def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_block=None, probabilities=None,
+                  uncertainty=None):
     """:func:`classify_image` of a checked plan; smoothing streams with the blocks (a halo of rows).
 
     ``probabilities``: an OME-TIFF path the (smoothed) probabilities are streamed to, a band of
     rows at a time, instead of being kept (the result then holds none): a stride-1 slice then
     never holds them whole. Written atomically; ignored for heads without probabilities.
+    ``uncertainty`` (with ``probabilities``): an OME-TIFF path their margin and entropy are streamed to
+    (:mod:`brainrt.uncertainty`; else :meth:`ClassMapResult.uncertainty` computes them from the result).
     """
     clf = Classifier.of(bundle, head)
     sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)
-    writer = None
-    if probabilities is not None and clf.proba:
-        writer = OmeTiffBands(probabilities, (clf.n_classes,) + plan.shape, np.float32,
-                              pixel_size_um=plan.pixel_size_um * plan.stride, channel_names=bundle.class_names)
+    writer = _band_writers(plan, bundle, clf, probabilities, uncertainty)
     meter = Meter(plan.n_cells, progress=progress)
     try:
         sink = ClassifySink(clf, plan.valid, sigma=sigma, space=space, stream=clf.stream(plan.pixel_size_um, plan.stride),
@@ -182,9 +183,29 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
     stats = _close(meter, plan, "featurized and classified")
     if writer is not None:
         stats["probabilities"] = str(probabilities)
+        if uncertainty is not None:
+            stats["uncertainty"] = str(uncertainty)
     grid = FeatureGrid.of_plan(plan, None, bundle.model_id, stats)
     return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid, clf.name,
                           sigma * plan.pixel_size_um * plan.stride)
+
+
+def _band_writers(plan, bundle, clf, probabilities, uncertainty):
+    """The writer the probabilities stream into (and their uncertainty beside them), or None (kept in memory)."""
+    if probabilities is None or not clf.proba:
+        return None
+    px = plan.pixel_size_um * plan.stride
+    writer = OmeTiffBands(probabilities, (clf.n_classes,) + plan.shape, np.float32, pixel_size_um=px,
+                          channel_names=bundle.class_names)
+    if uncertainty is None:
+        return writer
+    try:
+        u = OmeTiffBands(uncertainty, (len(CHANNELS),) + plan.shape, np.float32, pixel_size_um=px,
+                         channel_names=list(CHANNELS))
+    except BaseException:
+        writer.abort()
+        raise
+    return Tee(writer, UncertaintyBands(u, plan.valid))
 
 
 def cluster(grid, bundle):

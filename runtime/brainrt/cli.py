@@ -26,7 +26,7 @@ from .grid import FeatureGrid
 from .heads import Classifier
 from .io import check_not_input, check_target, read_mask
 from .scoring import score_lines
-from .outputs import (classification_set, probabilities_path, siblings, write_classification, write_clusters,
+from .outputs import (classification_set, probabilities_path, siblings, uncertainty_path, write_classification, write_clusters,
                       write_subdivision)
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
@@ -206,23 +206,24 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
 @click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
 @click.option("--held-out", is_flag=True,
               help="With --truth on the bundle's training slice: score only the test split it recorded.")
+@click.option("--uncertain-below", type=click.FloatRange(0, 1), default=None,
+              help="Hatch the overlay where the margin between the two likeliest areas is below this (README).")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
 @volume_options
 @click.option("--smooth-z", type=float, default=0.0, show_default=True,
               help="Volumes: also smooth class scores across slices, sigma in um (0: off).")
 @one_line_errors
-def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, held_out, out, overwrite,
-             **kw):
+def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, held_out, uncertain_below, out,
+             overwrite, **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
-    Writes the label map at full resolution (OME-TIFF), per-class probabilities at grid
-    resolution (OME-TIFF, same physical scale), an overlay PNG and, with --truth,
+    Writes the label map at full resolution (OME-TIFF), per-class probabilities and their
+    uncertainty (margin, entropy) at grid resolution (OME-TIFF, same physical scale), an overlay PNG and, with --truth,
     accuracy, confusion matrix and per-class F1 (JSON + PNG). A volume (a 3D stack with --z
     a:b or all, a TIFF folder, a zarr stack) runs on Dask into one OME-Zarr (-o OUT.ome.zarr).
     """
     if is_volume_input(source, kw["z"]):
-        if truth:
-            raise BrainrtError("--truth scores one slice; it does not apply to a volume")
+        _no_slice_options(truth=truth, uncertain_below=uncertain_below)
         return _run_volume("classify", source, model, threads, out, workers, scheduler, overwrite, kw, head=head,
                            smooth=smooth, smooth_z=smooth_z)
     if smooth_z:
@@ -242,7 +243,8 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         result, image = _classified(job, bundle, head, smooth, s)
         metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
         contours = read_mask(truth, result.grid.image_shape, z=kw["z"]) if truth and image is not None else None
-        written = write_classification(out, result, image=image, metrics=metrics, truth=contours, into=s)
+        written = write_classification(out, result, image=image, metrics=metrics, truth=contours, into=s,
+                                       uncertain_below=uncertain_below)
     msg = f"wrote {', '.join(written)}"
     if metrics:
         msg += (f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels "
@@ -252,13 +254,23 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         click.echo(line)
 
 
+def _no_slice_options(**given):
+    """Refuse, for a volume, the options that score or draw one slice (``--truth``, ``--uncertain-below``, ...)."""
+    used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None and v is not False]
+    if used:
+        raise BrainrtError(f"{', '.join(used)}: scores or draws one slice; it does not apply to a volume")
+
+
 def _classified(job, bundle, head, smooth, s):
     """(result, image) of a :func:`_job`: a saved grid's in memory; a slice's streamed (features never held
     whole, a stride-1 grid of a slice is GBs), its probabilities into the output set ``s`` band by band."""
     if isinstance(job, FeatureGrid):
         return api.classify(job, bundle, head=head, smooth=smooth), None
-    stream = s.path(probabilities_path(s.out)) if Classifier.of(bundle, head).proba else None
-    return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress(), probabilities=stream), job.image
+    if not Classifier.of(bundle, head).proba:
+        return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress()), job.image
+    return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress(),
+                             probabilities=s.path(probabilities_path(s.out)),
+                             uncertainty=s.path(uncertainty_path(s.out))), job.image
 
 
 @main.command()

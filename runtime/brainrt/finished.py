@@ -191,6 +191,10 @@ class OutputSet:
         self._tmp[final] = Path(name)
         return self._tmp[final]
 
+    def written(self, final):
+        """The temporary path of the set's file ``final`` (what this run wrote so far), None if it has none."""
+        return self._tmp.get(Path(final))
+
     def has(self, final) -> bool:
         """Whether the set's file ``final`` has a temporary path (it is written by this run)."""
         return Path(final) in self._tmp

@@ -13,6 +13,7 @@ import numpy as np
 
 from .ctxhead import ContextHead, ContextStream, PassThrough, context_probabilities
 from .errors import BrainrtError
+from .uncertainty import margin_entropy
 
 #: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
 HEAD_CHUNK = 65536
@@ -38,6 +39,11 @@ class ClassMapResult:
     def cell_codes(self):
         """Label map at grid resolution in the class map's mask codes (uint8, OFF_TISSUE off tissue)."""
         return np.asarray(self.codes + [OFF_TISSUE], np.uint8)[self.labels]  # -1 indexes OFF_TISSUE
+
+    def uncertainty(self):
+        """(R, C, 2) float32 margin between the two likeliest areas and normalized entropy of the (smoothed)
+        probabilities, NaN off tissue (:mod:`brainrt.uncertainty`); None without probabilities (held)."""
+        return None if self.probabilities is None else margin_entropy(self.probabilities, self.labels >= 0)
 
 
 def chunk_rows(n_cols):

@@ -17,11 +17,12 @@ from .heads import OFF_TISSUE
 from .finished import SET_RECORD, OutputSet, set_member
 from .io import OmeTiffBands, write_json, write_ome_tiff
 from .plots import confusion_png, overlay_png
+from .uncertainty import CHANNELS
 
 
 #: Files the writers put beside their main output ``X.ome.tif`` (as ``X<suffix>``); with it, one output set
 #: (:class:`brainrt.finished.OutputSet`), whose run record is ``X.run.json``.
-SIBLING_SUFFIXES = (".probabilities.ome.tif", ".overlay.png", ".metrics.json", ".confusion.png", ".loglik.ome.tif")
+SIBLING_SUFFIXES = (".probabilities.ome.tif", ".uncertainty.ome.tif", ".overlay.png", ".metrics.json", ".confusion.png", ".loglik.ome.tif")
 
 
 def siblings(out):
@@ -45,39 +46,50 @@ def probabilities_path(out):
     return set_member(out, ".probabilities.ome.tif")
 
 
+def uncertainty_path(out):
+    """Where the uncertainty map (margin, entropy) of the label map ``out`` goes."""
+    return set_member(out, ".uncertainty.ome.tif")
+
+
 def label_key(names, codes):
     """The class names of a label map, by code ("areas: 1 Ctx, 2 Str, ..., 255 off tissue"), as its channel name."""
     return "areas: " + ", ".join(f"{c} {n}" for c, n in zip(codes, names)) + f", {OFF_TISSUE} off tissue"
 
 
-def write_classification(out, result, *, image=None, metrics=None, truth=None, record=None, into=None):
-    """Label map (full resolution, mask codes), probabilities (grid resolution, uncompressed), overlay
-    PNG (with ``image``; truth contours with ``truth``, a mask of the image's shape) and, with
+def write_classification(out, result, *, image=None, metrics=None, truth=None, record=None, into=None,
+                         uncertain_below=None):
+    """Label map (full resolution, mask codes), probabilities and their uncertainty (margin, entropy; grid
+    resolution, uncompressed), overlay PNG (with ``image``; truth borders with ``truth``, a mask of the
+    image's shape; hatched where the margin is below ``uncertain_below``) and, with
     ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG: one output set,
     written as one (files of an older set that this call does not write are removed). ``into``: the
     open set (:func:`classification_set`) the probabilities were already streamed into
     (:func:`brainrt.api.classify_plan`), committed by its ``with``. Returns the paths written."""
     with contextlib.nullcontext(into) if into is not None else _set(out, record) as s:
-        return [str(p) for p in _write_classification(s, Path(out), result, image, metrics, truth)]
+        return [str(p) for p in _write_classification(s, Path(out), result, image, metrics, truth, uncertain_below)]
 
 
-def _write_classification(s, out, result, image, metrics, truth):
+def _write_classification(s, out, result, image, metrics, truth, uncertain_below):
     grid = result.grid
     px = grid.pixel_size_um
     write_ome_tiff(s.path(out), upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px,
                    channel_names=[label_key(result.names, result.codes)])
-    written, p = [out], probabilities_path(out)
-    if result.probabilities is not None:
-        bands = OmeTiffBands(s.path(p), (len(result.names),) + result.probabilities.shape[:2], np.float32,
-                             pixel_size_um=px * grid.stride, channel_names=result.names)
-        bands.write(0, result.probabilities)
-        bands.commit()
-    if result.probabilities is not None or s.has(p):
-        written.append(p)
+    written = [out]
+    held = {probabilities_path(out): (result.probabilities, result.names), uncertainty_path(out): (result.uncertainty(), CHANNELS)}
+    for p, (values, names) in held.items():
+        if values is not None:
+            bands = OmeTiffBands(s.path(p), (len(names),) + values.shape[:2], np.float32,
+                                 pixel_size_um=px * grid.stride, channel_names=list(names))
+            bands.write(0, values)
+            bands.commit()
+        if values is not None or s.has(p):
+            written.append(p)
     if image is not None:
         png = set_member(out, ".overlay.png")
         overlay_png(s.path(png), image, upsample(result.labels, grid.stride, grid.image_shape), result.names,
-                    title=f"brainrt classify (stride {grid.stride})", pixel_size_um=px, truth=truth)
+                    title=f"brainrt classify (stride {grid.stride})", pixel_size_um=px, truth=truth,
+                    hatch=_uncertain(s, out, result, uncertain_below),
+                    hatch_label=f"margin < {uncertain_below:g}" if uncertain_below is not None else "")
         written.append(png)
     if metrics is not None:
         j, c = set_member(out, ".metrics.json"), set_member(out, ".confusion.png")
@@ -86,6 +98,23 @@ def _write_classification(s, out, result, image, metrics, truth):
                       title=f"pixels vs truth (accuracy {metrics['pixel_accuracy']:.3f})")
         written += [j, c]
     return written
+
+
+def _uncertain(s, out, result, below):
+    """Full-resolution mask of the cells whose margin is below ``below`` (None without a threshold), from the
+    result or from the uncertainty map streamed into the set ``s``."""
+    if below is None:
+        return None
+    u = result.uncertainty()
+    if u is None:
+        path = s.written(uncertainty_path(out))
+        if path is None:
+            return None
+        import tifffile
+
+        u = np.moveaxis(tifffile.imread(path, key=0)[None], 0, -1)
+    margin = u[..., 0]
+    return upsample(np.isfinite(margin) & (margin < below), result.grid.stride, result.grid.image_shape)
 
 
 def write_clusters(out, clusters, loglik, grid, names, *, image=None, record=None):

@@ -48,9 +48,10 @@ def class_colors(n, given=None):
 
 
 def overlay_png(path, image, labels, names, *, valid=None, title="", alpha=0.45, max_side=2000, pixel_size_um=None,
-                truth=None):  # long: one figure, drawn in order (image, labels, truth contours, scale bar, legend)
+                truth=None, hatch=None, hatch_label="uncertain"):  # long: one figure, drawn in order (image, labels, truth contours, scale bar, legend)
     """Image in gray with a label map (indices 0..K-1, -1 = none) in colour, and a legend; a scale bar
-    with ``pixel_size_um``; with ``truth`` (a mask of the image's shape), its area borders as white contours."""
+    with ``pixel_size_um``; with ``truth`` (a mask of the image's shape), its area borders as white contours;
+    ``hatch`` (a bool mask of the image's shape): dark diagonal hatching over it (``hatch_label`` in the legend)."""
     plt = _plt()
     step = max(1, int(np.ceil(max(image.shape) / max_side)))
     img = np.asarray(image[::step, ::step], np.float32)
@@ -69,6 +70,9 @@ def overlay_png(path, image, labels, names, *, valid=None, title="", alpha=0.45,
     if truth is not None:
         rgb[contours(np.asarray(truth)[::step, ::step])] = 1.0
         handles.append(Patch(facecolor="white", edgecolor="0.3", label="truth borders"))
+    if hatch is not None and np.any(hatch):
+        _hatch(rgb, np.asarray(hatch, bool)[::step, ::step])
+        handles.append(Patch(facecolor="0.8", edgecolor="black", hatch="///", label=hatch_label))
     h, w = rgb.shape[:2]
     fig, ax = plt.subplots(figsize=(min(16, 2 + w / 150), min(16, 1 + h / 150)), dpi=100)
     ax.imshow(rgb, interpolation="nearest")
@@ -80,6 +84,12 @@ def overlay_png(path, image, labels, names, *, valid=None, title="", alpha=0.45,
     if title:
         ax.set_title(title, fontsize=10)
     save_figure(fig, path)
+
+
+def _hatch(rgb, mask, period=8, width=2):
+    """Dark diagonal lines (every ``period`` pixels, ``width`` wide) over the pixels of ``mask``, in place."""
+    yy, xx = np.indices(mask.shape)
+    rgb[mask & ((yy + xx) % period < width)] = 0.1
 
 
 def contours(mask):

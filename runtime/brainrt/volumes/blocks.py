@@ -45,6 +45,7 @@ from ..plan import plan_of
 from ..plots import class_colors
 from ..sinks import ArraySink
 from ..smooth import RowSmoother, radius, smooth_across
+from ..uncertainty import CHANNELS, margin_entropy
 
 #: Folder of the completion records (``done/``) and the run record inside the store.
 STATE = str(FOLDER_RECORD.parent)
@@ -183,7 +184,7 @@ def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, py
         if zsm:  # the z pass reads it, then writes the outputs
             root["scratch/planar"][zi, done : done + n] = p
         else:
-            _write_probabilities(vplan, root, zi, done, p)
+            _write_probabilities(vplan, root, zi, done, p, v)
             labels[done : done + n] = np.where(v, p.argmax(-1), -1)
         done += n
 
@@ -216,16 +217,17 @@ def zsmooth_slice(vplan, store, z):
         r1 = min(R, r0 + step)
         p, v = np.asarray(planar[lo:hi, r0:r1]), np.asarray(valid[lo:hi, r0:r1])
         out = smooth_across(p, v, vplan.z_sigma, zi - lo, space=vplan.space)
-        _write_probabilities(vplan, root, zi, r0, out)
+        _write_probabilities(vplan, root, zi, r0, out, v[zi - lo])
         labels[r0:r1] = np.where(v[zi - lo], out.argmax(-1), -1)
     _write_labels(vplan, root, zi, labels)
 
 
-def _write_probabilities(vplan, root, zi, r0, p):
-    """Grid rows ``r0 ..`` of slice position ``zi``'s probabilities ``p`` (rows, cols, K) into every level of
-    the image (level ``l`` keeps every ``2**l``-th row and column, as the label pyramid does: the cells'
-    centres, so one translation places every level)."""
-    n = len(p)
+def _write_probabilities(vplan, root, zi, r0, p, valid):
+    """Grid rows ``r0 ..`` of slice position ``zi``'s probabilities ``p`` (rows, cols, K), then their margin and
+    entropy (:mod:`brainrt.uncertainty`; NaN where not ``valid``), into every level of the image (level ``l``
+    keeps every ``2**l``-th row and column, as the label pyramid does: the cells' centres, so one translation
+    places every level)."""
+    n, p = len(p), np.concatenate([p, margin_entropy(p, valid)], -1)
     for level in range(_n_levels(vplan.source.shape[1:])):
         f = 2**level
         first = -(-r0 // f) * f  # the first row of this block that level ``l`` keeps
@@ -290,17 +292,17 @@ def _attrs(vplan):
 
 
 def _ome_metadata(vplan, root):
-    """The image: probabilities (c, z, y, x) at grid resolution, with a pyramid of as many levels as the area
+    """The image: probabilities (c, z, y, x) at grid resolution, then their margin and entropy, with a pyramid of as many levels as the area
     labels' (z, y, x) at full resolution (:mod:`brainrt.ngff`; NGFF asks a label image for its image's levels)."""
     px, dz, s, (h, w) = vplan.pixel_size_um, vplan.z_spacing_um, vplan.stride, vplan.source.shape[1:]
-    Z, (R, C), K, n = len(vplan.zs), vplan.grid, len(vplan.class_names), _n_levels((h, w))
+    Z, (R, C), K, n = len(vplan.zs), vplan.grid, len(vplan.class_names) + len(CHANNELS), _n_levels((h, w))
     for level in range(n):
         f = 2**level
         r, c = -(-R // f), -(-C // f)
         create_level(root, str(level), "czyx", (K, Z, r, c), (1, 1, min(r, 1024), min(c, 1024)), "float32", 0.0)
     root.attrs.update(image_attrs("probabilities", "czyx", [(1.0, dz, px * s * 2**i, px * s * 2**i) for i in range(n)],
                                   translation=(0, 0, (s - 1) / 2 * px, (s - 1) / 2 * px),  # cell (i, j): pixels i*s ..
-                                  channels=vplan.class_names, window=(0, 1)))
+                                  channels=[*vplan.class_names, *CHANNELS], window=(0, 1)))
     root.attrs.update(_attrs(vplan))
     labels = root.require_group("labels")
     labels.attrs.update(labels_attrs(["areas"]))
