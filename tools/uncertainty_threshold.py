@@ -26,6 +26,8 @@ def margins_and_wrong(bundle, image, truth, head, smooth, stride, where, mask_pa
     from brainrt.truth import held_out_region, training_slice
 
     res = brainrt.classify_image(image, bundle, stride=stride, head=head, smooth=smooth)
+    if res.probabilities is None:
+        return None, None, res
     full_labels = upsample(res.labels, stride, image.shape)
     margin = upsample(res.uncertainty()[..., 0], stride, image.shape)
     t = np.full(truth.shape, -1, np.int16)
@@ -68,6 +70,9 @@ def main(argv=None):
     image, truth = tifffile.imread(a.image), tifffile.imread(a.mask)
     for head in a.head or [None]:
         m, wrong, res = margins_and_wrong(bundle, image, truth, head, a.smooth, a.stride, a.where, a.mask)
+        if m is None:
+            print(f"head {res.head}: no probabilities, no margin")
+            continue
         print(f"head {res.head}, smoothing {res.smooth_um:g} um, stride {a.stride}, pixels scored: {a.where} "
               f"({wrong.size}), error rate {wrong.mean():.3f}")
         print(f"{'T':>5} {'below':>7} {'err<T':>7} {'err>=T':>7} {'ratio':>6}")

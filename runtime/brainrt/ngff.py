@@ -2,10 +2,11 @@
 
 One place says how an image's levels, axes and physical placement are written, for every writer
 (the classify volume's probabilities and label pyramid, the feature images): each level's
-``coordinateTransformations`` is its scale, and the half-cell offset of a grid image is the
-multiscale's own transform (``[scale (ones), translation]``, the order the specification requires);
-every array carries ``dimension_names`` equal to the axes' names (:func:`create_level`). The tests
-validate what this writes with ``ome-zarr-models``.
+``coordinateTransformations`` is its scale, then the half-cell offset of a grid image as a translation
+(the order the specification requires: a translation after the scale); every array carries
+``dimension_names`` equal to the axes' names (:func:`create_level`). The tests validate what this
+writes with ``ome-zarr-models``. (napari-ome-zarr 0.10 applies only each image's first transform, the
+scale: it draws grid images half a cell up and left; brainrt's own napari reader places feature grids.)
 """
 
 from __future__ import annotations
@@ -31,12 +32,11 @@ def image_attrs(name, names, scales, *, translation=None, channels=None, window=
     """The ``ome`` attributes of a multiscale image: ``scales[i]`` the per-axis scale of level ``str(i)``,
     ``translation`` the physical offset of every level (a grid's half cell), ``channels`` the channel
     names (omero, with the display ``window`` (lo, hi) when given)."""
+    shift = [{"type": "translation", "translation": _floats(translation)}] \
+        if translation is not None and any(translation) else []
     ms = {"name": name, "axes": axes(names),
-          "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": _floats(s)}]}
+          "datasets": [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": _floats(s)}, *shift]}
                        for i, s in enumerate(scales)]}
-    if translation is not None and any(translation):
-        ms["coordinateTransformations"] = [{"type": "scale", "scale": [1.0] * len(names)},
-                                           {"type": "translation", "translation": _floats(translation)}]
     ome = {"version": VERSION, "multiscales": [ms]}
     if channels is not None:
         ome["omero"] = {"channels": [_channel(n, window) for n in channels]}
