@@ -152,7 +152,8 @@ def test_classify_features_of_another_model(io_dirs, tiny_bundle_path, tiny_bund
     src, out = io_dirs
     feats = src / "x.features.zarr"
     brainrt.featurize(small_slice(synthetic_slice), tiny_bundle, out=feats)
-    zarr.open_group(str(feats), mode="r+").attrs["model_id"] = "0123456789ab"
+    root = zarr.open_group(str(feats), mode="r+")
+    root.attrs["brainrt"] = {**root.attrs["brainrt"], "model_id": "0123456789ab"}  # brainrt's attributes (NGFF layout)
     result = run_cli(["classify", feats, "-m", tiny_bundle_path, "-o", out / "x.labels.ome.tif"])
     assert result.exit_code == 2, (result.output, result.exception)
     line = error_line(result)

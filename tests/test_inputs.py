@@ -259,7 +259,7 @@ def test_damaged_feature_volume_is_refused(feature_volume, tmp_path, tiny_bundle
     _, out, _ = feature_volume
     dst = tmp_path / "copy.features.zarr"
     shutil.copytree(out, dst)
-    chunks = sorted((p for p in (dst / "features").rglob("*") if p.is_file() and p.name != "zarr.json"),
+    chunks = sorted((p for p in (dst / "0").rglob("*") if p.is_file() and p.name != "zarr.json"),
                     key=lambda p: -p.stat().st_size)
     chunks[0].unlink()
     r = _run(["classify", dst, "--z", "1", "-m", tiny_bundle.path, "-o", tmp_path / "m.ome.tif"])

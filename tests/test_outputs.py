@@ -359,7 +359,7 @@ def test_interrupted_featurize_leaves_no_output(tmp_path, tiny_bundle_path, tiny
     log = open(tmp_path / "killed-run.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     def first_block_written():  # the event: a chunk of the first block in the temp folder's features
-        return any(p.is_file() for p in tmp_path.glob(".out.zarr.*/features/c/**/*"))
+        return any(p.is_file() for p in tmp_path.glob(".out.zarr.*/0/c/**/*"))
 
     try:
         deadline = time.monotonic() + 300

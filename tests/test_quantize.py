@@ -257,7 +257,7 @@ def test_cli_precision(tiny_bundle_path, fp32_only_bundle, slice_tif, tmp_path):
     res = CliRunner().invoke(main, ["featurize", str(slice_tif), "-m", str(tiny_bundle_path), "--stride", "8",
                                     "--precision", "int8", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert zarr.open_group(str(out), mode="r").attrs["precision"] == "int8"
+    assert zarr.open_group(str(out), mode="r").attrs["brainrt"]["precision"] == "int8"
     res = CliRunner().invoke(main, ["classify", str(slice_tif), "-m", str(fp32_only_bundle), "--precision", "int8",
                                     "-o", str(tmp_path / "l.ome.tif")])
     assert res.exit_code == 2

@@ -283,11 +283,15 @@ def test_featurize_volume_matches_2d(client, stack_tif, volume, tiny_bundle, tmp
     run_volume(make_volume_plan(stack_tif, tiny_bundle, task="featurize", z="1:3", stride=STRIDE, band_rows=BAND),
                out, client=client)
     root = zarr.open_group(str(out), mode="r")
-    assert root["features"].shape == (2, 12, 16, tiny_bundle.n_features)
-    assert root["features"].chunks[:2] == (1, BAND)
+    assert root["0"].shape == (tiny_bundle.n_features, 2, 12, 16)  # an OME-NGFF image (c, z, y, x)
+    assert root["0"].chunks[:3] == (tiny_bundle.n_features, 1, BAND)
     grid = brainrt.featurize(volume.image[2], tiny_bundle, stride=STRIDE)
-    np.testing.assert_allclose(root["features"][1], grid.features, atol=1e-5)
-    np.testing.assert_array_equal(root["valid"][1], grid.valid)
+    np.testing.assert_allclose(np.moveaxis(root["0"][:, 1], 0, -1), grid.features, atol=1e-5)
+    np.testing.assert_array_equal(root["labels/tissue/0"][1], grid.valid)
+    image = valid_ngff(out)
+    assert [a.name for a in image.ome_attributes.multiscales[0].axes] == ["c", "z", "y", "x"]
+    got = brainrt.load_features(out, z=2, bundle=tiny_bundle)
+    np.testing.assert_array_equal(np.asarray(got.features), np.moveaxis(root["0"][:, 1], 0, -1))
 
 
 def test_cli_volume(stack_tif, tiny_bundle_path, tmp_path):

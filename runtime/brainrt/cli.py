@@ -22,7 +22,7 @@ from .derive import check_fit_target, save_bundle
 from .errors import BrainrtError
 from .finished import COMPLETE, is_finished
 from .fit import fit_heads
-from .grid import FeatureGrid
+from .grid import FeatureGrid, is_feature_grid
 from .heads import Classifier
 from .io import check_not_input, check_target, read_mask
 from .scoring import score_lines
@@ -147,8 +147,8 @@ def _progress():
     return log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
 
 
-def _is_zarr(source):  # a saved feature grid (a zarr store with a ``features`` array), not an image
-    return str(source).rstrip("/").endswith(".zarr") and (Path(str(source)) / "features").exists()
+def _is_zarr(source):  # a saved feature grid (either layout: brainrt.grid.is_feature_grid), not an image
+    return str(source).rstrip("/").endswith(".zarr") and is_feature_grid(source)
 
 
 def _job(source, bundle, kw, owner):

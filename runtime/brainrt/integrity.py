@@ -15,6 +15,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .errors import BrainrtError, file_error
 
 #: The chunk listing of a finished store (inside the store folder; zarr ignores it).
@@ -68,15 +70,25 @@ def verify(store, shown=None):
 
 
 class Guarded:
-    """A zarr array whose reads raise the one-line error naming the store when a chunk fails to decode."""
+    """A zarr array whose reads raise the one-line error naming the store when a chunk fails to decode.
 
-    def __init__(self, array, store, prefix=()):
-        self.array, self.store, self.prefix = array, store, tuple(prefix)  # prefix: leading indices (a volume's z)
+    ``prefix``: leading indices taken (a volume's z); ``channels_first``: the array holds its last axis first
+    (an OME-NGFF feature image, (F, [Z,] R, C)) and is read as (R, C, F), every channel of the rows asked."""
 
-    shape = property(lambda self: self.array.shape[len(self.prefix):])
+    def __init__(self, array, store, prefix=(), channels_first=False):
+        self.array, self.store, self.prefix, self.cf = array, store, tuple(prefix), channels_first
+
+    shape = property(lambda self: Guarded._moved(self, self.array.shape))
     dtype = property(lambda self: self.array.dtype)
     ndim = property(lambda self: len(self.shape))
-    chunks = property(lambda self: self.array.chunks[len(self.prefix):])
+    chunks = property(lambda self: Guarded._moved(self, self.array.chunks))
+
+    def _moved(self, t):
+        """``t`` (a shape or chunk shape of the stored array) as this view's axes."""
+        t = tuple(t)
+        if not self.cf:
+            return t[len(self.prefix) :]
+        return t[1 + len(self.prefix) :] + t[:1]
 
     def __len__(self):
         return self.shape[0]
@@ -88,6 +100,13 @@ class Guarded:
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
         try:
+            if self.cf:  # rows and columns of every channel, channels last, then the channel key
+                if Ellipsis in key:
+                    i = key.index(Ellipsis)
+                    key = key[:i] + (slice(None),) * (3 - len(key) + 1) + key[i + 1 :]
+                yx, ch = key[:2], key[2:]
+                out = np.moveaxis(np.asarray(self.array[(slice(None),) + self.prefix + yx]), 0, -1)
+                return out[(Ellipsis,) + ch] if ch else out
             return self.array[self.prefix + key]
         except BrainrtError:
             raise

@@ -24,7 +24,8 @@ import numpy as np
 from .ctxhead import PassThrough
 from .engine import CellMap
 from .finished import FOLDER_RECORD, write_record
-from .integrity import compressors, seal
+from .grid import FEATURE_ARRAYS, FEATURES, create_feature_store
+from .integrity import Guarded, seal
 from .io import atomic_path
 from .smooth import RowSmoother
 
@@ -68,8 +69,8 @@ class ArraySink(Sink):
 
 
 class ZarrFeatureSink(Sink):
-    """Feature blocks into the zarr group ``path`` (``features`` (R, C, F) float32, ``valid``, ``attrs``),
-    written in a temporary folder beside it and renamed into place by :meth:`close`, which returns
+    """Feature blocks into the OME-NGFF feature image ``path`` (:func:`brainrt.grid.create_feature_store`:
+    ``0`` (F, R, C) float32, the tissue label image, brainrt's ``attrs``), written in a temporary folder beside it and renamed into place by :meth:`close`, which returns
     the ``features`` array opened read-only. With a run ``record`` (:mod:`brainrt.finished`), the
     record goes inside the group, so a finished grid is known by the arguments that made it."""
 
@@ -82,27 +83,24 @@ class ZarrFeatureSink(Sink):
         tmp = self._target.__enter__()
         try:
             self.root = zarr.open_group(str(tmp), mode="w")
-            self.arr = self.root.create_array("features", shape=(R, C, n_features), chunks=(64, 64, n_features),
-                                              dtype="float32", fill_value=0.0, compressors=compressors())
-            self.root.create_array("valid", shape=(R, C), chunks=(512, 512), dtype="bool",
-                                   compressors=compressors())[:] = valid
+            self.arr, tissue = create_feature_store(self.root, (R, C), n_features, (64, 64), attrs)
+            tissue[:] = np.asarray(valid, np.uint8)
             self.tmp = tmp
         except BaseException as exc:
             self._target.__exit__(type(exc), exc, exc.__traceback__)
             raise
 
     def put(self, block):
-        self.arr[block.r0 : block.r1] = block.features
+        self.arr[:, block.r0 : block.r1] = np.moveaxis(block.features, -1, 0)
 
     def close(self):
         import zarr
 
-        self.root.attrs.update(self.attrs)
         if self.record is not None:
             write_record(self.tmp / FOLDER_RECORD, self.record)
-        seal(self.tmp, ("features", "valid"))  # chunk checksums (:mod:`brainrt.integrity`)
+        seal(self.tmp, FEATURE_ARRAYS)  # chunk checksums (:mod:`brainrt.integrity`)
         self._target.__exit__(None, None, None)
-        return zarr.open_group(str(self.path), mode="r")["features"]
+        return Guarded(zarr.open_group(str(self.path), mode="r")[FEATURES], self.path, channels_first=True)
 
     def abort(self):
         exc = RuntimeError("aborted")

@@ -38,7 +38,8 @@ from ..errors import BrainrtError, file_error
 from ..finished import FOLDER_RECORD, differences, is_finished, read_record, same_run, write_record
 from ..geometry import upsample
 from ..heads import OFF_TISSUE, Classifier
-from ..integrity import compressors, seal
+from ..grid import FEATURE_ARRAYS, FEATURES, NGFF_FORMAT, TISSUE, create_feature_store
+from ..integrity import seal
 from ..io import check_target
 from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
 from ..plan import plan_of
@@ -132,13 +133,17 @@ class BandSink(ArraySink):
         r0, r1 = band
         depth = vplan.n_features if vplan.task == "featurize" else vplan.n_terms or len(vplan.class_names)
         super().__init__(np.zeros((r1 - r0, vplan.grid[1], depth), np.float32), r0=r0, fn=fn)
-        names = ("features", "valid") if vplan.task == "featurize" else ("scratch/probabilities", "scratch/valid")
+        names = (FEATURES, TISSUE) if vplan.task == "featurize" else ("scratch/probabilities", "scratch/valid")
         self.targets, self.zi, self.valid = [root[n] for n in names], zi, valid
+        self.channels_first = vplan.task == "featurize"
 
     def close(self):
         r0, r1 = self.r0, self.r0 + len(self.out)
-        self.targets[0][self.zi, r0:r1] = self.out
-        self.targets[1][self.zi, r0:r1] = self.valid
+        if self.channels_first:
+            self.targets[0][:, self.zi, r0:r1] = np.moveaxis(self.out, -1, 0)
+        else:
+            self.targets[0][self.zi, r0:r1] = self.out
+        self.targets[1][self.zi, r0:r1] = self.valid.astype(self.targets[1].dtype)
         return self.out
 
 
@@ -261,12 +266,8 @@ def create_store(vplan, tmp):
     Z, (R, C), F, K = len(vplan.zs), vplan.grid, vplan.n_features, len(vplan.class_names)
     band = vplan.bands[0][1] - vplan.bands[0][0]
     cc = min(C, 512)
-    if vplan.task == "featurize":
-        root.create_array("features", shape=(Z, R, C, F), chunks=(1, band, cc, F), dtype="float32", fill_value=0.0,
-                          compressors=compressors())
-        root.create_array("valid", shape=(Z, R, C), chunks=(1, band, cc), dtype="bool", fill_value=False,
-                          compressors=compressors())
-        root.attrs.update(_attrs(vplan))
+    if vplan.task == "featurize":  # the OME-NGFF feature image (c, z, y, x) and its tissue labels (z, y, x)
+        create_feature_store(root, (Z, R, C), F, (1, band, cc), {**_attrs(vplan)["brainrt"], "format": NGFF_FORMAT})
     else:
         T = vplan.n_terms or K  # a context head's terms, pooled by its context pass into scratch/context
         root.create_array("scratch/probabilities", shape=(Z, R, C, T), chunks=(1, band, cc, T), dtype="float32",
@@ -372,7 +373,7 @@ def finalize(vplan, tmp, out):
         del root["scratch"]
     shutil.rmtree(tmp / STATE / "done")  # the run record stays: a finished output of the same run is known
     if vplan.task == "featurize":
-        seal(tmp, ("features", "valid"))  # chunk checksums (:mod:`brainrt.integrity`)
+        seal(tmp, FEATURE_ARRAYS)  # chunk checksums (:mod:`brainrt.integrity`)
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)

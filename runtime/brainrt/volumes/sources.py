@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BrainrtError, file_error
+from ..grid import is_feature_grid
 from ..io import first_line, is_zarr_path, open_zarr_image, tiff_pixel_size
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -119,7 +120,7 @@ def natural_key(name: str):
 
 def is_volume_input(path, z=None) -> bool:
     """Whether ``path`` with ``z`` is a volume job: ``z`` a range or "all", a folder of TIFFs, or (without
-    ``z``) a zarr that is not a saved feature grid (which has a ``features`` array) nor one slice.
+    ``z``) a zarr that is not a saved feature grid (:func:`brainrt.grid.is_feature_grid`) nor one slice.
     One index ``z`` of a 3D TIFF or zarr stack is a slice (2D outputs)."""
     p = str(path).rstrip("/")
     if isinstance(z, str) and not z.strip().lstrip("-").isdigit():
@@ -131,7 +132,7 @@ def is_volume_input(path, z=None) -> bool:
     if "://" in p:
         return True
     if p.endswith(".zarr") or Path(p).is_dir():
-        return not (Path(p) / "features").exists() and not _is_2d_zarr(p)
+        return not is_feature_grid(p) and not _is_2d_zarr(p)
     return False
 
 
