@@ -216,6 +216,33 @@ def test_overlay_has_a_scale_bar_and_truth_contours(tmp_path, synthetic_slice):
     assert edge.tolist() == [[False, True, False], [True, True, True], [False, False, False]]
 
 
+def test_overlay_layout_width_and_atlas_colours(tmp_path, synthetic_slice):
+    """Issue 30 item 5: the preview is PREVIEW_WIDTH wide by default (half resolution for slice309's 5805 px),
+    full resolution on request; the scale bar and legend sit below the image (its pixels are the same with and
+    without them); truth borders only where two labeled areas meet."""
+    from brainrt.plots import ATLAS_COLORS, PREVIEW_WIDTH, area_colors, contours, overlay_png
+
+    img = np.tile(synthetic_slice.image[:64], (1, 11))[:, :5805]  # slice309's width
+    labels = np.zeros(img.shape, np.int16)
+    overlay_png(tmp_path / "d.png", img, labels, ["Ctx"])
+    assert _png(tmp_path / "d.png").shape[1] == -(-5805 // -(-5805 // PREVIEW_WIDTH)) >= 2500
+    overlay_png(tmp_path / "f.png", img[:, :1000], labels[:, :1000], ["Ctx"], width=1000)
+    assert _png(tmp_path / "f.png").shape[1] == 1000
+    small, lab = synthetic_slice.image[:192, :256], np.zeros((192, 256), np.int16)
+    overlay_png(tmp_path / "a.png", small, lab, ["Ctx", "Str"])
+    overlay_png(tmp_path / "b.png", small, lab, ["Ctx", "Str"], pixel_size_um=1.17)
+    a, b = _png(tmp_path / "a.png"), _png(tmp_path / "b.png")
+    assert b.shape[0] > a.shape[0] and np.array_equal(a[4 : 4 + 192], b[4 : 4 + 192])  # the bar is off the image
+    truth = np.zeros((6, 6), np.uint8)
+    truth[1:5, 1:3], truth[1:5, 3:5] = 1, 2  # two areas inside an unlabeled frame
+    edge = contours(truth, unlabeled=0)
+    assert edge[1:5, 2].all() and edge.sum() == 4  # only the 1 | 2 border, not the frame
+    rgb = area_colors(["Ctx", "striatum", "VP", "ZI", "HypoTh", "WM", "mine"])
+    want = [ATLAS_COLORS[k] for k in ("ctx", "striatum", "vp", "zi", "hypoth", "wm")]
+    assert [("#%02X%02X%02X" % tuple(int(round(255 * v)) for v in c)) for c in rgb[:6]] == want
+    assert area_colors(["Ctx"], ["#123456"])[0].tolist() == pytest.approx([0x12 / 255, 0x34 / 255, 0x56 / 255])
+
+
 def _png(path):
     import matplotlib.image
 

@@ -187,7 +187,7 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
             stats["uncertainty"] = str(uncertainty)
     grid = FeatureGrid.of_plan(plan, None, bundle.model_id, stats)
     return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid, clf.name,
-                          sigma * plan.pixel_size_um * plan.stride)
+                          sigma * plan.pixel_size_um * plan.stride, bundle.manifest.class_colors)
 
 
 def _band_writers(plan, bundle, clf, probabilities, uncertainty):

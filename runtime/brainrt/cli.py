@@ -206,6 +206,8 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
 @click.option("--truth", type=click.Path(), default=None, help="Label-mask TIFF to score against.")
 @click.option("--held-out", is_flag=True,
               help="With --truth on the bundle's training slice: score only the test split it recorded.")
+@click.option("--preview-width", type=click.IntRange(min=64), default=None,
+              help="Overlay PNG width in pixels (default 3000; at most the slice's: full resolution).")
 @click.option("--uncertain-below", type=click.FloatRange(0, 1), default=None,
               help="Hatch the overlay where the margin between the two likeliest areas is below this (README).")
 @click.option("-o", "--out", default=None, type=click.Path(), help="Label map OME-TIFF (default: SOURCE.labels.ome.tif).")
@@ -213,8 +215,8 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
 @click.option("--smooth-z", type=float, default=0.0, show_default=True,
               help="Volumes: also smooth class scores across slices, sigma in um (0: off).")
 @one_line_errors
-def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, held_out, uncertain_below, out,
-             overwrite, **kw):
+def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth, truth, held_out, preview_width,
+             uncertain_below, out, overwrite, **kw):
     """Area map of SOURCE (a slice TIFF or a .zarr feature grid) in the class map's codes.
 
     Writes the label map at full resolution (OME-TIFF), per-class probabilities and their
@@ -223,7 +225,7 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     a:b or all, a TIFF folder, a zarr stack) runs on Dask into one OME-Zarr (-o OUT.ome.zarr).
     """
     if is_volume_input(source, kw["z"]):
-        _no_slice_options(truth=truth, uncertain_below=uncertain_below)
+        _no_slice_options(truth=truth, uncertain_below=uncertain_below, preview_width=preview_width)
         return _run_volume("classify", source, model, threads, out, workers, scheduler, overwrite, kw, head=head,
                            smooth=smooth, smooth_z=smooth_z)
     if smooth_z:
@@ -244,7 +246,7 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
         contours = read_mask(truth, result.grid.image_shape, z=kw["z"]) if truth and image is not None else None
         written = write_classification(out, result, image=image, metrics=metrics, truth=contours, into=s,
-                                       uncertain_below=uncertain_below)
+                                       uncertain_below=uncertain_below, preview_width=preview_width)
     msg = f"wrote {', '.join(written)}"
     if metrics:
         msg += (f"; pixel accuracy {metrics['pixel_accuracy']:.3f} over {metrics['n_pixels']} labeled pixels "

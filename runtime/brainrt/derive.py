@@ -32,7 +32,7 @@ from .bundle import MANIFEST, hash_tree, sha256_file, verify_bundle
 from .errors import file_error
 from .io import atomic_path, check_target
 from .manifest import ClassSpec
-from .plots import class_colors
+from .plots import area_colors, class_colors
 from .volumes import open_volume
 
 #: Parent heads that do not depend on the classes, copied into a derived bundle.
@@ -130,7 +130,7 @@ def _parent_colors(bundle):
     """The parent's class colours: recorded ones, else the palette its maps are drawn with."""
     names = bundle.class_names
     recorded = bundle.manifest.class_colors
-    return dict(zip(names, recorded or [_hex(c) for c in class_colors(len(names))]))
+    return dict(zip(names, recorded or [_hex(c) for c in area_colors(names)]))
 
 
 def _colors(names, given, parent, source):

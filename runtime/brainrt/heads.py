@@ -35,6 +35,9 @@ class ClassMapResult:
     grid: object
     head: str = ""
     smooth_um: float = 0.0
+    #: the class map's own colours ("#rrggbb" per class), None where it records none (pictures then use the
+    #: atlas's colours of the names, :func:`brainrt.plots.area_colors`)
+    colors: object = None
 
     def cell_codes(self):
         """Label map at grid resolution in the class map's mask codes (uint8, OFF_TISSUE off tissue)."""
@@ -171,8 +174,10 @@ class Classifier:
         """:class:`ClassMapResult` of a filled output grid (smoothed by ``smooth_um``)."""
         if self.proba:
             labels = np.where(grid.valid, out.argmax(-1), -1).astype(np.int16)
-            return ClassMapResult(labels, out, bundle.class_names, bundle.class_codes, grid, self.name, smooth_um)
-        return ClassMapResult(out, None, bundle.class_names, bundle.class_codes, grid, self.name, smooth_um)
+            return ClassMapResult(labels, out, bundle.class_names, bundle.class_codes, grid, self.name, smooth_um,
+                                  bundle.manifest.class_colors)
+        return ClassMapResult(out, None, bundle.class_names, bundle.class_codes, grid, self.name, smooth_um,
+                              bundle.manifest.class_colors)
 
 
 def gmm_clusters(features, valid, bundle):

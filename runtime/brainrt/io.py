@@ -340,10 +340,11 @@ def _json_default(o):
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
 
 
-def save_figure(fig, path):
-    """Save a matplotlib figure as PNG atomically and close it."""
+def save_figure(fig, path, tight=True):
+    """Save a matplotlib figure as PNG atomically and close it (``tight``: cropped to what is drawn; else at
+    the figure's own size in pixels)."""
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=fig.dpi, bbox_inches="tight" if tight else None)
     plt.close(fig)

@@ -16,7 +16,7 @@ from .geometry import upsample
 from .heads import OFF_TISSUE
 from .finished import SET_RECORD, OutputSet, set_member
 from .io import OmeTiffBands, write_json, write_ome_tiff
-from .plots import confusion_png, overlay_png
+from .plots import area_colors, confusion_png, overlay_png
 from .uncertainty import CHANNELS
 
 
@@ -57,19 +57,21 @@ def label_key(names, codes):
 
 
 def write_classification(out, result, *, image=None, metrics=None, truth=None, record=None, into=None,
-                         uncertain_below=None):
+                         uncertain_below=None, preview_width=None):
     """Label map (full resolution, mask codes), probabilities and their uncertainty (margin, entropy; grid
     resolution, uncompressed), overlay PNG (with ``image``; truth borders with ``truth``, a mask of the
-    image's shape; hatched where the margin is below ``uncertain_below``) and, with
+    image's shape; hatched where the margin is below ``uncertain_below``; ``preview_width`` px wide, default
+    :data:`brainrt.plots.PREVIEW_WIDTH`; the areas in the class map's colours, else the atlas's) and, with
     ``metrics`` (from :func:`brainrt.api.score`), metrics JSON and confusion PNG: one output set,
     written as one (files of an older set that this call does not write are removed). ``into``: the
     open set (:func:`classification_set`) the probabilities were already streamed into
     (:func:`brainrt.api.classify_plan`), committed by its ``with``. Returns the paths written."""
     with contextlib.nullcontext(into) if into is not None else _set(out, record) as s:
-        return [str(p) for p in _write_classification(s, Path(out), result, image, metrics, truth, uncertain_below)]
+        return [str(p) for p in _write_classification(s, Path(out), result, image, metrics, truth, uncertain_below,
+                                                      preview_width)]
 
 
-def _write_classification(s, out, result, image, metrics, truth, uncertain_below):
+def _write_classification(s, out, result, image, metrics, truth, uncertain_below, preview_width):
     grid = result.grid
     px = grid.pixel_size_um
     write_ome_tiff(s.path(out), upsample(result.cell_codes(), grid.stride, grid.image_shape), pixel_size_um=px,
@@ -89,7 +91,8 @@ def _write_classification(s, out, result, image, metrics, truth, uncertain_below
         overlay_png(s.path(png), image, upsample(result.labels, grid.stride, grid.image_shape), result.names,
                     title=f"brainrt classify (stride {grid.stride})", pixel_size_um=px, truth=truth,
                     hatch=_uncertain(s, out, result, uncertain_below),
-                    hatch_label=f"margin < {uncertain_below:g}" if uncertain_below is not None else "")
+                    hatch_label=f"margin < {uncertain_below:g}" if uncertain_below is not None else "",
+                    width=preview_width, colors=area_colors(result.names, result.colors))
         written.append(png)
     if metrics is not None:
         j, c = set_member(out, ".metrics.json"), set_member(out, ".confusion.png")

@@ -22,7 +22,7 @@ from ..bundle import Bundle
 from ..errors import BrainrtError, file_error
 from ..geometry import cell_centre, upsample
 from ..plan import DEFAULT_PRECISION, make_plan
-from ..plots import class_colors
+from ..plots import area_colors
 
 
 class Cancelled(Exception):
@@ -96,7 +96,7 @@ def labels_layer(cells, source, grid, name, names, colors=None, **kw):
     from napari.utils.colormaps import DirectLabelColormap
 
     full = upsample((np.asarray(cells) + 1).astype(np.uint16), grid.stride, grid.image_shape)
-    colors = class_colors(len(names), colors)
+    colors = area_colors(names, colors)
     cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
                                            **{i + 1: (*colors[i], 1.0) for i in range(len(names))}})
     features = {"index": np.arange(len(names) + 1), "name": ["none", *names]}

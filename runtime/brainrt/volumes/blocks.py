@@ -43,7 +43,7 @@ from ..integrity import seal
 from ..io import check_target
 from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
 from ..plan import plan_of
-from ..plots import class_colors
+from ..plots import area_colors
 from ..sinks import ArraySink
 from ..smooth import RowSmoother, radius, smooth_across
 from ..uncertainty import CHANNELS, margin_entropy
@@ -313,7 +313,7 @@ def _ome_metadata(vplan, root):
         shape = (Z, -(-h // f), -(-w // f))
         create_level(areas, str(level), "zyx", shape, (1, min(shape[1], LABEL_CHUNK), min(shape[2], LABEL_CHUNK)),
                      "uint8", OFF_TISSUE)
-    colors = class_colors(len(vplan.class_names))
+    colors = area_colors(vplan.class_names)
     areas.attrs.update(label_image_attrs(
         "areas", "zyx", [(dz, px * 2**i, px * 2**i) for i in range(n)],
         values={**{int(c): nm for nm, c in zip(vplan.class_names, vplan.class_codes)}, OFF_TISSUE: "off tissue"},
