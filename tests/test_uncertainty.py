@@ -81,3 +81,15 @@ def test_uncertain_below_out_of_range_is_one_line(bad, tmp_path, tiny_bundle_pat
     src = write_tiff(tmp_path / "s.tif", synthetic_slice.image[:192, :256])
     r = run_cli(["classify", src, "-m", tiny_bundle_path, "--uncertain-below", bad, "-o", tmp_path / "x.ome.tif"])
     assert r.exit_code == 2 and "--uncertain-below" in r.output
+
+
+def test_threshold_table_counts_pixels_below_and_above():
+    """tools/uncertainty_threshold.py's table: error rates of the pixels below and above T, weighted by pixels."""
+    from tools.uncertainty_threshold import table
+
+    margin = np.array([0.05, 0.05, 0.5, 0.9])
+    wrong, pixels = np.array([3, 1, 1, 0]), np.array([4, 4, 10, 10])
+    (row,), err, n = table([(margin, wrong, pixels)], thresholds=(0.1,))
+    thr, share, below, above, ratio = row
+    assert (thr, n) == (0.1, 28) and share == pytest.approx(8 / 28) and err == pytest.approx(5 / 28)
+    assert below == pytest.approx(4 / 8) and above == pytest.approx(1 / 20) and ratio == pytest.approx(10)
