@@ -161,3 +161,21 @@ def test_the_bias_rule():
     hurts = [_fold({"A": 0.7, "B": 0.75}) for _ in range(5)]
     ok, why = cv.bias_allowed(base, hurts, "A", 5)
     assert not ok and "B" in why
+
+
+def test_a_head_with_one_value_of_c_is_tried_on_both_sides():
+    tried = set()
+
+    def evaluate(heads, sigmas):
+        out = {}
+        for h in heads:
+            C = dict(h[1])["C"]
+            tried.add((h[0], C))
+            for s in sigmas:
+                score = (1.0 if h[0] == "ctx" else 0.5) - abs(np.log10(C) + 1) / 10 - abs(s - 40) / 100
+                out[cv.Recipe(h, float(s))] = {"smoothed": {"macro_f1": {"mean": score}}}
+        return out
+
+    heads = [("logreg", (("C", c), ("balanced", True))) for c in (0.01, 0.1, 1.0)] + [("ctx", (("C", 0.1), ("scales", "f150")))]
+    chosen, _, widened = cv.choose_interior(evaluate, heads, [0.0, 40.0, 80.0])
+    assert {("ctx", 0.01), ("ctx", 1.0)} <= tried and chosen.head == heads[-1], widened

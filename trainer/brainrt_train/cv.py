@@ -435,10 +435,14 @@ def grid_values(results, key):
 def at_edge(results, chosen, key, lower_bound=None):
     """``"low"`` / ``"high"`` when the chosen value of ``key`` is at that end of its grid (a natural
     ``lower_bound`` such as sigma 0 is interior enough: it cannot go lower), else None."""
-    values = grid_values({r: None for r in results if r.head[0] == chosen.head[0]}, key)
+    same = {r: None for r in results if r.head[0] == chosen.head[0]
+            and {k: v for k, v in r.head[1] if k != key} == {k: v for k, v in chosen.head[1] if k != key}}
+    values = grid_values(same, key)
     v = chosen.sigma_um if key == "sigma_um" else dict(chosen.head[1]).get(key)
-    if v is None or len(values) < 2:
+    if v is None:
         return None
+    if len(values) < 2:  # one value is no grid: try both sides
+        return "single" if key != "sigma_um" else ("high" if v != lower_bound else None)
     if v == values[0] and v != lower_bound:
         return "low"
     if v == values[-1]:
@@ -457,10 +461,11 @@ def choose_interior(evaluate, heads, sigmas, *, c_factor=10.0, max_rounds=4, log
         edge = at_edge(results, chosen, "C")
         if edge:
             kind, params = chosen.head
-            p = dict(params)
-            p["C"] = p["C"] / c_factor if edge == "low" else p["C"] * c_factor
-            new_heads.append((kind, tuple(sorted(p.items()))))
-            widened.append(f"C {edge}: {p['C']:g} ({kind})")
+            for side in (("low", "high") if edge == "single" else (edge,)):
+                p = dict(params)
+                p["C"] = p["C"] / c_factor if side == "low" else p["C"] * c_factor
+                new_heads.append((kind, tuple(p.items())))
+                widened.append(f"C {side}: {p['C']:g} ({kind})")
         if at_edge(results, chosen, "sigma_um", lower_bound=0.0) == "high":
             new_sigmas.append(chosen.sigma_um * 2)
             widened.append(f"sigma high: {chosen.sigma_um * 2:g} um")

@@ -1,0 +1,436 @@
+"""The shipped head and map regularization chosen by spatial K-fold cross-validation (issue 27).
+
+Fixed features (a slice's stride-16 grid, ``brainrt featurize``), the folds and rules of
+:mod:`brainrt_train.cv`:
+
+1. every candidate head (class-balanced or plain logistic regression over a C grid, the
+   context heads of :mod:`brainrt_train.ctxhead`, an RBF SVM with ``--svm``) x every map
+   regularizer (Gaussian sigma over log-probabilities or probabilities), fitted per fold on the
+   fold's training cells and scored on its held-out pixels; the choice is the best mean macro F1
+   of the regularized map, grids widened until the choice is interior;
+2. per-class biases (HypoTh, WM) tested against the bias rule; the previous shipped recipe
+   (biases +3 / +3, 300 um) scored under the same folds;
+3. the family's honest estimate by nested cross-validation (choices inside each outer fold);
+4. ``--final``: the chosen recipe refitted on every labeled cell and written into the bundle as its
+   default head and smoothing, with ``training.final`` recording the recipe, folds, seed and the
+   cross-validation figures (so ``python -m tools.cv_heads ... --final`` redoes it).
+
+Writes ``results.json``, ``shipped.json``, ``REPORT.md`` and PNGs into ``-o``; ``progress.json`` after
+each stage.
+
+    python -m tools.cv_heads --model models/slice309-paper6 --features runs/cv/slice309_s16.zarr \\
+        --image ../shared/data/slice309.tif --mask ../shared/data/slice309_areas.tif -o docs/accuracy/cv [--final]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+C_GRID = (0.01, 0.1, 1.0)
+SIGMAS_UM = (0.0, 20.0, 40.0, 60.0, 100.0, 150.0, 300.0)
+SPACES = ("log", "prob")
+CTX = ("f75", "f150", "p150", "f75+p150")
+#: The recipe the last final fit shipped (chosen on one validation band per class).
+PREVIOUS = ("logreg", (("C", 0.1), ("balanced", True))), 300.0, "prob", (("HypoTh", 3.0), ("WM", 3.0))
+BIASES = (1.0, 2.0)
+
+
+def logreg(C, balanced=True):
+    return ("logreg", (("C", float(C)), ("balanced", bool(balanced))))
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def candidates(args):
+    heads = [logreg(C, b) for b in (True, False) for C in C_GRID]
+    if args.ctx:
+        heads += [("ctx", (("C", 0.1), ("scales", s))) for s in CTX]
+    if args.svm:
+        heads += [("rbfsvm", (("C", 1.0),))]
+    return heads
+
+
+def previous_recipe(grid, cf, seed):
+    """The previous shipped recipe (biases and 300 um chosen on one band) under the folds: per-fold results."""
+    from brainrt_train import cv
+
+    head, sigma, space, bias = PREVIOUS
+    per = []
+    for f in range(cf.k):
+        _, prob = cv.fit_head(grid, cf.train[f], head, seed)
+        per.append(cv.score_fold(grid, cf, f, cv.with_bias(prob, grid.names, bias), sigma, space))
+    return cv.Recipe(head, sigma, space, bias), per
+
+
+def bias_checks(grid, cf, chosen, seed):
+    """Each small class's bias against the rule, on the chosen recipe: ``[{class, bias, allowed, why, ...}]``."""
+    from brainrt_train import cv
+
+    probs = [cv.fit_head(grid, cf.train[f], chosen.head, seed)[1] for f in range(cf.k)]
+    base = [cv.score_fold(grid, cf, f, p, chosen.sigma_um, chosen.space, with_guards=False) for f, p in enumerate(probs)]
+    out = []
+    for cls in ("HypoTh", "WM"):
+        for b in BIASES:
+            biased = [cv.score_fold(grid, cf, f, cv.with_bias(p, grid.names, ((cls, b),)), chosen.sigma_um, chosen.space,
+                                    with_guards=False) for f, p in enumerate(probs)]
+            ok, why = cv.bias_allowed(base, biased, cls, cf.k)
+            out.append({"class": cls, "bias": b, "allowed": ok, "why": why,
+                        "f1_mean": float(np.nanmean([r["smoothed"]["f1"][cls] for r in biased])),
+                        "f1_mean_without": float(np.nanmean([r["smoothed"]["f1"][cls] for r in base])),
+                        "macro_f1_mean": float(np.mean([r["smoothed"]["macro_f1"] for r in biased]))})
+            log(f"bias {cls} +{b}: {'allowed' if ok else 'refused'} ({why})")
+    return out
+
+
+def final_fit(bundle, grid, recipe, seed):
+    """The recipe fitted on every labeled cell: ``(model, probabilities)``."""
+    from brainrt_train import cv
+
+    every = grid.valid & (grid.y_cells >= 0)
+    return cv.fit_head(grid, every, recipe.head, seed)
+
+
+def write_final(bundle, model, recipe, record):
+    """Write ``model`` as the bundle's default head with the recipe's smoothing and ``training.final``."""
+    import dataclasses
+    import shutil
+
+    import joblib
+    from brainrt.bundle import hash_tree, verify_bundle
+    from brainrt.io import atomic_path
+    from brainrt.manifest import Smoothing
+    from brainrt_train.pipeline import write_bundle
+
+    path = Path(bundle.path)
+    kind = recipe.head[0]
+    if kind not in ("logreg", "ctx"):
+        raise SystemExit(f"--final writes logreg or ctx heads, not {kind}")
+    if kind == "ctx":
+        from brainrt_train.ctxhead import add_context_head
+
+        add_context_head(path, path, {"C": dict(recipe.head[1])["C"], "stage1": "logreg"}, model, name="ctx",
+                         default=True, chosen_on="spatial 5-fold cross-validation (tools/cv_heads.py)")
+    m = verify_bundle(path)
+    with atomic_path(path, overwrite=True, is_dir=True) as tmp:
+        for rel in m.files:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path / rel, tmp / rel)
+        if kind == "logreg":
+            joblib.dump(model, tmp / m.heads["logreg"])
+        elif model.stage1 is not None:  # the context head pools the probabilities of its own first stage
+            joblib.dump(model.stage1, tmp / m.heads["logreg"])
+        sm = Smoothing(sigma_um=recipe.sigma_um, space=recipe.space, extra={},
+                       chosen_on="spatial 5-fold cross-validation, mean macro F1 of the regularized map, stride 16 "
+                                 "(tools/cv_heads.py)")
+        training = dataclasses.replace(m.training, extra={**m.training.extra, "final": record})
+        write_bundle(tmp, dataclasses.replace(m, smoothing=sm, training=training,
+                                              default_head="logreg" if kind == "logreg" else "ctx", files=hash_tree(tmp)))
+    return path
+
+
+def recipe_of(d):
+    """The :class:`~brainrt_train.cv.Recipe` of a results.json ``chosen_recipe``."""
+    from brainrt_train import cv
+
+    d = dict(d)
+    kind, sigma, space, bias = d.pop("head"), d.pop("sigma_um"), d.pop("space"), d.pop("bias", {})
+    d.pop("seed", None)
+    return cv.Recipe((kind, tuple(d.items())), float(sigma), space, tuple(bias.items()))
+
+
+def final_record(chosen, folds_record, n_cells, summary, k, seed, command):
+    return {"heads": f"{chosen.head[0]} (the default head) refitted on every labeled stride-16 cell of slice309; "
+                     "recipe chosen by spatial cross-validation (tools/cv_heads.py)",
+            "recipe": {**chosen.to_dict(), "seed": seed}, "folds": folds_record, "n_cells": n_cells,
+            "cv": shipped_json(summary, k), "command": command,
+            "estimate": "nested spatial cross-validation (docs/accuracy/cv/shipped.json)",
+            "other_heads": "linsvm, rbfsvm, cnn, gmm, area_density, pca_kmeans: the split run's; the network saw the "
+                           "split run's training bands only"}
+
+
+def refit(args, argv):
+    """``--final-from``: the recorded recipe refitted on every labeled cell and written into the bundle."""
+    import brainrt
+    from brainrt_train import cv
+
+    res = json.loads(Path(args.final_from).read_text())
+    chosen = recipe_of(res["chosen_recipe"])
+    bundle = brainrt.Bundle.load(args.model)
+    grid, sl = cv.grid_of(args.features, args.image, args.mask, bundle)
+    model, prob = final_fit(bundle, grid, chosen, res["seed"])
+    n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(grid.names)}
+    command = "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:])
+    write_final(bundle, model, chosen, final_record(chosen, res["folds"], n_cells, res["nested"]["summary"],
+                                                    res["folds"]["k"], res["seed"], command))
+    final = cv.map_cells(prob, grid.valid, grid.sigma_cells(chosen.sigma_um), chosen.space)
+    g = cv.guards(final, grid.stride, grid.names, sl.labels.shape, sl.labels)
+    log(f"wrote {chosen.label()} into {bundle.path}; guards " + json.dumps({k: round(v["share"], 3) for k, v in g.items()}))
+    return 0
+
+
+def shipped_json(summary, k):
+    """The shipped recipe's cross-validation figures in the layout scripts read."""
+    ms = lambda d: {"mean": d["mean"], "sd": d["sd"]}  # noqa: E731
+    return {"folds": k, "pixel_accuracy": ms(summary["smoothed"]["pixel_accuracy"]),
+            "pixel_accuracy_raw": ms(summary["raw"]["pixel_accuracy"]),
+            "macro_f1": ms(summary["smoothed"]["macro_f1"]),
+            "f1": {c: ms(v) for c, v in summary["smoothed"]["f1"].items()},
+            "f1_raw": {c: ms(v) for c, v in summary["raw"]["f1"].items()},
+            "guards": {g: {"share": ms(v["share"]), "target": v["target"], "ok_folds": v["ok_folds"],
+                           **({"annotation": v["annotation"]} if "annotation" in v else {})}
+                       for g, v in summary.get("guards", {}).items()}}
+
+
+# --- pictures ---
+
+
+def _cmap(names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    return plt, ListedColormap(plt.get_cmap("tab10").colors[: len(names)])
+
+
+def fold_picture(out, folds, sl):
+    plt, _ = _cmap(range(10))
+    fig, ax = plt.subplots(figsize=(14, 4))
+    ax.imshow(sl.image, cmap="gray", interpolation="nearest")
+    fm = np.ma.masked_less(folds.fold_map, 0)
+    ax.imshow(fm, cmap="tab10", vmin=0, vmax=9, alpha=0.45, interpolation="nearest")
+    ax.set_title(f"spatial folds: {folds.k} row bands x columns {folds.col_px} px, fold = (band + 2 column) mod "
+                 f"{folds.k}, gap {folds.gap_px} px (colours = folds)")
+    ax.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(out / "folds.png", dpi=80)
+    plt.close(fig)
+    return "folds.png"
+
+
+def maps_picture(out, name, maps, sl, names, titles):
+    """Whole-slice maps (stride 16 upsampled), one row each, under the annotation."""
+    from brainrt.geometry import upsample
+
+    plt, cmap = _cmap(names)
+    fig, axes = plt.subplots(len(maps) + 1, 1, figsize=(14, 2.6 * (len(maps) + 1)))
+    axes[0].imshow(np.ma.masked_less(sl.labels, 0), cmap=cmap, vmin=0, vmax=len(names) - 1, interpolation="nearest")
+    axes[0].set_title("annotation (revision 2)")
+    for ax, m, t in zip(axes[1:], maps, titles):
+        full = upsample(m, 16, sl.labels.shape)
+        ax.imshow(np.ma.masked_less(full, 0), cmap=cmap, vmin=0, vmax=len(names) - 1, interpolation="nearest")
+        ax.set_title(t, fontsize=9)
+    for ax in axes:
+        for x in (905, 1300, 2800, 4450):
+            ax.axvline(x, color="k", lw=0.5, ls=":")
+        ax.set_axis_off()
+    handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(len(names))]
+    fig.legend(handles, names, loc="lower center", ncol=len(names))
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(out / f"{name}.png", dpi=70)
+    plt.close(fig)
+    return f"{name}.png"
+
+
+def folds_chart(out, rows):
+    """Per-fold smoothed pixel accuracy and macro F1 of the reported recipes."""
+    plt, _ = _cmap(range(10))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    for j, key in enumerate(("pixel_accuracy", "macro_f1")):
+        for i, (label, s) in enumerate(rows):
+            v = s["smoothed"][key]["folds"]
+            axes[j].plot(range(len(v)), v, "o-", label=label)
+        axes[j].set_xlabel("held-out fold")
+        axes[j].set_title(f"{key.replace('_', ' ')} (regularized map)")
+        axes[j].set_ylim(0, 1)
+        axes[j].grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(out / "per_fold.png", dpi=80)
+    plt.close(fig)
+    return "per_fold.png"
+
+
+# --- report ---
+
+
+def _f1s(s, names, kind="smoothed"):
+    return " | ".join(f"{s[kind]['f1'][n]['mean']:.2f}" for n in names)
+
+
+def _guards(s):
+    g = s.get("guards", {})
+    return " | ".join(f"{v['share']['mean']:.3f} ({v['ok_folds']})" for v in g.values())
+
+
+def table(rows, names):
+    guard_names = list(next(iter(rows))[1].get("guards", {}))
+    head = ("| recipe | acc (sd) | acc raw | macro F1 (sd) | " + " | ".join(names) + " | " + " | ".join(guard_names)
+            + " |")
+    lines = [head, "|---" * (4 + len(names) + len(guard_names)) + "|"]
+    for label, s in rows:
+        a, r, m = s["smoothed"]["pixel_accuracy"], s["raw"]["pixel_accuracy"], s["smoothed"]["macro_f1"]
+        lines.append(f"| {label} | {a['mean']:.3f} ({a['sd']:.3f}) | {r['mean']:.3f} | {m['mean']:.3f} ({m['sd']:.3f}) | "
+                     f"{_f1s(s, names)} | {_guards(s)} |")
+    return lines
+
+
+def per_fold_table(s, names):
+    lines = ["| fold | acc | acc raw | macro F1 | " + " | ".join(names) + " |", "|---" * (4 + len(names)) + "|"]
+    for f in range(len(s["smoothed"]["pixel_accuracy"]["folds"])):
+        lines.append(f"| {f} | {s['smoothed']['pixel_accuracy']['folds'][f]:.3f} | {s['raw']['pixel_accuracy']['folds'][f]:.3f} | "
+                     f"{s['smoothed']['macro_f1']['folds'][f]:.3f} | "
+                     + " | ".join(f"{s['smoothed']['f1'][n]['folds'][f]:.2f}" for n in names) + " |")
+    return lines
+
+
+def markdown(res, names):
+    from brainrt_train import cv
+
+    doc = " ".join(" ".join(__doc__.split("\n\n")[1:2]).split())
+    rules = " ".join(cv.__doc__.split("\n\n")[4].split())
+    folds = " ".join(cv.__doc__.split("\n\n")[1].split())
+    L = ["# The shipped head and map regularization under spatial cross-validation (issue 27)", "",
+         f"Generated by `tools/cv_heads.py` in {res['seconds']:.0f} s. {doc}", "", f"Command: `{res['command']}`", "",
+         "## Folds", "", folds, "", f"Record: `{json.dumps(res['folds'])}`", "",
+         "Held-out labeled pixels per fold and class:", "",
+         "| fold | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
+    L += [f"| {f} | " + " | ".join(str(v) for v in row) + " |" for f, row in enumerate(res["held_out_pixels"])]
+    L += ["", "![folds](folds.png)", "", "## Rules", "", rules, "",
+          "Guards are shares of the whole slice's tissue (labeled or not) in the regularized map of each fold's head; "
+          "cells show the mean share over folds and (in brackets) how many folds pass its target: "
+          + "; ".join(f"`{k}` {v['target']}" for k, v in res["guard_targets"].items()) + ".", "",
+          "## Chosen", "", f"**{res['chosen']}** (criterion: mean macro F1 of the regularized map over the folds).", "",
+          f"Grid widening: {', '.join(res['widened']) or 'none needed (every choice interior)'}.", "",
+          "Per-class biases on the chosen recipe, against the rule:", "",
+          "| class | bias | allowed | why | class F1 mean with / without |", "|---|---|---|---|---|"]
+    L += [f"| {b['class']} | +{b['bias']:g} | {b['allowed']} | {b['why']} | {b['f1_mean']:.3f} / {b['f1_mean_without']:.3f} |"
+          for b in res["biases"]]
+    L += ["", "## Honest estimate of the shipped recipe (nested cross-validation)", "",
+          "Each outer fold's recipe chosen by the cross-validation over the other folds inside its training part, "
+          "then scored on the outer held-out pixels:", "",
+          "| outer fold | recipe chosen inside |", "|---|---|"]
+    L += [f"| {f} | {r} |" for f, r in enumerate(res["nested"]["chosen"])]
+    L += ["", *table([("nested estimate", res["nested"]["summary"])], names), "",
+          *per_fold_table(res["nested"]["summary"], names), "",
+          "## Every candidate (mean over folds; best regularizer per head first, then the full grid in results.json)", "",
+          *table(res["best_per_head"], names), "",
+          "The previous shipped recipe (biases chosen on one band) under the same folds:", "",
+          *table([(res["previous"]["label"], res["previous"]["summary"])], names), "",
+          "Regularizers of the chosen head (mean over folds):", "", *table(res["chosen_head_grid"], names), "",
+          "![per fold](per_fold.png)", "", "## Maps of the whole slice", "",
+          "Final fit (every labeled cell) of the chosen recipe, regularized and raw, and the previous shipped head; "
+          "dotted lines at x = 905, 1300, 2800, 4450 (the guards' ranges).", "",
+          "| map | " + " | ".join(res["final"]["guards"]) + " |", "|---" * (1 + len(res["final"]["guards"])) + "|"]
+    for label, g in (("final, regularized", res["final"]["guards"]), ("final, raw", res["final"]["guards_raw"]),
+                     ("previous shipped head", res["final"]["guards_previous"])):
+        L.append(f"| {label} | " + " | ".join(f"{v['share']:.3f} {'ok' if v['ok'] else 'FAIL'}" for v in g.values()) + " |")
+    L += ["", "(The final maps are in-sample on the labeled rectangle; the guards are checks along the slab.)", "",
+          f"![maps]({res['maps_png']})", ""]
+    return "\n".join(L) + "\n"
+
+
+def save(out, res):
+    (out / "progress.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--features", required=True, help="the slice's stride-16 features (brainrt featurize)")
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--mask", required=True)
+    ap.add_argument("-k", "--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-ctx", dest="ctx", action="store_false", help="skip the context heads")
+    ap.add_argument("--svm", action="store_true", help="also an RBF SVM (slow)")
+    ap.add_argument("--final", action="store_true", help="write the chosen recipe, fitted on every label, into --model")
+    ap.add_argument("--final-from", metavar="RESULTS_JSON",
+                    help="skip the search: refit the recipe chosen in this results.json on every label and write it "
+                         "into --model (the final fit, redone by one command)")
+    ap.add_argument("-o", "--out", required=True)
+    args = ap.parse_args(argv)
+    import brainrt
+    from brainrt_train import cv
+
+    if args.final_from:
+        return refit(args, argv)
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = brainrt.Bundle.load(args.model)
+    grid, sl = cv.grid_of(args.features, args.image, args.mask, bundle)
+    names = grid.names
+    folds = cv.spatial_folds(sl.labels, k=args.folds, n_classes=len(names))
+    cf = cv.cell_folds(folds, sl.labels, grid.stride, grid.valid.shape, len(names))
+    res = {"command": "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "folds": folds.record(), "seed": args.seed,
+           "held_out_pixels": cv.held_out_counts(folds, sl.labels, len(names)).tolist(),
+           "guard_targets": {k: {"target": f"{v[2][0]} {v[2][1]}"} for k, v in cv.GUARDS.items()}}
+    pngs = [fold_picture(out, folds, sl)]
+    log(f"folds: {folds.record()}; training cells per fold {[int(t.sum()) for t in cf.train]}")
+
+    def evaluate(heads, sigmas):
+        return cv.evaluate_heads(grid, cf, heads, sigmas, SPACES, seed=args.seed, log=log)[0]
+
+    chosen, results, widened = cv.choose_interior(evaluate, candidates(args), list(SIGMAS_UM), log=log)
+    res.update(chosen=chosen.label(), chosen_recipe=chosen.to_dict(), widened=widened,
+               grid=cv.as_jsonable(results))
+    best_per_head = {}
+    for r, s in results.items():
+        if r.head not in best_per_head or cv.criterion(s) > cv.criterion(results[best_per_head[r.head]]):
+            best_per_head[r.head] = r
+    res["best_per_head"] = sorted(((r.label(), results[r]) for r in best_per_head.values()),
+                                  key=lambda x: -cv.criterion(x[1]))
+    res["chosen_head_grid"] = [(r.label(), s) for r, s in sorted(results.items(), key=lambda x: (x[0].space, x[0].sigma_um))
+                               if r.head == chosen.head]
+    log(f"chosen: {chosen.label()} ({cv.criterion(results[chosen]):.3f})")
+    save(out, res)
+    prev, prev_per = previous_recipe(grid, cf, args.seed)
+    res["previous"] = {"label": "previous: " + prev.label(), "summary": cv.summarize(prev_per, names)}
+    res["biases"] = bias_checks(grid, cf, chosen, args.seed)
+    save(out, res)
+    heads = [h for h in candidates(args) if h[0] == "logreg"] + ([chosen.head] if chosen.head[0] != "logreg" else [])
+    summary, per, picked = cv.nested(grid, cf, heads, SIGMAS_UM, SPACES, seed=args.seed, log=log)
+    res["nested"] = {"summary": summary, "chosen": [r.label() for r in picked], "heads": [list(h) for h in heads]}
+    save(out, res)
+    (out / "shipped.json").write_text(json.dumps(shipped_json(summary, folds.k), indent=1) + "\n")
+
+    model, prob = final_fit(bundle, grid, chosen, args.seed)
+    final = cv.map_cells(prob, grid.valid, grid.sigma_cells(chosen.sigma_um), chosen.space)
+    raw = cv.map_cells(prob, grid.valid)
+    _, pprob = cv.fit_head(grid, grid.valid & (grid.y_cells >= 0), PREVIOUS[0], args.seed)
+    prev_map = cv.map_cells(cv.with_bias(pprob, names, PREVIOUS[3]), grid.valid, grid.sigma_cells(PREVIOUS[1]), PREVIOUS[2])
+    g = lambda m: cv.guards(m, grid.stride, names, sl.labels.shape, sl.labels)  # noqa: E731
+    res["final"] = {"guards": g(final), "guards_raw": g(raw), "guards_previous": g(prev_map)}
+    res["maps_png"] = maps_picture(out, "maps", [final, raw, prev_map], sl, names,
+                                   [f"final fit: {chosen.label()}", "final fit, raw (no regularization)",
+                                    "previous shipped recipe: " + prev.label()])
+    pngs += [res["maps_png"], folds_chart(out, [("chosen (CV)", results[chosen]), ("nested estimate", summary),
+                                                  ("previous recipe", res["previous"]["summary"])])]
+    if args.final:
+        n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(names)}
+        write_final(bundle, model, chosen, final_record(chosen, folds.record(), n_cells, summary, folds.k, args.seed,
+                                                        res["command"]))
+        res["written"] = str(bundle.path)
+        log(f"wrote {chosen.label()} into {bundle.path}")
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["pngs"] = pngs
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (out / "REPORT.md").write_text(markdown(res, names))
+    log(f"wrote {out / 'REPORT.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
