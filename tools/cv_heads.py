@@ -58,6 +58,23 @@ def candidates(args):
     return heads
 
 
+def nested_family(chosen):
+    """The family the nested cross-validation chooses in: the chosen head's kind and inputs over C / 10, C, C x 10
+    (and every regularizer): what the final fit chose, re-chosen inside each outer fold."""
+    kind, params = chosen.head
+    p = dict(params)
+    return [(kind, tuple({**p, "C": float(f"{p['C'] * f:.6g}")}.items())) for f in (0.1, 1.0, 10.0)]
+
+
+def resumed(out):
+    """``{Recipe: summary}`` of the candidates scored in ``out/progress.json`` by an earlier run."""
+    path = Path(out) / "progress.json"
+    if not path.is_file():
+        return {}
+    grid = json.loads(path.read_text()).get("grid", {})
+    return {recipe_of(v["recipe"]): {k: x for k, x in v.items() if k != "recipe"} for v in grid.values()}
+
+
 def previous_recipe(grid, cf, seed):
     """The previous shipped recipe (biases and 300 um chosen on one band) under the folds: per-fold results."""
     from brainrt_train import cv
@@ -354,6 +371,8 @@ def main(argv=None):
     ap.add_argument("--no-ctx", dest="ctx", action="store_false", help="skip the context heads")
     ap.add_argument("--svm", action="store_true", help="also an RBF SVM (slow)")
     ap.add_argument("--final", action="store_true", help="write the chosen recipe, fitted on every label, into --model")
+    ap.add_argument("--jobs", type=int, default=1, help="candidates and outer folds in this many processes")
+    ap.add_argument("--resume", action="store_true", help="reuse the candidates' scores in OUT/progress.json")
     ap.add_argument("--final-from", metavar="RESULTS_JSON",
                     help="skip the search: refit the recipe chosen in this results.json on every label and write it "
                          "into --model (the final fit, redone by one command)")
@@ -380,8 +399,14 @@ def main(argv=None):
     pngs = [fold_picture(out, folds, sl)]
     log(f"folds: {folds.record()}; training cells per fold {[int(t.sum()) for t in cf.train]}")
 
+    cache = resumed(out) if args.resume else {}
+
     def evaluate(heads, sigmas):
-        return cv.evaluate_heads(grid, cf, heads, sigmas, SPACES, seed=args.seed, log=log)[0]
+        todo = [h for h in heads if not all(cv.Recipe(h, float(s), sp) in cache for s in sigmas for sp in SPACES
+                                            if s > 0 or sp == SPACES[0])]
+        got = cv.evaluate_heads(grid, cf, todo, sigmas, SPACES, seed=args.seed, log=log, jobs=args.jobs)[0] if todo else {}
+        cache.update(got)
+        return {r: s for r, s in cache.items() if r.head in heads and r.sigma_um in sigmas}
 
     chosen, results, widened = cv.choose_interior(evaluate, candidates(args), list(SIGMAS_UM), log=log)
     res.update(chosen=chosen.label(), chosen_recipe=chosen.to_dict(), widened=widened,
@@ -400,8 +425,8 @@ def main(argv=None):
     res["previous"] = {"label": "previous: " + prev.label(), "summary": cv.summarize(prev_per, names)}
     res["biases"] = bias_checks(grid, cf, chosen, args.seed)
     save(out, res)
-    heads = [h for h in candidates(args) if h[0] == "logreg"] + ([chosen.head] if chosen.head[0] != "logreg" else [])
-    summary, per, picked = cv.nested(grid, cf, heads, SIGMAS_UM, SPACES, seed=args.seed, log=log)
+    heads = nested_family(chosen)
+    summary, per, picked = cv.nested(grid, cf, heads, SIGMAS_UM, SPACES, seed=args.seed, log=log, jobs=args.jobs)
     res["nested"] = {"summary": summary, "chosen": [r.label() for r in picked], "heads": [list(h) for h in heads]}
     save(out, res)
     (out / "shipped.json").write_text(json.dumps(shipped_json(summary, folds.k), indent=1) + "\n")

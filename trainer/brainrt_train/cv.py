@@ -390,12 +390,17 @@ def summarize(per_fold, names):
     return out
 
 
-def evaluate_heads(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, folds=None, train_of=None, log=None):
+def evaluate_heads(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, folds=None, train_of=None, log=None, jobs=1):
     """Every head x regularizer over ``folds`` (default: all): ``{Recipe: summary}`` and the per-fold results.
 
     A head is fitted once per fold; its probabilities are regularized with every sigma / space. ``train_of(f)``
     gives fold ``f``'s training cells (default ``cf.train[f]``)."""
     folds = list(range(cf.k)) if folds is None else list(folds)
+    if jobs > 1:
+        from functools import partial
+
+        parts = parallel_map(partial(evaluate_heads, seed=seed), [(grid, cf, [h], sigmas, spaces) for h in heads], jobs)
+        return {r: s for p in parts for r, s in p[0].items()}, {r: v for p in parts for r, v in p[1].items()}
     train_of = train_of or (lambda f: cf.train[f])
     per = {}
     for head in heads:
@@ -463,7 +468,7 @@ def choose_interior(evaluate, heads, sigmas, *, c_factor=10.0, max_rounds=4, log
             kind, params = chosen.head
             for side in (("low", "high") if edge == "single" else (edge,)):
                 p = dict(params)
-                p["C"] = p["C"] / c_factor if side == "low" else p["C"] * c_factor
+                p["C"] = float(f"{p['C'] / c_factor if side == 'low' else p['C'] * c_factor:.6g}")
                 new_heads.append((kind, tuple(p.items())))
                 widened.append(f"C {side}: {p['C']:g} ({kind})")
         if at_edge(results, chosen, "sigma_um", lower_bound=0.0) == "high":
@@ -499,25 +504,51 @@ def bias_allowed(base, biased, cls, k, tolerance=BIAS_TOLERANCE):
     return True, f"{cls} F1 rises in {ups} of {n} folds, no other class falls by more than {tolerance}"
 
 
-def nested(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, log=None):
+def nested_fold(grid, cf, outer, heads, sigmas, spaces=("log",), seed=0):
+    """One outer fold of :func:`nested`: ``(scores of the outer held-out pixels, the recipe chosen inside)``."""
+    inner = [g for g in range(cf.k) if g != outer]
+
+    def evaluate(hs, ss):
+        return evaluate_heads(grid, cf, hs, ss, spaces, seed=seed, folds=inner,
+                              train_of=lambda g: cf.inner_train(outer, g))[0]
+
+    recipe, _, _ = choose_interior(evaluate, list(heads), list(sigmas))
+    _, prob = fit_head(grid, cf.train[outer], recipe.head, seed)
+    return score_fold(grid, cf, outer, with_bias(prob, grid.names, recipe.bias), recipe.sigma_um, recipe.space), recipe
+
+
+def _own_group():
+    """A worker process in its own session: the scheduler shares the CPU per session, not per process."""
+    import os
+
+    try:
+        os.setsid()
+    except OSError:
+        pass
+
+
+def parallel_map(fn, items, jobs=1):
+    """``[fn(*item) for item in items]``, in ``jobs`` processes when ``jobs > 1`` (results in order)."""
+    if jobs <= 1:
+        return [fn(*item) for item in items]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_own_group) as ex:
+        return list(ex.map(fn, *zip(*items)))
+
+
+def nested(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, log=None, jobs=1):
     """Nested cross-validation: for each outer fold, the recipe chosen by the cross-validation over the other
     folds inside its training part (:func:`choose_interior`), fitted on the outer training cells and scored on
-    the outer held-out pixels. Returns ``(summary, per-fold results, chosen recipe per fold)``."""
-    per, chosen = [], []
-    for outer in range(cf.k):
-        inner = [g for g in range(cf.k) if g != outer]
-
-        def evaluate(hs, ss, inner=inner, outer=outer):
-            return evaluate_heads(grid, cf, hs, ss, spaces, seed=seed, folds=inner,
-                                  train_of=lambda g: cf.inner_train(outer, g))[0]
-
-        recipe, _, _ = choose_interior(evaluate, list(heads), list(sigmas))
-        _, prob = fit_head(grid, cf.train[outer], recipe.head, seed)
-        per.append(score_fold(grid, cf, outer, with_bias(prob, grid.names, recipe.bias), recipe.sigma_um, recipe.space))
-        chosen.append(recipe)
-        if log:
-            log(f"outer fold {outer}: {recipe.label()} -> smoothed acc {per[-1]['smoothed']['pixel_accuracy']:.3f}, "
-                f"macro F1 {per[-1]['smoothed']['macro_f1']:.3f}")
+    the outer held-out pixels. Returns ``(summary, per-fold results, chosen recipe per fold)``; outer folds in
+    ``jobs`` processes."""
+    items = [(grid, cf, outer, tuple(heads), tuple(sigmas), tuple(spaces), seed) for outer in range(cf.k)]
+    done = parallel_map(nested_fold, items, jobs)
+    per, chosen = [d[0] for d in done], [d[1] for d in done]
+    if log:
+        for outer, (r, recipe) in enumerate(done):
+            log(f"outer fold {outer}: {recipe.label()} -> smoothed acc {r['smoothed']['pixel_accuracy']:.3f}, "
+                f"macro F1 {r['smoothed']['macro_f1']:.3f}")
     return summarize(per, grid.names), per, chosen
 
 
