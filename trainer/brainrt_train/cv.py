@@ -531,9 +531,12 @@ def parallel_map(fn, items, jobs=1):
     """``[fn(*item) for item in items]``, in ``jobs`` processes when ``jobs > 1`` (results in order)."""
     if jobs <= 1:
         return [fn(*item) for item in items]
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_own_group) as ex:
+    # spawn: a fork after OpenMP (scikit-learn, numba) has started its threads aborts the child
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_own_group, mp_context=ctx) as ex:
         return list(ex.map(fn, *zip(*items)))
 
 
