@@ -49,9 +49,11 @@ def logreg(C, balanced=True):
 
 CELLS = {True: "**Cells the network never trained on.** The shipped network was trained on patches of its split's "
                 "training bands and memorized them (0.998 training accuracy): their features are cleaner than any new "
-                "slice's. Labeled pixels inside those bands' footprints are dropped before the folds are cut: they are "
-                "neither training cells nor scored, so every figure here is on features like a new slice's. The final "
-                "fit uses every remaining labeled cell.",
+                "slice's. Labeled pixels inside those bands' footprints are dropped before the folds are cut and their "
+                "cells leave the grid as if they were background (no head, pooling or smoothing reads them, so a "
+                "held-out cell's map borrows nothing from the network's memory of its neighbours): every figure "
+                "here is on features like a new slice's. The final fit uses every remaining labeled cell; the "
+                "guards read maps with those holes.",
          False: "Every labeled cell, also those the network was trained on (`--all-cells`): optimistic."}
 
 
@@ -77,10 +79,14 @@ def unseen_labels(bundle, sl, grid):
     from tools.accuracy_report import split_of
 
     regions, _, _ = split_of(bundle, sl, len(grid.names))
-    labels = np.where(regions["train"][0], -1, sl.labels)
+    seen = regions["train"][0]
+    labels = np.where(seen, -1, sl.labels)
     R, C = grid.valid.shape
     ys = np.minimum(cell_centre(np.arange(R), grid.stride), labels.shape[0] - 1)
     xs = np.minimum(cell_centre(np.arange(C), grid.stride), labels.shape[1] - 1)
+    # memorized cells leave the grid as if they were background: no head, pooling or smoothing reads them, so
+    # no map near a held-out cell borrows the network's memory of its neighbours
+    grid.valid = grid.valid & ~seen[np.ix_(ys, xs)]
     grid.y_cells = np.where(grid.valid, labels[np.ix_(ys, xs)], -1)
     return labels
 
@@ -200,25 +206,45 @@ def final_record(chosen, folds_record, n_cells, summary, k, seed, command):
                            "split run's training bands only"}
 
 
+def runtime_maps(model_path, features):
+    """The maps ``brainrt classify`` makes of a feature zarr with a bundle's default head: (regularized, raw)."""
+    import brainrt
+
+    bundle = brainrt.Bundle.load(model_path)
+    grid = brainrt.load_features(features, bundle=bundle)
+    return brainrt.classify(grid, bundle).labels, brainrt.classify(grid, bundle, smooth=0).labels
+
+
 def refit(args, argv):
-    """``--final-from``: the recorded recipe refitted on every labeled cell and written into the bundle."""
+    """``--final-from``: the recorded recipe refitted on every labeled cell it allows and written into the bundle;
+    the shipped maps (the runtime's, before and after) with their guards, written into the report."""
     import brainrt
     from brainrt_train import cv
 
+    out = Path(args.out)
     res = json.loads(Path(args.final_from).read_text())
+    res.setdefault("command", "")
     chosen = recipe_of(res["chosen_recipe"])
     bundle = brainrt.Bundle.load(args.model)
     grid, sl = cv.grid_of(args.features, args.image, args.mask, bundle)
     if res.get("unseen_only"):
         unseen_labels(bundle, sl, grid)
-    model, prob = final_fit(bundle, grid, chosen, res["seed"])
+    before, _ = runtime_maps(args.model, args.features)
+    model, _ = final_fit(bundle, grid, chosen, res["seed"])
     n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(grid.names)}
     command = "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:])
     write_final(bundle, model, chosen, final_record(chosen, res["folds"], n_cells, res["nested"]["summary"],
                                                     res["folds"]["k"], res["seed"], command))
-    final = cv.map_cells(prob, grid.valid, grid.sigma_cells(chosen.sigma_um), chosen.space)
-    g = cv.guards(final, grid.stride, grid.names, sl.labels.shape, sl.labels)
-    log(f"wrote {chosen.label()} into {bundle.path}; guards " + json.dumps({k: round(v["share"], 3) for k, v in g.items()}))
+    final, raw = runtime_maps(args.model, args.features)
+    g = lambda m: cv.guards(m, grid.stride, grid.names, sl.labels.shape, sl.labels)  # noqa: E731
+    res["final"] = {"guards": g(final), "guards_raw": g(raw), "guards_previous": g(before),
+                    "n_cells": n_cells, "command": command}
+    res["maps_png"] = maps_picture(out, "maps", [final, raw, before], sl, grid.names,
+                                   [f"shipped now (brainrt classify, stride 16): {chosen.label()}",
+                                    "shipped now, raw (--smooth 0)", "shipped before (biases +3/+3, 300 um prob)"])
+    (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (out / "REPORT.md").write_text(markdown(res, grid.names))
+    log(f"wrote {chosen.label()} into {bundle.path}; guards " + json.dumps({k: round(v["share"], 3) for k, v in g(final).items()}))
     return 0
 
 
@@ -373,14 +399,19 @@ def markdown(res, names):
           "The previous shipped recipe (biases chosen on one band) under the same folds:", "",
           *table([(res["previous"]["label"], res["previous"]["summary"])], names), "",
           "Regularizers of the chosen head (mean over folds):", "", *table(res["chosen_head_grid"], names), "",
-          "![per fold](per_fold.png)", "", "## Maps of the whole slice", "",
-          "Final fit (every labeled cell) of the chosen recipe, regularized and raw, and the previous shipped head; "
-          "dotted lines at x = 905, 1300, 2800, 4450 (the guards' ranges).", "",
+          "![per fold](per_fold.png)", ""]
+    if "final" not in res:
+        return "\n".join(L) + "\n"
+    L += ["## Maps of the whole slice", "",
+          "The final fit of the chosen recipe as `brainrt classify` serves it (stride 16, default regularization and "
+          "`--smooth 0`) and the map the bundle shipped before; dotted lines at x = 905, 1300, 2800, 4450 (the "
+          "guards' ranges).", "",
           "| map | " + " | ".join(res["final"]["guards"]) + " |", "|---" * (1 + len(res["final"]["guards"])) + "|"]
-    for label, g in (("final, regularized", res["final"]["guards"]), ("final, raw", res["final"]["guards_raw"]),
-                     ("previous shipped head", res["final"]["guards_previous"])):
+    for label, g in (("shipped map", res["final"]["guards"]), ("shipped map, raw", res["final"]["guards_raw"]),
+                     ("the map shipped before", res["final"]["guards_previous"])):
         L.append(f"| {label} | " + " | ".join(f"{v['share']:.3f} {'ok' if v['ok'] else 'FAIL'}" for v in g.values()) + " |")
-    L += ["", "(The final maps are in-sample on the labeled rectangle; the guards are checks along the slab.)", "",
+    L += ["", "(The final maps are in-sample on the labeled rectangle; the guards are checks along the slab, most of "
+          "whose tissue no label covers.)", "",
           f"![maps]({res['maps_png']})", ""]
     return "\n".join(L) + "\n"
 
@@ -463,27 +494,14 @@ def main(argv=None):
     save(out, res)
     (out / "shipped.json").write_text(json.dumps(shipped_json(summary, folds.k), indent=1) + "\n")
 
-    model, prob = final_fit(bundle, grid, chosen, args.seed)
-    final = cv.map_cells(prob, grid.valid, grid.sigma_cells(chosen.sigma_um), chosen.space)
-    raw = cv.map_cells(prob, grid.valid)
-    _, pprob = cv.fit_head(grid, grid.valid & (grid.y_cells >= 0), PREVIOUS[0], args.seed)
-    prev_map = cv.map_cells(cv.with_bias(pprob, names, PREVIOUS[3]), grid.valid, grid.sigma_cells(PREVIOUS[1]), PREVIOUS[2])
-    g = lambda m: cv.guards(m, grid.stride, names, sl.labels.shape, sl.labels)  # noqa: E731
-    res["final"] = {"guards": g(final), "guards_raw": g(raw), "guards_previous": g(prev_map)}
-    res["maps_png"] = maps_picture(out, "maps", [final, raw, prev_map], sl, names,
-                                   [f"final fit: {chosen.label()}", "final fit, raw (no regularization)",
-                                    "previous shipped recipe: " + prev.label()])
-    pngs += [res["maps_png"], folds_chart(out, [("chosen (CV)", results[chosen]), ("nested estimate", summary),
-                                                  ("previous recipe", res["previous"]["summary"])])]
-    if args.final:
-        n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(names)}
-        write_final(bundle, model, chosen, final_record(chosen, folds.record(), n_cells, summary, folds.k, args.seed,
-                                                        res["command"]))
-        res["written"] = str(bundle.path)
-        log(f"wrote {chosen.label()} into {bundle.path}")
+    pngs.append(folds_chart(out, [("chosen (CV)", results[chosen]), ("nested estimate", summary),
+                                  ("previous recipe", res["previous"]["summary"])]))
     res["seconds"] = round(time.perf_counter() - t0, 1)
     res["pngs"] = pngs
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    if args.final:
+        args.final_from = out / "results.json"
+        return refit(args, argv)
     (out / "REPORT.md").write_text(markdown(res, names))
     log(f"wrote {out / 'REPORT.md'}")
     return 0
