@@ -302,48 +302,61 @@ class Recipe:
                 "bias": dict(self.bias)}
 
 
-def fit_head(grid, train, head, seed=0):
-    """Fit the head ``(kind, params)`` on the cells ``train`` (R, C bool) of ``grid``; returns ``(model,
-    probabilities (R, C, K) of every valid cell)`` as the runtime computes them."""
-    kind, params = head
-    params = dict(params)
+def _grid_probabilities(grid, model):
+    """Probabilities (R, C, K) of a scikit-learn-like head on every valid cell, as the runtime computes them."""
+    from brainrt.heads import apply_rows, float32_proba, per_class
+
     K = len(grid.names)
-    y = grid.y_cells
-    train = train & grid.valid & (y >= 0)
-    if kind == "logreg":
-        from brainrt.heads import apply_rows, float32_proba, per_class
-        from brainrt_train.ctxhead import fit_pipeline
-        from threadpoolctl import threadpool_limits
+    fn = per_class(model, float32_proba(model) or model.predict_proba, K, 0.0)
+    return apply_rows(grid.features, grid.valid, fn, np.zeros(grid.valid.shape + (K,), np.float32))
 
-        with threadpool_limits(1):
-            model = fit_pipeline(grid.features[train], y[train], C=params["C"], seed=seed,
-                                 balanced=params.get("balanced", True))
-        fn = per_class(model, float32_proba(model) or model.predict_proba, K, 0.0)
-        return model, apply_rows(grid.features, grid.valid, fn, np.zeros(grid.valid.shape + (K,), np.float32))
-    if kind == "ctx":
-        from brainrt_train.ctxhead import CANDIDATES, fit_candidate, head_probabilities, scales_of
 
-        scales = scales_of(CANDIDATES[params["scales"]])
-        stage1 = None
-        if any(s.source == "probabilities" for s in scales):
-            stage1, _ = fit_head(grid, train, ("logreg", (("C", params["C"]), ("balanced", True))), seed)
-        r, c = np.nonzero(train)
-        head_ = fit_candidate(grid.features, grid.valid, (r, c, y[r, c]), scales, stage1, C=params["C"],
-                              pixel_size_um=grid.pixel_size_um, stride=grid.stride, n_classes=K, seed=seed)
-        return head_, head_probabilities(head_, grid.features, grid.valid, pixel_size_um=grid.pixel_size_um,
-                                         stride=grid.stride)
-    if kind == "rbfsvm":
-        from brainrt.heads import apply_rows, per_class
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-        from sklearn.svm import SVC
+def _fit_logreg(grid, train, params, seed):
+    from brainrt_train.ctxhead import fit_pipeline
+    from threadpoolctl import threadpool_limits
 
-        model = make_pipeline(StandardScaler(), SVC(C=params["C"], gamma="scale", probability=True,
-                                                    class_weight="balanced", random_state=seed))
-        model.fit(grid.features[train], y[train])
-        fn = per_class(model, model.predict_proba, K, 0.0)
-        return model, apply_rows(grid.features, grid.valid, fn, np.zeros(grid.valid.shape + (K,), np.float32))
-    raise ValueError(f"unknown head kind {kind!r}")
+    with threadpool_limits(1):
+        model = fit_pipeline(grid.features[train], grid.y_cells[train], C=params["C"], seed=seed,
+                             balanced=params.get("balanced", True))
+    return model, _grid_probabilities(grid, model)
+
+
+def _fit_ctx(grid, train, params, seed):
+    from brainrt_train.ctxhead import CANDIDATES, fit_candidate, head_probabilities, scales_of
+
+    scales = scales_of(CANDIDATES[params["scales"]])
+    stage1 = None
+    if any(s.source == "probabilities" for s in scales):
+        stage1, _ = _fit_logreg(grid, train, {"C": params["C"], "balanced": True}, seed)
+    r, c = np.nonzero(train)
+    head = fit_candidate(grid.features, grid.valid, (r, c, grid.y_cells[r, c]), scales, stage1, C=params["C"],
+                         pixel_size_um=grid.pixel_size_um, stride=grid.stride, n_classes=len(grid.names), seed=seed)
+    return head, head_probabilities(head, grid.features, grid.valid, pixel_size_um=grid.pixel_size_um,
+                                    stride=grid.stride)
+
+
+def _fit_rbfsvm(grid, train, params, seed):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    model = make_pipeline(StandardScaler(), SVC(C=params["C"], gamma="scale", probability=True,
+                                                class_weight="balanced", random_state=seed))
+    model.fit(grid.features[train], grid.y_cells[train])
+    return model, _grid_probabilities(grid, model)
+
+
+#: Head kinds the runner fits: kind -> fit(grid, train cells, params, seed) -> (model, probabilities).
+HEAD_KINDS = {"logreg": _fit_logreg, "ctx": _fit_ctx, "rbfsvm": _fit_rbfsvm}
+
+
+def fit_head(grid, train, head, seed=0):
+    """Fit the head ``(kind, params)`` on the cells ``train`` (R, C bool; cells without a class or off tissue are
+    skipped) of ``grid``; returns ``(model, probabilities (R, C, K) of every valid cell)``."""
+    kind, params = head
+    if kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head kind {kind!r}")
+    return HEAD_KINDS[kind](grid, train & grid.valid & (grid.y_cells >= 0), dict(params), seed)
 
 
 def with_bias(prob, names, bias):
