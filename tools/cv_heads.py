@@ -150,8 +150,10 @@ def final_fit(bundle, grid, recipe, seed):
     return cv.fit_head(grid, every, recipe.head, seed)
 
 
-def write_final(bundle, model, recipe, record):
-    """Write ``model`` as the bundle's default head with the recipe's smoothing and ``training.final``."""
+def write_final(bundle, model, recipe, record, logreg=None):
+    """Write ``model`` as the bundle's default head with the recipe's smoothing and ``training.final``; ``logreg``
+    (the best logistic regression of the cross-validation, refitted the same way) replaces the ``logreg`` head
+    when the default head does not need it as its first stage."""
     import dataclasses
     import shutil
 
@@ -179,6 +181,8 @@ def write_final(bundle, model, recipe, record):
             joblib.dump(model, tmp / m.heads["logreg"])
         elif model.stage1 is not None:  # the context head pools the probabilities of its own first stage
             joblib.dump(model.stage1, tmp / m.heads["logreg"])
+        elif logreg is not None:
+            joblib.dump(logreg, tmp / m.heads["logreg"])
         sm = Smoothing(sigma_um=recipe.sigma_um, space=recipe.space, extra={},
                        chosen_on="spatial 5-fold cross-validation, mean macro F1 of the regularized map, stride 16 "
                                  "(tools/cv_heads.py)")
@@ -233,10 +237,15 @@ def refit(args, argv):
         unseen_labels(bundle, sl, grid)
     before, _ = runtime_maps(args.model, args.features)
     model, _ = final_fit(bundle, grid, chosen, res["seed"])
+    best_lr = max((v for v in res["grid"].values() if v["recipe"]["head"] == "logreg"),
+                  key=lambda v: v["smoothed"]["macro_f1"]["mean"])["recipe"]
+    logreg, _ = final_fit(bundle, grid, recipe_of(best_lr), res["seed"])
     n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(grid.names)}
     command = "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_final(bundle, model, chosen, final_record(chosen, res["folds"], n_cells, res["nested"]["summary"],
-                                                    res["folds"]["k"], res["seed"], command))
+    record = final_record(chosen, res["folds"], n_cells, res["nested"]["summary"], res["folds"]["k"], res["seed"], command)
+    record["logreg"] = {"recipe": best_lr, "what": "the best logistic regression of the cross-validation, refitted "
+                                                  "on the same cells (--head logreg)"}
+    write_final(bundle, model, chosen, record, logreg=logreg)
     final, raw = runtime_maps(args.model, args.features)
     g = lambda m: cv.guards(m, grid.stride, grid.names, sl.labels.shape, sl.labels)  # noqa: E731
     res["final"] = {"guards": g(final), "guards_raw": g(raw), "guards_previous": g(before),
