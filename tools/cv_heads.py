@@ -305,7 +305,7 @@ def per_fold_table(s, names):
     return lines
 
 
-def markdown(res, names):
+def markdown(res, names):  # long: the report's sections in order
     from brainrt_train import cv
 
     doc = " ".join(" ".join(__doc__.split("\n\n")[1:2]).split())
@@ -360,7 +360,7 @@ def save(out, res):
     (out / "progress.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
 
 
-def main(argv=None):
+def parser():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
     ap.add_argument("--features", required=True, help="the slice's stride-16 features (brainrt featurize)")
@@ -379,28 +379,12 @@ def main(argv=None):
                     help="skip the search: refit the recipe chosen in this results.json on every label and write it "
                          "into --model (the final fit, redone by one command)")
     ap.add_argument("-o", "--out", required=True)
-    args = ap.parse_args(argv)
-    import brainrt
+    return ap
+
+
+def search(args, grid, cf, out, res):
+    """Every candidate under the folds, grids widened until the choice is interior: the chosen recipe, its table."""
     from brainrt_train import cv
-
-    if args.final_from:
-        return refit(args, argv)
-
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    bundle = brainrt.Bundle.load(args.model)
-    grid, sl = cv.grid_of(args.features, args.image, args.mask, bundle)
-    names = grid.names
-    labels = unseen_labels(bundle, sl, grid) if args.unseen_only else sl.labels
-    folds = cv.spatial_folds(labels, k=args.folds, n_classes=len(names))
-    cf = cv.cell_folds(folds, labels, grid.stride, grid.valid.shape, len(names))
-    res = {"command": "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "folds": folds.record(), "seed": args.seed,
-           "held_out_pixels": cv.held_out_counts(folds, labels, len(names)).tolist(), "unseen_only": args.unseen_only,
-           "guard_targets": {k: {"target": f"{v[2][0]} {v[2][1]}"} for k, v in cv.GUARDS.items()}}
-    pngs = [fold_picture(out, folds, sl)]
-    log(f"folds: {folds.record()}; training cells per fold {[int(t.sum()) for t in cf.train]}")
 
     cache = resumed(out) if args.resume else {}
 
@@ -412,37 +396,56 @@ def main(argv=None):
         return {r: s for r, s in cache.items() if r.head in heads and r.sigma_um in sigmas}
 
     chosen, results, widened = cv.choose_interior(evaluate, candidates(args), list(SIGMAS_UM), log=log)
-    res.update(chosen=chosen.label(), chosen_recipe=chosen.to_dict(), widened=widened,
-               grid=cv.as_jsonable(results))
-    best_per_head = {}
+    best = {}
     for r, s in results.items():
-        if r.head not in best_per_head or cv.criterion(s) > cv.criterion(results[best_per_head[r.head]]):
-            best_per_head[r.head] = r
-    res["best_per_head"] = sorted(((r.label(), results[r]) for r in best_per_head.values()),
-                                  key=lambda x: -cv.criterion(x[1]))
-    res["chosen_head_grid"] = [(r.label(), s) for r, s in sorted(results.items(), key=lambda x: (x[0].space, x[0].sigma_um))
-                               if r.head == chosen.head]
+        if r.head not in best or cv.criterion(s) > cv.criterion(results[best[r.head]]):
+            best[r.head] = r
+    res.update(chosen=chosen.label(), chosen_recipe=chosen.to_dict(), widened=widened, grid=cv.as_jsonable(results),
+               best_per_head=sorted(((r.label(), results[r]) for r in best.values()), key=lambda x: -cv.criterion(x[1])),
+               chosen_head_grid=[(r.label(), s) for r, s in sorted(results.items(), key=lambda x: (x[0].space, x[0].sigma_um))
+                                 if r.head == chosen.head])
     log(f"chosen: {chosen.label()} ({cv.criterion(results[chosen]):.3f})")
+    return chosen, results
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    import brainrt
+    from brainrt_train import cv
+
+    if args.final_from:
+        return refit(args, argv)
+    t0, out = time.perf_counter(), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    bundle = brainrt.Bundle.load(args.model)
+    grid, sl = cv.grid_of(args.features, args.image, args.mask, bundle)
+    labels = unseen_labels(bundle, sl, grid) if args.unseen_only else sl.labels
+    folds = cv.spatial_folds(labels, k=args.folds, n_classes=len(grid.names))
+    cf = cv.cell_folds(folds, labels, grid.stride, grid.valid.shape, len(grid.names))
+    res = {"command": "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "folds": folds.record(), "seed": args.seed, "unseen_only": args.unseen_only,
+           "held_out_pixels": cv.held_out_counts(folds, labels, len(grid.names)).tolist(),
+           "guard_targets": {k: {"target": f"{v[2][0]} {v[2][1]}"} for k, v in cv.GUARDS.items()}}
+    res["pngs"] = [fold_picture(out, folds, sl)]
+    log(f"folds: {folds.record()}; training cells per fold {[int(t.sum()) for t in cf.train]}")
+    chosen, results = search(args, grid, cf, out, res)
     save(out, res)
     prev, prev_per = previous_recipe(grid, cf, args.seed)
-    res["previous"] = {"label": "previous: " + prev.label(), "summary": cv.summarize(prev_per, names)}
+    res["previous"] = {"label": "previous: " + prev.label(), "summary": cv.summarize(prev_per, grid.names)}
     res["biases"] = bias_checks(grid, cf, chosen, args.seed)
     save(out, res)
-    heads = nested_family(chosen)
-    summary, per, picked = cv.nested(grid, cf, heads, SIGMAS_UM, SPACES, seed=args.seed, log=log, jobs=args.jobs)
-    res["nested"] = {"summary": summary, "chosen": [r.label() for r in picked], "heads": [list(h) for h in heads]}
-    save(out, res)
+    summary, _, picked = cv.nested(grid, cf, nested_family(chosen), SIGMAS_UM, SPACES, seed=args.seed, log=log,
+                                   jobs=args.jobs)
+    res["nested"] = {"summary": summary, "chosen": [r.label() for r in picked]}
     (out / "shipped.json").write_text(json.dumps(shipped_json(summary, folds.k), indent=1) + "\n")
-
-    pngs.append(folds_chart(out, [("chosen (CV)", results[chosen]), ("nested estimate", summary),
-                                  ("previous recipe", res["previous"]["summary"])]))
+    res["pngs"].append(folds_chart(out, [("chosen (CV)", results[chosen]), ("nested estimate", summary),
+                                         ("previous recipe", res["previous"]["summary"])]))
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    res["pngs"] = pngs
     (out / "results.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     if args.final:
         args.final_from = out / "results.json"
         return refit(args, argv)
-    (out / "REPORT.md").write_text(markdown(res, names))
+    (out / "REPORT.md").write_text(markdown(res, grid.names))
     log(f"wrote {out / 'REPORT.md'}")
     return 0
 
