@@ -212,6 +212,12 @@ def final_record(chosen, folds_record, n_cells, summary, k, seed, command):
                            "split run's training bands only"}
 
 
+def best_logreg(res):
+    """The recipe of the best logistic regression in a run's candidates."""
+    return max((v for v in res["grid"].values() if v["recipe"]["head"] == "logreg"),
+               key=lambda v: v["smoothed"]["macro_f1"]["mean"])["recipe"]
+
+
 def runtime_maps(model_path, features):
     """The maps ``brainrt classify`` makes of a feature zarr with a bundle's default head: (regularized, raw)."""
     import brainrt
@@ -237,8 +243,7 @@ def refit(args, argv):
         unseen_labels(bundle, sl, grid)
     before, _ = runtime_maps(args.model, args.features)
     model, _ = final_fit(bundle, grid, chosen, res["seed"])
-    best_lr = max((v for v in res["grid"].values() if v["recipe"]["head"] == "logreg"),
-                  key=lambda v: v["smoothed"]["macro_f1"]["mean"])["recipe"]
+    best_lr = best_logreg(res)
     logreg, _ = final_fit(bundle, grid, recipe_of(best_lr), res["seed"])
     n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(grid.names)}
     command = "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:])
