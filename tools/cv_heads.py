@@ -233,9 +233,7 @@ def refit(args, argv):
     import brainrt
     from brainrt_train import cv
 
-    out = Path(args.out)
-    res = json.loads(Path(args.final_from).read_text())
-    res.setdefault("command", "")
+    out, res = Path(args.out), json.loads(Path(args.final_from).read_text())
     chosen = recipe_of(res["chosen_recipe"])
     bundle = brainrt.Bundle.load(args.model)
     grid, sl = cv.grid_of(args.features, args.image, args.mask, bundle)
@@ -246,7 +244,7 @@ def refit(args, argv):
     best_lr = best_logreg(res)
     logreg, _ = final_fit(bundle, grid, recipe_of(best_lr), res["seed"])
     n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(grid.names)}
-    command = "python -m tools.cv_heads " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = f"python -m tools.cv_heads {' '.join(argv if argv is not None else sys.argv[1:])}"
     summary = res["nested"]["summary"] if "nested" in res else res["grid"][res["chosen"]]
     record = final_record(chosen, res["folds"], n_cells, summary, res["folds"]["k"], res["seed"], command)
     record["estimate"] = ("nested spatial cross-validation" if "nested" in res else
