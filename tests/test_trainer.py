@@ -367,7 +367,7 @@ def test_slice309_with_the_paper_class_map(shared_data):
     # annotation revision 2, the dataset README's pixel counts: Ctx=1, Str=2, VP=4, ZI=5, HypoTh=7, WM=6+8
     assert counts.tolist() == [1099835, 718043, 813386, 616436, 127265, 399371 + 72563]
     # revision 2 has no unlabeled pixel inside the labeled rectangle (x 905..5655, y 344..1199)
-    from brainrt.io import read_tiff
+    from brainrt.sources import read_image as read_tiff
     mask, _ = read_tiff(shared_data / "slice309_areas.tif")
     assert int((mask[344:1200, 905:5656] == 0).sum()) == 0 and int((mask > 0).sum()) == 4066856
     # ... and the README's counts of 128 px patches wholly inside the striatum and the cortex

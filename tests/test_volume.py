@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,7 +213,7 @@ def test_volume_is_valid_ngff_0_5(serial_out):
     assert names[-2:] == ["margin", "entropy"] and len(names) == root["0"].shape[0]
 
 
-def test_folder_and_zarr_inputs(client, serial_out, volume, tiny_bundle, tmp_path):
+def test_folder_zarr_and_hdf5_inputs(client, serial_out, volume, tiny_bundle, tmp_path):
     import zarr
 
     from brainrt.volrun import run_volume
@@ -224,9 +225,9 @@ def test_folder_and_zarr_inputs(client, serial_out, volume, tiny_bundle, tmp_pat
         write_tiff(folder / f"s{[0, 2, 10, 11][z]}.tif", volume.image[z])
     zpath = tmp_path / "stack.zarr"
     zarr.create_array(str(zpath), shape=SHAPE, chunks=(1, 64, 64), dtype="uint8")[:] = volume.image
-    for src in (folder, zpath):
+    for src in (folder, zpath, _hdf5(tmp_path / "tomo.h5", volume.image)):
         assert open_volume(src).shape == SHAPE
-        out = tmp_path / f"{src.stem}.ome.zarr"
+        out = tmp_path / f"{Path(str(src).split(':')[0]).stem}.ome.zarr"
         run_volume(_plan(src, tiny_bundle), out, client=client)
         _same(out, serial_out)
 
@@ -272,7 +273,16 @@ def test_worker_killed_mid_run(client, serial_out, stack_tif, tiny_bundle, tmp_p
     client.wait_for_workers(2, timeout=60)
 
 
-def test_featurize_volume_matches_2d(client, stack_tif, volume, tiny_bundle, tmp_path):
+def _hdf5(path, image):
+    """``image`` as the chunked dataset ``/exchange/data`` of an HDF5 file (a tomography layout); its spec."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(path, "w") as f:
+        f.create_dataset("/exchange/data", data=image, chunks=(1, 64, 64))
+    return f"{path}:/exchange/data"
+
+
+@pytest.mark.parametrize("kind", ["tiff", "hdf5"])
+def test_featurize_volume_matches_2d(client, stack_tif, volume, tiny_bundle, tmp_path, kind):
     import zarr
 
     import brainrt
@@ -280,7 +290,8 @@ def test_featurize_volume_matches_2d(client, stack_tif, volume, tiny_bundle, tmp
     from brainrt.volume import make_volume_plan
 
     out = tmp_path / "f.zarr"
-    run_volume(make_volume_plan(stack_tif, tiny_bundle, task="featurize", z="1:3", stride=STRIDE, band_rows=BAND),
+    source = stack_tif if kind == "tiff" else _hdf5(tmp_path / "v.h5", volume.image)
+    run_volume(make_volume_plan(source, tiny_bundle, task="featurize", z="1:3", stride=STRIDE, band_rows=BAND),
                out, client=client)
     root = zarr.open_group(str(out), mode="r")
     assert root["0"].shape == (tiny_bundle.n_features, 2, 12, 16)  # an OME-NGFF image (c, z, y, x)

@@ -20,9 +20,9 @@ from .derive import save_bundle
 from .errors import BrainrtError
 from .fit import fit_heads
 from .grid import FeatureGrid
-from .io import read_tiff
 from .manifest import Manifest
 from .plan import Plan
+from .sources import read_image as read_tiff
 from .version import __version__
 
 __all__ = ["Bundle", "BrainrtError", "FeatureGrid", "ClassMapResult", "Manifest", "Plan", "featurize", "classify",

@@ -21,11 +21,12 @@ from .errors import BrainrtError
 from .geometry import cell_centre, upsample
 from .grid import FeatureGrid, load_features, zarr_attrs
 from .heads import ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
-from .io import OmeTiffBands, read_mask
+from .io import OmeTiffBands
 from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STRIDE, make_plan
 from .scoring import pixel_metrics, read_truth, score
 from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
 from .smooth import choose, smooth_probabilities
+from .sources import read_mask
 from .uncertainty import CHANNELS, Tee, UncertaintyBands
 
 log = logging.getLogger("brainrt")

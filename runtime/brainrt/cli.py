@@ -22,16 +22,17 @@ from .derive import check_fit_target, save_bundle
 from .errors import BrainrtError
 from .finished import COMPLETE, is_finished
 from .fit import fit_heads
-from .grid import FeatureGrid, is_feature_grid
+from .grid import FeatureGrid
 from .heads import Classifier
-from .io import check_not_input, check_target, read_mask
+from .io import check_not_input, check_target
 from .scoring import score_lines
 from .outputs import (classification_set, probabilities_path, siblings, uncertainty_path, write_classification, write_clusters,
                       write_subdivision)
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
                       model_option, one_line_errors, output_kind, slice_only, volume_options)
-from .volumes import interrupted_line, is_volume_input, process_volume
+from .sources import is_feature_grid, is_volume_input, read_mask
+from .volumes import interrupted_line, process_volume
 
 log = logging.getLogger("brainrt")
 
@@ -147,14 +148,10 @@ def _progress():
     return log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
 
 
-def _is_zarr(source):  # a saved feature grid (either layout: brainrt.grid.is_feature_grid), not an image
-    return str(source).rstrip("/").endswith(".zarr") and is_feature_grid(source)
-
-
 def _job(source, bundle, kw, owner):
     """What to compute, checked and not yet run: a saved feature grid (.zarr, opened lazily) or a slice's
     :class:`~brainrt.plan.Plan`. Both know the slice's ``image_shape``, so masks are checked before any work."""
-    if _is_zarr(source):
+    if is_feature_grid(source):
         return api.load_features(source, bundle=bundle, z=kw["z"])
     return api.make_plan(source, bundle, owner=owner, **_plan_options(**kw))
 

@@ -33,7 +33,7 @@ from .errors import file_error
 from .io import atomic_path, check_target
 from .manifest import ClassSpec
 from .plots import area_colors, class_colors
-from .volumes import open_volume
+from .sources import open_volume
 
 #: Parent heads that do not depend on the classes, copied into a derived bundle.
 CLASS_FREE_HEADS = ("gmm", "pca_kmeans")

@@ -26,6 +26,12 @@ def file_error(path, problem: str) -> BrainrtError:
     return BrainrtError(f"{path}: {problem}")
 
 
+def first_line(exc):
+    """The first line of an exception's message (at most 160 characters), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else "unknown error"
+
+
 def param_error(name: str, owner: str, expected: str, got) -> BrainrtError:
     """Build the one-line error for a bad parameter (scikit-learn's template)."""
     return BrainrtError(f"The '{name}' parameter of {owner} must be {expected}. Got {got!r} instead.")

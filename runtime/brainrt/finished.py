@@ -31,6 +31,7 @@ from pathlib import Path
 from .errors import BrainrtError, file_error
 from .version import __version__
 from .io import current_umask
+from .sources import file_of
 
 FORMAT = "brainrt-run/1"
 #: The record of a folder output, inside it.
@@ -45,11 +46,11 @@ def input_identity(path) -> dict | None:
     """What identifies an input file or folder: resolved path, size and modification time (None: no path)."""
     if path is None:
         return None
-    p = Path(path)
+    p, inner = Path(file_of(path)), str(path)[len(file_of(path)):]  # inner: the dataset inside an HDF5 file
     if not p.exists():
         return {"path": str(path)}
     st = p.stat()
-    ident = {"path": str(p.resolve()), "mtime_ns": st.st_mtime_ns}
+    ident = {"path": str(p.resolve()) + inner, "mtime_ns": st.st_mtime_ns}
     if p.is_file():
         ident["size"] = st.st_size
     return ident

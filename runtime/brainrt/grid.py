@@ -19,10 +19,9 @@ from .errors import BrainrtError, file_error
 from .integrity import Guarded, compressors, verify
 from .ngff import create_level, image_attrs, label_image_attrs, labels_attrs
 from .plan import DEFAULT_PIXEL_SIZE_UM
+from .sources import NGFF_FORMAT
 
 ZARR_FORMAT = "brainrt-features/1"
-#: The OME-NGFF layout's format, in ``attrs["brainrt"]["format"]``.
-NGFF_FORMAT = "brainrt-features/2"
 #: The feature image's array and the tissue label image's, in the store.
 FEATURES, TISSUE = "0", "labels/tissue/0"
 #: The folders :func:`brainrt.integrity.seal` lists the chunks of.
@@ -142,20 +141,6 @@ def _open(path):
         return meta, Guarded(root[FEATURES], path, channels_first=True), Guarded(root[TISSUE], path)
     return (meta if meta.get("task") == "featurize" else attrs), Guarded(root["features"], path), \
         Guarded(root["valid"], path)
-
-
-def is_feature_grid(path) -> bool:
-    """Whether ``path`` is a brainrt feature grid folder (either layout), by its files (nothing decoded)."""
-    import json
-
-    p = Path(str(path).rstrip("/"))
-    if (p / "features").is_dir():
-        return True
-    try:
-        attrs = json.loads((p / "zarr.json").read_text()).get("attributes", {})
-    except (OSError, ValueError):
-        return False
-    return attrs.get("brainrt", {}).get("format") == NGFF_FORMAT
 
 
 def _volume_slice(path, meta, feats, valid, bundle, z):

@@ -1,8 +1,8 @@
-"""Reading slices and writing outputs safely.
+"""Writing outputs safely (reading is :mod:`brainrt.sources`').
 
-Every reader validates at the edge and raises :class:`BrainrtError` with one line that
-names the file; every writer writes to a temporary name beside the target and renames
-it into place, so an interrupted run never leaves a half-written file.
+Every writer writes to a temporary name beside the target and renames it into place, so an
+interrupted run never leaves a half-written file; an output is never written over an input
+(:func:`check_not_input`) and its folder is checked before any work (:func:`check_target`).
 """
 
 from __future__ import annotations
@@ -15,139 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import PIXEL_TYPES, BrainrtError, check_image, file_error
-
-#: Pixel types of masks (label codes): an image's, or any integer type read as int64.
-MASK_TYPES = PIXEL_TYPES + (np.dtype(np.int64),)
-
-
-def read_tiff(path, *, z=None, what="image", series=None):
-    """Read a 2D grayscale image from a TIFF file.
-
-    Parameters
-    ----------
-    path : str or Path
-        The TIFF file.
-    z : int or None, keyword-only
-        Index of the slice to take from a 3D stack; required for stacks.
-    what : str
-        What the file is, for error messages ("image", "label mask").
-    series : int or None, keyword-only
-        Series of a multi-series (OME-)TIFF; required when the file holds several.
-
-    Returns
-    -------
-    image : ndarray (H, W)
-        uint8, uint16, float32 or float64, finite.
-    pixel_size_um : float or None
-        Pixel size from the TIFF's resolution tags, if it has any.
-    """
-    if is_zarr_path(path) and what == "image":
-        return read_zarr(path, z=z, what=what)
-    path = Path(path)
-    arr, axes, pixel_size = _read_series(path, series)
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and axes.endswith("S"):
-        raise file_error(path, f"expected a 2D grayscale {what}, got an RGB(A) image of shape {arr.shape}")
-    if arr.ndim == 3:
-        if z is None:
-            raise file_error(path, f"expected a 2D grayscale {what}, got shape {arr.shape}; pass --z to choose a slice")
-        if not 0 <= z < arr.shape[0]:
-            raise file_error(path, f"--z {z} is outside the stack's {arr.shape[0]} slices")
-        arr = arr[z]
-    elif z is not None and (what == "image" or z != 0):
-        raise file_error(path, f"is a 2D {what}; --z {z} does not apply")
-    if what == "image":
-        return check_image(arr, path), pixel_size
-    if arr.dtype.kind in "iu" and arr.dtype not in PIXEL_TYPES:
-        arr = arr.astype(np.int64)  # masks hold codes: any integer type will do
-    return check_image(arr, path, types=MASK_TYPES), pixel_size
-
-
-def is_zarr_path(path) -> bool:
-    """Whether ``path`` names a zarr store (a ``.zarr`` name, a zarr folder, or a URL)."""
-    p = str(path).rstrip("/")
-    return "://" in p or p.endswith(".zarr") or any((Path(p) / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
-
-
-def open_zarr_image(path):
-    """(array, its path in the store, pixel size, z spacing) of a zarr array or an OME-Zarr image
-    (its full-resolution level); sizes are None where the metadata gives none."""
-    import zarr
-
-    try:
-        node = zarr.open(str(path).rstrip("/"), mode="r")
-    except Exception as exc:
-        raise file_error(path, f"cannot open as zarr ({type(exc).__name__})") from None
-    if not isinstance(node, zarr.Group):
-        return node, "", None, None
-    attrs = dict(node.attrs)
-    ms = attrs.get("ome", attrs).get("multiscales")
-    if not ms:
-        raise file_error(path, "is a zarr group but not an OME-Zarr image (no multiscales); give the array's path")
-    ds = ms[0]["datasets"][0]
-    names = [a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", [])]
-    scale = next((t["scale"] for t in ds.get("coordinateTransformations", []) if t["type"] == "scale"), None)
-    px = float(scale[-1]) if scale and names[-2:] == ["y", "x"] else None
-    dz = float(scale[-3]) if scale and names[-3:] == ["z", "y", "x"] else None
-    return node[ds["path"]], ds["path"], px, dz
-
-
-def read_zarr(path, *, z=None, what="image"):
-    """A 2D slice of a zarr array or OME-Zarr image (``z`` picks one of a 3D one), and its pixel size."""
-    node, _, px, _ = open_zarr_image(path)
-    if node.ndim == 3:
-        if z is None:
-            raise file_error(path, f"expected a 2D grayscale {what}, got shape {node.shape}; pass --z to choose a slice")
-        if not 0 <= z < node.shape[0]:
-            raise file_error(path, f"--z {z} is outside the stack's {node.shape[0]} slices")
-        arr = np.asarray(node[z])
-    elif node.ndim == 2:
-        if z not in (None, 0):
-            raise file_error(path, f"is a 2D {what}; --z {z} does not apply")
-        arr = np.asarray(node[:])
-    else:
-        raise file_error(path, f"expected a 2D grayscale {what}, got shape {node.shape}")
-    return check_image(arr, path), px
-
-
-def read_mask(path, shape, *, z=None, what="label mask"):
-    """A mask TIFF (tissue, truth, ROI) that must match the slice's ``shape``."""
-    mask, _ = read_tiff(path, z=z, what=what)
-    if mask.shape != tuple(shape):
-        raise file_error(path, f"{what} shape {mask.shape} differs from the slice's {tuple(shape)}")
-    return mask
-
-
-def _read_series(path, index=None):
-    """(array, axes, pixel size or None) of one series of the TIFF (the only one, or ``index``), or the one-line error."""
-    import tifffile
-
-    if path.is_dir():
-        raise file_error(path, "is a directory, not a TIFF file")
-    if not path.is_file():
-        raise file_error(path, "no such file")
-    if path.stat().st_size == 0:
-        raise file_error(path, "empty file (0 bytes), not a TIFF")
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = _pick_series(path, tif.series, index)
-            return np.asarray(series.asarray()), series.axes, tiff_pixel_size(tif)
-    except BrainrtError:
-        raise
-    except Exception as exc:  # tifffile raises many types for broken files
-        raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {first_line(exc)})") from None
-
-
-def _pick_series(path, series, index):
-    """The series ``index`` (None: the only one), or the error listing every series and its shape."""
-    if index is None and len(series) == 1:
-        return series[0]
-    listing = "; ".join(f"{i}: {s.axes} {tuple(s.shape)} {s.dtype}" for i, s in enumerate(series))
-    if index is None:
-        raise file_error(path, f"holds {len(series)} series ({listing}); pass --series N (series= in Python) to choose one")
-    if not 0 <= index < len(series):
-        raise file_error(path, f"--series {index} is outside the file's {len(series)} series ({listing})")
-    return series[index]
+from .errors import file_error
 
 
 def check_not_input(targets, inputs):
@@ -156,37 +24,6 @@ def check_not_input(targets, inputs):
     for target in targets:
         if Path(target).resolve() in ins:
             raise file_error(target, "is an input of this command; refusing to overwrite it (choose another -o)")
-
-
-def first_line(exc):
-    """The first line of an exception's message (at most 160 characters), for one-line errors."""
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else "unknown error"
-
-
-def tiff_pixel_size(tif):
-    """Pixel size in micrometres from ImageJ/OME metadata or resolution tags, else None."""
-    try:
-        ij = tif.imagej_metadata or {}
-        page = tif.pages[0]
-        tag = page.tags.get("XResolution")
-        unit = page.tags.get("ResolutionUnit")
-        if tag is None:
-            return None
-        num, den = tag.value
-        if num == 0:
-            return None
-        per_unit = den / num  # units per pixel
-        u = str(ij.get("unit", "")).lower()
-        if u in ("micron", "um", "µm", "\\u00b5m"):
-            return float(per_unit)
-        if unit is not None and int(unit.value) == 3:  # centimetre
-            return float(per_unit * 1e4)
-        if unit is not None and int(unit.value) == 2:  # inch
-            return None  # usually a DPI default, not a physical size
-    except Exception:
-        return None
-    return None
 
 
 def check_target(target, *, overwrite=True, is_dir=False):

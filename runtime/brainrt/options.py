@@ -17,6 +17,7 @@ from .errors import BrainrtError, file_error
 from .finished import run_record
 from .manifest import PRECISIONS, Manifest
 from .plan import DEFAULT_PIXEL_SIZE_UM, DEFAULT_PRECISION, METHODS
+from .sources import SUFFIXES, file_of
 
 
 def model_option(f):
@@ -102,12 +103,13 @@ def slice_only(source, workers, scheduler):
 
 def default_out(source, suffix):
     """The default output of ``source``: its name with its image or zarr suffix replaced by ``suffix``."""
-    name = Path(str(source).rstrip("/")).name
-    for ext in (".features.zarr", ".zarr", ".ome.tif", ".tiff", ".tif"):
+    path = Path(file_of(str(source).rstrip("/")))
+    name = path.name
+    for ext in SUFFIXES:
         if name.endswith(ext):
             name = name[: -len(ext)]
             break
-    return str(Path(str(source).rstrip("/")).parent / f"{name}{suffix}")
+    return str(path.parent / f"{name}{suffix}")
 
 
 #: Options that change how fast a command runs, not what it writes: left out of run records.

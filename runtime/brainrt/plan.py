@@ -17,7 +17,7 @@ from . import params
 from .errors import BrainrtError, check_image, file_error, param_error
 from .geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
 from .intensity import intensity_scale, standardize_image
-from .io import read_mask, read_tiff
+from .sources import read_image, read_mask
 from .tissue import tissue_cells
 
 log = logging.getLogger("brainrt")
@@ -172,7 +172,7 @@ def _is_path(x) -> bool:
 def _read_image(image, z, patch_size, series=None):
     """(checked 2D image, its name in messages, pixel size of the TIFF or None)."""
     if _is_path(image):
-        arr, px = read_tiff(image, z=z, series=series)
+        arr, px = read_image(image, z=z, series=series)
         return check_image(arr, str(image), finite=False, min_side=patch_size), str(image), px
     image = np.asarray(image)
     if z is not None and image.ndim == 2:

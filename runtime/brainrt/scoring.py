@@ -14,7 +14,7 @@ import numpy as np
 from .errors import file_error
 from .geometry import upsample
 from .heads import OFF_TISSUE
-from .io import read_mask
+from .sources import read_mask
 from .truth import check_held_out, check_truth, scored_pixels
 
 

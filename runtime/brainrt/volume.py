@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
-from .volumes import moved_from, sources
+from . import sources
+from .volumes import moved_from
 
 __getattr__ = moved_from("volume", sources)

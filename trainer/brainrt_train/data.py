@@ -21,7 +21,7 @@ import numpy as np
 
 from brainrt.bundle import sha256_file
 from brainrt.errors import BrainrtError, file_error
-from brainrt.io import read_tiff
+from brainrt.sources import read_image as read_tiff
 from brainrt.split import (LAYOUTS, SPLITS, box_all, footprints, slice_regions, split_regions,  # noqa: F401  (the trainer's names)
                            window_sum)
 

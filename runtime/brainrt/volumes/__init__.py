@@ -1,7 +1,7 @@
 """Whole volumes: a stack in, one OME-Zarr (classify) or zarr (featurize) out, a (z, row band) block per task.
 
-- :mod:`.sources`: lazy readers of a 3D TIFF, a folder of 2D TIFFs or a zarr / OME-Zarr stack
-  (their reads measured: :func:`bytes_read`);
+- the stacks are read by :mod:`brainrt.sources` (one registry of readers: a 3D TIFF, a folder of 2D
+  TIFFs, a zarr / OME-Zarr stack, an HDF5 dataset; their reads measured: :func:`bytes_read`);
 - :mod:`.plan`: the volume's input edge, :func:`make_volume_plan` (same option declarations
   as a slice's, :mod:`brainrt.params`) and the frozen :class:`VolumePlan`;
 - :mod:`.blocks`: what runs in a task (worker caches, the band task, the slice tasks), the
@@ -18,9 +18,9 @@ from .blocks import interrupted_line, partial_path, read_slice, run_block, slice
 from .executors import dask_client, process_volume, run_volume
 from .graph import task_graph
 from .plan import VolumePlan, make_volume_plan, parse_z
-from .sources import VolumeSource, bytes_read, folder_files, is_volume_input, natural_key, open_volume
+from ..sources import Source, bytes_read, folder_files, is_volume_input, natural_key, open_volume
 
-__all__ = ["VolumePlan", "VolumeSource", "bytes_read", "dask_client", "folder_files", "interrupted_line",
+__all__ = ["VolumePlan", "Source", "bytes_read", "dask_client", "folder_files", "interrupted_line",
            "is_volume_input", "make_volume_plan", "natural_key", "open_volume", "parse_z", "partial_path",
            "process_volume", "read_slice", "run_block", "run_volume", "slice_plan", "task_graph", "worker_bundle"]
 

@@ -38,7 +38,7 @@ from ..errors import BrainrtError, file_error
 from ..finished import FOLDER_RECORD, differences, is_finished, read_record, same_run, write_record
 from ..geometry import upsample
 from ..heads import OFF_TISSUE, Classifier
-from ..grid import FEATURE_ARRAYS, FEATURES, NGFF_FORMAT, TISSUE, create_feature_store
+from ..grid import FEATURE_ARRAYS, FEATURES, TISSUE, create_feature_store
 from ..integrity import seal
 from ..io import check_target
 from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
@@ -46,6 +46,7 @@ from ..plan import plan_of
 from ..plots import area_colors
 from ..sinks import ArraySink
 from ..smooth import RowSmoother, radius, smooth_across
+from ..sources import NGFF_FORMAT
 from ..uncertainty import CHANNELS, margin_entropy
 
 #: Folder of the completion records (``done/``) and the run record inside the store.
@@ -288,7 +289,7 @@ def create_store(vplan, tmp):
 def _attrs(vplan):
     return {"brainrt": {"task": vplan.task, "model_id": vplan.model_id, "stride": vplan.stride,
                         "zs": list(vplan.zs), "pixel_size_um": vplan.pixel_size_um,
-                        "z_spacing_um": vplan.z_spacing_um, "source": vplan.source.path,
+                        "z_spacing_um": vplan.z_spacing_um, "source": vplan.source.name,
                         "image_shape": list(vplan.source.shape[1:]), "class_names": list(vplan.class_names)}}
 
 

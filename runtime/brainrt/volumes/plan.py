@@ -23,7 +23,7 @@ from ..heads import Classifier
 from ..plan import DEFAULT_PIXEL_SIZE_UM, resolve_method
 from ..predictor import dense_window
 from ..smooth import choose
-from .sources import VolumeSource, open_volume
+from ..sources import Source, open_volume
 
 #: Grid rows per task on the per-patch path (the dense path uses its tile height).
 PATCH_BAND_ROWS = 64
@@ -63,7 +63,7 @@ class VolumePlan:
     ``space`` the in-plane smoothing of classify.
     """
 
-    source: VolumeSource
+    source: Source
     task: str
     zs: tuple
     grid: tuple
@@ -98,7 +98,7 @@ class VolumePlan:
                 "--head": self.head, "--smooth": round(self.sigma_cells * self.stride * px, 6),
                 "--smooth-z": round(self.z_sigma * self.z_spacing_um, 6), "z_spacing_um": self.z_spacing_um,
                 "band_rows": self.bands[0][1] - self.bands[0][0]}
-        return run_record(self.task, args, {"SOURCE": self.source.path}, self.model_hash)
+        return run_record(self.task, args, {"SOURCE": self.source.name}, self.model_hash)
 
     @property
     def n_blocks(self) -> int:
@@ -111,8 +111,8 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
                      precision=_D("precision"), series=None, smooth_z=_D("smooth_z"), device=_D("device")):
     """Check a volume job and return its :class:`VolumePlan`.
 
-    ``source`` is a path (see :func:`~brainrt.volumes.sources.open_volume`) or a
-    :class:`VolumeSource`; ``tissue`` is None (Otsu per slice), "otsu" or "all" (a mask
+    ``source`` is a path (see :func:`brainrt.sources.open_volume`) or a
+    :class:`~brainrt.sources.Source`; ``tissue`` is None (Otsu per slice), "otsu" or "all" (a mask
     volume is not supported yet); ``band_rows`` is the grid rows per task (default: the
     engine's dense tile height, so a band costs no extra halo); ``smooth_z`` is the sigma
     in micrometres of the smoothing of class probabilities across slices (0: off), after the
@@ -127,11 +127,11 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     _check_volume_only(series, tissue, owner)
     if o["smooth_z"] and task != "classify":
         raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
-    src = source if isinstance(source, VolumeSource) else open_volume(source)
+    src = source if isinstance(source, Source) else open_volume(source)
     (nz, h, w), stride = src.shape, o["stride"]
     if min(h, w) < bundle.patch_size:
-        raise file_error(src.path, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
-    zs = parse_z(z, nz, owner, src.path)
+        raise file_error(src.name, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
+    zs = parse_z(z, nz, owner, src.name)
     method = resolve_method(o["method"], stride, bundle.dense_strides, owner)
     px = float(o["pixel_size_um"] or src.pixel_size_um or DEFAULT_PIXEL_SIZE_UM)
     dz = float(o["z_spacing_um"] or src.z_spacing_um or px)
