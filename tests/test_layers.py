@@ -454,3 +454,39 @@ def test_no_runtime_module_imports_the_trainer():
                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             hits += [f"{path.relative_to(RUNTIME)}:{node.lineno}" for m in mods if m.split(".")[0] == "brainrt_train"]
     assert not hits, hits
+
+
+# --------------------------------------------------------------------------- one seal, one device list
+def test_every_bundle_writer_seals_through_seal_bundle():
+    """Only :func:`brainrt.seal.seal_bundle` writes a manifest (hash the tree, write, verify); the runtime, the
+    trainer and the tools call it (tools/bad_inputs.py crafts broken manifests on purpose)."""
+    pattern = re.compile(r"write_text\(.*to_json\(\)|hash_tree\(")
+    hits = [f"{p.relative_to(ROOT)}:{n}" for p in [*RUNTIME_FILES, *TRAINER.rglob("*.py"), *TOOLS_FILES]
+            if p.name not in ("seal.py", "bad_inputs.py")
+            for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits
+
+
+def test_seal_bundle_hashes_writes_and_verifies(tiny_bundle_path, tmp_path):
+    import shutil
+
+    from brainrt.seal import MANIFEST, seal_bundle, verify_bundle
+
+    b = tmp_path / "b"
+    shutil.copytree(tiny_bundle_path, b)
+    (b / "notes.txt").write_text("added after export\n")
+    with pytest.raises(BrainrtError, match="not listed in its manifest: notes.txt"):
+        verify_bundle(b)
+    m = seal_bundle(b, verify_bundle(tiny_bundle_path))
+    assert "notes.txt" in m.files and Manifest.from_json((b / MANIFEST).read_text()) == m == verify_bundle(b)
+    (b / "notes.txt").write_text("changed\n")
+    with pytest.raises(BrainrtError, match="notes.txt does not match its sha256"):
+        verify_bundle(b)
+
+
+def test_the_device_list_is_declared_once():
+    from brainrt import bundle, params
+
+    assert bundle.DEVICES is params.PARAMS["device"].constraint.values
+    for p in RUNTIME_FILES:
+        assert p.name == "params.py" or '"cuda")' not in p.read_text(), p.name

@@ -234,10 +234,9 @@ def write_final(bundle, model, recipe, record, seed=0):
     import dataclasses
 
     import joblib
-    from brainrt.bundle import hash_tree, verify_bundle
+    from brainrt.bundle import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.manifest import Smoothing
-    from brainrt_train.pipeline import write_bundle
 
     path = Path(bundle.path)
     m = verify_bundle(path)
@@ -250,7 +249,7 @@ def write_final(bundle, model, recipe, record, seed=0):
         sm = Smoothing(sigma_um=recipe["sigma_um"], space=recipe["space"], extra={"table": table},
                        chosen_on="validation split, macro F1, stride 16 (the cell head fitted on the training bands)")
         training = dataclasses.replace(m.training, extra={**m.training.extra, "final": record})
-        write_bundle(tmp, dataclasses.replace(m, smoothing=sm, training=training, files=hash_tree(tmp)))
+        seal_bundle(tmp, dataclasses.replace(m, smoothing=sm, training=training))
     return path
 
 

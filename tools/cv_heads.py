@@ -158,10 +158,9 @@ def write_final(bundle, model, recipe, record, logreg=None):
     import shutil
 
     import joblib
-    from brainrt.bundle import hash_tree, verify_bundle
+    from brainrt.bundle import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.manifest import Smoothing
-    from brainrt_train.pipeline import write_bundle
 
     path = Path(bundle.path)
     kind = recipe.head[0]
@@ -187,8 +186,8 @@ def write_final(bundle, model, recipe, record, logreg=None):
                        chosen_on="spatial 5-fold cross-validation, mean macro F1 of the regularized map, stride 16 "
                                  "(tools/cv_heads.py)")
         training = dataclasses.replace(m.training, extra={**m.training.extra, "final": record})
-        write_bundle(tmp, dataclasses.replace(m, smoothing=sm, training=training,
-                                              default_head="logreg" if kind == "logreg" else "ctx", files=hash_tree(tmp)))
+        seal_bundle(tmp, dataclasses.replace(m, smoothing=sm, training=training,
+                                             default_head="logreg" if kind == "logreg" else "ctx"))
     return path
 
 

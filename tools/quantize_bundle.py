@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from brainrt.bundle import MANIFEST, hash_tree, verify_bundle
+from brainrt.bundle import seal_bundle, verify_bundle
 from brainrt.geometry import window_offset
 from brainrt.manifest import Int8Graphs
 from brainrt_train.quantize import INT8_WEIGHTS, METHODS, quantize_bundle_graphs, sample_footprints
@@ -68,9 +68,7 @@ def quantize_bundle(bundle, out, *, calib_image, calib_mask=None, n_calib=512, n
                                        patch_file=manifest.onnx.file,
                                        calibration_set=f"{n_calib} footprints at random positions in {where} "
                                                        f"(seed {seed}); check set: {n_check} more")
-        manifest = dataclasses.replace(manifest, int8=Int8Graphs.from_dict(entry), files=hash_tree(work))
-        (work / MANIFEST).write_text(manifest.to_json())
-        verify_bundle(work)
+        seal_bundle(work, dataclasses.replace(manifest, int8=Int8Graphs.from_dict(entry)))
         work.rename(out)
     return entry
 

@@ -9,7 +9,6 @@ file, has extra heads, or has an unknown schema version is refused.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import threading
@@ -19,20 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
-from . import predictor, sessions
+from . import params, predictor, sessions
 from .ctxhead import ContextHead
 from .errors import BrainrtError, file_error, param_error
 from .geometry import manifest_problems
 from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
+from .seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
 
 log = logging.getLogger("brainrt")
 
-MANIFEST = "manifest.json"
 #: Heads older bundles ship that the runtime no longer loads (their files stay listed and hashed):
 #: ``pca_kmeans`` was fitted at export, but sub-division fits its own PCA + KMeans per region.
 UNUSED_HEADS = ("pca_kmeans",)
 __all__ = ["Bundle", "LinearHead", "MANIFEST", "SCHEMA_VERSION", "default_model", "demo_model", "hash_tree",
-           "sha256_file", "verify_bundle"]
+           "seal_bundle", "sha256_file", "verify_bundle"]
 
 
 def models_dir() -> Path:
@@ -58,68 +57,6 @@ def demo_model() -> Path:
     return p
 
 
-def sha256_file(path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-#: Files that file managers leave in folders (Finder, Windows Explorer); never part of a bundle.
-OS_FILES = (".DS_Store", "Thumbs.db", "desktop.ini")
-
-
-def is_os_file(name) -> bool:
-    """Whether the file ``name`` is file-manager litter (``.DS_Store``, ``Thumbs.db``, AppleDouble ``._*``)."""
-    base = Path(name).name
-    return base in OS_FILES or base.startswith("._")
-
-
-def hash_tree(folder, *, exclude=(MANIFEST,)) -> dict:
-    """sha256 of every file below ``folder`` (relative POSIX paths), manifest and OS litter excluded."""
-    folder = Path(folder)
-    return {
-        p.relative_to(folder).as_posix(): sha256_file(p)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.relative_to(folder).as_posix() not in exclude and not is_os_file(p)
-    }
-
-
-def verify_bundle(folder) -> Manifest:
-    """Check a bundle's manifest and every file's hash; return the :class:`Manifest`.
-
-    Raises
-    ------
-    BrainrtError
-        One line naming the bundle and the problem.
-    """
-    folder = Path(folder)
-    mpath = folder / MANIFEST
-    if not folder.is_dir():
-        raise file_error(folder, "not a model bundle folder")
-    if not mpath.is_file():
-        raise file_error(folder, f"not a model bundle: {MANIFEST} is missing")
-    try:
-        text = mpath.read_text()
-    except OSError as exc:
-        raise file_error(mpath, f"unreadable manifest ({exc})") from None
-    manifest = Manifest.from_json(text, source=mpath)
-    if not manifest.files:
-        raise file_error(mpath, "manifest lists no files and hashes")
-    actual = hash_tree(folder)
-    for name, digest in manifest.files.items():
-        if name not in actual:
-            raise file_error(folder, f"bundle file {name} is missing")
-        if actual[name] != digest:
-            raise file_error(folder, f"bundle file {name} does not match its sha256 in the manifest; refusing to load it")
-    extra = sorted(set(actual) - set(manifest.files))
-    if extra:
-        raise file_error(folder, f"bundle holds files not listed in its manifest: {', '.join(extra)}")
-    return manifest
-
-
 @functools.lru_cache(maxsize=1)
 def _cuda_usable():
     """Whether the CUDA libraries onnxruntime-gpu needs can be loaded (no GPU: False).
@@ -141,7 +78,8 @@ def _cuda_usable():
 
 
 #: Names of the devices a bundle may run on ("auto": CUDA where usable, else the CPU).
-DEVICES = ("auto", "cpu", "cuda")
+#: Where the network runs, as :mod:`brainrt.params` declares it.
+DEVICES = params.PARAMS["device"].constraint.values
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import MANIFEST, hash_tree, sha256_file, verify_bundle
+from .seal import MANIFEST, seal_bundle, sha256_file
 from .errors import file_error
 from .io import atomic_path, check_target
 from .manifest import ClassSpec
@@ -256,10 +256,8 @@ def save_bundle(fitted, parent, out):
             class_map=fitted.table.to_dict(), heads=heads, default_head="logreg", context_heads=None, training=None,
             metrics={k: v for k, v in (("cv_balanced_accuracy", _best(cv, "balanced_accuracy")),
                                        ("cv_macro_f1", _best(cv, "macro_f1"))) if v is not None},
-            versions=versions(), files=hash_tree(tmp),
-            extra={**m.extra, "parent": _parent_record(parent), "fit": fitted.record})
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        verify_bundle(tmp)
+            versions=versions(), extra={**m.extra, "parent": _parent_record(parent), "fit": fitted.record})
+        seal_bundle(tmp, manifest)
     return out
 
 

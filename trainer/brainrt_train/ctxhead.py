@@ -193,7 +193,7 @@ def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, 
     import shutil
     from pathlib import Path
 
-    from brainrt.bundle import MANIFEST, hash_tree, verify_bundle
+    from brainrt.bundle import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.manifest import ContextHeadSpec
 
@@ -207,9 +207,7 @@ def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, 
                name: ContextHeadSpec(scales=head.scales, C=spec.get("C"),
                                      stage1=spec.get("stage1") if any(s.source == "probabilities" for s in head.scales) else None,
                                      chosen_on=chosen_on, extra={"table": table or []})}
-        manifest = dataclasses.replace(manifest, heads={**manifest.heads, name: f"heads/{name}.npz"},
-                                       context_heads=ctx, default_head=name if default else manifest.default_head)
-        manifest = dataclasses.replace(manifest, files=hash_tree(tmp))
-        (tmp / MANIFEST).write_text(manifest.to_json())
-        verify_bundle(tmp)
+        manifest = seal_bundle(tmp, dataclasses.replace(manifest, heads={**manifest.heads, name: f"heads/{name}.npz"},
+                                                        context_heads=ctx,
+                                                        default_head=name if default else manifest.default_head))
     return manifest

@@ -5,7 +5,7 @@ before it returned: :func:`load_data` (the slices), :func:`sample` (the split an
 training inputs), :func:`train` (or weights from a checkpoint), then inside the bundle
 folder being built :func:`export_graphs`, :func:`fit_bundle_heads`, the int8 copies,
 :func:`build_manifest` (the typed :class:`~brainrt.manifest.Manifest`) and
-:func:`write_bundle`. :class:`TrainOptions` holds every option, checked once.
+:func:`~brainrt.bundle.seal_bundle`. :class:`TrainOptions` holds every option, checked once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import joblib
 import numpy as np
 import torch
 
-from brainrt.bundle import MANIFEST, Bundle, LinearHead, hash_tree, verify_bundle
+from brainrt.bundle import Bundle, LinearHead, seal_bundle
 from brainrt.errors import BrainrtError, check_positive_int, param_error
 from brainrt.finished import refusal
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
@@ -237,9 +237,7 @@ def _with_smoothing(tmp, manifest, slices, *, layout):
              best["space"], best["macro_f1"])
     sm = Smoothing(sigma_um=best["sigma_um"], space=best["space"], chosen_on="validation split, macro F1, stride 16",
                    extra={"table": table})
-    manifest = dataclasses.replace(manifest, smoothing=sm)
-    write_bundle(tmp, manifest)
-    return manifest
+    return seal_bundle(tmp, dataclasses.replace(manifest, smoothing=sm))
 
 
 def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
@@ -355,9 +353,9 @@ def fit_bundle_heads(tmp, data: Data, samples: Samples, trained: Trained, graphs
     return Heads(heads, files, metrics, int(feats["train"].shape[1]))
 
 
-def build_manifest(tmp, data: Data, samples: Samples, trained: Trained, graphs: Graphs, heads: Heads,
+def build_manifest(data: Data, samples: Samples, trained: Trained, graphs: Graphs, heads: Heads,
                    int8: dict | None, opts: TrainOptions, *, total_seconds: float) -> Manifest:
-    """The bundle's manifest, every file now in ``tmp`` hashed (no smoothing chosen yet)."""
+    """The bundle's manifest (no smoothing chosen yet; its files are hashed when it is sealed)."""
     cmap, fp = data.cmap, graphs.plain.footprint
     context = _context(opts, fp)
     r = graphs.report
@@ -374,7 +372,7 @@ def build_manifest(tmp, data: Data, samples: Samples, trained: Trained, graphs: 
         int8=Int8Graphs.from_dict(int8) if int8 else None,
         heads=heads.files, default_head="logreg", versions=_versions(),
         training=_training(data, samples, trained, opts, total_seconds=total_seconds),
-        metrics=_metrics(trained.cnn_metrics, heads.metrics), files=hash_tree(tmp))
+        metrics=_metrics(trained.cnn_metrics, heads.metrics), files={})
 
 
 def _normalization(data: Data, trained: Trained) -> Normalization:
@@ -419,16 +417,9 @@ def final_heads(tmp, manifest: Manifest, data: Data, samples: Samples, trained: 
                       "choices kept)", "n": {s: int(len(samples.inputs[s][1])) for s in SPLITS},
              "metrics": "the split run's (heads fitted on the training band only, scored on test)"}
     training = dataclasses.replace(manifest.training, extra={**manifest.training.extra, "final": final})
-    manifest = dataclasses.replace(manifest, training=training, files=hash_tree(tmp))
-    write_bundle(tmp, manifest)
+    manifest = seal_bundle(tmp, dataclasses.replace(manifest, training=training))
     log.info("final fit: heads refitted on %d patches of every split", len(y_all))
     return manifest
-
-
-def write_bundle(tmp, manifest: Manifest):
-    """Write ``manifest.json`` into the bundle folder ``tmp`` and verify the folder against it."""
-    (tmp / MANIFEST).write_text(manifest.to_json())
-    verify_bundle(tmp)
 
 
 def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | None = None, record=None,
@@ -457,11 +448,11 @@ def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | Non
                              seed=opts.seed) if opts.int8 else None)
         write_json(tmp / "metrics.json", {"history": trained.history, "cnn": trained.cnn_metrics,
                                           "heads": heads.metrics, "onnx_parity": graphs.report})
-        manifest = build_manifest(tmp, data, samples, trained, graphs, heads, int8, opts,
+        manifest = build_manifest(data, samples, trained, graphs, heads, int8, opts,
                                   total_seconds=time.perf_counter() - t_start)
         if record is not None:
             manifest = dataclasses.replace(manifest, extra={**manifest.extra, "run": record})
-        write_bundle(tmp, manifest)
+        manifest = seal_bundle(tmp, manifest)
         if opts.smooth_choice:
             manifest = _with_smoothing(tmp, manifest, data.slices, layout=opts.layout)
         if opts.final:
