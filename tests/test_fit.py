@@ -102,7 +102,7 @@ def test_derived_manifest_records_parent_strokes_counts_cv_versions(fitted_demo,
     assert {n: c["strokes"] for n, c in rec["counts"].items()} == dict.fromkeys(parent.class_names, 3)
     assert rec["cv"]["folds"] == 3 and rec["cv"]["grouped_by"] == "stroke"
     assert {"numpy", "scikit-learn"} <= set(m.versions) and {"onnxruntime", "onnxruntime-gpu"} & set(m.versions)
-    assert set(m.heads) == {"logreg", "area_density", "gmm", "pca_kmeans"} and m.default_head == "logreg"
+    assert set(m.heads) == {"logreg", "area_density", "gmm"} and m.default_head == "logreg"
     assert m.training is None and m.class_colors and len(m.class_colors) == 4
     assert "heads/cnn.npz" not in m.files and "confusion.png" not in m.files
 

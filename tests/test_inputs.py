@@ -198,7 +198,7 @@ def test_planar_three_slice_stack_reads_as_the_stack(tmp_path, stack3, tiny_bund
         tifffile.imwrite(path, stack3)  # no photometric: stored as 3 planar samples
     with tifffile.TiffFile(path) as tif:
         assert tif.series[0].axes == "SYX"  # the case of the issue
-    from brainrt.volume import open_volume
+    from brainrt.sources import open_volume
 
     src = open_volume(path)
     assert src.shape == stack3.shape
@@ -223,7 +223,7 @@ def test_2d_zarr_is_read_as_a_slice(tmp_path, synthetic_slice, tiny_bundle, kind
                                                                           {"name": "x", "type": "space"}],
                                                                  "datasets": [{"path": "0", "coordinateTransformations": [
                                                                      {"type": "scale", "scale": [0.5, 0.5]}]}]}]}
-    from brainrt.volume import is_volume_input
+    from brainrt.sources import is_volume_input
 
     assert not is_volume_input(path)
     got = brainrt.featurize(path, tiny_bundle, stride=32)

@@ -371,7 +371,7 @@ def volume_output(tmp_path_factory, tiny_bundle):
     from dask.distributed import Client
 
     from brainrt.synth import make_volume
-    from brainrt.volrun import process_volume
+    from brainrt.volumes import process_volume
 
     d = tmp_path_factory.mktemp("omezarr")
     tifffile.imwrite(d / "s.tif", make_volume((2, 192, 256), seed=3).image, photometric="minisblack")

@@ -46,7 +46,7 @@ def client():
 
 
 def _plan(source, bundle, **kw):
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import make_volume_plan
 
     return make_volume_plan(source, bundle, **{"stride": STRIDE, "band_rows": BAND, "smooth": SMOOTH, **kw})
 
@@ -60,7 +60,7 @@ def _arrays(path):
 
 @pytest.fixture(scope="module")
 def serial_out(tmp_path_factory, stack_tif, tiny_bundle):
-    from brainrt.volrun import run_volume
+    from brainrt.volumes import run_volume
 
     out = tmp_path_factory.mktemp("serial") / "serial.ome.zarr"
     run_volume(_plan(stack_tif, tiny_bundle), out, bundle=tiny_bundle)
@@ -118,7 +118,7 @@ def test_task_graph_is_data_in_serial_order(stack_tif, tiny_bundle):
 
 
 def _reads(client=None):
-    from brainrt.volumes import bytes_read
+    from brainrt.sources import bytes_read
 
     if client is None:
         return bytes_read()
@@ -129,8 +129,8 @@ def _reads(client=None):
 def test_each_slice_read_once(client, serial_out, stack_tif, tiny_bundle, tmp_path):
     """3 bands per slice, 2 workers: every slice is read once (its blocks share its plan), the measured bytes
     are those of the slices, and a resumed run reads only the slices with blocks left to do."""
-    from brainrt.volrun import run_volume
-    from brainrt.volumes import open_volume
+    from brainrt.volumes import run_volume
+    from brainrt.sources import open_volume
 
     nbytes = SHAPE[1] * SHAPE[2]
     client.run(open_volume(stack_tif).read, 0)  # a fresh worker's first read imports tifffile's zarr view
@@ -158,7 +158,7 @@ def test_each_slice_read_once(client, serial_out, stack_tif, tiny_bundle, tmp_pa
 
 def test_parse_z():
     from brainrt.errors import BrainrtError
-    from brainrt.volume import parse_z
+    from brainrt.volumes import parse_z
 
     assert parse_z("all", 5) == (0, 1, 2, 3, 4) and parse_z("1:3", 5) == (1, 2) and parse_z(4, 5) == (4,)
     assert parse_z(":2", 5) == (0, 1) and parse_z("0:5", 5) == tuple(range(5))
@@ -174,7 +174,7 @@ def test_dask_equals_serial_and_ome_metadata(client, serial_out, stack_tif, tiny
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Label, Multiscales, Reader
 
-    from brainrt.volrun import run_volume
+    from brainrt.volumes import run_volume
 
     out = tmp_path / "dask.ome.zarr"
     stats = run_volume(_plan(stack_tif, tiny_bundle), out, client=client)
@@ -216,8 +216,8 @@ def test_volume_is_valid_ngff_0_5(serial_out):
 def test_folder_zarr_and_hdf5_inputs(client, serial_out, volume, tiny_bundle, tmp_path):
     import zarr
 
-    from brainrt.volrun import run_volume
-    from brainrt.volume import open_volume
+    from brainrt.volumes import run_volume
+    from brainrt.sources import open_volume
 
     folder = tmp_path / "slices"
     folder.mkdir()
@@ -234,8 +234,8 @@ def test_folder_zarr_and_hdf5_inputs(client, serial_out, volume, tiny_bundle, tm
 
 def test_client_kill_resume_and_refusal(client, serial_out, stack_tif, tiny_bundle, tmp_path):
     from brainrt.errors import BrainrtError
-    from brainrt.volrun import run_volume
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import run_volume
+    from brainrt.volumes import make_volume_plan
 
     out = tmp_path / "resumed.ome.zarr"
 
@@ -255,7 +255,7 @@ def test_client_kill_resume_and_refusal(client, serial_out, stack_tif, tiny_bund
 
 
 def test_worker_killed_mid_run(client, serial_out, stack_tif, tiny_bundle, tmp_path):
-    from brainrt.volrun import run_volume
+    from brainrt.volumes import run_volume
 
     victim = sorted(client.scheduler_info()["workers"])[0]
     pid = client.run(os.getpid, workers=[victim])[victim]
@@ -286,8 +286,8 @@ def test_featurize_volume_matches_2d(client, stack_tif, volume, tiny_bundle, tmp
     import zarr
 
     import brainrt
-    from brainrt.volrun import run_volume
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import run_volume
+    from brainrt.volumes import make_volume_plan
 
     out = tmp_path / "f.zarr"
     source = stack_tif if kind == "tiff" else _hdf5(tmp_path / "v.h5", volume.image)
@@ -322,7 +322,7 @@ def test_cli_volume(stack_tif, tiny_bundle_path, tmp_path):
 
 def test_z_smoothing(client, serial_out, stack_tif, tiny_bundle, tmp_path):
     """Dask == serial with z-regularization, and both == a naive Gaussian across the in-plane smoothed slices."""
-    from brainrt.volrun import run_volume
+    from brainrt.volumes import run_volume
 
     plan = _plan(stack_tif, tiny_bundle, smooth_z=1.17)  # sigma: one slice (z spacing = pixel size here)
     assert plan.z_sigma == pytest.approx(1.0)
@@ -350,7 +350,7 @@ def test_dask_imported_only_for_volumes(tiny_bundle_path):
     import subprocess
     import sys
 
-    code = ("import sys, brainrt; from brainrt import cli, volume, volrun; from brainrt.synth import make_slice; "
+    code = ("import sys, brainrt; from brainrt import cli, volumes; from brainrt.synth import make_slice; "
             f"b = brainrt.Bundle.load({str(tiny_bundle_path)!r}); "
             "brainrt.classify_image(make_slice((256, 256)).image, b, stride=32); "
             "print(sorted({'dask', 'distributed', 'ome_zarr'} & set(sys.modules)))")
@@ -361,8 +361,8 @@ def test_dask_imported_only_for_volumes(tiny_bundle_path):
 def test_blank_slice_is_off_tissue(volume, tiny_bundle, tmp_path):
     import zarr
 
-    from brainrt.volrun import run_volume
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import run_volume
+    from brainrt.volumes import make_volume_plan
 
     stack = volume.image[:2].copy()
     stack[1] = 0  # past the tissue's end
@@ -377,8 +377,8 @@ def test_int8_volume_matches_2d(volume, stack_tif, tiny_bundle, tmp_path):
     import zarr
 
     import brainrt
-    from brainrt.volrun import run_volume
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import run_volume
+    from brainrt.volumes import make_volume_plan
 
     if "int8" not in tiny_bundle.manifest.precisions:
         pytest.skip("the tiny bundle has no int8 graphs")
@@ -575,7 +575,7 @@ def test_volume_plan_carries_the_device(tiny_bundle, tmp_path, synthetic_slice):
     import numpy as np
     import tifffile
 
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import make_volume_plan
 
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, np.stack([synthetic_slice.image[:192, :256]] * 2), photometric="minisblack")

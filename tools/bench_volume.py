@@ -65,7 +65,7 @@ def _du(path):
 
 def _reads(client=None):
     """Bytes the volume readers of this process (or of every worker of ``client``) took from the kernel."""
-    from brainrt.volumes import bytes_read
+    from brainrt.sources import bytes_read
 
     if client is None:
         return np.array(list(bytes_read().values()))

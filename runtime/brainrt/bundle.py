@@ -28,7 +28,8 @@ from .seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
 log = logging.getLogger("brainrt")
 
 #: Heads older bundles ship that the runtime no longer loads (their files stay listed and hashed):
-#: ``pca_kmeans`` was fitted at export, but sub-division fits its own PCA + KMeans per region.
+#: ``pca_kmeans`` (a global PCA + KMeans) was fitted at export until sub-division fitted its own per region;
+#: the trainer and derived bundles no longer write it.
 UNUSED_HEADS = ("pca_kmeans",)
 __all__ = ["Bundle", "LinearHead", "MANIFEST", "SCHEMA_VERSION", "default_model", "demo_model", "hash_tree",
            "seal_bundle", "sha256_file", "verify_bundle"]

@@ -11,7 +11,7 @@ parent (path, model id, the sha256 of its manifest and of every file), the strok
 and sha256), the counts per class, the cross-validation and the library versions.
 
 Heads: ``logreg`` (the default) and ``area_density`` are new; the parent's class-free
-heads (``gmm`` clusters, ``pca_kmeans``) are copied; heads tied to the parent's classes
+heads (``gmm`` clusters) are copied; heads tied to the parent's classes
 (SVMs, the CNN's output layer) are left out. The parent's smoothing default and intensity
 quantiles are kept (the features are the parent's).
 """
@@ -36,7 +36,7 @@ from .plots import area_colors, class_colors
 from .sources import open_volume
 
 #: Parent heads that do not depend on the classes, copied into a derived bundle.
-CLASS_FREE_HEADS = ("gmm", "pca_kmeans")
+CLASS_FREE_HEADS = ("gmm",)
 #: Parent files describing the parent's own heads, not copied.
 PARENT_ONLY = ("metrics.json", "confusion.png")
 LABELS = "stroke labels"

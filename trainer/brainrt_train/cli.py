@@ -38,7 +38,6 @@ def _context_scales(text):
 @click.option("--schedule", type=click.Choice(["constant", "onecycle"]), default="constant", show_default=True)
 @click.option("--max-minutes", type=float, default=None, help="Stop training before an epoch that would overrun this.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("-k", "--clusters", "k", default=4, show_default=True, help="KMeans clusters of the pca_kmeans head.")
 @click.option("--gap", type=int, default=None, help="Min. pixels between training and evaluation patches (default: one patch).")
 @click.option("--z", type=int, default=None, help="Slice index in 3D stacks.")
 @click.option("--context", default="0", show_default=True,

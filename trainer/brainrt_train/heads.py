@@ -1,4 +1,4 @@
-"""Simple models on CNN features: classifiers, a GMM, per-area densities, PCA + KMeans.
+"""Simple models on CNN features: classifiers, a GMM, per-area densities.
 
 Every head standardizes its input inside a scikit-learn Pipeline, so callers pass raw
 features.
@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import v_measure_score
 from sklearn.mixture import GaussianMixture
@@ -21,8 +19,9 @@ from sklearn.svm import SVC, LinearSVC
 from brainrt.densities import AreaDensity
 
 
-def make_heads(*, n_classes, k=4, seed=0, n_features=64):
-    """Unfitted heads by name."""
+def make_heads(*, n_classes, seed=0):
+    """Unfitted heads by name (no global PCA + KMeans: sub-division fits its own per region, so a bundle
+    writes no ``pca_kmeans`` head; older bundles keep theirs, verified and never loaded)."""
     return {
         "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0)),
         "linsvm": make_pipeline(StandardScaler(), LinearSVC(C=0.1, max_iter=20000, random_state=seed)),
@@ -30,21 +29,19 @@ def make_heads(*, n_classes, k=4, seed=0, n_features=64):
         "gmm": make_pipeline(StandardScaler(), GaussianMixture(n_classes, covariance_type="full", reg_covar=1e-3,
                                                                n_init=2, random_state=seed)),
         "area_density": AreaDensity(n_components=2, random_state=seed),
-        "pca_kmeans": make_pipeline(StandardScaler(), PCA(min(10, n_features), random_state=seed),
-                                    KMeans(k, n_init=10, random_state=seed)),
     }
 
 
 CLASSIFIERS = ("logreg", "linsvm", "rbfsvm")
 
 
-def fit_heads(f_train, y_train, f_test, y_test, *, n_classes, k=4, seed=0):
+def fit_heads(f_train, y_train, f_test, y_test, *, n_classes, seed=0):
     """Fit every head on training features; return ``(heads, metrics)``.
 
-    Metrics: test accuracy of each classifier, test V-measure of the GMM's and of
-    PCA+KMeans's clusters against the true areas, fit seconds of each head.
+    Metrics: test accuracy of each classifier, test V-measure of the GMM's clusters against the
+    true areas, fit seconds of each head.
     """
-    heads = make_heads(n_classes=n_classes, k=k, seed=seed, n_features=f_train.shape[1])
+    heads = make_heads(n_classes=n_classes, seed=seed)
     metrics = {}
     for name, head in heads.items():
         t = time.perf_counter()
@@ -56,7 +53,7 @@ def fit_heads(f_train, y_train, f_test, y_test, *, n_classes, k=4, seed=0):
         if len(y_test):
             if name in CLASSIFIERS:
                 m["test_accuracy"] = float(np.mean(head.predict(f_test) == y_test))
-            elif name in ("gmm", "pca_kmeans"):
+            elif name == "gmm":
                 m["test_v_measure"] = float(v_measure_score(y_test, head.predict(f_test)))
             elif name == "area_density":
                 m["test_accuracy_argmax"] = float(np.mean(head.score_samples(f_test).argmax(1) == y_test))

@@ -71,7 +71,6 @@ class TrainOptions:
     lr: float = 1e-4
     schedule: str = "constant"
     seed: int = 0
-    k: int = 4
     gap: int | None = None
     max_minutes: float | None = None
     z: int | None = None
@@ -338,7 +337,7 @@ def fit_bundle_heads(tmp, data: Data, samples: Samples, trained: Trained, graphs
     linear head) under ``tmp/heads`` and plot the network's test confusion matrix."""
     feats = {s: torch_features(trained.model, samples.inputs[s][0], trained.norm) for s in ("train", "test")}
     heads, metrics = fit_heads(feats["train"], samples.inputs["train"][1].numpy(), feats["test"],
-                               samples.inputs["test"][1].numpy(), n_classes=data.n_classes, k=opts.k, seed=opts.seed)
+                               samples.inputs["test"][1].numpy(), n_classes=data.n_classes, seed=opts.seed)
     (tmp / "heads").mkdir()
     files = {}
     for name, head in heads.items():
@@ -410,7 +409,7 @@ def final_heads(tmp, manifest: Manifest, data: Data, samples: Samples, trained: 
     """
     f_all = np.concatenate([torch_features(trained.model, samples.inputs[s][0], trained.norm) for s in SPLITS])
     y_all = np.concatenate([samples.inputs[s][1].numpy() for s in SPLITS])
-    heads, _ = fit_heads(f_all, y_all, f_all[:0], y_all[:0], n_classes=data.n_classes, k=opts.k, seed=opts.seed)
+    heads, _ = fit_heads(f_all, y_all, f_all[:0], y_all[:0], n_classes=data.n_classes, seed=opts.seed)
     for name, head in heads.items():
         joblib.dump(head, tmp / manifest.heads[name])
     final = {"heads": "refitted on the train, validation and test patches (every labeled band; the split run's "

@@ -1,7 +1,7 @@
 """Whole volumes: a stack in, one OME-Zarr (classify) or zarr (featurize) out, a (z, row band) block per task.
 
 - the stacks are read by :mod:`brainrt.sources` (one registry of readers: a 3D TIFF, a folder of 2D
-  TIFFs, a zarr / OME-Zarr stack, an HDF5 dataset; their reads measured: :func:`bytes_read`);
+  TIFFs, a zarr / OME-Zarr stack, an HDF5 dataset; their reads measured: :func:`brainrt.sources.bytes_read`);
 - :mod:`.plan`: the volume's input edge, :func:`make_volume_plan` (same option declarations
   as a slice's, :mod:`brainrt.params`) and the frozen :class:`VolumePlan`;
 - :mod:`.blocks`: what runs in a task (worker caches, the band task, the slice tasks), the
@@ -11,28 +11,10 @@
   :func:`process_volume`, the one call (plan, cluster, run).
 """
 
-import sys
-import warnings
-
 from .blocks import interrupted_line, partial_path, read_slice, run_block, slice_plan, worker_bundle
 from .executors import dask_client, process_volume, run_volume
 from .graph import task_graph
 from .plan import VolumePlan, make_volume_plan, parse_z
-from ..sources import Source, bytes_read, folder_files, is_volume_input, natural_key, open_volume
 
-__all__ = ["VolumePlan", "Source", "bytes_read", "dask_client", "folder_files", "interrupted_line",
-           "is_volume_input", "make_volume_plan", "natural_key", "open_volume", "parse_z", "partial_path",
+__all__ = ["VolumePlan", "dask_client", "interrupted_line", "make_volume_plan", "parse_z", "partial_path",
            "process_volume", "read_slice", "run_block", "run_volume", "slice_plan", "task_graph", "worker_bundle"]
-
-
-def moved_from(old, *modules):
-    """The module ``__getattr__`` of a deprecated alias ``brainrt.OLD``: a public name found in :mod:`brainrt.volumes`
-    or one of ``modules``, returned with a DeprecationWarning naming where it lives now."""
-    def __getattr__(name):
-        where = next((m for m in (sys.modules[__name__], *modules) if hasattr(m, name)), None)
-        if name.startswith("_") or where is None:
-            raise AttributeError(f"module 'brainrt.{old}' has no attribute {name!r}")
-        warnings.warn(f"brainrt.{old}.{name} moved to {where.__name__}.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(where, name)
-
-    return __getattr__
