@@ -490,3 +490,14 @@ def test_the_device_list_is_declared_once():
     assert bundle.DEVICES is params.PARAMS["device"].constraint.values
     for p in RUNTIME_FILES:
         assert p.name == "params.py" or '"cuda")' not in p.read_text(), p.name
+
+
+def test_classifier_head_names_are_declared_once():
+    """The runtime declares the classifier heads; the trainer fits those it fits by those names, and the napari
+    plugin and the command line offer them (no list of names of their own)."""
+    from brainrt.heads import CLASSIFIER_HEADS
+    from brainrt_train.heads import CLASSIFIERS
+
+    assert set(CLASSIFIERS) | {"cnn", "ctx"} == set(CLASSIFIER_HEADS)
+    for p in RUNTIME_FILES:
+        assert p.name == "heads.py" or '"linsvm", "rbfsvm"' not in p.read_text(), p.name

@@ -118,7 +118,8 @@ def classify(grid, bundle, *, head=None, smooth=None):
     grid : FeatureGrid
         From :func:`featurize` or :func:`load_features` with the same bundle.
     head : str or None
-        "logreg" (default), "linsvm", "rbfsvm" or "cnn" (the network's own output layer).
+        One of :data:`~brainrt.heads.CLASSIFIER_HEADS` that the bundle holds ("cnn": the network's own output
+        layer, "ctx": a context head); None: the bundle's default.
     smooth : float or None
         Gaussian smoothing of the class scores before the argmax, sigma in micrometres
         (:mod:`brainrt.smooth`); None: the bundle's default (chosen on validation), 0: off.

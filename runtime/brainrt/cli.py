@@ -23,7 +23,7 @@ from .errors import BrainrtError
 from .finished import COMPLETE, is_finished
 from .fit import fit_heads
 from .grid import FeatureGrid
-from .heads import Classifier
+from .heads import CLASSIFIER_HEADS, Classifier
 from .io import check_not_input, check_target
 from .scoring import score_lines
 from .outputs import (classification_set, probabilities_path, siblings, uncertainty_path, write_classification, write_clusters,
@@ -196,7 +196,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
 @click.argument("source", type=click.Path())
 @model_option
 @grid_options
-@click.option("--head", default=None, help="Classifier head (default: the bundle's): logreg, linsvm, rbfsvm, cnn, ctx.")
+@click.option("--head", default=None, help=f"Classifier head (default: the bundle's): {', '.join(CLASSIFIER_HEADS)}.")
 @click.option("--smooth", type=float, default=None,
               help="Smooth class scores before the argmax, sigma in um (default: the bundle's, chosen on "
                    "validation; 0: off).")

@@ -17,6 +17,9 @@ from .uncertainty import margin_entropy
 
 #: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
 HEAD_CHUNK = 65536
+#: The classifier heads bundles ship, by name (a bundle may hold fewer: its manifest lists them); the
+#: command line's, the napari plugin's and the API's choices.
+CLASSIFIER_HEADS = ("logreg", "linsvm", "rbfsvm", "cnn", "ctx")
 #: Heads that are not classifiers.
 NOT_CLASSIFIERS = ("gmm", "area_density")
 #: Label-map value of cells that were not featurized.
@@ -144,7 +147,7 @@ class Classifier:
         if isinstance(model, ContextHead):
             return cls(model.terms, K, True, head, model)
         if not hasattr(model, "predict") or head in NOT_CLASSIFIERS:
-            raise BrainrtError(f"head {head!r} is not a classifier; use one of logreg, linsvm, rbfsvm, cnn")
+            raise BrainrtError(f"head {head!r} is not a classifier; use one of {', '.join(CLASSIFIER_HEADS)}")
         if hasattr(model, "predict_proba"):
             return cls(per_class(model, float32_proba(model) or model.predict_proba, K, 0.0), K, True, head)
         return cls(model.predict, K, False, head)

@@ -26,13 +26,14 @@ from qtpy.QtCore import QObject, Signal
 from ..api import default_model
 from ..derive import ClassTable, save_bundle
 from ..errors import BrainrtError
+from ..heads import CLASSIFIER_HEADS
 from ..manifest import PRECISIONS
 from ..plan import DEFAULT_PRECISION
 from . import _work
 from ._train import FeatureCache, strokes_layer, train_job
 
 log = logging.getLogger("brainrt")
-HEADS = ("default", "logreg", "linsvm", "rbfsvm", "cnn", "ctx")
+HEADS = ("default", *CLASSIFIER_HEADS)
 AREA = "(an area of the classifier)"
 
 
