@@ -116,6 +116,7 @@ def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pix
     whole volume by :func:`brainrt.volumes.plan.make_volume_plan`); ``method`` resolved. The image and
     the tissue mask are still checked here: they differ from slice to slice."""
     image, source, tiff_px = _read_image(image, z, bundle.patch_size, series)
+    check_stride(stride, image.shape, source)
     valid = _valid_cells(image, source, tissue, z=z, patch_size=bundle.patch_size, stride=stride,
                          threshold=threshold, min_tissue=min_tissue, owner=owner)
     px = float(pixel_size_um or tiff_px or DEFAULT_PIXEL_SIZE_UM)
@@ -125,6 +126,16 @@ def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pix
         image = standardize_image(image, intensity, threshold, bundle.manifest.normalization.trained_dtype)
     return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, intensity is not None,
                 precision, _scale_of(image, source))
+
+
+def check_stride(stride, shape, source):
+    """Refuse a stride past the image's shorter side: its grid's cells would be centred outside the
+    image (cell ``(i, j)`` is centred on ``i * stride + stride // 2``), a map painted from patches
+    that do not look at the pixels they label. The 2D and the volume edges share this check."""
+    h, w = shape[-2:]
+    if stride > min(h, w):
+        raise file_error(source, f"stride {stride} is larger than the image ({h} x {w} px): grid cells would be "
+                                 f"centred outside it; use a stride of at most {min(h, w)}")
 
 
 def _scale_of(image, source):

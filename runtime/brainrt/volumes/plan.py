@@ -20,7 +20,7 @@ from ..errors import BrainrtError, file_error, param_error
 from ..finished import run_record
 from ..geometry import grid_shape
 from ..heads import Classifier
-from ..plan import DEFAULT_PIXEL_SIZE_UM, resolve_method
+from ..plan import DEFAULT_PIXEL_SIZE_UM, check_stride, resolve_method
 from ..predictor import dense_window
 from ..smooth import choose
 from ..sources import Source, open_volume
@@ -131,6 +131,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     (nz, h, w), stride = src.shape, o["stride"]
     if min(h, w) < bundle.patch_size:
         raise file_error(src.name, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
+    check_stride(stride, (h, w), src.name)
     zs = parse_z(z, nz, owner, src.name)
     method = resolve_method(o["method"], stride, bundle.dense_strides, owner)
     px = float(o["pixel_size_um"] or src.pixel_size_um or DEFAULT_PIXEL_SIZE_UM)
