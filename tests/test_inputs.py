@@ -176,7 +176,7 @@ def test_cli_good_variants(case, command, io_dirs, tiny_bundle_path, tiny_bundle
     assert result.exit_code == 0, (result.output, result.exception)
     assert target.exists()
     assert not [p for p in listing(out) if p.startswith(".")]  # no temp left
-    ref = brainrt.featurize(img, tiny_bundle, stride=16, standardize=std)
+    ref = brainrt.featurize(img, tiny_bundle, stride=16, standardize="auto" if std else "off")  # the CLI's default
     if command == "featurize":
         got = brainrt.load_features(target)
         np.testing.assert_array_equal(got.valid, ref.valid)

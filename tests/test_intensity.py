@@ -65,16 +65,19 @@ def test_full_range_images_do_not_warn(tiny_bundle, synthetic_slice, caplog):
     assert "span only" not in caplog.text
 
 
-def test_standardized_pixels_agree_across_pixel_types(slice_u8, tiny_bundle):
-    """The network's input (the standardized image) is the uint8 run's, pixel for pixel, to one gray level."""
+@pytest.mark.parametrize("standardize", ["auto", "match"])
+def test_standardized_pixels_agree_across_pixel_types(slice_u8, tiny_bundle, standardize):
+    """The network's input (the image times its scale) is the uint8 run's, pixel for pixel, to one gray level:
+    "auto" scales a full-range slice by its type and maps only the narrow one; "match" maps every one."""
     from brainrt.plan import make_plan
 
-    ref = make_plan(slice_u8, tiny_bundle, stride=16)
-    assert ref.standardized
+    ref = make_plan(slice_u8, tiny_bundle, stride=16, standardize=standardize)
+    assert ref.standardized == (standardize == "match")
     ref_img = ref.image.astype(np.int16)
     for name, img in pixel_types(slice_u8).items():
-        plan = make_plan(img, tiny_bundle, stride=16)
-        got = plan.image.astype(np.float64) / plan.scale * ref.scale  # in the uint8 run's units
+        plan = make_plan(img, tiny_bundle, stride=16, standardize=standardize)
+        assert plan.standardized == (standardize == "match" or name == "uint16 1000+v"), name
+        got = plan.image.astype(np.float64) * plan.scale / ref.scale  # in the uint8 run's units
         close = np.abs(got - ref_img) <= 1.0
         assert close.mean() >= 0.995, (name, close.mean())
         np.testing.assert_array_equal(plan.valid, ref.valid, err_msg=name)
@@ -89,8 +92,8 @@ def test_background_stays_below_tissue(slice_u8, tiny_bundle):
     for name, img in {"uint8": slice_u8, **pixel_types(slice_u8)}.items():
         bg = img <= auto_threshold(img, quiet=True)
         assert bg.mean() > 0.05, name  # the synthetic slice has a background band
-        plan = make_plan(img, tiny_bundle, stride=16)
-        vals = plan.image[bg].astype(np.float64) / plan.scale * (1 / 255)
+        plan = make_plan(img, tiny_bundle, stride=16, standardize="match")
+        vals = plan.image[bg].astype(np.float64) * plan.scale * 255
         assert vals.max() < darkest, (name, vals.max(), darkest)
 
 

@@ -22,7 +22,8 @@ from .geometry import cell_centre, upsample
 from .grid import FeatureGrid, load_features, zarr_attrs
 from .heads import ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
 from .io import OmeTiffBands
-from .plan import DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STRIDE, make_plan
+from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STANDARDIZE, DEFAULT_STRIDE,
+                   make_plan)
 from .scoring import pixel_metrics, read_truth, score
 from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
 from .smooth import choose, smooth_probabilities
@@ -38,7 +39,7 @@ __all__ = ["ClassMapResult", "FeatureGrid", "classify", "classify_image", "class
 
 def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
               threshold=None, batch_size=DEFAULT_BATCH_SIZE, out=None, progress=False, pixel_size_um=None, z=None,
-              standardize=True, precision=DEFAULT_PRECISION):
+              standardize=DEFAULT_STANDARDIZE, precision=DEFAULT_PRECISION):
     """Features of the patch centred on every tissue cell of a stride grid.
 
     Parameters
@@ -65,8 +66,8 @@ def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
         Show a progress bar (patches/s, ETA).
     pixel_size_um : float or None
         Default: the TIFF's, else 1.17.
-    standardize : bool
-        Map the tissue histogram onto the training tissue's (:mod:`brainrt.intensity`).
+    standardize : {"auto", "match", "off"}
+        Map the tissue histogram onto the training tissue's: "auto" where the pixel range demands it.
     precision : {"fp32", "int8"}
         "int8" runs the bundle's int8 graphs (dense path about 3.5x faster; README, "int8").
 
@@ -144,7 +145,7 @@ def _smoothing(bundle, clf, smooth, pixel_size_um, stride):
 
 def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="auto", tissue=None,
                    min_tissue=DEFAULT_MIN_TISSUE, threshold=None, batch_size=DEFAULT_BATCH_SIZE, progress=False,
-                   pixel_size_um=None, z=None, smooth=None, standardize=True, precision=DEFAULT_PRECISION):
+                   pixel_size_um=None, z=None, smooth=None, standardize=DEFAULT_STANDARDIZE, precision=DEFAULT_PRECISION):
     """Featurize and classify a slice in one streaming pass (features never held whole).
 
     Same options as :func:`featurize` plus ``head`` and ``smooth`` (see :func:`classify`);

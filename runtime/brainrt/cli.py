@@ -30,7 +30,7 @@ from .outputs import (classification_set, probabilities_path, siblings, uncertai
                       write_subdivision)
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
-                      model_option, one_line_errors, output_kind, slice_only, volume_options)
+                      model_option, one_line_errors, output_kind, slice_only, standardize_option, volume_options)
 from .sources import is_feature_grid, is_volume_input, read_mask
 from .volumes import interrupted_line, process_volume
 
@@ -342,8 +342,8 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, overwri
 @click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu).")
 @click.option("--all-cells", is_flag=True, help="Every stroke cell counts as tissue.")
 @click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores).")
-@click.option("--standardize/--no-standardize", default=True, show_default=True,
-              help="Map each slice's tissue histogram onto the parent's training tissue.")
+@standardize_option("Map each slice's tissue histogram onto the parent's training tissue (auto: only where "
+                    "the pixel range demands it; match: always; off: never).")
 @click.option("-o", "--out", required=True, type=click.Path(), help="The new bundle folder.")
 @one_line_errors
 def fit(images, strokes, model, class_map, stride, seed, tissue_mask, threshold, all_cells, threads, standardize,

@@ -52,12 +52,22 @@ def grid_options(f):
                      show_default=True, help="Patches per onnxruntime call."),
         click.option("--overwrite", is_flag=True,
                      help="Replace an existing output of other arguments (same arguments: nothing to do)."),
-        click.option("--standardize/--no-standardize", default=True, show_default=True,
-                     help="Map the slice's tissue histogram onto the training tissue's (when the bundle records it)."),
+        standardize_option("Map the slice's tissue histogram onto the training tissue's (when the bundle "
+                             "records it): auto only where the pixel range demands it (a tiny part of its type's "
+                             "range), so a crop is mapped like the whole slice; match always (a whole slice of "
+                             "another contrast; the map then depends on the areas in view); off never."),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def standardize_option(help_text):
+    """Decorator: ``--standardize auto|match|off`` and its older spelling ``--no-standardize`` (= off)."""
+    choice = click.option("--standardize", type=click.Choice(params.PARAMS["standardize"].constraint.values),
+                          default=params.default("standardize"), show_default=True, help=help_text)
+    off = click.option("--no-standardize", "standardize", flag_value="off", help="Same as --standardize off.")
+    return lambda f: choice(off(f))
 
 
 class ZArg(click.ParamType):

@@ -120,6 +120,7 @@ PARAMS = {
     "threads": Param(Interval(int, 1, none=True), None),
     "task": Param(Options(("featurize", "classify")), "classify"),
     "device": Param(Options(("auto", "cpu", "cuda")), "auto"),
+    "standardize": Param(Options(("auto", "match", "off")), "auto"),
 }
 
 
@@ -128,7 +129,13 @@ def default(name):
     return PARAMS[name].default
 
 
+#: ``standardize`` as a bool (the API before issue 28): True mapped every slice onto the training tissue.
+STANDARDIZE_BOOLS = {True: "match", False: "off"}
+
+
 def check(owner, **values) -> dict:
     """The options ``values`` checked against their declarations (ints as int, floats as float), or the
     one-line error of the first bad one, naming it and ``owner``."""
+    if isinstance(values.get("standardize"), (bool, np.bool_)):
+        values["standardize"] = STANDARDIZE_BOOLS[bool(values["standardize"])]
     return {name: PARAMS[name].constraint.check(v, name, owner) for name, v in values.items()}

@@ -30,6 +30,7 @@ DEFAULT_BATCH_SIZE = params.default("batch_size")
 DEFAULT_MIN_TISSUE = params.default("min_tissue")
 METHODS = params.PARAMS["method"].constraint.values
 DEFAULT_PRECISION = params.default("precision")
+DEFAULT_STANDARDIZE = params.default("standardize")
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,24 +91,28 @@ class Plan:
 
 
 def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=None, min_tissue=DEFAULT_MIN_TISSUE,
-              threshold=None, z=None, pixel_size_um=None, batch_size=DEFAULT_BATCH_SIZE, standardize=True,
+              threshold=None, z=None, pixel_size_um=None, batch_size=DEFAULT_BATCH_SIZE, standardize=DEFAULT_STANDARDIZE,
               owner="featurize", series=None, precision=DEFAULT_PRECISION):
     """Check everything and return the :class:`Plan`.
 
     ``image`` is an array (H, W) (or a stack with ``z``) or a TIFF path; ``tissue`` is
     None or "otsu" (Otsu's threshold, or ``threshold``), "all", a mask array or a mask
     TIFF path; ``pixel_size_um`` defaults to the TIFF's, else :data:`DEFAULT_PIXEL_SIZE_UM`.
-    ``standardize`` maps the image's tissue histogram onto the bundle's training tissue
-    (:mod:`brainrt.intensity`) when the bundle records one. ``series`` picks one series of a
+    ``standardize``: "auto" (default) maps the image's tissue histogram onto the bundle's training
+    tissue (:mod:`brainrt.intensity`) only where the pixel range demands it (values spanning a tiny
+    part of their type's range); a slice in its type's range is read as it is (scaled by its type),
+    so a crop is mapped like the same tissue in the whole slice, whatever areas it holds. "match"
+    always maps it (a whole slice of another instrument or contrast; its map then depends on the
+    areas in view), "off" never (True and False mean "match" and "off"). ``series`` picks one series of a
     multi-series TIFF. ``precision`` "int8" runs the bundle's int8 graphs, "auto" (default) them where
     the CPU has VNNI (:meth:`~brainrt.bundle.Bundle.auto_precision`).
     Errors name the file for file problems and the parameter (of ``owner``) otherwise.
     """
     o = params.check(owner, stride=stride, batch_size=batch_size, min_tissue=min_tissue, threshold=threshold,
-                     pixel_size_um=pixel_size_um, method=method, precision=precision)
+                     pixel_size_um=pixel_size_um, method=method, precision=precision, standardize=standardize)
     o["method"] = resolve_method(o["method"], o["stride"], bundle.dense_strides, owner)
     o["precision"] = bundle.check_precision(o["precision"], owner)  # "auto": int8 where it pays (VNNI)
-    return plan_of(image, bundle, tissue=tissue, z=z, standardize=standardize, owner=owner, series=series, **o)
+    return plan_of(image, bundle, tissue=tissue, z=z, owner=owner, series=series, **o)
 
 
 def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pixel_size_um, batch_size, standardize,
@@ -120,11 +125,12 @@ def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pix
     valid = _valid_cells(image, source, tissue, z=z, patch_size=bundle.patch_size, stride=stride,
                          threshold=threshold, min_tissue=min_tissue, owner=owner)
     px = float(pixel_size_um or tiff_px or DEFAULT_PIXEL_SIZE_UM)
-    intensity = bundle.manifest.intensity if standardize else None
-    _warn_narrow_range(image, source, intensity is not None)
-    if intensity is not None:
+    intensity = bundle.manifest.intensity
+    narrow = _warn_narrow_range(image, source, intensity is not None and standardize != "off")
+    match = intensity is not None and (standardize == "match" or (standardize == "auto" and narrow))
+    if match:
         image = standardize_image(image, intensity, threshold, bundle.manifest.normalization.trained_dtype)
-    return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, intensity is not None,
+    return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, match,
                 precision, _scale_of(image, source))
 
 
@@ -152,16 +158,19 @@ NARROW_RANGE = 1 / 64
 
 
 def _warn_narrow_range(image, source, standardized):
-    """Warn when the pixel values span a tiny part of their type's range (the network then sees a flat image)."""
+    """Whether the pixel values span a tiny part of their type's range (the network would see a flat image),
+    with a warning saying so; ``standardized``: whether the slice will be mapped onto the training tissue."""
     lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
     full = float(np.iinfo(image.dtype).max) if image.dtype.kind in "ui" else 1.0
     if hi - lo >= NARROW_RANGE * full:
-        return
-    how = ("intensity standardization maps it onto the training tissue's" if standardized else
+        return False
+    how = ("intensity standardization maps it onto the training tissue's quantiles (fitted on the tissue in "
+           "view: a crop holding other areas is mapped differently)" if standardized else
            "this bundle records no training intensities to map it onto, so the map may be one class; "
            "rescale the slice to its pixel type's range")
     log.warning("%s: pixel values span only %g..%g, %.2g%% of the %s range; %s", source, lo, hi,
                 100 * (hi - lo) / full, image.dtype, how)
+    return True
 
 
 def resolve_method(method, stride, dense_strides, owner):

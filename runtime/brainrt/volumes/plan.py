@@ -107,7 +107,7 @@ class VolumePlan:
 
 def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("stride"), method=_D("method"),
                      tissue=None, min_tissue=_D("min_tissue"), threshold=None, pixel_size_um=None, z_spacing_um=None,
-                     batch_size=_D("batch_size"), standardize=True, head=None, smooth=None, band_rows=None, threads=1,
+                     batch_size=_D("batch_size"), standardize=_D("standardize"), head=None, smooth=None, band_rows=None, threads=1,
                      precision=_D("precision"), series=None, smooth_z=_D("smooth_z"), device=_D("device")):
     """Check a volume job and return its :class:`VolumePlan`.
 
@@ -122,7 +122,8 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     owner = f"{task} (volume)"
     o = params.check(owner, task=task, stride=stride, method=method, min_tissue=min_tissue, threshold=threshold,
                      pixel_size_um=pixel_size_um, z_spacing_um=z_spacing_um, batch_size=batch_size,
-                     band_rows=band_rows, threads=threads, precision=precision, smooth_z=smooth_z, device=device)
+                     band_rows=band_rows, threads=threads, precision=precision, smooth_z=smooth_z, device=device,
+                     standardize=standardize)
     precision = bundle.check_precision(o["precision"], owner)  # "auto" decided once for the whole run
     _check_volume_only(series, tissue, owner)
     if o["smooth_z"] and task != "classify":
@@ -138,7 +139,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     dz = float(o["z_spacing_um"] or src.z_spacing_um or px)
     sigma, space = _smoothing(bundle, task, head, smooth, px, stride)
     opts = dict(stride=stride, method=method, tissue=tissue, min_tissue=o["min_tissue"], threshold=o["threshold"],
-                pixel_size_um=px, batch_size=o["batch_size"], standardize=bool(standardize), precision=precision)
+                pixel_size_um=px, batch_size=o["batch_size"], standardize=o["standardize"], precision=precision)
     grid = grid_shape((h, w), stride)
     bands = _bands(grid[0], o["band_rows"], bundle, method, stride)
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, *_model_fields(bundle), head, float(sigma),
