@@ -50,6 +50,10 @@ def _context_scales(text):
 @click.option("--rotate-p", type=click.FloatRange(0, 1), default=None, help="Share of batches turned by a free angle and rescaled (default 0).")
 @click.option("--final", is_flag=True, help="After the split run's choices, refit the heads on every split's "
               "patches (all labeled tissue); recorded metrics stay the split run's test figures.")
+@click.option("--tiles", type=click.IntRange(0), default=0, show_default=True,
+              help="Train on tiles of N x N stride-16 output positions (neighbours share their convolutions; "
+                   "every class anchors its share of tiles); 0: per patch.")
+@click.option("--tile-batch", default=8, show_default=True, help="Tiles per batch with --tiles.")
 @click.option("--init-from", type=click.Path(), default=None,
               help="Weights from a --checkpoint file instead of training (same data, split and seed).")
 @click.option("--checkpoint", type=click.Path(), default=None, help="Keep the best weights here as training goes.")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from brainrt.geometry import final_map_size, window_offset, window_size
+from brainrt.geometry import NET_STRIDE, final_map_size, window_offset, window_size
 
 CONV_SPEC = ((7, 16), (5, 32), (3, 64), (3, 128))
 CTX_SPEC = ((7, 16), (5, 32), (3, 32), (3, 16))
@@ -101,6 +101,71 @@ class PaperCNN(nn.Module):
 
     def forward(self, x):
         return self.out(self.features(x))
+
+    def tile_geometry(self, n_out: int):
+        """``(side, offset)`` of tiles with ``n_out x n_out`` outputs (:func:`tile_geometry`)."""
+        return tile_geometry(self.patch_size, self.context, n_out)
+
+    def tile_features(self, x):
+        """The network evaluated fully convolutionally on tiles, at its own stride 16.
+
+        ``x`` is ``(N, 1, T, T)`` normalized raw pixels (patch and context fields in one
+        tile); the result ``(N, 64, n, n)`` holds at ``[..., i, j]`` what :meth:`features`
+        gives for the position whose centre is tile pixel ``offset + 16 (i, j)`` (:func:`tile_geometry`)
+        (the formulation of :class:`DenseCNN` at stride 16, with this network's trainable
+        layers: neighbouring positions share their convolutions). Batch norm and dropout act
+        per position as in :meth:`features`; in training mode batch norm's statistics are
+        taken over every position of the tiles (not only the labeled ones).
+        """
+        P, o, m = self.patch_size, self.offset, final_map_size(self.patch_size)
+        kmax = self.context[-1] if self.context else 1
+        a = (kmax - 1) * (P // 2 - o)
+        h, _ = _dense_stack(self.conv, x[:, :, a : x.shape[2] - a, a : x.shape[3] - a] if a else x, 4)
+        w1, c = self.fc1.weight, CONV_SPEC[-1][1]
+        y = F.conv2d(h, w1[:, : c * m * m].reshape(-1, c, m, m), self.fc1.bias)
+        start, cc = c * m * m, CTX_SPEC[-1][1]
+        for k, stack in zip(self.context, self.ctx_stacks()):
+            b = (kmax - k) * (P // 2 - o)
+            ctx = F.avg_pool2d(x[:, :, b : x.shape[2] - b, b : x.shape[3] - b] if b else x, k)
+            ctx, d = _dense_stack(stack, ctx, 4 - (k.bit_length() - 1))
+            y = y + F.conv2d(ctx, w1[:, start : start + cc * m * m].reshape(-1, cc, m, m), dilation=d)
+            start += cc * m * m
+        y = self.drop(torch.relu(_per_position(self.bn1, y)))
+        y = F.conv2d(y, self.fc2.weight[:, :, None, None], self.fc2.bias)
+        return torch.relu(_per_position(self.bn2, y))
+
+    def tile_logits(self, x):
+        """Class scores of every output position of tiles ``(N, 1, T, T)``: ``(N, n_classes, n, n)``."""
+        return F.conv2d(self.tile_features(x), self.out.weight[:, :, None, None], self.out.bias)
+
+
+def tile_geometry(patch_size: int, context, n_out: int):
+    """``(side, offset)`` of a tile whose stride-16 evaluation (:meth:`PaperCNN.tile_features`)
+    has ``n_out x n_out`` output positions: output ``(i, j)`` is the patch whose centre is
+    tile pixel ``(offset + 16 i, offset + 16 j)`` (the runtime's centre convention)."""
+    scales = context_scales(context)
+    kmax = scales[-1] if scales else 1
+    side = kmax * window_size(patch_size) + NET_STRIDE * (n_out - 1)
+    return side, kmax * (patch_size // 2 - window_offset(patch_size))
+
+
+def _per_position(bn, y):
+    """A ``BatchNorm1d`` over channels applied to a map ``(N, C, h, w)`` (each position a sample)."""
+    n, c, h, w = y.shape
+    return bn(y.reshape(n, c, h * w)).reshape(n, c, h, w)
+
+
+def _dense_stack(seq, x, n_fast):
+    """A trainable conv stack (conv, batch norm, ReLU, 2x2 max-pool) run densely: the first
+    ``n_fast`` pools keep stride 2, later layers are dilated (:func:`_atrous_plan`).
+    Returns the map and the dilation of the layer that follows."""
+    convs = [m for m in seq if isinstance(m, nn.Conv2d)]
+    bns = [m for m in seq if isinstance(m, nn.BatchNorm2d)]
+    conv_dil, pool_cfg, d = _atrous_plan(len(convs), n_fast, 1)
+    for conv, bn, dil, (s, pd) in zip(convs, bns, conv_dil, pool_cfg):
+        x = torch.relu(bn(F.conv2d(x, conv.weight, conv.bias, dilation=dil)))
+        x = F.max_pool2d(x, 2, stride=s, dilation=pd)
+    return x, d
 
 
 def _fold(weight, bias, bn):

@@ -59,6 +59,9 @@ class TrainOptions:
     ``context`` may list several scales (``(4, 16)``: a 512 and a 2048 px field for 128 px
     patches). ``final``: once the recipe is chosen on the split, refit the heads on every
     split's patches after every choice (smoothing too) is made (:func:`final_heads`).
+    ``tiles``: train on tiles of ``tiles x tiles`` stride-16 output positions (batches of
+    ``tile_batch`` tiles) labeled at the split's training positions (:mod:`brainrt_train.tiles`)
+    instead of on patches; 0 = per patch. ``redraw`` is moot then (every batch is new tiles).
     """
 
     class_map: str | ClassMap = "prasad2020"
@@ -86,9 +89,14 @@ class TrainOptions:
     border_p: float | None = None
     rotate_p: float | None = None
     final: bool = False
+    tiles: int = 0
+    tile_batch: int = 8
 
     def __post_init__(self):
-        for name in ("patch_size", "epochs", "batch_size"):
+        if not (isinstance(self.tiles, int) and self.tiles >= 0):
+            raise param_error("tiles", "train_and_export", "0 (per patch) or outputs per tile side (an int >= 1)",
+                              self.tiles)
+        for name in ("patch_size", "epochs", "batch_size", "tile_batch"):
             check_positive_int(getattr(self, name), name, "train_and_export")
         if self.patch_size < MIN_WINDOW + NET_STRIDE:
             raise param_error("patch_size", "train_and_export", f"an int >= {MIN_WINDOW + NET_STRIDE}", self.patch_size)
@@ -192,7 +200,7 @@ def onnx_features(path, x_norm, batch=256):
     return np.concatenate([sess.run(None, {name: x_norm[i : i + batch]})[0] for i in range(0, len(x_norm), batch)])
 
 
-def _inputs(slices, patches, patch_size, context, dtype_max):
+def patch_inputs(slices, patches, patch_size, context, dtype_max):
     """Training inputs in [0, 1]: ``(N, 1, P, P)`` patches, plus one pooled field per context scale (channels 1..)."""
     x = [to_unit(extract(slices, patches, patch_size), dtype_max)]
     x += [to_unit(extract_context(slices, patches, patch_size, k), dtype_max) for k in context_scales(context)]
@@ -243,7 +251,7 @@ def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
     """``epoch -> (x_unit, y)``: a fresh balanced training set from the training regions."""
     def redraw(epoch):
         ps = draw_balanced(pools, n_train, np.random.default_rng([seed, 1, epoch]))
-        return _inputs(slices, ps, patch_size, context, dtype_max), torch.from_numpy(ps.labels)
+        return patch_inputs(slices, ps, patch_size, context, dtype_max), torch.from_numpy(ps.labels)
 
     return redraw
 
@@ -278,6 +286,18 @@ def torch_features(model, x_unit, norm, batch=256):
     return torch.cat(out).numpy()
 
 
+def _tile_sampler(data: Data, samples: Samples, opts: TrainOptions):
+    """The tile sampler over the split's training positions (None when training per patch)."""
+    if not opts.tiles:
+        return None
+    from .tiles import TileSampler, training_labels
+
+    labels = training_labels(lambda k: data.slices[k].labels.shape, samples.pools, len(data.slices))
+    return TileSampler([s.image for s in data.slices], labels, n_classes=data.n_classes, patch_size=opts.patch_size,
+                       context=opts.context, n_out=opts.tiles, dtype_max=data.dtype_max, border_p=opts.border_p,
+                       rotate_p=opts.rotate_p)
+
+
 def load_data(pairs, opts: TrainOptions) -> Data:
     """Read the ``(image, mask)`` pairs; every image must have the same pixel type."""
     cmap = opts.class_map if isinstance(opts.class_map, ClassMap) else ClassMap.resolve(opts.class_map)
@@ -296,7 +316,7 @@ def sample(data: Data, opts: TrainOptions) -> Samples:
     names = data.cmap.names
     for s in SPLITS:
         log.info("%s patches per class: %s", s, {names[c]: v["taken"] for c, v in report["per_split"][s].items()})
-    inputs = {s: (_inputs(data.slices, sets[s], opts.patch_size, opts.context, data.dtype_max),
+    inputs = {s: (patch_inputs(data.slices, sets[s], opts.patch_size, opts.context, data.dtype_max),
                   torch.from_numpy(sets[s].labels)) for s in SPLITS}
     return Samples(sets, report, pools, inputs)
 
@@ -311,13 +331,14 @@ def train(data: Data, samples: Samples, opts: TrainOptions) -> Trained:
         log.info("weights from %s (best of %d epochs), no training", opts.init_from, len(history))
     else:
         redraw = (_redraw(data.slices, samples.pools, opts.n_train, opts.patch_size, opts.context, data.dtype_max,
-                          opts.seed) if opts.redraw else None)
+                          opts.seed) if opts.redraw and not opts.tiles else None)
         model, history, seconds = fit(samples.inputs["train"], samples.inputs["val"], n_classes=data.n_classes,
                                       patch_size=opts.patch_size, norm=norm, epochs=opts.epochs,
                                       batch_size=opts.batch_size, lr=opts.lr, schedule=opts.schedule, seed=opts.seed,
                                       max_minutes=opts.max_minutes, progress=opts.progress, context=opts.context,
                                       checkpoint=opts.checkpoint, redraw=redraw, border_p=opts.border_p,
-                                      rotate_p=opts.rotate_p)
+                                      rotate_p=opts.rotate_p, tiles=_tile_sampler(data, samples, opts),
+                                      tile_batch=opts.tile_batch)
     x_test, y_test = samples.inputs["test"]
     cnn = classification_metrics(y_test.numpy(), predict(model, x_test, norm).argmax(1).numpy(), list(data.cmap.names))
     log.info("CNN test accuracy %.3f", cnn["accuracy"])
@@ -390,7 +411,8 @@ def _training(data: Data, samples: Samples, trained: Trained, opts: TrainOptions
         seed=opts.seed, epochs_run=len(trained.history), epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
         schedule=opts.schedule, train_seconds=round(trained.seconds, 1), total_seconds=round(total_seconds, 1),
         extra={"context": _context_record(opts.context), "layout": opts.layout, "redraw": bool(opts.redraw),
-               "augment": {"border_p": opts.border_p if opts.context else 0.0, "rotate_p": opts.rotate_p}})
+               "augment": {"border_p": opts.border_p if opts.context else 0.0, "rotate_p": opts.rotate_p},
+               **({"tiles": {"outputs_per_side": opts.tiles, "tiles_per_batch": opts.tile_batch}} if opts.tiles else {})})
 
 
 def _metrics(cnn, head_metrics) -> dict:

@@ -96,7 +96,7 @@ def rotate_scale(x, gen, *, max_deg=45.0, max_scale=0.15):
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def augment(x, gen, *, border_p=BORDER_P, rotate_p=ROTATE_P, ratios=None):
+def augment(x, gen, *, border_p=BORDER_P, rotate_p=ROTATE_P, ratios=None, **gray):
     """Random tissue edge in the context, free rotation and scale, dihedral transform,
     gray-level jitter, blur, noise.
 
@@ -114,13 +114,25 @@ def augment(x, gen, *, border_p=BORDER_P, rotate_p=ROTATE_P, ratios=None):
     x = torch.rot90(x, k, dims=(2, 3))
     flip = torch.rand(n, generator=gen) < 0.5
     x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return intensity_augment(x, gen, **gray)
+
+
+def intensity_augment(x, gen, *, blur_max=1.5, bin_p=0.0):
+    """The gray-level part of :func:`augment` (per sample: gamma, contrast and brightness,
+    then per batch: blur, noise, re-quantization), shared by patches and tiles (``x`` (N, C, S, S)).
+
+    ``blur_max``: the Gaussian blur's sigma is drawn in [0, blur_max] px per batch. ``bin_p``: share of
+    batches binned 2 x 2 and resampled back (bilinear) after the blur, as another instrument's or
+    reconstruction's resolution would; 0 draws nothing (the default recipe's random stream unchanged).
+    """
+    n = x.shape[0]
     gamma = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.4, 0.4, generator=gen))
     x = x.clamp_min(0) ** gamma
     mean = x[:, :1].mean(dim=(2, 3), keepdim=True)  # one affine map for patch and context
     contrast = torch.exp(torch.empty(n, 1, 1, 1).uniform_(-0.35, 0.35, generator=gen))
     bright = torch.empty(n, 1, 1, 1).uniform_(-0.15, 0.15, generator=gen)
     x = (x - mean) * contrast + mean + bright
-    sigma = float(torch.empty(1).uniform_(0.0, 1.5, generator=gen))
+    sigma = float(torch.empty(1).uniform_(0.0, blur_max, generator=gen))
     if sigma > 0.3:
         r = max(1, int(math.ceil(2.5 * sigma)))
         g = torch.exp(-torch.arange(-r, r + 1).float() ** 2 / (2 * sigma**2))
@@ -128,6 +140,8 @@ def augment(x, gen, *, border_p=BORDER_P, rotate_p=ROTATE_P, ratios=None):
         c = x.shape[1]
         x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="reflect"), g.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
         x = F.conv2d(F.pad(x, (0, 0, r, r), mode="reflect"), g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    if bin_p > 0 and float(torch.rand(1, generator=gen)) < bin_p:
+        x = F.interpolate(F.avg_pool2d(x, 2, ceil_mode=True), size=x.shape[-2:], mode="bilinear", align_corners=False)
     noise = torch.empty(n, 1, 1, 1).uniform_(0.0, 0.06, generator=gen)
     x = x + noise * torch.randn(x.shape, generator=gen)
     # gray-level depth: a third of the batches re-quantized to 12..64 levels (slices differ in depth)
@@ -149,35 +163,39 @@ def predict(model, x_unit, norm, batch=256):
     return torch.cat(out) if out else torch.zeros(0)
 
 
+#: The regularizers :func:`fit` takes besides the augmentation shares (the cross-validation's candidates).
+REGIME = {"weight_decay": 0.0, "label_smoothing": 0.0, "mixup": 0.0, "swa_epochs": 0, "blur_max": 1.5, "bin_p": 0.0}
+
+
 def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, schedule, seed,
         max_minutes=None, device="cpu", progress=None, context=0, checkpoint=None, redraw=None,
-        border_p=BORDER_P, rotate_p=ROTATE_P):
+        border_p=BORDER_P, rotate_p=ROTATE_P, tiles=None, tile_batch=8, tile_batches=None, **regime):
     """Train the paper's CNN; return the best-on-validation model and the history.
 
-    ``train`` and ``val`` are ``(x_unit, y)`` tensors. The checkpoint with the best
-    validation accuracy is kept. ``max_minutes`` stops before an epoch that would not
-    finish in time. ``checkpoint`` (a path) receives the best state so far after every
-    improvement, so a long run can be exported even if it is stopped. ``border_p`` and
-    ``rotate_p`` are the shares of augmentation by :func:`tissue_edge` and :func:`rotate_scale`. ``redraw(epoch)``,
-    if given, returns a fresh ``(x_unit, y)`` training set for each epoch after the first
-    (new positions from the same regions: far more distinct patches to learn from).
+    ``train`` and ``val`` are ``(x_unit, y)`` tensors. The checkpoint with the best validation accuracy is
+    kept (``val=None``: the last epoch's). ``max_minutes`` stops before an epoch that would not finish in time.
+    ``checkpoint`` (a path) receives the best state so far after every improvement, so a long run can be
+    exported even if it is stopped. ``border_p`` and ``rotate_p`` are the shares of augmentation by
+    :func:`tissue_edge` and :func:`rotate_scale`. ``redraw(epoch)``, if given, returns a fresh ``(x_unit, y)``
+    training set for each epoch after the first. ``tiles`` (a :class:`~brainrt_train.tiles.TileSampler`):
+    train on tiles (:class:`_Plan`). ``regime``: :data:`REGIME`'s keys (:class:`_Stepper`).
     """
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     model = PaperCNN(n_classes, patch_size=patch_size, context=context).to(device)
     aug = {"border_p": border_p, "rotate_p": rotate_p, "ratios": tuple(k // model.context[0] for k in model.context) or None}
-    step = _Stepper(model, lr, schedule, epochs * math.ceil(len(train[1]) / batch_size), gen, norm, batch_size,
-                    device, aug, _bar(progress, epochs * len(train[1])))
+    plan = _Plan(len(train[1]), epochs, batch_size, tiles, tile_batch, tile_batches, np.random.default_rng([seed, 2]))
+    step = _Stepper(model, lr, schedule, plan, torch.Generator().manual_seed(seed), norm, device, aug,
+                    _bar(progress, plan.samples), n_classes=n_classes, **regime)
     (xt, yt), best, best_acc, history, t0 = train, None, -1.0, [], time.perf_counter()
     for epoch in range(epochs):
         te = time.perf_counter()
         if redraw is not None and epoch > 0:
             xt, yt = redraw(epoch)
-        loss, train_acc = step.epoch(xt, yt)
-        val_acc = step.accuracy(*val)
+        loss, train_acc = step.run(epoch, xt, yt)
+        val_acc = step.accuracy(*val) if val is not None else float("nan")
         dt = time.perf_counter() - te
         history.append(_epoch_record(epoch, epochs, loss, train_acc, val_acc, dt, step.opt.param_groups[0]["lr"]))
-        if val_acc > best_acc:
+        if val is None or val_acc > best_acc:
             best_acc, best = val_acc, copy.deepcopy(model.state_dict())
             if checkpoint:
                 save_checkpoint(checkpoint, best, history=history, n_classes=n_classes, patch_size=patch_size,
@@ -187,8 +205,23 @@ def fit(train, val, *, n_classes, patch_size, norm, epochs, batch_size, lr, sche
             log.info("stopping after epoch %d: --max-minutes %.0f reached", epoch + 1, max_minutes)
             break
     step.shown(close=True)
-    model.load_state_dict(best)
+    model.load_state_dict(step.averaged() or best)
     return model.cpu().eval(), history, time.perf_counter() - t0
+
+
+class _Plan:
+    """How an epoch runs: ``n`` patches in batches of ``batch_size``, or ``tile_batches`` batches of
+    ``tile_batch`` tiles from ``tiles`` (drawn with ``rng``); ``steps`` in all, ``samples`` positions in all."""
+
+    def __init__(self, n, epochs, batch_size, tiles, tile_batch, tile_batches, rng):
+        self.epochs, self.batch_size, self.tiles, self.tile_batch, self.rng = epochs, batch_size, tiles, tile_batch, rng
+        if tiles is None:
+            self.per_epoch, self.samples = math.ceil(n / batch_size), epochs * n
+        else:
+            per_tile = tiles.positions_per_tile()
+            self.per_epoch = tile_batches or max(1, math.ceil(n / (tile_batch * per_tile)))
+            self.samples = epochs * self.per_epoch * tile_batch * per_tile
+        self.steps = epochs * self.per_epoch
 
 
 def _epoch_record(epoch, epochs, loss, train_acc, val_acc, dt, lr):
@@ -209,16 +242,58 @@ def _bar(progress, total):
 
 
 class _Stepper:
-    """One training epoch after another: Adam (and the one-cycle schedule over ``steps`` steps), the
-    augmentation ``aug`` drawn from ``gen``, the progress ``bar``."""
+    """One training epoch after another as ``plan`` (:class:`_Plan`) says: Adam (AdamW with ``weight_decay``;
+    the one-cycle schedule over the plan's steps), the augmentation ``aug`` drawn from ``gen``, the
+    progress ``bar`` (with :func:`intensity_augment`'s ``blur_max``, ``bin_p``). ``label_smoothing``: cross-entropy's; ``mixup``: Beta(a, a) blend of pairs of
+    samples and of their losses (0 = off); ``swa_epochs``: :meth:`averaged` gives the average of the
+    weights and batch-norm statistics after each of the last ``swa_epochs`` epochs."""
 
-    def __init__(self, model, lr, schedule, steps, gen, norm, batch_size, device, aug, bar):
-        self.model, self.gen, self.norm, self.batch_size, self.device, self.aug, self.bar = (
-            model, gen, norm, batch_size, device, aug, bar)
-        self.opt = torch.optim.Adam(model.parameters(), lr=lr)
-        self.steps = steps
-        self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    def __init__(self, model, lr, schedule, plan, gen, norm, device, aug, bar, *, weight_decay=0.0,
+                 label_smoothing=0.0, mixup=0.0, swa_epochs=0, blur_max=1.5, bin_p=0.0, n_classes=None):
+        self.model, self.gen, self.norm, self.batch_size, self.device, self.bar = (
+            model, gen, norm, plan.batch_size, device, bar)
+        self.aug = {**aug, "blur_max": blur_max, "bin_p": bin_p}
+        self.plan, self.label_smoothing, self.mixup, self.n_classes = plan, label_smoothing, mixup, n_classes
+        self.opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay) if weight_decay
+                    else torch.optim.Adam(model.parameters(), lr=lr))
+        self.steps = plan.steps
+        self.sched = (torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=lr, total_steps=self.steps, pct_start=0.15)
                       if schedule == "onecycle" else None)
+        self.swa_epochs = swa_epochs
+        self.swa = torch.optim.swa_utils.AveragedModel(model, use_buffers=True) if swa_epochs else None
+
+    def run(self, epoch, xt, yt):
+        """Epoch ``epoch`` (0-based) of the plan on ``(xt, yt)`` or on tiles; returns (mean loss, training accuracy)."""
+        p = self.plan
+        out = self.epoch(xt, yt) if p.tiles is None else self.tile_epoch(p.tiles, p.per_epoch, p.tile_batch, p.rng)
+        if self.swa is not None and epoch >= p.epochs - self.swa_epochs:
+            self.swa.update_parameters(self.model)
+        return out
+
+    def averaged(self):
+        """The averaged state (``swa_epochs``), or None."""
+        return self.swa.module.state_dict() if self.swa is not None and self.swa.n_averaged > 0 else None
+
+    def _step(self, xb, yb, scores, weight=None):
+        """Forward ``xb`` by ``scores`` (mixed up with a shuffled copy when ``mixup``), loss against
+        ``yb`` (-1 ignored; class ``weight``s), backward and an optimizer step; returns (loss, scores)."""
+        lam, perm = 1.0, None
+        if self.mixup > 0:
+            lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+            lam = max(lam, 1 - lam)
+            perm = torch.randperm(len(xb), generator=self.gen)
+            xb = lam * xb + (1 - lam) * xb[perm]
+        logits = scores(xb)
+        ce = dict(weight=weight, ignore_index=-1, label_smoothing=self.label_smoothing)
+        loss = F.cross_entropy(logits, yb, **ce)
+        if perm is not None:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb[perm], **ce)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.sched is not None and self.sched.last_epoch + 1 < self.steps:
+            self.sched.step()
+        return float(loss.detach()), logits.detach()
 
     def epoch(self, xt, yt):
         """One pass over ``(xt, yt)`` in a random order; returns (mean loss, training accuracy)."""
@@ -231,19 +306,38 @@ class _Stepper:
                 continue
             xb = normalize(augment(xt[idx], self.gen, **self.aug), self.norm).to(self.device)
             yb = yt[idx].to(self.device)
-            logits = self.model(xb)
-            loss = F.cross_entropy(logits, yb)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            if self.sched is not None and self.sched.last_epoch + 1 < self.steps:
-                self.sched.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss, logits = self._step(xb, yb, self.model)
+            loss_sum += loss * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(idx)
             if self.bar is not None:
                 self.bar.update(len(idx))
         return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+    def tile_epoch(self, sampler, n_batches, n_tiles, rng):
+        """``n_batches`` batches of ``n_tiles`` tiles from ``sampler``, each class present weighted
+        equally (:func:`~brainrt_train.tiles.balanced_weights`); returns (mean loss, training
+        accuracy over the labeled positions)."""
+        from .tiles import balanced_weights
+
+        self.model.train()
+        loss_sum, correct, seen, batches = 0.0, 0, 0, 0
+        for _ in range(n_batches):
+            x, y, _ = sampler.draw(n_tiles, rng)
+            gray = {k: self.aug[k] for k in ("blur_max", "bin_p")}
+            xb = normalize(intensity_augment(x, self.gen, **gray), self.norm).to(self.device)
+            yb = y.to(self.device)
+            if not bool((yb >= 0).any()):
+                continue
+            loss, logits = self._step(xb, yb, self.model.tile_logits, balanced_weights(yb, self.n_classes))
+            labeled = yb >= 0
+            loss_sum += loss
+            batches += 1
+            correct += int((logits.argmax(1)[labeled] == yb[labeled]).sum())
+            seen += int(labeled.sum())
+            if self.bar is not None:
+                self.bar.update(y.numel())
+        return loss_sum / max(batches, 1), correct / max(seen, 1)
 
     def accuracy(self, x_unit, y):
         """Accuracy of the model on ``(x_unit, y)`` (0 without samples)."""
