@@ -56,13 +56,13 @@ class TileSampler:
     ``images`` and ``labels`` are per slice (labels int8, -1 = not a training position).
     Tile ``t`` of a batch is anchored on a random training pixel of class
     ``(start + t) mod C`` (``start`` random, classes without training pixels skipped), placed
-    at a random output position of the tile. ``rotate_p``: share of tiles turned by a free
+    at a random output position of the tile's middle half. ``rotate_p``: share of tiles turned by a free
     angle (up to ``max_deg``) and rescaled (up to ``max_scale``) about the anchor (labels read
     at the turned positions' centres, nearest pixel); every tile is then turned by a random
     multiple of 90 degrees and flipped at random. ``border_p`` (context models only): share
-    of tiles given a straight tissue border (dark beyond a random line); positions whose
-    patch the line would cross, or that lie beyond it, are ignored, so a border is only
-    ever in a position's context, as :func:`brainrt_train.train.tissue_edge` makes it.
+    of tiles given a straight tissue border (dark beyond a random line that crosses no position's
+    patch), so a border is only ever in a position's context, as
+    :func:`brainrt_train.train.tissue_edge` makes it.
     """
 
     def __init__(self, images, labels, *, n_classes, patch_size, context, n_out, dtype_max, border_p=0.0,
@@ -114,7 +114,7 @@ class TileSampler:
     def _cut(self, k, ay, ax, rng):
         """The tile around anchor pixel ``(ay, ax)`` of slice ``k`` (unit range) and its label grid."""
         T, off, n, p = self.side, self.offset, self.n_out, self.pad
-        ai, aj = rng.integers(n, size=2)
+        ai, aj = rng.integers(n // 4, n - n // 4, size=2)  # the anchor in the tile's middle half: more of it labeled
         pa = np.array([off + NET_STRIDE * ai, off + NET_STRIDE * aj], np.float64)  # the anchor's tile pixel
         centres = off + NET_STRIDE * np.arange(n)
         if not (self.rotate_p > 0 and rng.random() < self.rotate_p):
@@ -143,12 +143,15 @@ class TileSampler:
         return img, self.labels[k][q[0], q[1]].reshape(n, n).astype(np.int64)
 
     def _border(self, img, lab, rng):
-        """Dark beyond a random straight line; positions whose patch reaches past the line ignored."""
+        """Dark beyond a random straight line that crosses no position's patch, only contexts (closer to the
+        positions more often); positions whose patch would reach past it are ignored all the same."""
         T, off, n = self.side, self.offset, self.n_out
         theta = rng.uniform(0, 2 * math.pi)
         u = np.array([math.cos(theta), math.sin(theta)])
         centre = (T - 1) / 2
-        dist = rng.uniform(-T / 4, T / math.sqrt(2))
+        # beyond every position's patch (the farthest centre plus a patch's half-diagonal), inside the tile
+        near = NET_STRIDE * (n - 1) / 2 * (abs(u[0]) + abs(u[1])) + self.patch_size / 2 * math.sqrt(2) + 1
+        dist = near + rng.random() ** 2 * max(centre * (abs(u[0]) + abs(u[1])) - near, 0)
         r = np.arange(T) - centre
         proj = u[0] * r[:, None] + u[1] * r[None, :]
         img = np.where(proj > dist, np.float32(rng.uniform(0, 0.08)), img)
