@@ -227,5 +227,5 @@ def test_grid_features_are_the_runtime_grid_of_the_network(synthetic_slice):
     want[4, 5] = True
     part, computed = grid_features(model, image, norm=norm, dtype_max=255, n_out=3, batch=2, cells=want)
     assert computed.sum() == 9 and computed[3:6, 3:6].all()  # the one 3 x 3 block holding the cell
-    np.testing.assert_array_equal(part[computed], got[computed])
+    np.testing.assert_allclose(part[computed], got[computed], atol=1e-6)  # other batches: float rounding
     assert not part[~computed].any()

@@ -101,6 +101,7 @@ def rounds(args, sl, C, P=128):
             x, y, _ = sampler.draw(args.tile_batch, rng)
             step(model.tile_logits((intensity_augment(x, gen) - norm["mean"]) / norm["std"]), y, balanced_weights(y, C))
             n += int((y >= 0).sum())
+        sampler.labeled = getattr(sampler, "labeled", []) + [n / (args.steps * y.numel())]
         return n / (time.perf_counter() - t0)
 
     samplers = {n: TileSampler([sl.image], labels, n_classes=C, patch_size=P, context=args.context, n_out=n,
@@ -131,7 +132,7 @@ def main(argv=None):
     print(f"per patch   (batch {args.batch}):  {med['patches']:8.1f} labeled positions/s")
     for n, s in samplers.items():
         print(f"tiles {n:2d}x{n:<2d} ({s.side} px, {args.tile_batch}/batch): {med[n]:8.1f} labeled positions/s "
-              f"({med[n] / med['patches']:.2f}x)")
+              f"({med[n] / med['patches']:.2f}x; {statistics.mean(s.labeled):.0%} of the positions labeled)")
     best = max(samplers, key=lambda n: med[n])
     print(f"tiles vs patches: {med[best] / med['patches']:.2f}x labeled positions/s")
 
