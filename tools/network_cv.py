@@ -215,9 +215,11 @@ def report(out):
              f"Command: `{res['command']}` (`--report` merges the results files of several processes).", "",
              f"Folds: {json.dumps(res['folds'])}. Head: {res['head']}. Map regularization: Gaussian "
              f"{res['sigma_um']:g} um on log-probabilities. Budget: {json.dumps(res['budget'])}.", "",
+             *([(out / "NOTES.md").read_text(), ""] if (out / "NOTES.md").exists() else []),
              "| candidate | folds | acc raw | acc smoothed | macro F1 | " + " | ".join(f"F1 {n}" for n in names)
-             + " | guards ok | blur 1 px loss | 2x2 bin loss | train min | MACs/position |",
-             "|---" * (10 + len(names)) + "|"]
+             + " | vs tiles, same folds | guards ok | blur 1 px loss | 2x2 bin loss | train min | MACs/position |",
+             "|---" * (11 + len(names)) + "|"]
+    base = res["candidates"].get("tiles", {}).get("folds", {})
     rows = []
     for c, e in res["candidates"].items():
         fo = [e["folds"][f] for f in sorted(e["folds"], key=int)]
@@ -228,6 +230,8 @@ def report(out):
                      f"{_mean([r['clean']['smoothed']['pixel_accuracy'] for r in fo])} | "
                      f"{_mean([r['clean']['smoothed']['macro_f1'] for r in fo])} | "
                      + " | ".join(_mean([r['clean']['smoothed']['f1'][n] for r in fo]) for n in names)
+                     + " | " + _mean([e["folds"][f]["clean"]["smoothed"]["pixel_accuracy"] - base[f]["clean"]["smoothed"]
+                                      ["pixel_accuracy"] for f in e["folds"] if f in base])
                      + f" | {_mean(g)} of {len(fo[0]['clean']['guards'])} | {_mean([r['loss']['blur1'] for r in fo])} | "
                      f"{_mean([r['loss']['bin2'] for r in fo])} | {_mean([r['train_minutes'] for r in fo])} | "
                      f"{res['macs'].get(c, '-')} |")
