@@ -25,13 +25,16 @@ THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def recipe_of(bundle):
-    """(C, balanced, bias, sigma um, space) of the bundle's default head recipe (its final fit's record)."""
+    """(head, bias, sigma um, space) of the bundle's default head recipe (its final fit's record): ``head`` as
+    :func:`brainrt_train.cv.fit_head` takes it (a context head with its scales, else a logistic regression)."""
     final = bundle.manifest.training.extra.get("final") if bundle.manifest.training else None
     r = (final or {}).get("recipe") or {}
     sm = bundle.manifest.smoothing
     sigma, space = (sm.sigma_um, sm.space) if sm is not None else (0.0, "log")
-    return (float(r.get("C", 0.1)), bool(r.get("balanced", True)), tuple((r.get("bias") or {}).items()),
-            float(r.get("sigma_um", sigma)), r.get("space", space))
+    C = float(r.get("C", 0.1))
+    head = (("ctx", (("C", C), ("scales", r["scales"]))) if r.get("head") == "ctx" else
+            ("logreg", (("C", C), ("balanced", bool(r.get("balanced", True))))))
+    return head, tuple((r.get("bias") or {}).items()), float(r.get("sigma_um", sigma)), r.get("space", space)
 
 
 def cv_counts(bundle, image_path, mask_path, features, k=5):
@@ -44,12 +47,12 @@ def cv_counts(bundle, image_path, mask_path, features, k=5):
     if not Path(features).exists():
         brainrt.featurize(image_path, bundle, stride=16, out=features)
     grid, sl = cv.grid_of(features, image_path, mask_path, bundle)
-    C, balanced, bias, sigma_um, space = recipe_of(bundle)
+    head, bias, sigma_um, space = recipe_of(bundle)
     folds = cv.spatial_folds(sl.labels, k=k, n_classes=len(grid.names))
     cf = cv.cell_folds(folds, sl.labels, grid.stride, grid.valid.shape, len(grid.names))
     out = []
     for f in range(k):
-        _, prob = cv.fit_head(grid, cf.train_cells(f), ("logreg", (("C", C), ("balanced", balanced))))
+        _, prob = cv.fit_head(grid, cf.train_cells(f), head)
         prob = cv.with_bias(prob, grid.names, bias)
         if sigma_um > 0:
             prob = smooth_probabilities(prob, grid.valid, grid.sigma_cells(sigma_um), space=space)
@@ -59,7 +62,7 @@ def cv_counts(bundle, image_path, mask_path, features, k=5):
         right = np.take_along_axis(counts, np.maximum(pred, 0)[..., None], -1)[..., 0] * (pred >= 0)
         margin = margin_entropy(prob, grid.valid)[..., 0]
         out.append((np.where(np.isfinite(margin), margin, 0.0), held - right, held))
-    return out, (C, balanced, dict(bias), sigma_um, space)
+    return out, (head, dict(bias), sigma_um, space)
 
 
 def in_sample(bundle, image, truth, stride=16):
@@ -106,7 +109,7 @@ def main(argv=None):
     bundle = brainrt.Bundle.load(a.model)
     if a.where == "cv":
         parts, recipe = cv_counts(bundle, a.image, a.mask, a.features)
-        what = f"5-fold spatial CV, held-out pixels; recipe C, balanced, bias, sigma um, space = {recipe}"
+        what = f"5-fold spatial CV, held-out pixels; recipe head, bias, sigma um, space = {recipe}"
     else:
         parts = in_sample(bundle, tifffile.imread(a.image), tifffile.imread(a.mask))
         what = "the bundle's default head and smoothing, every labeled pixel (in-sample for its own slice)"
