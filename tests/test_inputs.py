@@ -52,8 +52,8 @@ def make_bad_slice(case, folder, synthetic_slice):
         f = (img / 255).astype(np.float32)
         f[10, 20] = np.nan if case.startswith("NaN") else np.inf
         write_tiff(p, f)
-    elif case == "int32 TIFF":
-        write_tiff(p, img.astype(np.int32))
+    elif case == "uint32 TIFF":
+        write_tiff(p, img.astype(np.uint32))  # signed types read (issue 28); uint32 does not
     elif case == "slice smaller than a patch":
         write_tiff(p, img[:40, :50])
     elif case == "no tissue (all zero)":
@@ -67,7 +67,7 @@ def make_bad_slice(case, folder, synthetic_slice):
 
 BAD_SLICES = ["truncated TIFF", "truncated compressed TIFF", "zero-byte file", "text file named .tif", "RGB TIFF",
               "3D stack without --z", "3D stack, --z out of range", "2D image with --z 1", "NaN float TIFF",
-              "inf float TIFF", "int32 TIFF", "slice smaller than a patch", "no tissue (all zero)", "missing file"]
+              "inf float TIFF", "uint32 TIFF", "slice smaller than a patch", "no tissue (all zero)", "missing file"]
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_api_rejects_bad_arrays(tiny_bundle, synthetic_slice):
     f = (img / 255).astype(np.float32)
     f[3, 4] = np.nan
     bad = {"NaN": f, "inf": np.where(f != f, np.inf, f).astype(np.float32), "3D": np.stack([img] * 2),
-           "int32": img.astype(np.int32), "bool": img > 100, "small": img[:63, :200]}
+           "uint32": img.astype(np.uint32), "bool": img > 100, "small": img[:63, :200]}
     for name, arr in bad.items():
         with pytest.raises(BrainrtError, match="^image: "):
             brainrt.featurize(arr, tiny_bundle)

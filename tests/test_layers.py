@@ -136,9 +136,9 @@ def test_plan_file_errors_name_the_file(tiny_bundle, synthetic_slice, tmp_path):
     small_mask = write_tiff(tmp_path / "mask.tif", np.ones((10, 10), np.uint8))
     with pytest.raises(BrainrtError, match=rf"^{re.escape(str(small_mask))}: tissue mask shape \(10, 10\)"):
         make_plan(img, tiny_bundle, tissue=small_mask)
-    with pytest.raises(BrainrtError, match=r"^image: unsupported pixel type int32; expected uint8, uint16, float32 "
-                                           r"or float64$"):
-        make_plan(img.astype(np.int32), tiny_bundle)
+    with pytest.raises(BrainrtError, match=r"^image: unsupported pixel type uint32; expected uint8, uint16, float32 "
+                                           r"or float64 \(or int8, int16, int32\)$"):
+        make_plan(img.astype(np.uint32), tiny_bundle)
 
 
 # --------------------------------------------------------------------------- the engine

@@ -680,7 +680,13 @@ def test_train_and_export_follows_the_finished_output_rule(tmp_path, synthetic_s
     args = ["train-and-export", "--image", img, "--mask", msk, "--class-map", class_map_json, "-o", out,
             "--patch-size", "64", "--n-train", "20", "--n-val", "10", "--n-test", "10", "--epochs", "1"]
     run = lambda *extra: CliRunner().invoke(main, [str(a) for a in (*args, *extra)])  # noqa: E731
-    assert run().exit_code == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = run()
+    assert first.exit_code == 0, first.output
+    # issue 28: stderr not a terminal (the runner's): no progress bar, no library FutureWarning
+    assert "\r" not in first.stderr and "patch/s" not in first.stderr, first.stderr
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
     before = (out / "manifest.json").read_bytes()
     again = run()
     assert again.exit_code == 0 and "complete" in again.stdout, again.output

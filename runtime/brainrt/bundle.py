@@ -20,7 +20,7 @@ import numpy as np
 
 from . import params, predictor, sessions
 from .ctxhead import ContextHead
-from .errors import BrainrtError, file_error, param_error
+from .errors import BrainrtError, file_error, param_error, unreadable
 from .geometry import manifest_problems
 from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
 from .seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
@@ -293,14 +293,15 @@ class Heads(Mapping):
             return self._loaded[name]
 
     def _load(self, name, rel):
-        if name in self._specs:
-            spec = self._specs[name]
-            return ContextHead.load(self._path / rel, spec.scales, self[spec.stage1] if spec.stage1 else None)
-        if rel.endswith(".npz"):
-            return LinearHead.load(self._path / rel)
-        import joblib
+        with unreadable(self._path / rel, f"head {name!r} cannot be loaded", "the file is damaged"):
+            if name in self._specs:
+                spec = self._specs[name]
+                return ContextHead.load(self._path / rel, spec.scales, self[spec.stage1] if spec.stage1 else None)
+            if rel.endswith(".npz"):
+                return LinearHead.load(self._path / rel)
+            import joblib
 
-        return joblib.load(self._path / rel)
+            return joblib.load(self._path / rel)
 
     def __iter__(self):
         return iter(self._files)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from . import api
+from . import api, params
 from .bundle import MANIFEST, Bundle, default_model, sha256_file, verify_bundle
 from .demo import run_demo
 from .derive import check_fit_target, save_bundle
@@ -30,8 +30,9 @@ from .outputs import (classification_set, probabilities_path, siblings, uncertai
                       write_subdivision)
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
-                      model_option, one_line_errors, output_kind, slice_only, standardize_option, volume_options)
-from .sources import is_feature_grid, is_volume_input, read_mask
+                      interrupted_status, model_option, one_line_errors, output_kind, show_progress, sigterm_as_interrupt,
+                      slice_only, standardize_option, threads_option, volume_options)
+from .sources import check_not_bundle, is_feature_grid, is_volume_input, read_mask
 from .volumes import interrupted_line, process_volume
 
 log = logging.getLogger("brainrt")
@@ -61,6 +62,10 @@ class _Commands(click.Group):
 
     def main(self, *args, standalone_mode=True, **kwargs):
         """Usage errors (a bad option value, a missing argument) as one line too, exit status 2."""
+        with sigterm_as_interrupt():
+            return self._main(*args, standalone_mode=standalone_mode, **kwargs)
+
+    def _main(self, *args, standalone_mode=True, **kwargs):
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
@@ -92,18 +97,19 @@ def main(ctx, verbose, quiet, progress):
 
 def _run_volume(task, source, model, threads, out, workers, scheduler, overwrite, kw, **task_kw):
     """A volume (--z a:b or all, a TIFF folder or a zarr stack): one Dask run into an OME-Zarr or zarr folder."""
+    check_not_bundle(source)
     out = out or default_out(source, ".ome.zarr" if task == "classify" else ".features.zarr")
     bundle, _ = _prepare(out, model, threads, is_dir=True, inputs=(source, kw.get("tissue_mask")), record=False,
                          device=kw["device"])
     opts = _plan_options(**dict(kw, z=None))
     try:
         vplan, st = process_volume(source, bundle, out, task=task, workers=workers, scheduler=scheduler,
-                                   progress=_progress(), threads=threads or 1, device=kw["device"],
+                                   progress=show_progress(), threads=threads or 1, device=kw["device"],
                                    overwrite=overwrite, **dict(opts, z=kw["z"] or "all"), **task_kw)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping now: a second Ctrl-C must not cut the exit short
         click.echo(interrupted_line(out), err=True)
-        sys.exit(130)
+        sys.exit(interrupted_status(exc))
     if st["complete"]:
         return click.echo(COMPLETE.format(out))
     click.echo(f"wrote {out}: {len(vplan.zs)} slices, grid {vplan.grid[0]} x {vplan.grid[1]}, {st['blocks']} blocks "
@@ -139,13 +145,6 @@ def _prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, r
     return Bundle.load(model, threads=threads, device=device), rec
 
 
-def _progress():
-    """Progress bars: as asked (--progress/--no-progress), else only on a terminal and never with -q."""
-    ctx = click.get_current_context(silent=True)
-    asked = (ctx.find_root().obj or {}).get("progress") if ctx else None
-    if asked is not None:
-        return asked
-    return log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
 
 
 def _job(source, bundle, kw, owner):
@@ -160,7 +159,7 @@ def _grid_and_image(job, bundle):
     """The feature grid of a :func:`_job` (a slice featurized in memory, with its image; a saved grid, no image)."""
     if isinstance(job, FeatureGrid):
         return job, None
-    return api.featurize_plan(job, bundle, progress=_progress()), job.image
+    return api.featurize_plan(job, bundle, progress=show_progress()), job.image
 
 
 # --------------------------------------------------------------------------- commands
@@ -186,7 +185,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
     if bundle is None:
         return
     plan = api.make_plan(slice_tif, bundle, owner="featurize", **_plan_options(**kw))
-    grid = api.featurize_plan(plan, bundle, out=out, progress=_progress(), record=rec)
+    grid = api.featurize_plan(plan, bundle, out=out, progress=show_progress(), record=rec)
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
                f"by the {st['method']} path in {st['seconds']:.1f} s ({st['patches_per_s']:.0f} patches/s)")
@@ -266,8 +265,8 @@ def _classified(job, bundle, head, smooth, s):
     if isinstance(job, FeatureGrid):
         return api.classify(job, bundle, head=head, smooth=smooth), None
     if not Classifier.of(bundle, head).proba:
-        return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress()), job.image
-    return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=_progress(),
+        return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=show_progress()), job.image
+    return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=show_progress(),
                              probabilities=s.path(probabilities_path(s.out)),
                              uncertainty=s.path(uncertainty_path(s.out))), job.image
 
@@ -336,12 +335,13 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, overwri
 @click.option("--class-map", default=None, type=click.Path(),
               help="JSON of the classes: {\"classes\": {\"name\": [codes]}, \"colors\": {\"name\": \"#rrggbb\"}} "
                    "(default: the parent bundle's).")
-@click.option("--stride", default=16, show_default=True, help="Grid step of the stroke cells in pixels.")
+@click.option("--stride", type=click.IntRange(min=1), default=params.default("stride"), show_default=True,
+              help="Grid step of the stroke cells in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the cross-validation folds.")
 @click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (2D images only).")
 @click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu).")
 @click.option("--all-cells", is_flag=True, help="Every stroke cell counts as tissue.")
-@click.option("--threads", type=int, default=None, help="onnxruntime threads (default: all cores).")
+@threads_option
 @standardize_option("Map each slice's tissue histogram onto the parent's training tissue (auto: only where "
                     "the pixel range demands it; match: always; off: never).")
 @click.option("-o", "--out", required=True, type=click.Path(), help="The new bundle folder.")

@@ -143,7 +143,7 @@ def _colors(names, given, parent, source):
     except ValueError as exc:
         raise file_error(source, f"bad colour ({exc})") from None
     chosen.update({n: inherited[n] for n in names if n not in chosen and n in inherited})
-    free = iter(c for c in (_hex(c) for c in class_colors(20)) if c not in chosen.values())
+    free = iter(c for c in (_hex(c) for c in class_colors(20 + len(names))) if c not in chosen.values())
     return tuple(chosen[n] if n in chosen else next(free) for n in names)
 
 
@@ -155,9 +155,14 @@ def _read_labels(path):
     if not path.is_file():
         raise file_error(path, "no such file")
     try:
-        return np.asarray(tifffile.imread(path))
+        with tifffile.TiffFile(path) as tif:
+            labels, axes = np.asarray(tif.asarray()), tif.series[0].axes
     except Exception as exc:  # tifffile raises many types for broken files
         raise file_error(path, f"cannot read as TIFF ({type(exc).__name__})") from None
+    if axes.endswith("S"):
+        raise file_error(path, f"stroke labels are an RGB(A) image of shape {labels.shape}; save them as one code "
+                               "per pixel (a single-channel integer image, 0 = unlabeled)")
+    return labels
 
 
 def read_pair(image, strokes):

@@ -9,6 +9,8 @@ code behind them trusts its inputs.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 
@@ -18,7 +20,29 @@ class BrainrtError(ValueError):
 
 #: Pixel types of the images brainrt reads and featurizes (float taken as [0, 1]).
 PIXEL_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.float64))
-PIXEL_TYPE_NAMES = "uint8, uint16, float32 or float64"
+PIXEL_TYPE_NAMES = "uint8, uint16, float32 or float64 (or int8, int16, int32)"
+#: Signed pixel types read by shifting by the type's minimum (exact; int32: to float64 in [0, 1]): the
+#: levels keep their order and spacing and the type's whole range maps onto the runtime's input range.
+SIGNED_TYPES = (np.dtype(np.int8), np.dtype(np.int16), np.dtype(np.int32))
+
+
+def first_line(exc):
+    """The first line of an exception's message (at most 160 characters), for one-line errors."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else "unknown error"
+
+
+@contextlib.contextmanager
+def unreadable(path, what, hint=""):
+    """Turn any failure but a :class:`BrainrtError` (a cut or damaged file: EOF, unpickling, decoding) into the
+    one-line error naming ``path``: ``"<path>: <what> (<type>: <first line>)[; <hint>]"``."""
+    try:
+        yield
+    except BrainrtError:
+        raise
+    except Exception as exc:  # the many types a damaged file raises
+        raise file_error(path, f"{what} ({type(exc).__name__}: {first_line(exc)}){'; ' + hint if hint else ''}") \
+            from None
 
 
 def file_error(path, problem: str) -> BrainrtError:
@@ -59,12 +83,27 @@ def check_float(value, name: str, owner: str, *, nonzero=False, low=None, high=N
     return f
 
 
+def as_unsigned(image) -> np.ndarray:
+    """A signed integer image (:data:`SIGNED_TYPES`) as the unsigned type of its size, shifted by the type's
+    minimum (int16 -32768..32767 -> uint16 0..65535: the sign bit flipped, exact); int32 -> float64 in
+    [0, 1] (there is no uint32 pixel type). Any other image is returned as it is."""
+    if image.dtype not in SIGNED_TYPES:
+        return image
+    if image.dtype == np.int32:
+        return (image.astype(np.float64) + 2.0 ** 31) / (2.0 ** 32 - 1)
+    unsigned = np.dtype(f"u{image.dtype.itemsize}")
+    return image.view(unsigned) ^ unsigned.type(1 << (8 * image.dtype.itemsize - 1))
+
+
 def check_image(image, name="image", *, finite=True, min_side=1, types=PIXEL_TYPES) -> np.ndarray:
     """A 2D grayscale array of a :data:`PIXEL_TYPES` type, at least ``min_side`` px a side
-    (and without NaN or inf if ``finite``), or the one-line error naming ``name``."""
+    (and without NaN or inf if ``finite``), or the one-line error naming ``name``. Signed integer
+    images are returned as :func:`as_unsigned` maps them."""
     image = np.asarray(image)
     if image.ndim != 2:
         raise file_error(name, f"expected a 2D grayscale image, got shape {image.shape}")
+    if types is PIXEL_TYPES:
+        image = as_unsigned(image)
     if image.dtype not in types:
         raise file_error(name, f"unsupported pixel type {image.dtype}; expected {PIXEL_TYPE_NAMES}")
     if min(image.shape) < min_side:

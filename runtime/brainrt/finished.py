@@ -25,12 +25,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from .errors import BrainrtError, file_error
 from .version import __version__
 from .io import current_umask
+from .runfiles import temp_path
 from .sources import file_of
 
 FORMAT = "brainrt-run/1"
@@ -186,10 +186,7 @@ class OutputSet:
     def path(self, final) -> Path:
         """A temporary path for the set's file ``final``."""
         final = Path(final)
-        fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp" + "".join(final.suffixes),
-                                    dir=final.parent if str(final.parent) else ".")
-        os.close(fd)
-        self._tmp[final] = Path(name)
+        self._tmp[final] = temp_path(final)
         return self._tmp[final]
 
     def written(self, final):

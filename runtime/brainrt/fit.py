@@ -38,6 +38,8 @@ C_GRID = (0.01, 0.1, 1.0, 10.0)
 #: ``C`` when there are too few strokes per class to cross-validate.
 DEFAULT_C = 1.0
 MAX_FOLDS = 5
+#: Cells a class needs: its density (a Gaussian on standardized features) is not defined by one cell.
+MIN_CELLS = 2
 #: Covariance regularization of the per-area densities (standardized features; few cells per area).
 DENSITY_REG = 0.1
 
@@ -169,6 +171,12 @@ def _check_classes(samples, names):
     if present.size < 2:
         only = names[int(present[0])] if present.size else "none"
         raise BrainrtError(f"the strokes hold only one class ({only}); paint strokes of at least two areas")
+    cells = np.bincount(samples.y, minlength=len(names))
+    lone = [names[i] for i in present if cells[i] < MIN_CELLS]
+    if lone:
+        raise BrainrtError(f"the strokes of {', '.join(lone)} cover only 1 cell of the grid; each area's density needs "
+                           f"at least {MIN_CELLS} cells: paint strokes across 2 or more cells (longer than the "
+                           "stride) or click twice")
     missing = [n for i, n in enumerate(names) if i not in present]
     if missing:
         log.warning("no strokes of %s: the new heads never predict %s", ", ".join(missing),

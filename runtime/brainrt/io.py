@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import file_error
+from .runfiles import temp_path
 
 
 def check_not_input(targets, inputs):
@@ -53,14 +53,7 @@ def atomic_path(target, *, overwrite=True, is_dir=False):
     On any error the temporary file or folder is removed and ``target`` is untouched.
     """
     target = check_target(target, overwrite=overwrite, is_dir=is_dir)
-    parent = target.parent if str(target.parent) else Path(".")
-    suffix = "".join(target.suffixes)
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=parent)
-        os.close(fd)
-        tmp = Path(name)
+    tmp = temp_path(target, is_dir=is_dir)
     try:
         yield tmp
         # mkstemp/mkdtemp create 0600/0700; give the result the usual umask-based mode
@@ -109,7 +102,9 @@ def write_ome_tiff(path, data, *, pixel_size_um, channel_names=None, overwrite=T
 
     data = np.asarray(data)
     with atomic_path(path, overwrite=overwrite) as tmp:
-        tifffile.imwrite(tmp, data, compression="zlib", **_ome_options(data.ndim, pixel_size_um, channel_names))
+        # minisblack always: a (C, Y, X) map 3 or 4 columns wide would be stored as RGB(A) samples otherwise
+        tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack",
+                         **_ome_options(data.ndim, pixel_size_um, channel_names))
 
 
 class OmeTiffBands:

@@ -5,8 +5,13 @@ recorded by (:mod:`brainrt.finished`), and how every command reports an error (:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -19,11 +24,19 @@ from .manifest import PRECISIONS, Manifest
 from .plan import DEFAULT_PIXEL_SIZE_UM, DEFAULT_PRECISION, METHODS
 from .sources import SUFFIXES, file_of
 
+log = logging.getLogger("brainrt")
+
 
 def model_option(f):
     """-m/--model: the bundle folder."""
     return click.option("-m", "--model", "model", default=None, type=click.Path(),
                         help="Model bundle folder (default: the shipped slice309 bundle).")(f)
+
+
+def threads_option(f):
+    """--threads: onnxruntime threads, as :data:`brainrt.params.PARAMS` declares them (every command's)."""
+    return click.option("--threads", type=click.IntRange(min=params.PARAMS["threads"].constraint.low), default=None,
+                        help="onnxruntime threads (default: all cores).")(f)
 
 
 def grid_options(f):
@@ -43,8 +56,7 @@ def grid_options(f):
                      help="Slice index of a 3D stack; featurize and classify also take a range a:b or 'all' (a volume)."),
         click.option("--series", type=int, default=None, help="Series of a multi-series (OME-)TIFF."),
         click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
-        click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="onnxruntime threads (default: all cores)."),
+        threads_option,
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                      help="Where the network runs: cuda needs onnxruntime's GPU build (brainrt[gpu]); auto takes it "
                           "where usable."),
@@ -81,9 +93,24 @@ class ZArg(click.ParamType):
         return int(text) if text.lstrip("-").isdigit() else text
 
 
+class SchedulerAddress(click.ParamType):
+    """--scheduler: a Dask scheduler's address, ``[PROTOCOL://]HOST:PORT``, checked before any work (distributed's
+    own parse fails deep in the client with a traceback)."""
+    name = "address"
+    PATTERN = re.compile(r"^(?:(?:tcp|tls|ws|wss|ucx|inproc)://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):\d{1,5}$")
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if not self.PATTERN.match(text) or not 0 < int(text.rsplit(":", 1)[1]) < 65536:
+            self.fail(f"{value!r} is not a scheduler address; give --scheduler HOST:PORT (e.g. tcp://127.0.0.1:8786, "
+                      "the address the scheduler prints)", param, ctx)
+        return text
+
+
 def volume_options(f):
     """--workers and --scheduler: where a volume runs (refused for one slice)."""
-    f = click.option("--scheduler", default=None, help="Volumes: address of a running Dask scheduler.")(f)
+    f = click.option("--scheduler", type=SchedulerAddress(), default=None,
+                     help="Volumes: address of a running Dask scheduler (HOST:PORT).")(f)
     return click.option("--workers", type=click.IntRange(min=1), default=None,
                         help="Volumes: worker processes of a local Dask cluster (default: one per core).")(f)
 
@@ -170,6 +197,45 @@ class AreaOption(click.Option):
         return super().get_help_record(ctx)
 
 
+def show_progress():
+    """Progress bars: as asked (--progress/--no-progress), else only on a terminal and never with -q."""
+    ctx = click.get_current_context(silent=True)
+    asked = (ctx.find_root().obj or {}).get("progress") if ctx else None
+    if asked is not None:
+        return asked
+    return log.isEnabledFor(logging.INFO) and sys.stderr.isatty()
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's stop), raised where Ctrl-C's KeyboardInterrupt is: the same clean stop
+    (temporary files removed, one line), exit status 143."""
+
+    signum = signal.SIGTERM
+
+
+def interrupted_status(exc):
+    """Exit status of a run stopped by a signal: 128 + its number, as shells expect (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + int(getattr(exc, "signum", signal.SIGINT))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While a command runs: SIGTERM raises :class:`Terminated` (a second one is ignored while it stops)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def one_line_errors(fn):
     """Turn BrainrtError (and missing optional packages) into one line and exit status 2."""
 
@@ -184,9 +250,9 @@ def one_line_errors(fn):
             click.echo(f"Error: {exc.name} is not installed; install brainrt with the [train] extra "
                        "for training (pip install 'brainrt[train]')", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             click.echo("Interrupted; no output was written", err=True)
-            sys.exit(130)  # 128 + SIGINT, as shells expect
+            sys.exit(interrupted_status(exc))
         except OSError as exc:  # a failed read or write the checks could not foresee (disk full, permissions)
             click.echo(f"Error: {exc.filename or 'brainrt'}: {exc.strerror or exc}", err=True)
             sys.exit(2)

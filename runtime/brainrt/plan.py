@@ -213,7 +213,13 @@ def _valid_cells(image, source, tissue, *, z, patch_size, stride, threshold, min
             valid = tissue_cells(image, patch_size, stride, threshold=threshold, min_fraction=min_tissue)
     else:
         mask = _tissue_mask(tissue, image.shape, z, owner)
+        name = str(tissue) if _is_path(tissue) else "tissue mask"
+        if not mask.any():
+            raise file_error(name, "the tissue mask is all zero: no pixel is tissue (nonzero = tissue)")
         valid = tissue_cells(image, patch_size, stride, mask=mask, min_fraction=min_tissue)
+        if not valid.any():
+            raise file_error(name, f"no patch of the grid has {100 * min_tissue:g}% of its {patch_size} px square "
+                                   f"inside the tissue mask ({int(np.count_nonzero(mask))} tissue pixels)")
     if not valid.any():
         raise file_error(source, "no tissue found: every patch is background (featurize all cells or give a "
                                  "lower threshold or a tissue mask)")

@@ -44,7 +44,15 @@ def class_colors(n, given=None):
 
         return np.array([to_rgb(c) for c in given])
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return np.array([cmap(i)[:3] for i in range(n)])
+    first = [cmap(i)[:3] for i in range(min(n, 20))]
+    return np.array(first + [_more_color(i) for i in range(n - len(first))]).reshape(n, 3)
+
+
+def _more_color(i):
+    """Colour of class 21 + i: hues a golden angle apart at three lightnesses (distinct for any number)."""
+    from matplotlib.colors import hsv_to_rgb
+
+    return tuple(hsv_to_rgb(((0.05 + i * 0.6180339887) % 1.0, (0.9, 0.6, 0.75)[i % 3], (0.75, 0.95, 0.55)[i % 3])))
 
 
 #: The Allen Mouse Brain Atlas's structure colours (its ontology's ``color_hex_triplet``) of the structures a

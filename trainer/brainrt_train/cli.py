@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from brainrt.cli import one_line_errors
+from brainrt.options import show_progress
 from brainrt.errors import BrainrtError
 
 
@@ -78,7 +79,8 @@ def train_and_export_cmd(images, masks, class_map, out, **kw):
                    "(--overwrite trains it again)")
         return
     kw["context"] = _context_scales(kw["context"])
-    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=True, record=record, **kw)
+    m = train_and_export(list(zip(images, masks)), out, class_map=class_map, progress=show_progress(), record=record,
+                         **kw)
     click.echo(f"wrote {out}: CNN test accuracy {m.test_accuracy('cnn'):.3f}, "
                f"logreg {m.test_accuracy('logreg') or float('nan'):.3f}")
 

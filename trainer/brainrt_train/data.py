@@ -21,7 +21,7 @@ import numpy as np
 
 from brainrt.bundle import sha256_file
 from brainrt.errors import BrainrtError, file_error
-from brainrt.sources import read_image as read_tiff
+from brainrt.sources import integer_codes, read_image as read_tiff
 from brainrt.split import (LAYOUTS, SPLITS, box_all, footprints, slice_regions, split_regions,  # noqa: F401  (the trainer's names)
                            window_sum)
 
@@ -118,9 +118,7 @@ def load_slice(image_path, mask_path, class_map: ClassMap, *, z=None) -> Slice:
     if image.shape != mask.shape:
         raise file_error(mask_path, f"label mask shape {mask.shape} differs from image {Path(image_path).name} shape {image.shape}")
     if mask.dtype.kind == "f":
-        if not np.array_equal(mask, np.round(mask)):
-            raise file_error(mask_path, "label mask holds non-integer values")
-        mask = mask.astype(np.int64)
+        mask = integer_codes(mask, mask_path)
     labels = class_map.class_index(mask, source=mask_path)
     return Slice(Path(image_path), Path(mask_path), image, labels,
                  {"image": sha256_file(image_path), "mask": sha256_file(mask_path)})

@@ -96,7 +96,7 @@ class TrainOptions:
         if not (isinstance(self.tiles, int) and self.tiles >= 0):
             raise param_error("tiles", "train_and_export", "0 (per patch) or outputs per tile side (an int >= 1)",
                               self.tiles)
-        for name in ("patch_size", "epochs", "batch_size", "tile_batch"):
+        for name in ("patch_size", "epochs", "batch_size", "tile_batch", "n_train", "n_val", "n_test"):
             check_positive_int(getattr(self, name), name, "train_and_export")
         if self.patch_size < MIN_WINDOW + NET_STRIDE:
             raise param_error("patch_size", "train_and_export", f"an int >= {MIN_WINDOW + NET_STRIDE}", self.patch_size)
@@ -302,10 +302,25 @@ def load_data(pairs, opts: TrainOptions) -> Data:
     """Read the ``(image, mask)`` pairs; every image must have the same pixel type."""
     cmap = opts.class_map if isinstance(opts.class_map, ClassMap) else ClassMap.resolve(opts.class_map)
     slices = [load_slice(img, msk, cmap, z=opts.z) for img, msk in pairs]
+    check_every_class(slices, cmap)
     dtypes = {s.image.dtype for s in slices}
     if len(dtypes) > 1:
         raise BrainrtError(f"images have different pixel types {sorted(map(str, dtypes))}; convert them to one")
     return Data(slices, cmap, slices[0].image.dtype)
+
+
+def check_every_class(slices, cmap):
+    """The one-line error, before any work, for classes of the class map without a labeled pixel in any mask: a
+    bundle would declare areas it never saw (and predict them at random)."""
+    seen = np.zeros(len(cmap.names), bool)
+    for s in slices:
+        seen[np.unique(s.labels[s.labels >= 0])] = True
+    if not seen.all():
+        missing = ", ".join(f"{n} (code {'/'.join(map(str, cs))})" for n, cs, ok in zip(cmap.names, cmap.codes, seen)
+                            if not ok)
+        masks = ", ".join(str(s.mask_path) for s in slices)
+        raise BrainrtError(f"{masks}: no labeled pixel of {missing}; every class of the class map needs pixels to "
+                           "train on: annotate it, or leave it out of the class map (--class-map JSON)")
 
 
 def sample(data: Data, opts: TrainOptions) -> Samples:

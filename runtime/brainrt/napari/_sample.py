@@ -18,6 +18,7 @@ def demo_slice():
     scale = (DEFAULT_PIXEL_SIZE_UM, DEFAULT_PIXEL_SIZE_UM)
     codes = np.arange(int(s.mask.max()) + 1)
     features = {"index": codes, "name": [s.names.get(int(c), "background") for c in codes]}
-    return [(s.image, {"name": "brainrt demo slice", "scale": scale}, "image"),
+    return [(s.image, {"name": "brainrt demo slice", "scale": scale, "metadata": {"brainrt_bundle": "synthetic-demo"}},
+             "image"),
             (s.mask, {"name": "brainrt demo truth", "scale": scale, "features": features, "opacity": 0.4,
                       "visible": False}, "labels")]

@@ -86,7 +86,7 @@ def train_job(source, strokes, bundle_path, *, cache, state, stride=16, class_ma
                  seconds={"features": round(t1 - t0, 3), "fit_and_map": round(time.perf_counter() - t1, 3)})
     doubt = uncertainty(probs, grid.valid)
     return [labels_layer(labels, source, grid, source.label("trained areas"), list(table.names),
-                          colors=list(table.colors)),
+                          colors=list(table.colors), values=[cs[0] for cs in table.codes]),
             grid_layer(doubt, source, grid, source.label("uncertainty"), colormap="inferno",
                         contrast_limits=(0.0, 1.0), opacity=0.6, visible=False)]
 

@@ -84,6 +84,8 @@ class JobWidget(Container):
         self.status = Label(value="")
         super().__init__(widgets=[self.bundle, self.image, self.stride, self.precision, *extra, self.run_button, self.cancel_button,
                                   self.progress, self.status])
+        self.image.changed.connect(self._bundle_of_image)
+        self._bundle_of_image()
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
@@ -91,6 +93,12 @@ class JobWidget(Container):
         self.worker, self.cancelled = None, threading.Event()
         self.relay = _Relay()
         self.relay.fraction.connect(lambda f: setattr(self.progress, "value", int(round(100 * f))))
+
+    def _bundle_of_image(self, *_):
+        """The sample slice's own bundle (synthetic-demo) while the bundle field holds the default."""
+        layer = self.image.value
+        if layer is not None:
+            self.bundle.value = _work.suggested_bundle(layer.metadata, self.bundle.value, _default_bundle())
 
     def _images(self, widget=None):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image) and not layer.rgb]
@@ -230,10 +238,10 @@ class SubdivideWidget(JobWidget):
             return _work.layer_region("shapes", list(zip(layer.shape_type, layer.data)), scale, translate)
         value = self.value.value
         names = layer.metadata.get("brainrt_names")
-        if area is not None and names:  # an area of a brainrt area map
-            if area not in names:
+        if area is not None and names:  # an area of a brainrt area map (its value: the area's mask code)
+            value = _work.area_value(layer.metadata, area)
+            if value is None:
                 raise BrainrtError(f"{layer.name}: no area {area!r}; its areas are {', '.join(names)}")
-            value = names.index(area) + 1
         return _work.layer_region("labels", layer.data, scale, translate, value=value, z=source.z)
 
 

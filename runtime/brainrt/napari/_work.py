@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import api
-from ..bundle import Bundle
+from ..bundle import Bundle, models_dir
 from ..errors import BrainrtError, file_error
 from ..geometry import cell_centre, upsample
 from ..plan import DEFAULT_PRECISION, make_plan
@@ -90,18 +90,41 @@ def grid_layer(data, source, grid, name, **kw):
     return data, dict(name=name, scale=scale, translate=translate, **kw), "image"
 
 
-def labels_layer(cells, source, grid, name, names, colors=None, **kw):
-    """Labels at full resolution (cell index + 1, 0 off the region) with a name per value and colours
-    (``colors``: one per name, e.g. a class map's "#rrggbb"; default: the palette)."""
+def labels_layer(cells, source, grid, name, names, colors=None, values=None, **kw):
+    """Labels at full resolution (``values[i]`` for cell index i, 0 off the region) with a name per value and
+    colours (``colors``: one per name, e.g. a class map's "#rrggbb"; default: the palette). ``values``: an area
+    map's mask codes (the CLI's label map and the strokes layer hold the same); default: index + 1 (clusters)."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    full = upsample((np.asarray(cells) + 1).astype(np.uint16), grid.stride, grid.image_shape)
+    values = [int(v) for v in (values if values is not None else range(1, len(names) + 1))]
+    lut = np.asarray([0, *values], np.uint16)
+    full = upsample(lut[np.asarray(cells) + 1], grid.stride, grid.image_shape)
     colors = area_colors(names, colors)
     cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0),
-                                           **{i + 1: (*colors[i], 1.0) for i in range(len(names))}})
-    features = {"index": np.arange(len(names) + 1), "name": ["none", *names]}
+                                           **{v: (*colors[i], 1.0) for i, v in enumerate(values)}})
+    features = {"index": np.asarray([0, *values]), "name": ["none", *names]}
     return full, dict(name=name, scale=tuple(source.scale), translate=tuple(source.translate), colormap=cmap,
-                      features=features, opacity=0.5, metadata={"brainrt_names": list(names)}, **kw), "labels"
+                      features=features, opacity=0.5,
+                      metadata={"brainrt_names": list(names), "brainrt_values": values}, **kw), "labels"
+
+
+def area_value(metadata, area):
+    """The Labels value of ``area`` in a brainrt map layer's ``metadata`` (None: not one of its areas)."""
+    names = list(metadata.get("brainrt_names") or [])
+    if area not in names:
+        return None
+    values = metadata.get("brainrt_values") or range(1, len(names) + 1)
+    return int(list(values)[names.index(area)])
+
+
+def suggested_bundle(metadata, current, default):
+    """The bundle a widget should use for an image layer: the one its ``brainrt_bundle`` metadata names (the sample
+    slice: the synthetic-demo bundle, which was trained on such slices; slice309's sees them as almost all one
+    area) while the bundle field still holds the ``default``; else ``current``."""
+    name = (metadata or {}).get("brainrt_bundle")
+    if name and str(current) == str(default) and (models_dir() / name).is_dir():
+        return str(models_dir() / name)
+    return current
 
 
 def area_map_job(source, bundle_path, *, stride=16, head=None, smooth=None, precision=DEFAULT_PRECISION,
@@ -110,7 +133,8 @@ def area_map_job(source, bundle_path, *, stride=16, head=None, smooth=None, prec
     bundle = load_bundle(bundle_path)
     grid = featurize(source, bundle, stride=stride, precision=precision, on_block=on_block)
     result = api.classify(grid, bundle, head=head, smooth=smooth)
-    layers = [labels_layer(result.labels, source, grid, source.label("areas"), result.names)]
+    layers = [labels_layer(result.labels, source, grid, source.label("areas"), result.names,
+                           values=[cs[0] for cs in bundle.manifest.codes_per_class])]
     if result.probabilities is not None:
         layers += [grid_layer(result.probabilities[..., i], source, grid, source.label(f"p({n})"),
                                colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=False)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import BrainrtError, check_image, file_error
 from . import hdf5, tiff, tiff_folder, zarr_image
-from .base import Source, bytes_read
+from .base import Source, bytes_read, check_not_bundle
 from .tiff_folder import folder_files, natural_key
 
 #: The readers, asked in this order (TIFF last: it takes every path that no other claims).
@@ -28,7 +30,7 @@ NGFF_FORMAT = "brainrt-features/2"
 #: Name endings that default output names drop (a saved feature grid's first), in the order they are tried.
 SUFFIXES = (".features.zarr",) + tuple(s for r in READERS for s in r.SUFFIXES)
 
-__all__ = ["NGFF_FORMAT", "READERS", "SUFFIXES", "Source", "bytes_read", "file_of", "folder_files", "is_feature_grid",
+__all__ = ["NGFF_FORMAT", "READERS", "SUFFIXES", "Source", "bytes_read", "check_not_bundle", "file_of", "folder_files", "integer_codes", "is_feature_grid",
            "is_volume_input", "natural_key", "open_source", "open_volume", "read_image", "read_mask", "reader_of"]
 
 
@@ -94,7 +96,18 @@ def read_mask(path, shape, *, z=None, what="label mask"):
     mask, _ = read_image(path, z=z, what=what)
     if mask.shape != tuple(shape):
         raise file_error(path, f"{what} shape {mask.shape} differs from the slice's {tuple(shape)}")
+    if what == "label mask" and mask.dtype.kind == "f":  # class codes (a tissue or ROI mask: nonzero = inside)
+        mask = integer_codes(mask, path)
     return mask
+
+
+def integer_codes(mask, path):
+    """A float label mask's codes as int64 when every value is a whole number, else the one-line error."""
+    frac = mask != np.round(mask)
+    if frac.any():
+        raise file_error(path, f"label mask holds non-integer values (e.g. {mask[frac].flat[0]:g}); a label mask "
+                               "holds integer class codes")
+    return mask.astype(np.int64)
 
 
 def is_feature_grid(path) -> bool:

@@ -10,11 +10,15 @@ benchmark can sum it over the workers.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import BrainrtError, file_error, first_line
 
 _READ = {"bytes": 0, "slices": 0}  # this process's source reads (:func:`bytes_read`)
 #: Threads whose reads count besides the reading one: zarr's event loop and the executor its stores
@@ -76,9 +80,18 @@ class Source:
         before = _rchar()
         try:
             return np.asarray(self._read(z, rows))
+        except (BrainrtError, MemoryError):
+            raise
+        except Exception as exc:  # a truncated or broken file: name it (a worker's traceback names nothing)
+            raise file_error(self.file(z), f"cannot read slice {z} ({type(exc).__name__}: {first_line(exc)})") \
+                from None
         finally:
             _READ["bytes"] += sum(n - before.get(t, 0) for t, n in _rchar().items())  # threads started too
             _READ["slices"] += 1
+
+    def file(self, z) -> str:
+        """The file slice ``z`` is read from (a folder's: that slice's file)."""
+        return self.path
 
     def _read(self, z, rows):  # pragma: no cover - every reader defines it
         raise NotImplementedError
@@ -86,3 +99,34 @@ class Source:
     def index(self, z, rows):
         """The numpy index of slice ``z`` (or the whole 2D image) and ``rows``."""
         return (band(rows),) if len(self.shape) == 2 else (z, band(rows))
+
+
+def check_not_bundle(path):
+    """The one-line error for a model bundle folder given where an image belongs."""
+    if (Path(path) / "manifest.json").is_file():  # brainrt.bundle.MANIFEST (sources import errors only)
+        raise file_error(path, "is a model bundle folder, not an image; pass a bundle with -m/--model")
+
+
+def check_no_channels(path, axes, shape):
+    """The one-line error for an image with a channel axis (OME or ImageJ axes ``C``): channels are not slices."""
+    if "C" in axes:
+        n = shape[axes.index("C")]
+        raise file_error(path, f"holds {n} channels (axes {axes}, shape {tuple(shape)}); brainrt maps one grayscale "
+                               "channel: save the channel to map as its own TIFF")
+
+
+def holds_image(tif):
+    """Whether an open TIFF holds an image (a header with no page, or an empty first page, holds none)."""
+    return bool(tif.series) and len(tif.series[0].shape) > 0 and int(np.prod(tif.series[0].shape)) > 0
+
+
+@contextlib.contextmanager
+def quiet_tifffile():
+    """tifffile's own log lines (e.g. "contains no pages") off while a file is opened: the error says it once."""
+    logger = logging.getLogger("tifffile")
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)

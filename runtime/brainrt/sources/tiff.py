@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PIXEL_TYPES, BrainrtError, check_image, file_error, first_line
-from .base import Source
+from .base import Source, check_no_channels, check_not_bundle, holds_image, quiet_tifffile
 
 KIND = "tiff"
 SUFFIXES = (".ome.tif", ".tiff", ".tif")
@@ -56,7 +56,10 @@ def open(path) -> TiffSource:  # noqa: A001 - every reader's ``open``
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if not holds_image(tif):
+                raise file_error(path, "has a TIFF header but no image in it (0 pages): the file is empty or was cut "
+                                       "short")
             series = tif.series[0]
             shape, dtype, axes = tuple(series.shape), series.dtype, series.axes
             px = tiff_pixel_size(tif)
@@ -64,8 +67,11 @@ def open(path) -> TiffSource:  # noqa: A001 - every reader's ``open``
             if tif.is_ome and tif.ome_metadata:
                 m = re.search(r'PhysicalSizeZ="([0-9.eE+-]+)"', tif.ome_metadata)
                 spacing = float(m.group(1)) if m else spacing
+    except BrainrtError:
+        raise
     except Exception as exc:  # tifffile raises many types for broken files
         raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {first_line(exc)})") from None
+    check_no_channels(path, axes, shape)
     return TiffSource(str(path), shape, np.dtype(dtype).str, px, float(spacing) if spacing else None, axes=axes)
 
 
@@ -106,14 +112,19 @@ def _read_series(path, index=None):
     import tifffile
 
     if path.is_dir():
+        check_not_bundle(path)
         raise file_error(path, "is a directory, not a TIFF file")
     if not path.is_file():
         raise file_error(path, "no such file")
     if path.stat().st_size == 0:
         raise file_error(path, "empty file (0 bytes), not a TIFF")
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            if not holds_image(tif):
+                raise file_error(path, "has a TIFF header but no image in it (0 pages): the file is empty or was cut "
+                                       "short")
             series = _pick_series(path, tif.series, index)
+            check_no_channels(path, series.axes, series.shape)
             return np.asarray(series.asarray()), series.axes, tiff_pixel_size(tif)
     except BrainrtError:
         raise

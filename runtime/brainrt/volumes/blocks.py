@@ -89,8 +89,8 @@ def slice_plan(vplan, bundle, z):
     try:  # the options were checked once, by make_volume_plan
         return plan_of(image, bundle, owner=vplan.task, **vplan.slice_options)
     except BrainrtError as exc:
-        if "no tissue found" not in str(exc):
-            raise BrainrtError(f"{vplan.source.name} z={z}: {exc}") from None
+        if "no tissue found" not in str(exc):  # named by the stack and z (the slice itself is an in-memory image)
+            raise BrainrtError(f"{vplan.source.name} z={z}: {str(exc).removeprefix('image: ')}") from None
         return None  # an empty slice (e.g. past the tissue's end): everything off tissue
 
 

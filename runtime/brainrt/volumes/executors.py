@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -21,6 +22,8 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+from ..errors import BrainrtError
+from ..runfiles import output_lock
 from .blocks import execute, finalize, is_complete, open_partial, remember_bundle, worker_bundle
 from .graph import task_graph
 from .plan import make_volume_plan
@@ -37,6 +40,11 @@ def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=
     unfinished run of the same plan; ``on_task(n_done)`` is called after each task (tests use
     it to interrupt a run). Returns statistics (tasks, computed, skipped, seconds, blocks/s).
     """
+    with output_lock(out):  # one run at a time into ``out`` (the second is refused in one line)
+        return _run_volume(vplan, out, client, bundle, progress, on_task, overwrite)
+
+
+def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
     if is_complete(vplan, out, overwrite=overwrite):
         return _complete(vplan)
     tmp, already = open_partial(vplan, Path(out), overwrite=overwrite)
@@ -58,6 +66,9 @@ def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=
         else:
             log.info("dask dashboard: %s", client.dashboard_link)
             run_dask(vplan, tmp, tasks, tick, client)
+    except BrainrtError:  # a bad slice (NaN, a cut file): a fixed input is another run, its blocks of no use
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -140,7 +151,8 @@ def dask_client(*, workers=None, scheduler=None):
         return
     n = workers or os.cpu_count() or 1
     with _deaf_to_ctrl_c() as interrupted:
-        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True, silence_logs=logging.ERROR)
+        cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
+                               silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL)
     with cluster, Client(cluster) as client:
         if interrupted:  # while the cluster started: raised now, so that it is shut down as a whole
             raise KeyboardInterrupt
@@ -185,9 +197,10 @@ def process_volume(source, bundle, out, *, task="classify", client=None, workers
     any other output there is refused unless ``overwrite``. Returns ``(plan, statistics)``.
     """
     vplan = make_volume_plan(source, bundle, task=task, **options)
-    if is_complete(vplan, out, overwrite=overwrite):
-        return vplan, _complete(vplan)
-    if client is not None:
-        return vplan, run_volume(vplan, out, client=client, progress=progress, overwrite=overwrite)
-    with dask_client(workers=workers, scheduler=scheduler) as c:
-        return vplan, run_volume(vplan, out, client=c, progress=progress, overwrite=overwrite)
+    with output_lock(out):  # a second run into ``out`` is refused before a cluster starts
+        if is_complete(vplan, out, overwrite=overwrite):
+            return vplan, _complete(vplan)
+        if client is not None:
+            return vplan, run_volume(vplan, out, client=client, progress=progress, overwrite=overwrite)
+        with dask_client(workers=workers, scheduler=scheduler) as c:
+            return vplan, run_volume(vplan, out, client=c, progress=progress, overwrite=overwrite)
