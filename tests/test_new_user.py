@@ -192,15 +192,6 @@ def test_signed_pixel_types_read_shifted_by_the_types_minimum(tmp_path, sl, dtyp
         assert np.array_equal(tifffile.imread(tmp_path / "a.ome.tif"), tifffile.imread(tmp_path / "b.ome.tif"))
 
 
-@pytest.mark.parametrize("z", [None, "all"])
-def test_hdf5_is_said_not_supported(tmp_path, z):
-    h5 = tmp_path / "x.h5"
-    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(512))
-    line = one_cli_error(run_cli(["classify", h5, "-m", DEMO, *(["--z", z] if z else []),
-                                  "-o", tmp_path / ("o.ome.zarr" if z else "o.ome.tif")]))
-    assert "x.h5" in line and "HDF5 is not supported yet" in line, line
-
-
 @pytest.mark.parametrize("header", [b"II*\x00\x00\x00\x00\x00",  # no first page
                                     b"II*\x00\x08\x00\x00\x00\x00\x00" + bytes(8)])  # a first page of 0 tags
 @pytest.mark.parametrize("z", [None, "all"])

@@ -61,13 +61,12 @@ def make_new_user_data(t):
 
 
 def make_broken_inputs(t, s):
-    """Files a new user had: HDF5, a TIFF header with no page, channels, a cut slice, NaN, a cut head file."""
+    """Files a new user had: a TIFF header with no page, channels, a cut slice, NaN, a cut head file."""
     import zarr
 
     from brainrt.bundle import sha256_file
     from brainrt.synth import make_volume
 
-    (t / "slice.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(512))
     (t / "no_pages.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")
     tifffile.imwrite(t / "two_channels.ome.tif", np.stack([s.image, 255 - s.image]), ome=True,
                      metadata={"axes": "CYX"}, photometric="minisblack")
@@ -181,7 +180,6 @@ def new_user_cases(t):  # long: one row per case of issue 28's table
         *[Case(f"an {dt} TIFF (the uint8 levels spread over its range)",
                c + [f"s_{dt}.tif", *m, "-o", f"{dt}.ome.tif"], same_map("u8.ome.tif", f"{dt}.ome.tif"))
           for dt in ("int8", "int16", "int32")],
-        Case("an HDF5 file (.h5)", c + ["slice.h5", *m, "-o", "h5.ome.tif"]),
         Case("a TIFF header with no pages", c + ["no_pages.tif", *m, "-o", "np.ome.tif"]),
         Case("a 2-channel CYX OME-TIFF", c + ["two_channels.ome.tif", *m, "-o", "cyx.ome.tif"]),
         Case("a bundle folder given as the image", c + [DEMO, *m, "-o", "bundle.ome.tif"]),
