@@ -154,7 +154,7 @@ def _call(image=None, centres=None, patch_size=8, out=None, **kw):
     "kwargs",
     [
         dict(image=np.zeros((4, 4, 3), np.uint8)),
-        dict(image=np.zeros((4, 4), np.int32)),
+        dict(image=np.zeros((4, 4), np.uint32)),  # signed types are read (issue 28); uint32 is not
         dict(image=np.zeros((0, 4), np.uint8)),
         dict(centres=np.zeros((2, 3), np.int64)),
         dict(centres=np.zeros((2, 2), np.float64)),
