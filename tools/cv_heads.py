@@ -77,19 +77,16 @@ def unseen_labels(bundle, sl, grid):
     recorded split's training bands), and the grid's cell classes restricted to them: the network memorized those
     patches (0.998 training accuracy), so their features are cleaner than any new slice's and would flatter every
     head and favour small map regularizers."""
-    from brainrt.geometry import cell_centre
+    from brainrt_train.cv import at_centres
     from tools.accuracy_report import split_of
 
     regions, _, _ = split_of(bundle, sl, len(grid.names))
     seen = regions["train"][0]
     labels = np.where(seen, -1, sl.labels)
-    R, C = grid.valid.shape
-    ys = np.minimum(cell_centre(np.arange(R), grid.stride), labels.shape[0] - 1)
-    xs = np.minimum(cell_centre(np.arange(C), grid.stride), labels.shape[1] - 1)
     # memorized cells leave the grid as if they were background: no head, pooling or smoothing reads them, so
     # no map near a held-out cell borrows the network's memory of its neighbours
-    grid.valid = grid.valid & ~seen[np.ix_(ys, xs)]
-    grid.y_cells = np.where(grid.valid, labels[np.ix_(ys, xs)], -1)
+    grid.valid = grid.valid & ~at_centres(seen, grid.stride, grid.valid.shape)
+    grid.y_cells = np.where(grid.valid, at_centres(labels, grid.stride, grid.valid.shape), -1)
     return labels
 
 

@@ -52,7 +52,7 @@ def cv_counts(bundle, image_path, mask_path, features, k=5):
     cf = cv.cell_folds(folds, sl.labels, grid.stride, grid.valid.shape, len(grid.names))
     out = []
     for f in range(k):
-        _, prob = cv.fit_head(grid, cf.train_cells(f), head)
+        _, prob = cv.fit_head(grid, cf.train[f], head)
         prob = cv.with_bias(prob, grid.names, bias)
         if sigma_um > 0:
             prob = smooth_probabilities(prob, grid.valid, grid.sigma_cells(sigma_um), space=space)

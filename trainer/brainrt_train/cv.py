@@ -59,16 +59,13 @@ class Folds:
         """(H, W) bool: fold ``f``'s held-out pixels."""
         return self.fold_map == f
 
-    def train(self, f, exclude=()):
-        """(H, W) bool: labeled pixels of the other folds (and not of ``exclude``) farther than the gap from
-        fold ``f``'s held-out pixels."""
+    def train(self, f):
+        """(H, W) bool: labeled pixels of the other folds farther than the gap from fold ``f``'s held-out pixels."""
         from brainrt.split import window_sum
 
         held = self.held_out(f)
         near = window_sum(held, self.gap_px, self.gap_px) > 0
         keep = (self.fold_map >= 0) & ~held & ~near
-        for g in exclude:
-            keep &= self.fold_map != g
         return keep
 
     def record(self):
@@ -132,7 +129,6 @@ class CellFolds:
     y: np.ndarray
     counts: np.ndarray
     train: np.ndarray
-    centre_fold: np.ndarray
     #: (k, K) bool: the classes each fold holds out (:func:`present`)
     held: np.ndarray = None
 
@@ -140,29 +136,27 @@ class CellFolds:
     def k(self):
         return self.folds.k
 
-    def train_cells(self, f, exclude=()):
-        """Cells whose centre is a training pixel of ``f`` that is not in a fold of ``exclude`` (inner folds:
-        the inner held-out fold's gap is taken from the fold map itself, see :meth:`inner_train`)."""
-        out = self.train[f].copy()
-        for g in exclude:
-            out &= self.centre_fold != g
-        return out
-
     def inner_train(self, outer, inner):
         """Training cells of inner fold ``inner`` inside outer fold ``outer``'s training part: training cells of
         both (beyond the gap of either held-out part)."""
         return self.train[outer] & self.train[inner]
 
 
-def cell_folds(folds, labels, stride, grid_shape, n_classes):
-    """:class:`CellFolds` of ``folds`` on the stride-``stride`` grid of shape ``grid_shape`` (R, C)."""
+def at_centres(image, stride, grid_shape):
+    """``image`` (H, W) read at every cell's centre pixel of the stride-``stride`` grid of shape ``grid_shape``."""
     from brainrt.geometry import cell_centre
 
     R, C = grid_shape
+    ys = np.minimum(cell_centre(np.arange(R), stride), image.shape[0] - 1)
+    xs = np.minimum(cell_centre(np.arange(C), stride), image.shape[1] - 1)
+    return image[np.ix_(ys, xs)]
+
+
+def cell_folds(folds, labels, stride, grid_shape, n_classes):
+    """:class:`CellFolds` of ``folds`` on the stride-``stride`` grid of shape ``grid_shape`` (R, C)."""
+    R, C = grid_shape
     H, W = labels.shape
-    ys = np.minimum(cell_centre(np.arange(R), stride), H - 1)
-    xs = np.minimum(cell_centre(np.arange(C), stride), W - 1)
-    y = labels[np.ix_(ys, xs)].astype(np.int64)
+    y = at_centres(labels, stride, grid_shape).astype(np.int64)
     cell = (np.arange(H)[:, None] // stride).clip(max=R - 1) * C + (np.arange(W)[None, :] // stride).clip(max=C - 1)
     cell_ok = (np.arange(H)[:, None] // stride < R) & (np.arange(W)[None, :] // stride < C)
     counts = np.zeros((folds.k, R, C, n_classes), np.int32)
@@ -170,9 +164,8 @@ def cell_folds(folds, labels, stride, grid_shape, n_classes):
         m = folds.held_out(f) & cell_ok & (labels >= 0)
         idx = cell[m].astype(np.int64) * n_classes + labels[m]
         counts[f] = np.bincount(idx, minlength=R * C * n_classes).reshape(R, C, n_classes)
-    train = np.stack([folds.train(f)[np.ix_(ys, xs)] & (y >= 0) for f in range(folds.k)])
-    centre_fold = folds.fold_map[np.ix_(ys, xs)]
-    return CellFolds(folds, stride, y, counts, train, centre_fold, present(counts.sum((1, 2))))
+    train = np.stack([at_centres(folds.train(f), stride, grid_shape) & (y >= 0) for f in range(folds.k)])
+    return CellFolds(folds, stride, y, counts, train, present(counts.sum((1, 2))))
 
 
 def confusion(pred, counts):
@@ -571,7 +564,6 @@ def nested(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, log=None, jobs=1
 def grid_of(features_path, image_path, mask_path, bundle):
     """The :class:`Grid` of a slice's feature zarr (``brainrt featurize``) and its annotation, classes from the
     bundle's class map; ``y_cells`` attached (class of each cell's centre pixel, -1 none or off tissue)."""
-    from brainrt.geometry import cell_centre
     from brainrt.grid import load_features
     from brainrt_train.data import ClassMap, load_slice
 
@@ -581,10 +573,7 @@ def grid_of(features_path, image_path, mask_path, bundle):
     if tuple(g.image_shape) != tuple(sl.labels.shape):
         raise ValueError(f"{features_path}: features of an image of shape {tuple(g.image_shape)}, not {sl.labels.shape}")
     grid = Grid(np.asarray(g.features, np.float32), np.asarray(g.valid, bool), sl.labels, list(cmap.names), g.stride)
-    R, C = grid.valid.shape
-    ys = np.minimum(cell_centre(np.arange(R), g.stride), sl.labels.shape[0] - 1)
-    xs = np.minimum(cell_centre(np.arange(C), g.stride), sl.labels.shape[1] - 1)
-    grid.y_cells = np.where(grid.valid, sl.labels[np.ix_(ys, xs)], -1)
+    grid.y_cells = np.where(grid.valid, at_centres(sl.labels, g.stride, grid.valid.shape), -1)
     return grid, sl
 
 
