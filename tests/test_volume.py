@@ -452,7 +452,8 @@ def test_cli_finished_volume(stack_tif, tiny_bundle_path, tmp_path, monkeypatch)
 def test_resume_refusal_names_options(stack_tif, tiny_bundle, tmp_path):
     """An interrupted run's refusal names the options as typed (--smooth, not sigma_cells); --overwrite restarts."""
     from brainrt.errors import BrainrtError
-    from brainrt.volumes import partial_path, run_volume
+    from brainrt.outputs import partial_path
+    from brainrt.volumes import run_volume
 
     out = tmp_path / "r.ome.zarr"
 
@@ -517,7 +518,7 @@ def _stderr_lines(proc, lines):
 def test_ctrl_c_in_a_terminal(stack_tif, tiny_bundle_path, tmp_path):
     """Ctrl-C in a terminal (SIGINT to the whole process group: the Dask workers too), while the cluster starts
     and after the first blocks: the one "Interrupted" line, exit 130, no worker traceback."""
-    from brainrt.volumes import partial_path
+    from brainrt.outputs import partial_path
 
     for when in ("starting", "running"):
         out = tmp_path / f"{when}.ome.zarr"
@@ -549,15 +550,15 @@ def test_ctrl_c_in_a_terminal(stack_tif, tiny_bundle_path, tmp_path):
 def test_interrupted_line_tells_what_is_left(tmp_path):
     """An interrupt says where finished blocks are kept, or that nothing was written: a partial store without a
     finished block (interrupted while it was being set up) is removed, so the line and the disk agree."""
-    from brainrt.volumes import interrupted_line, partial_path
+    from brainrt.outputs import ZarrStack, partial_path
 
     out = tmp_path / "v.ome.zarr"
     (partial_path(out) / ".brainrt" / "done").mkdir(parents=True)
-    assert interrupted_line(out) == "Interrupted; no output was written"
+    assert ZarrStack(out).interrupted_line() == "Interrupted; no output was written"
     assert not partial_path(out).exists()
     (partial_path(out) / ".brainrt" / "done").mkdir(parents=True)
     (partial_path(out) / ".brainrt" / "done" / "b0-0").write_text("")
-    assert interrupted_line(out).startswith(f"Interrupted; the finished blocks are kept in {partial_path(out)}")
+    assert ZarrStack(out).interrupted_line().startswith(f"Interrupted; the finished blocks are kept in {partial_path(out)}")
 
 
 def test_volume_output_that_is_the_input_folder_is_refused(tmp_path, tiny_bundle_path, synthetic_slice):

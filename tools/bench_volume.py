@@ -112,7 +112,7 @@ def full_band(model, stride, work):
 
     import brainrt
     from brainrt.synth import make_volume
-    from brainrt.volumes.blocks import create_store
+    from brainrt.volumes.layout import create_store
     from brainrt.volumes import make_volume_plan
 
     path = Path(work) / "full.tif"

@@ -26,14 +26,14 @@ from .grid import FeatureGrid
 from .heads import CLASSIFIER_HEADS, Classifier
 from .io import check_not_input, check_target
 from .scoring import score_lines
-from .outputs import (classification_set, probabilities_path, siblings, uncertainty_path, write_classification, write_clusters,
-                      write_subdivision)
+from .outputs import (ZarrStack, classification_set, probabilities_path, siblings, uncertainty_path, write_classification,
+                      write_clusters, write_subdivision)
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
                       interrupted_status, model_option, one_line_errors, output_kind, show_progress, sigterm_as_interrupt,
                       slice_only, standardize_option, threads_option, volume_options)
 from .sources import check_not_bundle, is_feature_grid, is_volume_input, read_mask
-from .volumes import interrupted_line, process_volume
+from .volumes import process_volume
 
 log = logging.getLogger("brainrt")
 
@@ -108,7 +108,7 @@ def _run_volume(task, source, model, threads, out, workers, scheduler, overwrite
                                    overwrite=overwrite, **dict(opts, z=kw["z"] or "all"), **task_kw)
     except KeyboardInterrupt as exc:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # stopping now: a second Ctrl-C must not cut the exit short
-        click.echo(interrupted_line(out), err=True)
+        click.echo(ZarrStack(out).interrupted_line(), err=True)
         sys.exit(interrupted_status(exc))
     if st["complete"]:
         return click.echo(COMPLETE.format(out))

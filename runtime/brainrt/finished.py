@@ -14,23 +14,23 @@ the bundle's manifest sha256; the library version is kept but not compared. A fo
 (zarr, a 2D feature grid or a volume) holds it as ``.brainrt/run.json`` (a volume from the
 start of its ``.partial`` folder, so a resume is checked against the same record); a file output ``X.ome.tif`` and its side files
 (``X.probabilities.ome.tif``, ``X.overlay.png``, ...) are one **set** whose record
-``X.run.json`` also lists each file's size. :class:`OutputSet` writes a set as one: every
-file goes to a temporary name first; only when all are written are they renamed into place,
-the files of the set that this run does not write are removed, and the record is written
-last (and removed first), so a set without its record is never taken as finished.
+``X.run.json`` also lists each file's size.
+
+Every output is written atomically, never taken as finished half-written: the two output stores
+(:mod:`brainrt.outputs`, one interface) apply this rule. The OME-TIFF set of a slice
+(:class:`~brainrt.outputs.tiff_set.TiffSet`) renames its files into place together, its record
+after them; the zarr stack of a volume (:class:`~brainrt.outputs.zarr_stack.ZarrStack`)
+is assembled under ``.NAME.partial`` (resumable task by task) and renamed into place when done.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
 
 from .errors import BrainrtError, file_error
 from .version import __version__
-from .io import current_umask
-from .runfiles import temp_path
 from .sources import file_of
 
 FORMAT = "brainrt-run/1"
@@ -170,70 +170,6 @@ def _set_problems(out, rec, members):
     return bad + sorted(n for n in names - set(files) if (out.parent / n).exists())
 
 
-class OutputSet:
-    """Write the files of one output set atomically as a set (see the module docstring).
-
-    ``with OutputSet(out, members, record=rec) as s:`` then write each file to
-    ``s.path(final)``; on success the set is committed, on any error every temporary file is
-    removed and the existing set is left as it was. A write that fails for lack of space (or
-    any OS error) becomes the one-line error naming the output.
-    """
-
-    def __init__(self, out, members, *, record=None):
-        self.out, self.members, self.record = Path(out), [Path(m) for m in members], record
-        self._tmp: dict[Path, Path] = {}
-
-    def path(self, final) -> Path:
-        """A temporary path for the set's file ``final``."""
-        final = Path(final)
-        self._tmp[final] = temp_path(final)
-        return self._tmp[final]
-
-    def written(self, final):
-        """The temporary path of the set's file ``final`` (what this run wrote so far), None if it has none."""
-        return self._tmp.get(Path(final))
-
-    def has(self, final) -> bool:
-        """Whether the set's file ``final`` has a temporary path (it is written by this run)."""
-        return Path(final) in self._tmp
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        try:
-            if kind is None:
-                self._commit()
-        except OSError as err:
-            self._discard()
-            raise _os_error(self.out, err) from None
-        if kind is not None:
-            self._discard()
-            if issubclass(kind, OSError):
-                raise _os_error(self.out, exc) from None
-        return False
-
-    def _commit(self):
-        rec_path = record_path(self.out)
-        rec_path.unlink(missing_ok=True)  # removed first: a half-committed set has no record
-        mode = 0o666 & ~current_umask()
-        for final, tmp in self._tmp.items():
-            os.chmod(tmp, mode)
-            os.replace(tmp, final)
-        for stale in [self.out, *self.members]:
-            if stale not in self._tmp and stale.is_file():
-                stale.unlink()
-        self._tmp = {}
-        if self.record is not None:
-            rec = {**self.record, "files": {p.name: p.stat().st_size for p in [self.out, *self.members] if p.is_file()}}
-            write_record(rec_path, rec)
-
-    def _discard(self):
-        for tmp in self._tmp.values():
-            tmp.unlink(missing_ok=True)
-        self._tmp = {}
-
-
 def write_record(path, rec):
     """Write a run record atomically (a folder output's, or a set's)."""
     path = Path(path)
@@ -241,8 +177,3 @@ def write_record(path, rec):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(rec, indent=1) + "\n")
     os.replace(tmp, path)
-
-
-def _os_error(out, err) -> BrainrtError:
-    why = "no space left on device" if getattr(err, "errno", None) == errno.ENOSPC else (err.strerror or str(err))
-    return file_error(out, f"cannot write the output ({why}); nothing was written or replaced")

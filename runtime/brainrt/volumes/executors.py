@@ -1,6 +1,7 @@
 """Executors: run a volume plan's task graph (:func:`~brainrt.volumes.graph.task_graph`, built once
-as data) in this process or on a Dask cluster. They only schedule: the tasks, the store and the
-completion records are :mod:`brainrt.volumes.blocks`' business.
+as data) in this process or on a Dask cluster. They only schedule: the tasks are
+:mod:`brainrt.volumes.blocks`' business, the store's folder, records and resume
+:mod:`brainrt.outputs.zarr_stack`'s, its arrays :mod:`brainrt.volumes.layout`'s.
 
 A new executor is one more function of ``(vplan, store, tasks, tick)`` beside
 :func:`run_serial` and :func:`run_dask` that runs each task through
@@ -14,18 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 from ..errors import BrainrtError
+from ..outputs.zarr_stack import ZarrStack
 from ..runfiles import output_lock
-from .blocks import execute, finalize, is_complete, open_partial, remember_bundle, worker_bundle
+from .blocks import execute, remember_bundle, worker_bundle
 from .graph import task_graph
+from .layout import create_store, finish_store
 from .plan import make_volume_plan
 
 log = logging.getLogger("brainrt")
@@ -45,9 +46,10 @@ def run_volume(vplan, out, *, client=None, bundle=None, progress=False, on_task=
 
 
 def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
-    if is_complete(vplan, out, overwrite=overwrite):
+    stack = ZarrStack(out)
+    if stack.finished(vplan.record(), overwrite=overwrite):
         return _complete(vplan)
-    tmp, already = open_partial(vplan, Path(out), overwrite=overwrite)
+    tmp, already = stack.open(vplan.record(), lambda tmp: create_store(vplan, tmp), overwrite=overwrite)
     t0 = time.perf_counter()
     tasks, counts = task_graph(vplan), [0, 0]  # blocks, slice tasks computed
     bar = _bar(vplan, progress)
@@ -67,12 +69,13 @@ def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
             log.info("dask dashboard: %s", client.dashboard_link)
             run_dask(vplan, tmp, tasks, tick, client)
     except BrainrtError:  # a bad slice (NaN, a cut file): a fixed input is another run, its blocks of no use
-        shutil.rmtree(tmp, ignore_errors=True)
+        stack.discard()
         raise
     finally:
         if bar is not None:
             bar.close()
-    finalize(vplan, tmp, out)
+    finish_store(vplan, tmp)
+    stack.commit()
     dt = time.perf_counter() - t0
     return {"blocks": vplan.n_blocks, "computed_blocks": counts[0], "skipped_records": already,
             "seconds": round(dt, 3), "blocks_per_s": round(counts[0] / dt, 3) if dt else None, "complete": False}
@@ -198,7 +201,7 @@ def process_volume(source, bundle, out, *, task="classify", client=None, workers
     """
     vplan = make_volume_plan(source, bundle, task=task, **options)
     with output_lock(out):  # a second run into ``out`` is refused before a cluster starts
-        if is_complete(vplan, out, overwrite=overwrite):
+        if ZarrStack(out).finished(vplan.record(), overwrite=overwrite):
             return vplan, _complete(vplan)
         if client is not None:
             return vplan, run_volume(vplan, out, client=client, progress=progress, overwrite=overwrite)

@@ -1,8 +1,8 @@
-"""Writers: OME-TIFF maps with their pixel size, PNG previews, JSON metrics.
+"""Writers of a slice's maps: OME-TIFF maps with their pixel size, PNG previews, JSON metrics.
 
-Writers only write: they take computed results (and the image, for previews) and put
-them on disk atomically (:func:`brainrt.io.atomic_path`). Computing, reading and scoring
-happen before, in :mod:`brainrt.api`.
+Writers only write: they take computed results (and the image, for previews) and put them on
+disk as one output set (:class:`~brainrt.outputs.tiff_set.TiffSet`). Computing, reading and
+scoring happen before, in :mod:`brainrt.api`.
 """
 
 from __future__ import annotations
@@ -12,43 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry import upsample
-from .heads import OFF_TISSUE
-from .finished import SET_RECORD, OutputSet, set_member
-from .io import OmeTiffBands, write_json, write_ome_tiff
-from .plots import area_colors, confusion_png, overlay_png
-from .uncertainty import CHANNELS
-
-
-#: Files the writers put beside their main output ``X.ome.tif`` (as ``X<suffix>``); with it, one output set
-#: (:class:`brainrt.finished.OutputSet`), whose run record is ``X.run.json``.
-SIBLING_SUFFIXES = (".probabilities.ome.tif", ".uncertainty.ome.tif", ".overlay.png", ".metrics.json", ".confusion.png", ".loglik.ome.tif")
-
-
-def siblings(out):
-    """Every path a writer may put beside the main output ``out`` (its record included)."""
-    return [set_member(out, suffix) for suffix in (*SIBLING_SUFFIXES, SET_RECORD)]
-
-
-def _set(out, record):
-    """The output set of ``out``: every side file a writer may put beside it (stale ones are removed)."""
-    return OutputSet(out, siblings(out)[:-1], record=record)
+from ..finished import set_member
+from ..geometry import upsample
+from ..heads import OFF_TISSUE
+from ..io import OmeTiffBands, write_json, write_ome_tiff
+from ..plots import area_colors, confusion_png, overlay_png
+from ..uncertainty import CHANNELS
+from .tiff_set import TiffSet, probabilities_path, uncertainty_path
 
 
 def classification_set(out, record):
     """The output set of the label map ``out`` (``with``: written as one), for :func:`write_classification`'s
     ``into`` when the probabilities are streamed into it first (:func:`probabilities_path`)."""
-    return _set(out, record)
-
-
-def probabilities_path(out):
-    """Where the probabilities of the label map ``out`` go."""
-    return set_member(out, ".probabilities.ome.tif")
-
-
-def uncertainty_path(out):
-    """Where the uncertainty map (margin, entropy) of the label map ``out`` goes."""
-    return set_member(out, ".uncertainty.ome.tif")
+    return TiffSet(out).writing(record)
 
 
 def label_key(names, codes):
@@ -66,7 +42,7 @@ def write_classification(out, result, *, image=None, metrics=None, truth=None, r
     written as one (files of an older set that this call does not write are removed). ``into``: the
     open set (:func:`classification_set`) the probabilities were already streamed into
     (:func:`brainrt.api.classify_plan`), committed by its ``with``. Returns the paths written."""
-    with contextlib.nullcontext(into) if into is not None else _set(out, record) as s:
+    with contextlib.nullcontext(into) if into is not None else TiffSet(out).writing(record) as s:
         return [str(p) for p in _write_classification(s, Path(out), result, image, metrics, truth, uncertain_below,
                                                       preview_width)]
 
@@ -124,7 +100,7 @@ def write_clusters(out, clusters, loglik, grid, names, *, image=None, record=Non
     """GMM cluster map (full resolution), per-area log-likelihood maps (grid resolution), PNG: one output set."""
     c8 = np.where(clusters >= 0, clusters, OFF_TISSUE).astype(np.uint8)
     ll = set_member(out, ".loglik.ome.tif")
-    with _set(out, record) as s:
+    with TiffSet(out).writing(record) as s:
         write_ome_tiff(s.path(out), upsample(c8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
         write_ome_tiff(s.path(ll), np.moveaxis(loglik, -1, 0), pixel_size_um=grid.pixel_size_um * grid.stride,
                        channel_names=names)
@@ -135,7 +111,7 @@ def write_clusters(out, clusters, loglik, grid, names, *, image=None, record=Non
 def write_subdivision(out, sub, grid, *, image=None, title="", record=None):
     """Sub-division cluster map (full resolution) and an overlay PNG: one output set."""
     s8 = np.where(sub >= 0, sub, OFF_TISSUE).astype(np.uint8)
-    with _set(out, record) as s:
+    with TiffSet(out).writing(record) as s:
         write_ome_tiff(s.path(out), upsample(s8, grid.stride, grid.image_shape), pixel_size_um=grid.pixel_size_um)
         png = _cluster_overlay(s, out, sub, grid, image, title)
     return [str(out)] + png

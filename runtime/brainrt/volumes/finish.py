@@ -1,0 +1,102 @@
+"""The slice tasks of a classify run: smooth a slice's probabilities and write its outputs.
+
+``finish`` (one per z, after its bands, or after the slice's context task) smooths in the plane
+through :class:`~brainrt.smooth.RowSmoother` and writes the probabilities, their margin and entropy
+and the label pyramid; with ``smooth_z``, ``zsmooth`` (one per z, after the finishes within its
+kernel's reach) smooths across slices (:func:`~brainrt.smooth.smooth_across`) and writes them instead.
+The arrays are those of :mod:`brainrt.volumes.layout`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..geometry import upsample
+from ..heads import OFF_TISSUE
+from ..smooth import RowSmoother, radius, smooth_across
+from ..uncertainty import margin_entropy
+from .layout import n_levels
+
+#: Bytes of neighbouring slices' probabilities the z pass reads at a time.
+Z_BYTES = 64 << 20
+
+
+def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, pyramid) kept readable in order
+    """Smooth slice ``z``'s probabilities in the plane and write them and its label pyramid (classify)."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r+")
+    zi, (R, C) = vplan.zs.index(z), vplan.grid
+    raw, valid = root["scratch/context" if vplan.context else "scratch/probabilities"], root["scratch/valid"]
+    zsm = vplan.z_sigma > 0
+    smoother = RowSmoother(vplan.sigma_cells, space=vplan.space, rows=R) if vplan.sigma_cells > 0 else None
+    labels, done = np.full((R, C), -1, np.int16), 0
+    v_all = np.asarray(valid[zi])
+
+    def put(p):
+        nonlocal done
+        n = len(p)
+        v = v_all[done : done + n]
+        p = np.where(v[..., None], p, 0).astype(np.float32)
+        if zsm:  # the z pass reads it, then writes the outputs
+            root["scratch/planar"][zi, done : done + n] = p
+        else:
+            _write_probabilities(vplan, root, zi, done, p, v)
+            labels[done : done + n] = np.where(v, p.argmax(-1), -1)
+        done += n
+
+    for r0, r1 in vplan.bands:
+        p = np.asarray(raw[zi, r0:r1])
+        if smoother is None:
+            put(p)
+        else:
+            for s in smoother.push(p, v_all[r0:r1]):
+                put(s)
+    if smoother is not None:
+        for s in smoother.flush():
+            put(s)
+    if not zsm:
+        _write_labels(vplan, root, zi, labels)
+
+
+def zsmooth_slice(vplan, store, z):
+    """Smooth slice ``z``'s in-plane smoothed probabilities across neighbouring slices (Gaussian of
+    ``vplan.z_sigma`` slices, normalized over tissue cells like in the plane) and write the outputs."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r+")
+    zi, (R, C), r = vplan.zs.index(z), vplan.grid, radius(vplan.z_sigma)
+    lo, hi = max(0, zi - r), min(len(vplan.zs), zi + r + 1)
+    planar, valid = root["scratch/planar"], root["scratch/valid"]
+    labels = np.full((R, C), -1, np.int16)
+    step = max(1, Z_BYTES // ((hi - lo) * C * len(vplan.class_names) * 4))  # rows per read: bounded memory
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        p, v = np.asarray(planar[lo:hi, r0:r1]), np.asarray(valid[lo:hi, r0:r1])
+        out = smooth_across(p, v, vplan.z_sigma, zi - lo, space=vplan.space)
+        _write_probabilities(vplan, root, zi, r0, out, v[zi - lo])
+        labels[r0:r1] = np.where(v[zi - lo], out.argmax(-1), -1)
+    _write_labels(vplan, root, zi, labels)
+
+
+def _write_probabilities(vplan, root, zi, r0, p, valid):
+    """Grid rows ``r0 ..`` of slice position ``zi``'s probabilities ``p`` (rows, cols, K), then their margin and
+    entropy (:mod:`brainrt.uncertainty`; NaN where not ``valid``), into every level of the image (level ``l``
+    keeps every ``2**l``-th row and column, as the label pyramid does: the cells' centres, so one translation
+    places every level)."""
+    n, p = len(p), np.concatenate([p, margin_entropy(p, valid)], -1)
+    for level in range(n_levels(vplan.source.shape[1:])):
+        f = 2**level
+        first = -(-r0 // f) * f  # the first row of this block that level ``l`` keeps
+        if first < r0 + n:
+            rows = p[first - r0 :: f, ::f]
+            root[str(level)][:, zi, first // f : first // f + len(rows)] = np.moveaxis(rows, -1, 0)
+
+
+def _write_labels(vplan, root, zi, labels):
+    """The label pyramid of slice position ``zi`` from its grid labels (class indices, -1 off tissue)."""
+    codes = np.asarray(list(vplan.class_codes) + [OFF_TISSUE], np.uint8)[labels]
+    full = upsample(codes, vplan.stride, vplan.source.shape[1:])
+    for level in range(n_levels(vplan.source.shape[1:])):
+        f = 2**level
+        root[f"labels/areas/{level}"][zi] = full[::f, ::f]
