@@ -101,7 +101,7 @@ def test_plan_of_an_array_and_of_its_tiff_are_the_same(tiny_bundle, synthetic_sl
     assert b.source == str(path) and b.image_shape == image.shape
     assert make_plan(image, tiny_bundle, stride=5).method == "dense"  # stride 1, every 5th position
     assert make_plan(image, tiny_bundle, stride=7).method == "patch"  # 49 positions a cell: per patch is cheaper
-    assert make_plan(image, tiny_bundle, pixel_size_um=0.65).pixel_size_um == 0.65
+    assert make_plan(image, tiny_bundle, pixel_size_um=0.65).grid_pixel_size_um == 0.65  # resampled for the network
 
 
 def test_plan_is_frozen(tiny_bundle, synthetic_slice):

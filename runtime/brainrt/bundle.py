@@ -223,6 +223,11 @@ class Bundle:
         return self.manifest.n_features
 
     @property
+    def pixel_size_um(self) -> float:
+        """Pixel size of the training images, um (the manifest's; bundles that record none: the paper's 1.17)."""
+        return float(self.manifest.pixel_size_um or 1.17)
+
+    @property
     def model_id(self) -> str:
         return self.manifest.model_id
 

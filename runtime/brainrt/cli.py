@@ -159,7 +159,7 @@ def _grid_and_image(job, bundle):
     """The feature grid of a :func:`_job` (a slice featurized in memory, with its image; a saved grid, no image)."""
     if isinstance(job, FeatureGrid):
         return job, None
-    return api.featurize_plan(job, bundle, progress=show_progress()), job.image
+    return api.featurize_plan(job, bundle, progress=show_progress()), job.input_image
 
 
 # --------------------------------------------------------------------------- commands
@@ -265,10 +265,10 @@ def _classified(job, bundle, head, smooth, s):
     if isinstance(job, FeatureGrid):
         return api.classify(job, bundle, head=head, smooth=smooth), None
     if not Classifier.of(bundle, head).proba:
-        return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=show_progress()), job.image
+        return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=show_progress()), job.input_image
     return api.classify_plan(job, bundle, head=head, smooth=smooth, progress=show_progress(),
                              probabilities=s.path(probabilities_path(s.out)),
-                             uncertainty=s.path(uncertainty_path(s.out))), job.image
+                             uncertainty=s.path(uncertainty_path(s.out))), job.input_image
 
 
 @main.command()

@@ -65,15 +65,15 @@ class FeatureGrid:
     @classmethod
     def of_plan(cls, plan, features, model_id, stats=None):
         """The grid of a :class:`~brainrt.plan.Plan` holding ``features``."""
-        return cls(features, plan.valid, plan.stride, plan.patch_size, plan.image_shape, model_id,
-                   plan.pixel_size_um, stats or {})
+        return cls(features, plan.valid, plan.grid_stride, plan.patch_size, plan.image_shape, model_id,
+                   plan.grid_pixel_size_um, stats or {})
 
 
 def zarr_attrs(plan, model_id) -> dict:
     """brainrt's attributes of a feature grid: format, geometry, model, precision and pixel size."""
-    return {"format": NGFF_FORMAT, "stride": plan.stride, "patch_size": plan.patch_size,
+    return {"format": NGFF_FORMAT, "stride": plan.grid_stride, "patch_size": plan.patch_size,
             "image_shape": list(plan.image_shape), "model_id": model_id, "precision": plan.precision,
-            "pixel_size_um": plan.pixel_size_um,
+            "pixel_size_um": plan.grid_pixel_size_um,
             "grid": "cell (i, j) is the patch centred on pixel (i*stride + stride//2, j*stride + stride//2)"}
 
 

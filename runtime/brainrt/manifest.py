@@ -245,6 +245,7 @@ class Manifest:
     training: Training | None = None
     metrics: dict = field(default_factory=dict)
     files: dict
+    pixel_size_um: float | None = None  # of the training images; None: the paper's 1.17 um (Bundle.pixel_size_um)
     extra: dict = field(default_factory=dict)
 
     @classmethod

@@ -21,7 +21,7 @@ from .bundle import DEVICES, default_model
 from .errors import BrainrtError, file_error
 from .finished import run_record
 from .manifest import PRECISIONS, Manifest
-from .plan import DEFAULT_PIXEL_SIZE_UM, DEFAULT_PRECISION, METHODS
+from .plan import DEFAULT_PRECISION, METHODS
 from .sources import SUFFIXES, file_of
 
 log = logging.getLogger("brainrt")
@@ -55,7 +55,8 @@ def grid_options(f):
         click.option("--z", type=ZArg(), default=None,
                      help="Slice index of a 3D stack; featurize and classify also take a range a:b or 'all' (a volume)."),
         click.option("--series", type=int, default=None, help="Series of a multi-series (OME-)TIFF."),
-        click.option("--pixel-size", type=float, default=None, help=f"Pixel size in um (default: from the TIFF, else {DEFAULT_PIXEL_SIZE_UM})."),
+        click.option("--pixel-size", type=float, default=None, help="Pixel size in um (default: from the TIFF or zarr, else the bundle's, logged); "
+                          "another than the bundle's is resampled to it for the network, outputs on the input's pixels."),
         threads_option,
         click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
                      help="Where the network runs: cuda needs onnxruntime's GPU build (brainrt[gpu]); auto takes it "

@@ -18,6 +18,7 @@ from .errors import BrainrtError, check_image, file_error, param_error
 from .geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
 from .intensity import intensity_scale, standardize_image
 from .sources import read_image, read_mask
+from .resample import Resampling, pixel_size_of, resample, resampling_of
 from .tissue import tissue_cells
 
 log = logging.getLogger("brainrt")
@@ -58,6 +59,12 @@ class Plan:
         Arithmetic of the graphs to run (the bundle has them).
     scale : float
         Factor that brings ``image`` to [0, 1] (:func:`intensity_scale`; default: by its pixel type).
+    resampling : Resampling or None
+        Set when the input's pixel size is not the bundle's: ``image``, ``stride`` and ``pixel_size_um``
+        are then the network's (resampled) ones; :attr:`image_shape`, :attr:`grid_stride` and
+        :attr:`grid_pixel_size_um` the input's, on which the grid and every output lie.
+    input_image : ndarray or None
+        The image on the input's pixels (previews); default ``image``.
     """
 
     image: np.ndarray
@@ -71,10 +78,14 @@ class Plan:
     standardized: bool = False
     precision: str = DEFAULT_PRECISION
     scale: float | None = None
+    resampling: Resampling | None = None
+    input_image: np.ndarray | None = None
 
     def __post_init__(self):
         if self.scale is None:
             object.__setattr__(self, "scale", intensity_scale(self.image.dtype))
+        if self.input_image is None:
+            object.__setattr__(self, "input_image", self.image)
 
     @property
     def shape(self) -> tuple:
@@ -83,7 +94,18 @@ class Plan:
 
     @property
     def image_shape(self) -> tuple:
-        return tuple(self.image.shape)
+        """The input's shape (the outputs' pixel grid)."""
+        return tuple(self.resampling.shape if self.resampling else self.image.shape)
+
+    @property
+    def grid_stride(self) -> int:
+        """The grid's stride in input pixels."""
+        return self.resampling.stride if self.resampling else self.stride
+
+    @property
+    def grid_pixel_size_um(self) -> float:
+        """The input's pixel size."""
+        return self.resampling.pixel_size_um if self.resampling else self.pixel_size_um
 
     @property
     def n_cells(self) -> int:
@@ -119,19 +141,29 @@ def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pix
             precision, z=None, series=None, owner="featurize"):
     """The :class:`Plan` of ``image`` with options already checked (by :func:`make_plan`, or once for a
     whole volume by :func:`brainrt.volumes.plan.make_volume_plan`); ``method`` resolved. The image and
-    the tissue mask are still checked here: they differ from slice to slice."""
+    the tissue mask are still checked here: they differ from slice to slice. A slice whose pixel size is
+    not the bundle's is resampled to it for the network (:mod:`brainrt.resample`); the grid stays the input's."""
     image, source, tiff_px = _read_image(image, z, bundle.patch_size, series)
     check_stride(stride, image.shape, source)
+    px = pixel_size_of(pixel_size_um, tiff_px, bundle.pixel_size_um, source, owner)
+    rs = resampling_of(image.shape, stride, px, bundle.pixel_size_um, source)
+    if rs is not None:
+        log.info("%s: pixel size %g um, the bundle's is %g um: resampled x%.4g to %d x %d px for the network "
+                 "(stride %d there); outputs on the input's %d x %d pixel grid", source, px, bundle.pixel_size_um,
+                 rs.factor, *rs.net_shape, rs.net_stride, *image.shape)
+        if tissue is not None and not (isinstance(tissue, str) and tissue in ("otsu", "all")):
+            tissue = resample(_tissue_mask(tissue, image.shape, z, owner), rs, order=0)
+        given, image, stride, px = image, resample(image, rs), rs.net_stride, rs.net_pixel_size_um
+        method = method if dense_step(stride, bundle.dense_strides) is not None else "patch"
     valid = _valid_cells(image, source, tissue, z=z, patch_size=bundle.patch_size, stride=stride,
                          threshold=threshold, min_tissue=min_tissue, owner=owner)
-    px = float(pixel_size_um or tiff_px or DEFAULT_PIXEL_SIZE_UM)
     intensity = bundle.manifest.intensity
     narrow = _warn_narrow_range(image, source, intensity is not None and standardize != "off")
     match = intensity is not None and (standardize == "match" or (standardize == "auto" and narrow))
     if match:
         image = standardize_image(image, intensity, threshold, bundle.manifest.normalization.trained_dtype)
     return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, match,
-                precision, _scale_of(image, source))
+                precision, _scale_of(image, source), rs, given if rs is not None else None)
 
 
 def check_stride(stride, shape, source):

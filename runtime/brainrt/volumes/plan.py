@@ -10,6 +10,7 @@ the bundle's dense geometry (no onnxruntime session on the client).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,14 +21,16 @@ from ..errors import BrainrtError, file_error, param_error
 from ..finished import run_record
 from ..geometry import grid_shape
 from ..heads import Classifier
-from ..plan import DEFAULT_PIXEL_SIZE_UM, check_stride, resolve_method
+from ..plan import check_stride, resolve_method
 from ..predictor import dense_window
+from ..resample import pixel_size_of, resampling_of
 from ..smooth import choose
 from ..sources import Source, open_volume
 
 #: Grid rows per task on the per-patch path (the dense path uses its tile height).
 PATCH_BAND_ROWS = 64
 _D = params.default
+log = logging.getLogger("brainrt")
 
 
 def parse_z(z, n_slices, owner="classify", name="the stack"):
@@ -135,7 +138,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     check_stride(stride, (h, w), src.name)
     zs = parse_z(z, nz, owner, src.name)
     method = resolve_method(o["method"], stride, bundle.dense_strides, owner)
-    px = float(o["pixel_size_um"] or src.pixel_size_um or DEFAULT_PIXEL_SIZE_UM)
+    px = _pixel_size(o["pixel_size_um"], src, bundle, stride, owner)
     dz = float(o["z_spacing_um"] or src.z_spacing_um or px)
     sigma, space = _smoothing(bundle, task, head, smooth, px, stride)
     opts = dict(stride=stride, method=method, tissue=tissue, min_tissue=o["min_tissue"], threshold=o["threshold"],
@@ -145,6 +148,17 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, *_model_fields(bundle), head, float(sigma),
                       space, o["threads"] or 1, opts, o["smooth_z"] / dz, device,
                       *_context_fields(bundle, task, head, px * stride, dz))
+
+
+def _pixel_size(given, src, bundle, stride, owner):
+    """The slices' pixel size (implausible ones and strides that cannot follow a resampling refused here, once;
+    each slice is resampled by :func:`brainrt.plan.plan_of`)."""
+    h, w = src.shape[1:]
+    px = pixel_size_of(given, src.pixel_size_um, bundle.pixel_size_um, src.path, owner)
+    if resampling_of((h, w), stride, px, bundle.pixel_size_um, src.path) is not None:
+        log.info("%s: pixel size %g um, the bundle's is %g um: each slice is resampled to it for the network; "
+                 "outputs on the input's pixel grid", src.path, px, bundle.pixel_size_um)
+    return px
 
 
 def _check_volume_only(series, tissue, owner):
