@@ -20,6 +20,7 @@ from .bundle import MANIFEST, Bundle, default_model, sha256_file, verify_bundle
 from .demo import run_demo
 from .derive import check_fit_target, save_bundle
 from .errors import BrainrtError
+from .familiar import familiarity
 from .finished import COMPLETE, is_finished
 from .fit import fit_heads
 from .grid import FeatureGrid
@@ -155,6 +156,17 @@ def _job(source, bundle, kw, owner):
     return api.make_plan(source, bundle, owner=owner, **_plan_options(**kw))
 
 
+def _checked(job, bundle, rec):
+    """``job``; a slice's plan scored against the training tissue (logged, a warning naming the file when unlike
+    it: :mod:`brainrt.familiar`), the scores recorded in the run record ``rec``. Called once every input is
+    checked: the feature score runs the network on a few cells."""
+    if not isinstance(job, FeatureGrid):
+        scores = familiarity(job, bundle)
+        if rec is not None:
+            rec["input_check"] = scores
+    return job
+
+
 def _grid_and_image(job, bundle):
     """The feature grid of a :func:`_job` (a slice featurized in memory, with its image; a saved grid, no image)."""
     if isinstance(job, FeatureGrid):
@@ -184,7 +196,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
                            overwrite=overwrite, device=kw["device"])
     if bundle is None:
         return
-    plan = api.make_plan(slice_tif, bundle, owner="featurize", **_plan_options(**kw))
+    plan = _checked(api.make_plan(slice_tif, bundle, owner="featurize", **_plan_options(**kw)), bundle, rec)
     grid = api.featurize_plan(plan, bundle, out=out, progress=show_progress(), record=rec)
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
@@ -237,9 +249,13 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     job = _job(source, bundle, kw, "classify")
     if truth:  # read and checked before any work (and read again to score, by name)
         api.read_truth(truth, job.image_shape, bundle, z=kw["z"], held_out=held_out)
+    Classifier.of(bundle, head)  # a bad head fails before any work
+    _checked(job, bundle, rec)
     with classification_set(out, rec) as s:  # a slice's probabilities stream into it, never held whole
         result, image = _classified(job, bundle, head, smooth, s)
         metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
+        if metrics is not None and rec is not None and "input_check" in rec:
+            metrics["input_check"] = rec["input_check"]
         contours = read_mask(truth, result.grid.image_shape, z=kw["z"]) if truth and image is not None else None
         written = write_classification(out, result, image=image, metrics=metrics, truth=contours, into=s,
                                        uncertain_below=uncertain_below, preview_width=preview_width)
@@ -284,7 +300,7 @@ def cluster(source, model, threads, out, overwrite, **kw):
                            device=kw["device"])
     if bundle is None:
         return
-    grid, image = _grid_and_image(_job(source, bundle, kw, "cluster"), bundle)
+    grid, image = _grid_and_image(_checked(_job(source, bundle, kw, "cluster"), bundle, rec), bundle)
     clusters, loglik = api.cluster(grid, bundle)
     written = write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image, record=rec)
     click.echo(f"wrote {', '.join(written)}")
@@ -319,7 +335,7 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, overwri
         raise BrainrtError(f"unknown area {area!r}; the bundle's areas are {', '.join(bundle.class_names)}")
     else:
         Classifier.of(bundle, head)  # a bad head fails before the work
-    grid, image = _grid_and_image(job, bundle)
+    grid, image = _grid_and_image(_checked(job, bundle, rec), bundle)
     region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw["z"])
     sub = api.subdivide(grid, region=region, k=k, interior=interior)
     written = write_subdivision(out, sub, grid, image=image, title=f"{area or roi}: k={k}", record=rec)

@@ -39,7 +39,7 @@ FOLDER_RECORD = Path(".brainrt") / "run.json"
 #: The record of a file output ``X.ome.tif``: ``X`` + this suffix.
 SET_RECORD = ".run.json"
 #: Keys of a record that are not compared ("same arguments" means the rest is equal).
-NOT_COMPARED = ("files", "brainrt")
+NOT_COMPARED = ("files", "brainrt", "input_check")
 
 
 def input_identity(path) -> dict | None:

@@ -1,0 +1,139 @@
+"""How unlike the training tissue a slice is: two scores, logged, recorded, and a warning above a threshold.
+
+- **intensity**: the share of the slice's tissue pixels (as the network reads them, in the training
+  images' units) outside the central 99% of the training tissue's gray values (the bundle's
+  recorded quantiles). A crop holding only some areas stays inside that range; inverted contrast
+  (background read as tissue) or another instrument's gray levels do not.
+- **texture**: the correlation of neighbouring tissue pixels; an image of tissue is smooth at the
+  pixel scale, noise is not.
+- **features**: how far the network's features of a sample of tissue cells lie from the bundle's
+  per-area feature densities (the ``area_density`` head): per cell, the best area's log-likelihood
+  below that area's typical one (the median over samples drawn from its own density), per
+  feature dimension; the median over cells. About 0 for tissue like the training's whatever
+  areas are in view (each cell is scored against its likeliest area), large for noise, inverted
+  contrast or another kind of image.
+
+All are composition-free: they do not change when a crop holds other areas. Thresholds were
+chosen on slice309, its crops and its simulated changes (``python tools/unlike_inputs.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+log = logging.getLogger("brainrt")
+
+#: Central share of the training tissue's gray values that counts as "inside".
+CENTRAL = 0.99
+#: Warn when more than this share of the tissue lies outside it.
+INTENSITY_WARN = 0.25
+#: Warn when the correlation of horizontally neighbouring tissue pixels is below this (noise, not an image
+#: of tissue: slice309 and its crops 0.9 or more).
+CORRELATION_WARN = 0.3
+#: Tissue cells whose features are computed for the feature score (seeded sample).
+N_CELLS = 128
+
+
+def intensity_outside(plan, bundle):
+    """Share of the plan's tissue pixels outside the training tissue's central :data:`CENTRAL` (None: the bundle
+    records no training intensities)."""
+    from .tissue import auto_threshold
+
+    inten = bundle.manifest.intensity
+    if inten is None:
+        return None
+    q = np.asarray(inten.quantiles, np.float64)
+    lo, hi = np.quantile(q, [(1 - CENTRAL) / 2, (1 + CENTRAL) / 2])
+    image = plan.image
+    t = auto_threshold(image, quiet=True)
+    units = plan.scale / bundle.manifest.normalization.scale  # network's reading -> training units
+    out = n = 0
+    for y in range(0, image.shape[0], 512):
+        b = image[y: y + 512]
+        v = b[b > t].astype(np.float64) * units
+        n += v.size
+        out += int(np.count_nonzero((v < lo) | (v > hi)))
+    return out / n if n else None
+
+
+def neighbour_correlation(plan):
+    """Correlation of horizontally neighbouring tissue pixels (both above the tissue threshold), band by band."""
+    from .tissue import auto_threshold
+
+    image = plan.image
+    t = auto_threshold(image, quiet=True)
+    sums = np.zeros(6)  # n, sum a, sum c, sum a^2, sum c^2, sum ac
+    for y in range(0, image.shape[0], 512):
+        b = image[y: y + 512].astype(np.float64)
+        a, c = b[:, :-1], b[:, 1:]
+        both = (a > t) & (c > t)
+        a, c = a[both], c[both]
+        sums += [a.size, a.sum(), c.sum(), (a * a).sum(), (c * c).sum(), (a * c).sum()]
+    n, sa, sc, saa, scc, sac = sums
+    if n < 2:
+        return None
+    va, vc = saa / n - (sa / n) ** 2, scc / n - (sc / n) ** 2
+    return float((sac / n - sa * sc / n**2) / np.sqrt(va * vc)) if va > 0 and vc > 0 else None
+
+
+def _typical(bundle):
+    """Per area: the median log-likelihood of samples drawn from the area's own density (cached on the head)."""
+    dens = bundle.heads["area_density"]
+    ref = getattr(dens, "_brainrt_typical", None)
+    if ref is None:
+        ref = []
+        for m in dens.models_:
+            z, _ = m.sample(1000)
+            ref.append(float(np.median(m.score_samples(z))))
+        ref = np.asarray(ref)
+        dens._brainrt_typical = ref
+    return ref
+
+
+def feature_deficit(plan, bundle, *, n=N_CELLS, seed=0):
+    """Median over a sample of tissue cells of ``max(0, typical - best area's log-likelihood) / F`` (None: no
+    ``area_density`` head, or no tissue cell)."""
+    from .api import featurize_plan
+
+    if "area_density" not in bundle.heads or not plan.valid.any():
+        return None
+    cells = np.flatnonzero(plan.valid)
+    pick = np.random.default_rng(seed).choice(cells, size=min(n, cells.size), replace=False)
+    valid = np.zeros(plan.valid.size, bool)
+    valid[pick] = True
+    sub = dataclasses.replace(plan, valid=valid.reshape(plan.valid.shape), method="patch")
+    level = logging.getLogger("brainrt").level
+    logging.getLogger("brainrt").setLevel(logging.WARNING)  # its own "featurized ..." line is noise here
+    try:
+        grid = featurize_plan(sub, bundle)
+    finally:
+        logging.getLogger("brainrt").setLevel(level)
+    f = np.asarray(grid.features)[sub.valid]
+    dens = bundle.heads["area_density"]
+    gap = dens.score_samples(f) - _typical(bundle)[None, :]
+    return float(np.median(np.maximum(0.0, -gap.max(axis=1)))) / f.shape[1]
+
+
+def familiarity(plan, bundle, *, features=True) -> dict:
+    """The scores of a plan, logged; a warning naming the slice when its gray values or its texture are unlike
+    the training tissue's (:data:`INTENSITY_WARN`, :data:`CORRELATION_WARN`). The feature deficit is logged and
+    returned, not warned on: its scale depends on how well the bundle's densities generalize (a bundle fitted on
+    few cells scores its own kind of slice high). Returns ``{"intensity_outside", "neighbour_correlation",
+    "feature_deficit", "unlike"}`` (None where unavailable)."""
+    inten, corr = intensity_outside(plan, bundle), neighbour_correlation(plan)
+    feat = feature_deficit(plan, bundle) if features else None
+    why = ([f"{inten:.0%} of its tissue outside the training tissue's gray values (warn above "
+            f"{INTENSITY_WARN:.0%})"] if inten is not None and inten > INTENSITY_WARN else [])
+    why += ([f"neighbouring pixels correlate {corr:.2f} (noise? warn below {CORRELATION_WARN:g})"]
+            if corr is not None and corr < CORRELATION_WARN else [])
+    shown = ", ".join(x for x in (None if inten is None else f"{inten:.1%} of the tissue outside the training "
+                                  "tissue's gray values", None if corr is None else f"neighbour correlation {corr:.2f}",
+                                  None if feat is None else f"feature deficit {feat:.2f} nats/feature") if x)
+    if why:
+        log.warning("%s looks unlike the training tissue: %s; the map may be wrong (inverted contrast, another kind "
+                    "of image?)", plan.source, "; ".join(why))
+    log.info("%s: input check: %s", plan.source, shown or "nothing to compare (no training intensities)")
+    return {"intensity_outside": inten, "neighbour_correlation": corr, "feature_deficit": feat, "unlike": bool(why)}
