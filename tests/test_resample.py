@@ -12,6 +12,7 @@ import tifffile
 import brainrt
 from brainrt.errors import BrainrtError
 from brainrt.resample import resample, resampling_of
+from brainrt.sources.tiff import tiff_pixel_size
 from conftest import one_cli_error, run_cli
 
 
@@ -74,7 +75,7 @@ def test_cli_outputs_stay_on_the_input_pixels(tiny_bundle_path, synthetic_slice,
     assert res.exit_code == 0, (res.output, res.exception)
     with tifffile.TiffFile(out) as tif:
         assert tif.series[0].shape == _binned(synthetic_slice.image).shape
-        assert brainrt.io.tiff_pixel_size(tif) == pytest.approx(2.34, rel=1e-4)
+        assert tiff_pixel_size(tif) == pytest.approx(2.34, rel=1e-4)
 
 
 @pytest.mark.parametrize("px", [1000.0, 0.01, 60.0, 10.0, 0.1])

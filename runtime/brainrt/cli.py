@@ -20,7 +20,7 @@ from .bundle import MANIFEST, Bundle, default_model, sha256_file, verify_bundle
 from .demo import run_demo
 from .derive import check_fit_target, save_bundle
 from .errors import BrainrtError
-from .familiar import familiarity
+from .familiar import checked
 from .finished import COMPLETE, is_finished
 from .fit import fit_heads
 from .grid import FeatureGrid
@@ -156,17 +156,6 @@ def _job(source, bundle, kw, owner):
     return api.make_plan(source, bundle, owner=owner, **_plan_options(**kw))
 
 
-def _checked(job, bundle, rec):
-    """``job``; a slice's plan scored against the training tissue (logged, a warning naming the file when unlike
-    it: :mod:`brainrt.familiar`), the scores recorded in the run record ``rec``. Called once every input is
-    checked: the feature score runs the network on a few cells."""
-    if not isinstance(job, FeatureGrid):
-        scores = familiarity(job, bundle)
-        if rec is not None:
-            rec["input_check"] = scores
-    return job
-
-
 def _grid_and_image(job, bundle):
     """The feature grid of a :func:`_job` (a slice featurized in memory, with its image; a saved grid, no image)."""
     if isinstance(job, FeatureGrid):
@@ -196,7 +185,7 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
                            overwrite=overwrite, device=kw["device"])
     if bundle is None:
         return
-    plan = _checked(api.make_plan(slice_tif, bundle, owner="featurize", **_plan_options(**kw)), bundle, rec)
+    plan = checked(api.make_plan(slice_tif, bundle, owner="featurize", **_plan_options(**kw)), bundle, rec)
     grid = api.featurize_plan(plan, bundle, out=out, progress=show_progress(), record=rec)
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
@@ -250,7 +239,7 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
     if truth:  # read and checked before any work (and read again to score, by name)
         api.read_truth(truth, job.image_shape, bundle, z=kw["z"], held_out=held_out)
     Classifier.of(bundle, head)  # a bad head fails before any work
-    _checked(job, bundle, rec)
+    checked(job, bundle, rec)
     with classification_set(out, rec) as s:  # a slice's probabilities stream into it, never held whole
         result, image = _classified(job, bundle, head, smooth, s)
         metrics = api.score(result, truth, bundle, z=kw["z"], held_out=held_out, source=source) if truth else None
@@ -300,7 +289,7 @@ def cluster(source, model, threads, out, overwrite, **kw):
                            device=kw["device"])
     if bundle is None:
         return
-    grid, image = _grid_and_image(_checked(_job(source, bundle, kw, "cluster"), bundle, rec), bundle)
+    grid, image = _grid_and_image(checked(_job(source, bundle, kw, "cluster"), bundle, rec), bundle)
     clusters, loglik = api.cluster(grid, bundle)
     written = write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image, record=rec)
     click.echo(f"wrote {', '.join(written)}")
@@ -335,7 +324,7 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, overwri
         raise BrainrtError(f"unknown area {area!r}; the bundle's areas are {', '.join(bundle.class_names)}")
     else:
         Classifier.of(bundle, head)  # a bad head fails before the work
-    grid, image = _grid_and_image(_checked(job, bundle, rec), bundle)
+    grid, image = _grid_and_image(checked(job, bundle, rec), bundle)
     region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=kw["z"])
     sub = api.subdivide(grid, region=region, k=k, interior=interior)
     written = write_subdivision(out, sub, grid, image=image, title=f"{area or roi}: k={k}", record=rec)

@@ -14,7 +14,7 @@
   contrast or another kind of image.
 
 All are composition-free: they do not change when a crop holds other areas. Thresholds were
-chosen on slice309, its crops and its simulated changes (``python tools/unlike_inputs.py``).
+chosen on slice309, its crops and its simulated changes (``python tools/unlike_inputs.py`` prints them).
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import dataclasses
 import logging
 
 import numpy as np
+
+from .plan import Plan
 
 log = logging.getLogger("brainrt")
 
@@ -137,3 +139,14 @@ def familiarity(plan, bundle, *, features=True) -> dict:
                     "of image?)", plan.source, "; ".join(why))
     log.info("%s: input check: %s", plan.source, shown or "nothing to compare (no training intensities)")
     return {"intensity_outside": inten, "neighbour_correlation": corr, "feature_deficit": feat, "unlike": bool(why)}
+
+
+def checked(job, bundle, record=None):
+    """``job``; a slice's :class:`~brainrt.plan.Plan` scored by :func:`familiarity` first, the scores kept in the
+    run record ``record`` (``input_check``); a saved feature grid as it is. Called once every input is checked:
+    the feature score runs the network on a few cells."""
+    if isinstance(job, Plan):
+        scores = familiarity(job, bundle)
+        if record is not None:
+            record["input_check"] = scores
+    return job
