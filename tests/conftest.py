@@ -156,6 +156,18 @@ def shipped_bundle_path():
     return SHIPPED_BUNDLE
 
 
+#: How the informational log lines of a run begin (the bundle, the precision, the Dask dashboard), and what the
+#: per-slice ones hold after the slice's name (a pixel size assumed, the input check).
+LOG_STARTS = ("brainrt: bundle", "precision ", "dask dashboard")
+LOG_HOLDS = (": pixel size unknown (", ": input check: ")
+
+
+def said(stderr):
+    """The lines of a run's stderr that are not its informational log lines: what it said to the user."""
+    return [ln for ln in stderr.splitlines() if ln.strip() and not ln.startswith(LOG_STARTS)
+            and not any(h in ln for h in LOG_HOLDS)]
+
+
 def run_cli(args):
     """``brainrt ARGS`` through click's runner (arguments turned to strings)."""
     from click.testing import CliRunner

@@ -14,7 +14,7 @@ import tifffile
 
 from brainrt.synth import draw_strokes, make_slice, make_volume
 from conftest import ROOT, listing, write_tiff
-from conftest import one_cli_error, run_cli
+from conftest import one_cli_error, run_cli, said
 
 DEMO = ROOT / "models" / "synthetic-demo"
 
@@ -234,8 +234,7 @@ def test_nan_in_a_stack_is_one_line_without_dask_dumps(tmp_path):
     r = subprocess.run([sys.executable, "-m", "brainrt.cli", "classify", "nan.zarr", "-m", str(DEMO), "--stride", "64",
                         "--workers", "1", "-o", "nan.ome.zarr"], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=300)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("brainrt: bundle", "precision",
-                                                                                      "dask dashboard"))]
+    lines = said(r.stderr)
     assert r.returncode == 2 and lines == ["Error: nan.zarr z=1: holds 100 NaN or infinite values"], r.stderr
     assert listing(tmp_path) == [p for p in listing(tmp_path) if p.startswith("nan.zarr")]  # no partial store left
 
@@ -326,7 +325,7 @@ def test_sigterm_during_a_2d_classify_is_one_line_and_exit_143(tmp_path, sl):
     proc = _start_classify(tmp_path, sl)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("brainrt: bundle", "precision"))]
+    lines = said(err)
     assert proc.returncode == 143 and lines == ["Interrupted; no output was written"], (proc.returncode, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.tif"]
 

@@ -110,8 +110,7 @@ def test_volume_slices_are_resampled(tiny_bundle, tmp_path):
     import zarr
 
     from brainrt.synth import make_volume
-    from brainrt.volrun import run_volume
-    from brainrt.volume import make_volume_plan
+    from brainrt.volumes import make_volume_plan, run_volume
 
     vol = np.stack([_binned(s) for s in make_volume((2, 384, 512), seed=3).image])
     stack = tmp_path / "stack.tif"

@@ -225,11 +225,7 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         _no_slice_options(truth=truth, uncertain_below=uncertain_below, preview_width=preview_width)
         return _run_volume("classify", source, model, threads, out, workers, scheduler, overwrite, kw, head=head,
                            smooth=smooth, smooth_z=smooth_z)
-    if smooth_z:
-        raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")
-    if held_out and not truth:
-        raise BrainrtError("--held-out scores against a truth mask; pass --truth MASK")
-    slice_only(source, workers, scheduler)
+    slice_only(source, workers, scheduler, smooth_z=smooth_z, held_out=held_out, truth=truth)
     out = out or default_out(source, ".labels.ome.tif")
     bundle, rec = _prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]), overwrite=overwrite,
                            device=kw["device"])

@@ -24,7 +24,9 @@ import logging
 
 import numpy as np
 
+from .api import featurize_plan
 from .plan import Plan
+from .tissue import auto_threshold
 
 log = logging.getLogger("brainrt")
 
@@ -42,8 +44,6 @@ N_CELLS = 128
 def intensity_outside(plan, bundle):
     """Share of the plan's tissue pixels outside the training tissue's central :data:`CENTRAL` (None: the bundle
     records no training intensities)."""
-    from .tissue import auto_threshold
-
     inten = bundle.manifest.intensity
     if inten is None:
         return None
@@ -63,8 +63,6 @@ def intensity_outside(plan, bundle):
 
 def neighbour_correlation(plan):
     """Correlation of horizontally neighbouring tissue pixels (both above the tissue threshold), band by band."""
-    from .tissue import auto_threshold
-
     image = plan.image
     t = auto_threshold(image, quiet=True)
     sums = np.zeros(6)  # n, sum a, sum c, sum a^2, sum c^2, sum ac
@@ -98,8 +96,6 @@ def _typical(bundle):
 def feature_deficit(plan, bundle, *, n=N_CELLS, seed=0):
     """Median over a sample of tissue cells of ``max(0, typical - best area's log-likelihood) / F`` (None: no
     ``area_density`` head, or no tissue cell)."""
-    from .api import featurize_plan
-
     if "area_density" not in bundle.heads or not plan.valid.any():
         return None
     cells = np.flatnonzero(plan.valid)

@@ -132,11 +132,15 @@ class LabelsList(click.Command):
         return super().parse_args(ctx, out)
 
 
-def slice_only(source, workers, scheduler):
-    """Refuse the volume options for one slice (they would be ignored)."""
+def slice_only(source, workers, scheduler, *, smooth_z=0.0, held_out=False, truth=None):
+    """Refuse the volume options for one slice (they would be ignored), and ``--held-out`` without ``--truth``."""
     if (opt := "--workers" if workers is not None else "--scheduler" if scheduler is not None else None):
         raise BrainrtError(f"{source}: {opt} runs a volume on Dask (--z a:b or all, a TIFF folder or a zarr stack); "
                            "this is one slice")
+    if smooth_z:
+        raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")
+    if held_out and not truth:
+        raise BrainrtError("--held-out scores against a truth mask; pass --truth MASK")
 
 
 def default_out(source, suffix):
