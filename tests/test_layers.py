@@ -501,3 +501,81 @@ def test_classifier_head_names_are_declared_once():
     assert set(CLASSIFIERS) | {"cnn", "ctx"} == set(CLASSIFIER_HEADS)
     for p in RUNTIME_FILES:
         assert p.name == "heads.py" or '"linsvm", "rbfsvm"' not in p.read_text(), p.name
+
+
+# --------------------------------------------------------------------------- rooms: the runtime's layers by concern
+#: The runtime's rooms, lowest first. A module imports modules of its own room and of lower rooms, never of a
+#: higher one; every module is in exactly one room (a new module is placed here, by its concern). A room is a
+#: subpackage (``name/``, whose docstring says what lives there and what it may import) or top-level modules.
+ROOMS = {
+    "base": ["errors.py", "version.py", "geometry.py", "runfiles.py", "io.py", "integrity.py", "ngff.py",
+             "uncertainty.py", "plots.py", "synth.py", "split.py", "densities.py"],
+    "sources": ["sources/"],
+    "model": ["manifest.py", "records.py", "context_record.py", "training_record.py", "params.py", "seal.py",
+              "sessions.py", "predictor.py"],
+    "heads": ["ctxhead.py", "smooth.py", "heads.py"],
+    "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py"],
+    "engine": ["tiling.py", "tissue.py", "intensity.py", "plan.py", "engine.py", "grid.py"],
+    "outputs": ["finished.py", "outputs/", "sinks.py"],
+    "jobs": ["api.py", "fit.py", "demo.py", "volumes/"],
+    "face": ["__init__.py", "options.py", "cli.py", "napari/"],
+}
+
+
+def _room(rel):
+    """The index of the room of ``rel`` (a path under runtime/brainrt), None if it is in none."""
+    for i, members in enumerate(ROOMS.values()):
+        if any(rel.startswith(m) if m.endswith("/") else rel == m for m in members):
+            return i
+    return None
+
+
+def _imported(path, text=None):
+    """(line, module) of each runtime module that ``path`` (or ``text`` as if it were ``path``) imports by
+    ``from X import Y``, a module or a name of it (modules as paths under runtime/brainrt)."""
+    rel = path.relative_to(RUNTIME)
+    for node in ast.walk(ast.parse(path.read_text() if text is None else text)):
+        if not isinstance(node, ast.ImportFrom) or not (node.level or (node.module or "").startswith("brainrt.")):
+            continue
+        base = list(rel.parent.parts)[: len(rel.parent.parts) - node.level + 1] if node.level else []
+        mod = (node.module or "").split(".")[0 if node.level else 1:] if node.module else []
+        for name in (a.name for a in node.names):
+            for parts in ([*base, *mod, name], [*base, *mod]):
+                where = RUNTIME.joinpath(*parts)
+                hit = where.with_suffix(".py") if where.with_suffix(".py").is_file() else where / "__init__.py"
+                if parts and hit.is_file():
+                    yield node.lineno, hit.relative_to(RUNTIME).as_posix()
+                    break
+
+
+def test_every_runtime_module_is_in_one_room():
+    rels = [p.relative_to(RUNTIME).as_posix() for p in RUNTIME_FILES]
+    assert not [r for r in rels if _room(r) is None], "place it in ROOMS"
+    assert all(sum(any(r.startswith(m) if m.endswith("/") else r == m for m in ms) for ms in ROOMS.values()) == 1
+               for r in rels)
+
+
+def test_no_module_imports_a_higher_room():
+    names = list(ROOMS)
+    up = [f"{p.relative_to(RUNTIME)}:{n} ({names[_room(p.relative_to(RUNTIME).as_posix())]}) imports {t} "
+          f"({names[_room(t)]})" for p in RUNTIME_FILES for n, t in _imported(p)
+          if _room(t) > _room(p.relative_to(RUNTIME).as_posix())]
+    assert not up, up
+
+
+def test_the_room_check_sees_every_spelling_of_an_import():
+    """The check is not blind: relative, package-relative and absolute imports of a module or of a name."""
+    text = ("from ..engine import run\nfrom . import plan\nfrom ..outputs import writers\nfrom brainrt.cli import main\n"
+            "from ..sources import read_image\nfrom ..errors import BrainrtError\nimport numpy\n")
+    got = [t for _, t in _imported(RUNTIME / "volumes" / "blocks.py", text)]
+    assert got == ["engine.py", "volumes/plan.py", "outputs/writers.py", "cli.py", "sources/__init__.py", "errors.py"]
+    assert [t for _, t in _imported(RUNTIME / "geometry.py", "from .engine import run\nfrom . import plan\n")] == [
+        "engine.py", "plan.py"]
+    assert _room("engine.py") > _room("geometry.py") and _room("outputs/writers.py") > _room("sources/tiff.py")
+
+
+def test_every_subpackage_names_its_room():
+    """Each runtime subpackage's docstring says what lives there and what it may import."""
+    for init in sorted(RUNTIME.glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        assert "Lives here" in doc and "May import" in doc, init.relative_to(ROOT)

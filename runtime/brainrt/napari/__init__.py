@@ -3,6 +3,12 @@
 Install with the ``[napari]`` extra (``pip install 'brainrt[napari]'``); napari finds the
 plugin through the ``napari.manifest`` entry point (``napari.yaml`` beside this file).
 Nothing here is imported by ``import brainrt``: the runtime works without Qt or napari.
-The work itself (:mod:`._work`) is Qt-free generators; the widgets (:mod:`._widgets`) run
-them in napari thread workers.
+
+Lives here: the plugin's jobs (:mod:`._work`, Qt-free generators), its widgets (:mod:`._widgets`, which
+run them in napari thread workers), the strokes-to-bundle widget (:mod:`._train`), the sample data and
+the reader of feature grids.
+
+May import: the library's public calls (:mod:`brainrt.api`, plans, bundles, heads, fit, derive) and
+napari / Qt (inside functions); no module of the runtime imports this package (its face, like the
+command line).
 """

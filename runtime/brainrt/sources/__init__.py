@@ -1,6 +1,8 @@
 """Sources: every input format of images, one module a reader, and the one place that tells them apart.
 
-A reader module declares ``KIND``, its name ``SUFFIXES``, ``claims(path)`` (a cheap look at the name,
+Lives here: the readers (``tiff``, ``tiff_folder``, ``zarr_image``, ``hdf5``), the :class:`Source` they
+give (``base``) and the one choice among them (this module: :data:`READERS`, ``read_image``,
+``read_mask``, ``open_volume``). A reader module declares ``KIND``, its name ``SUFFIXES``, ``claims(path)`` (a cheap look at the name,
 folder markers or magic bytes), ``open(path)`` (metadata only, one-line errors) giving a picklable
 :class:`~brainrt.sources.base.Source` (shape, dtype, pixel size, z spacing, ``read(z, rows)``), and
 where it needs them ``check_stack(src)`` (its own refusal of what is no 3D stack) and ``read_2d``

@@ -11,6 +11,11 @@
 - :mod:`.graph`: the task graph as data;
 - :mod:`.executors`: serial and Dask executors that only schedule that graph, and
   :func:`process_volume`, the one call (plan, cluster, run).
+
+Lives here: the volume's plan, tasks, task graph and executors (the jobs of a stack).
+May import: every room below the jobs (sources, model, heads, bundle, engine, outputs: the stack is
+written through :class:`brainrt.outputs.ZarrStack`); never the command line, its options or the
+napari plugin.
 """
 
 from .blocks import read_slice, run_block, slice_plan, worker_bundle
