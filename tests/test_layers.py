@@ -493,14 +493,29 @@ def test_the_device_list_is_declared_once():
 
 
 def test_classifier_head_names_are_declared_once():
-    """The runtime declares the classifier heads; the trainer fits those it fits by those names, and the napari
-    plugin and the command line offer them (no list of names of their own)."""
-    from brainrt.heads import CLASSIFIER_HEADS
-    from brainrt_train.heads import CLASSIFIERS
+    """The head kinds declare the heads' names; the trainer fits the scikit-learn kind's by those names, and
+    the napari plugin and the command line offer the registry's classifiers (no list of names of their own)."""
+    from brainrt.heads import CLASSIFIER_HEADS, scikit
+    from brainrt_train.heads import CLASSIFIERS, make_heads
 
-    assert set(CLASSIFIERS) | {"cnn", "ctx"} == set(CLASSIFIER_HEADS)
+    assert CLASSIFIER_HEADS == ("logreg", "linsvm", "rbfsvm", "cnn", "ctx")  # the order the choices are offered in
+    assert CLASSIFIERS == scikit.CLASSIFIERS and set(make_heads(n_classes=3)) == set(scikit.HEADS)
     for p in RUNTIME_FILES:
-        assert p.name == "heads.py" or '"linsvm", "rbfsvm"' not in p.read_text(), p.name
+        assert p.parent.name == "heads" or '"linsvm", "rbfsvm"' not in p.read_text(), p.name
+
+
+@pytest.mark.parametrize("bundle", sorted((ROOT / "models").glob("*/manifest.json")), ids=lambda p: p.parent.name)
+def test_every_shipped_head_file_is_claimed_by_one_kind(bundle):
+    """A head kind is one module: every head file a bundle lists is claimed by exactly one kind, whose
+    names include the head's (the unused ``pca_kmeans`` aside)."""
+    from brainrt.heads import KINDS, UNUSED_HEADS
+
+    m = brainrt.bundle.verify_bundle(bundle.parent)
+    for name, rel in m.heads.items():
+        spec = (m.context_heads or {}).get(name)
+        kinds = [k for k in KINDS if k.claims(rel, spec)]
+        assert len(kinds) == 1, (name, rel, kinds)
+        assert name in kinds[0].HEADS or name in UNUSED_HEADS, (name, kinds[0].KIND)
 
 
 # --------------------------------------------------------------------------- rooms: the runtime's layers by concern
@@ -513,7 +528,7 @@ ROOMS = {
     "sources": ["sources/"],
     "model": ["manifest.py", "records.py", "context_record.py", "training_record.py", "params.py", "seal.py",
               "sessions.py", "predictor.py"],
-    "heads": ["ctxhead.py", "smooth.py", "heads.py"],
+    "heads": ["ctxhead.py", "smooth.py", "heads/"],
     "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py"],
     "engine": ["tiling.py", "tissue.py", "intensity.py", "plan.py", "engine.py", "grid.py"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],

@@ -16,22 +16,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from . import params, predictor, sessions
-from .ctxhead import ContextHead
 from .errors import BrainrtError, file_error, param_error, unreadable
 from .geometry import manifest_problems
+from .heads import UNUSED_HEADS, load_head
 from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
 from .seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
 
 log = logging.getLogger("brainrt")
 
-#: Heads older bundles ship that the runtime no longer loads (their files stay listed and hashed):
-#: ``pca_kmeans`` (a global PCA + KMeans) was fitted at export until sub-division fitted its own per region;
-#: the trainer and derived bundles no longer write it.
-UNUSED_HEADS = ("pca_kmeans",)
-__all__ = ["Bundle", "LinearHead", "MANIFEST", "SCHEMA_VERSION", "default_model", "demo_model", "hash_tree",
+__all__ = ["Bundle", "MANIFEST", "SCHEMA_VERSION", "default_model", "demo_model", "hash_tree",
            "seal_bundle", "sha256_file", "verify_bundle"]
 
 
@@ -115,7 +109,7 @@ class Bundle:
     session : onnxruntime.InferenceSession
         Per-patch feature graph: input ``(N, 1, P, P)`` float32, output ``(N, F)``.
     heads : Mapping
-        Name -> fitted head (scikit-learn estimator or :class:`LinearHead`), each loaded when first used.
+        Name -> fitted head (of a kind of :mod:`brainrt.heads.kinds`), each loaded when first used.
     """
 
     path: Path
@@ -281,9 +275,8 @@ def _load_heads(path, manifest):
 
 
 class Heads(Mapping):
-    """The bundle's heads by name, each loaded on first use (``.npz``: :class:`LinearHead`, or a
-    :class:`~brainrt.ctxhead.ContextHead` with its stage 1 when ``specs`` describes it; else joblib),
-    so a command that fails on its input fails before scikit-learn is even imported. Every file was
+    """The bundle's heads by name, each loaded on first use by its kind (:mod:`brainrt.heads.kinds`: a
+    context head with its stage 1 when ``specs`` describes it, the CNN's layer, a scikit-learn head), so a command that fails on its input fails before scikit-learn is even imported. Every file was
     verified against the manifest's sha256 when the bundle was loaded."""
 
     def __init__(self, path, files, specs=None):
@@ -298,47 +291,12 @@ class Heads(Mapping):
             return self._loaded[name]
 
     def _load(self, name, rel):
+        spec = self._specs.get(name)
         with unreadable(self._path / rel, f"head {name!r} cannot be loaded", "the file is damaged"):
-            if name in self._specs:
-                spec = self._specs[name]
-                return ContextHead.load(self._path / rel, spec.scales, self[spec.stage1] if spec.stage1 else None)
-            if rel.endswith(".npz"):
-                return LinearHead.load(self._path / rel)
-            import joblib
-
-            return joblib.load(self._path / rel)
+            return load_head(self._path / rel, rel, spec, self[spec.stage1] if spec and spec.stage1 else None)
 
     def __iter__(self):
         return iter(self._files)
 
     def __len__(self):
         return len(self._files)
-
-
-class LinearHead:
-    """The CNN's own output layer as a head: softmax(features @ W.T + b). No pickle needed."""
-
-    def __init__(self, weight, bias):
-        self.weight = np.asarray(weight, np.float32)
-        self.bias = np.asarray(bias, np.float32)
-        self.classes_ = np.arange(self.weight.shape[0])
-
-    @classmethod
-    def load(cls, path):
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["weight"], z["bias"])
-
-    def save(self, path):
-        np.savez(path, weight=self.weight, bias=self.bias)
-
-    def decision_function(self, x):
-        return np.asarray(x, np.float32) @ self.weight.T + self.bias
-
-    def predict_proba(self, x):
-        z = self.decision_function(x)
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(axis=1, keepdims=True)
-
-    def predict(self, x):
-        return self.decision_function(x).argmax(axis=1)

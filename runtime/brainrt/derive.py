@@ -30,13 +30,12 @@ import numpy as np
 
 from .seal import MANIFEST, seal_bundle, sha256_file
 from .errors import file_error
+from .heads import CLASS_FREE_HEADS, scikit
 from .io import atomic_path, check_target
 from .manifest import ClassSpec
 from .plots import area_colors, class_colors
 from .sources import open_volume
 
-#: Parent heads that do not depend on the classes, copied into a derived bundle.
-CLASS_FREE_HEADS = ("gmm",)
 #: Parent files describing the parent's own heads, not copied.
 PARENT_ONLY = ("metrics.json", "confusion.png")
 LABELS = "stroke labels"
@@ -241,18 +240,13 @@ def _parent_record(parent):
 def save_bundle(fitted, parent, out):
     """Write ``fitted`` (:func:`brainrt.fit.fit_heads`) as a derived bundle of ``parent`` in the folder ``out``
     (atomically; verified before it is renamed into place). Returns the path."""
-    import joblib
-
-
     out = Path(out)
     if out.resolve() == Path(parent.path).resolve():
         raise file_error(out, "is the parent bundle; refusing to overwrite it (choose another -o)")
     with atomic_path(out, is_dir=True) as tmp:
         heads = _copy_parent(parent, tmp)
-        for name, head in fitted.heads.items():
-            heads[name] = f"heads/{name}.joblib"
-            (tmp / "heads").mkdir(exist_ok=True)
-            joblib.dump(head, tmp / heads[name])
+        for name, head in fitted.heads.items():  # scikit-learn heads (:mod:`brainrt.heads.scikit`)
+            heads[name] = scikit.save(head, tmp, name)
         cv = fitted.record["cv"]
         (tmp / "metrics.json").write_text(json.dumps({"cv": cv, "counts": fitted.record["counts"]}, indent=2) + "\n")
         m = parent.manifest

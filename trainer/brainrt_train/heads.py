@@ -18,6 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from brainrt.densities import AreaDensity
+from brainrt.heads import scikit
 
 
 def make_heads(*, n_classes, seed=0):
@@ -33,7 +34,9 @@ def make_heads(*, n_classes, seed=0):
     }
 
 
-CLASSIFIERS = ("logreg", "linsvm", "rbfsvm")
+#: The classifiers fitted here: the scikit-learn kind's (:mod:`brainrt.heads.scikit`, whose module says how
+#: they are recorded, loaded and applied).
+CLASSIFIERS = scikit.CLASSIFIERS
 
 
 def fit_heads(f_train, y_train, f_test, y_test, *, n_classes, seed=0):

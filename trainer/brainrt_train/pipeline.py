@@ -21,7 +21,8 @@ import joblib
 import numpy as np
 import torch
 
-from brainrt.bundle import Bundle, LinearHead, seal_bundle
+from brainrt.bundle import Bundle, seal_bundle
+from brainrt.heads import LinearHead
 from brainrt.errors import BrainrtError, check_positive_int, param_error
 from brainrt.finished import refusal
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size

@@ -1,8 +1,8 @@
-"""Heads on features: classifiers, GMM clusters, per-area densities, applied a band of rows at a time.
+"""Applying heads to features: classifiers, GMM clusters, per-area densities, a band of rows at a time.
 
-A head is fitted in the trainer and shipped in the bundle (scikit-learn pipelines, or the
-CNN's own output layer). Features may be a NumPy or a zarr array; heads see one band of
-rows at a time (:func:`apply_rows`), so memory stays bounded whatever the grid size.
+Whatever its kind (:mod:`brainrt.heads.kinds`), a loaded head is applied here. Features may be a
+NumPy or a zarr array; heads see one band of rows at a time (:func:`apply_rows`), so memory stays
+bounded whatever the grid size.
 """
 
 from __future__ import annotations
@@ -11,17 +11,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ctxhead import ContextHead, ContextStream, PassThrough, context_probabilities
-from .errors import BrainrtError
-from .uncertainty import margin_entropy
+from ..ctxhead import ContextHead, ContextStream, PassThrough, context_probabilities
+from ..errors import BrainrtError
+from ..uncertainty import margin_entropy
+from .kinds import CLASSIFIER_HEADS, NOT_CLASSIFIERS
 
 #: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
 HEAD_CHUNK = 65536
-#: The classifier heads bundles ship, by name (a bundle may hold fewer: its manifest lists them); the
-#: command line's, the napari plugin's and the API's choices.
-CLASSIFIER_HEADS = ("logreg", "linsvm", "rbfsvm", "cnn", "ctx")
-#: Heads that are not classifiers.
-NOT_CLASSIFIERS = ("gmm", "area_density")
 #: Label-map value of cells that were not featurized.
 OFF_TISSUE = 255
 

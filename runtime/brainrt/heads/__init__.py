@@ -1,0 +1,19 @@
+"""Heads: the bundle's models on features, by kind, and applying them a band of rows at a time.
+
+Lives here: the head kinds (:mod:`.kinds`, one module a kind: :mod:`.scikit`, :mod:`.linear`,
+:mod:`.context`), each declaring how its heads are fitted, recorded in the manifest, loaded and applied;
+applying a loaded head (:mod:`.apply`: :class:`Classifier`, clusters, densities, :class:`ClassMapResult`).
+
+May import: the base modules (errors, uncertainty) and the context pooling (:mod:`brainrt.ctxhead`,
+:mod:`brainrt.smooth`); never bundles, plans, the engine, outputs or the faces (a bundle loads its
+heads through :func:`load_head`).
+"""
+
+from .apply import (HEAD_CHUNK, OFF_TISSUE, ClassMapResult, Classifier, apply_rows, area_loglik, chunk_rows,
+                    float32_proba, gmm_clusters, per_class)
+from .kinds import CLASS_FREE_HEADS, CLASSIFIER_HEADS, KINDS, NOT_CLASSIFIERS, UNUSED_HEADS, kind_of, load_head
+from .linear import LinearHead
+
+__all__ = ["CLASSIFIER_HEADS", "CLASS_FREE_HEADS", "ClassMapResult", "Classifier", "HEAD_CHUNK", "KINDS", "LinearHead",
+           "NOT_CLASSIFIERS", "OFF_TISSUE", "UNUSED_HEADS", "apply_rows", "area_loglik", "chunk_rows", "float32_proba",
+           "gmm_clusters", "kind_of", "load_head", "per_class"]
