@@ -530,9 +530,9 @@ ROOMS = {
               "sessions.py", "predictor.py"],
     "heads": ["ctxhead.py", "smooth.py", "heads/"],
     "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py"],
-    "engine": ["tiling.py", "tissue.py", "intensity.py", "plan.py", "engine.py", "grid.py"],
+    "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],
-    "jobs": ["api.py", "fit.py", "demo.py", "volumes/"],
+    "jobs": ["api.py", "familiar.py", "fit.py", "demo.py", "volumes/"],
     "face": ["__init__.py", "options.py", "cli.py", "napari/"],
 }
 
