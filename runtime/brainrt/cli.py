@@ -35,6 +35,7 @@ from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, comma
                       slice_only, standardize_option, threads_option, volume_options)
 from .sources import check_not_bundle, is_feature_grid, is_volume_input, read_mask
 from .volumes import process_volume
+from .zoo.command import export
 
 log = logging.getLogger("brainrt")
 
@@ -386,6 +387,9 @@ def demo(out, model, seed, overwrite):
     """Run the whole chain on a built-in synthetic slice; no data needed."""
     for line in run_demo(out, model=model, seed=seed, overwrite=overwrite):
         click.echo(line)
+
+
+main.add_command(export)  # brainrt export: bundles as packages for other tools (brainrt.zoo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -88,27 +88,41 @@ def per_class(model, fn, n_classes, fill):
     return apply
 
 
-def float32_proba(model):
-    """``predict_proba`` of a multinomial logistic regression (after any StandardScalers) as one float32
-    affine map and a softmax, the scalers folded into the weights; None for other models.
-
-    scikit-learn computes it in float64 on a float64 copy of the features: at stride 1 a slice has
-    millions of cells, and float32 gives the same probabilities to about 1e-6 (tests check it).
-    """
+def logistic_affine(model, *, binary=False):
+    """(weight (k, F) float64, bias (k,), classes (k,)) of a multinomial logistic regression after any
+    StandardScalers, the scalers folded into the weights (``softmax(x @ weight.T + bias)`` is its
+    ``predict_proba``); with ``binary``, a two-class one too, as the logits ``(0, z)`` (their softmax is
+    its sigmoid); None for other models."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     steps = [s for _, s in model.steps] if isinstance(model, Pipeline) else [model]
     lr, scalers = steps[-1], steps[:-1]
-    if (not isinstance(lr, LogisticRegression) or len(lr.classes_) <= 2
+    if (not isinstance(lr, LogisticRegression) or len(lr.classes_) < 2 or (len(lr.classes_) == 2 and not binary)
             or not all(isinstance(s, StandardScaler) for s in scalers)):
         return None
     w, b = np.asarray(lr.coef_, np.float64), np.asarray(lr.intercept_, np.float64)
     for sc in reversed(scalers):  # ((x - mean) / scale) @ w.T + b == x @ (w / scale).T + (b - (w / scale) @ mean)
         w = w / (1.0 if sc.scale_ is None else sc.scale_)
         b = b - w @ (np.zeros(w.shape[1]) if sc.mean_ is None else sc.mean_)
-    w, b = w.T.astype(np.float32), b.astype(np.float32)
+    if len(lr.classes_) == 2:
+        w, b = np.concatenate([np.zeros_like(w), w]), np.concatenate([np.zeros_like(b), b])
+    return w, b, np.asarray(lr.classes_)
+
+
+def float32_proba(model):
+    """``predict_proba`` of a multinomial logistic regression (after any StandardScalers) as one float32
+    affine map and a softmax, the scalers folded into the weights (:func:`logistic_affine`); None for other
+    models.
+
+    scikit-learn computes it in float64 on a float64 copy of the features: at stride 1 a slice has
+    millions of cells, and float32 gives the same probabilities to about 1e-6 (tests check it).
+    """
+    affine = logistic_affine(model)
+    if affine is None:
+        return None
+    w, b = affine[0].T.astype(np.float32), affine[1].astype(np.float32)
 
     def proba(x):
         z = np.asarray(x, np.float32) @ w
