@@ -533,7 +533,7 @@ ROOMS = {
     "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],
     "jobs": ["api.py", "familiar.py", "fit.py", "demo.py", "volumes/"],
-    "face": ["__init__.py", "options.py", "cli.py", "napari/"],
+    "face": ["__init__.py", "options.py", "cli.py", "napari/", "zoo/"],
 }
 
 

@@ -10,10 +10,10 @@ heads through :func:`load_head`).
 """
 
 from .apply import (HEAD_CHUNK, OFF_TISSUE, ClassMapResult, Classifier, apply_rows, area_loglik, chunk_rows,
-                    float32_proba, gmm_clusters, per_class)
+                    float32_proba, gmm_clusters, logistic_affine, per_class)
 from .kinds import CLASS_FREE_HEADS, CLASSIFIER_HEADS, KINDS, NOT_CLASSIFIERS, UNUSED_HEADS, kind_of, load_head
 from .linear import LinearHead
 
 __all__ = ["CLASSIFIER_HEADS", "CLASS_FREE_HEADS", "ClassMapResult", "Classifier", "HEAD_CHUNK", "KINDS", "LinearHead",
            "NOT_CLASSIFIERS", "OFF_TISSUE", "UNUSED_HEADS", "apply_rows", "area_loglik", "chunk_rows", "float32_proba",
-           "gmm_clusters", "kind_of", "load_head", "per_class"]
+           "gmm_clusters", "kind_of", "load_head", "logistic_affine", "per_class"]

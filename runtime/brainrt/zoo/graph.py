@@ -21,8 +21,7 @@ import numpy as np
 
 from ..ctxhead import ContextHead
 from ..errors import BrainrtError
-from ..bundle import LinearHead
-from ..heads import NOT_CLASSIFIERS, logistic_affine
+from ..heads import NOT_CLASSIFIERS, LinearHead, logistic_affine
 from ..predictor import dense_window
 
 #: Names of the exported graph's input and outputs.
