@@ -2,7 +2,7 @@
 
 Classifies the whole slice (default options: stride 16, the bundle's smoothing, intensity
 standardization as chosen), then each crop alone, and prints for each crop the share of
-its tissue pixels (tissue in the whole slice's map) farther than ``--margin`` px from the
+its tissue pixels (tissue in the whole slice's map) farther than each ``--margin`` px from the
 crop's border that get the whole slice's label, and the crop's pixel accuracy against the
 annotation when a mask is given. Crops are ``y0:y1,x0:x1`` (aligned to the stride, so the
 crop's cells are the whole slice's cells). Issue 28's target: >= 0.98 for crops of at least
@@ -64,7 +64,8 @@ def arguments(argv):
     ap.add_argument("--mask", default=None)
     ap.add_argument("--model", default=None)
     ap.add_argument("--stride", type=int, default=16)
-    ap.add_argument("--margin", type=int, default=128)
+    ap.add_argument("--margin", type=int, nargs="+", default=[128, 256, 384],
+                    help="px from the crop's border (several: one figure each)")
     ap.add_argument("--standardize", default=None, help="standardize= of classify_image (default: the API's)")
     ap.add_argument("--smooth", type=float, default=None, help="smooth= in um (default: the bundle's)")
     ap.add_argument("--simulate", action="store_true",
@@ -99,11 +100,11 @@ def main(argv=None):
         y0, y1, x0, x1 = box
         crop = np.ascontiguousarray(image[y0:y1, x0:x1])
         m = full_labels(brainrt.classify_image(crop, bundle, **kw), crop.shape)
-        agree, n = agreement(whole, m, box, a.margin)
-        acc = (f", pixel accuracy {accuracy(m, codes, mask[y0:y1, x0:x1]):.3f} (whole map there "
+        shares = [(mg, *agreement(whole, m, box, mg)) for mg in a.margin]
+        acc = (f"; pixel accuracy {accuracy(m, codes, mask[y0:y1, x0:x1]):.3f} (whole map there "
                f"{accuracy(whole[y0:y1, x0:x1], codes, mask[y0:y1, x0:x1]):.3f})") if mask is not None else ""
-        print(f"crop {text} ({y1 - y0} x {x1 - x0}): {agree:.4f} of {n} tissue px > {a.margin} px from the border "
-              f"agree with the whole map{acc}", flush=True)
+        print(f"crop {text} ({y1 - y0} x {x1 - x0}): share of tissue px agreeing with the whole map, by distance from "
+              f"the border: " + ", ".join(f"> {mg} px {ag:.4f} ({n} px)" for mg, ag, n in shares) + acc, flush=True)
 
 
 if __name__ == "__main__":

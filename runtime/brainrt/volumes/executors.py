@@ -144,22 +144,30 @@ def run_dask(vplan, store, tasks, tick, client):
 def dask_client(*, workers=None, scheduler=None):
     """A ``dask.distributed.Client``: of the scheduler at ``scheduler``, else of a local cluster of
     ``workers`` processes (default: one per core) with one thread each."""
-    from dask.distributed import Client, LocalCluster
-
-    logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
-    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)  # "still alive, killing" after an interrupt
     if scheduler:
+        from dask.distributed import Client
+
+        _quiet_distributed()
         with Client(scheduler) as client:
             yield client
         return
     n = workers or os.cpu_count() or 1
-    with _deaf_to_ctrl_c() as interrupted:
+    with _deaf_to_ctrl_c() as interrupted:  # from the import on: a library's bare except must not eat the Ctrl-C
+        from dask.distributed import Client, LocalCluster
+
+        _quiet_distributed()
         cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
                                silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL)
-    with cluster, Client(cluster) as client:
+        client = Client(cluster)
+    with cluster, client:
         if interrupted:  # while the cluster started: raised now, so that it is shut down as a whole
             raise KeyboardInterrupt
         yield client
+
+
+def _quiet_distributed():
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
+    logging.getLogger("distributed.nanny").setLevel(logging.ERROR)  # "still alive, killing" after an interrupt
 
 
 @contextlib.contextmanager
