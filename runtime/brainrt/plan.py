@@ -197,7 +197,8 @@ def _warn_narrow_range(image, source, standardized):
     if hi - lo >= NARROW_RANGE * full:
         return False
     how = ("intensity standardization maps it onto the training tissue's quantiles (fitted on the tissue in "
-           "view: a crop holding other areas is mapped differently)" if standardized else
+           "view: a crop holding other areas is mapped differently; rescale the slice to its pixel type's range for a map "
+           "that does not depend on them)" if standardized else
            "this bundle records no training intensities to map it onto, so the map may be one class; "
            "rescale the slice to its pixel type's range")
     log.warning("%s: pixel values span only %g..%g, %.2g%% of the %s range; %s", source, lo, hi,
