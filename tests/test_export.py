@@ -159,6 +159,14 @@ def test_the_context_head_is_refused_in_one_line(tmp_path, demo_slice):
     assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
 
 
+def test_a_stride_whose_smallest_tile_needs_gigabytes_is_refused(tmp_path, demo_slice):
+    """slice309-paper6 sees 472 px around a cell: at stride 2 its smallest tile with the halo is 946 px, 224k dense
+    positions (about 3 GB in onnxruntime); stride 4 fits (the 512 px crop at 246 x 246 positions)."""
+    r = run_cli(["export", SHIPPED, "--head", "logreg", "--stride", "2", "--image", demo_slice, "-o", tmp_path / "x.zip"])
+    assert "at stride 2 the smallest tile (474 px, 946 px with its halo)" in error_line(r)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("args", "says"), [
     (["-o", "{tmp}/x.tar"], "x.tar: a bioimage.io package is a .zip"),
     (["-o", "{tmp}/missing/x.zip"], "does not exist"),

@@ -36,8 +36,12 @@ from .card import citations, documentation
 WHAT = ("classes", "features")
 #: Largest difference allowed between the package's outputs and brainrt's on the test crop.
 TOLERANCE = 1e-4
-#: Side of the test crop (pixels), where the image allows it.
+#: Side of the test crop (pixels), where the image and :data:`MAX_POSITIONS` allow it.
 CROP = 512
+#: Most dense positions of one run of the graph in the export's own check: the network's FC1 becomes a dilated
+#: convolution whose im2col buffer holds about 12.8 kB per position in onnxruntime (:mod:`brainrt.engine`), so
+#: 320 x 320 positions take about 1.3 GB.
+MAX_POSITIONS = 320 * 320
 
 
 def _spec():
@@ -65,9 +69,10 @@ def export_bioimageio(bundle, out, *, image, what="classes", head=None, stride=1
         raise BrainrtError(f"--what must be one of {', '.join(WHAT)}; got {what!r}")
     head = (head or bundle.manifest.default_head) if what == "classes" else None
     geo = G.geometry(bundle, stride)
+    largest = largest_crop(bundle, geo)
     folded = G.folded_head(bundle, head) if head else None
     model = G.build(bundle, geo, folded)
-    pixels, at = test_crop(image, bundle, geo, crop=crop, z=z)
+    pixels, at = test_crop(image, bundle, geo, crop=crop, z=z, largest=largest)
     expected = reference(pixels, bundle, geo, head)
     diff = _check_graph(model, pixels, expected, bundle, geo)
     with tempfile.TemporaryDirectory() as d, atomic_path(out, overwrite=overwrite) as tmp:
@@ -88,16 +93,30 @@ def _check_out(out, overwrite, image):
     return check_target(out, overwrite=overwrite)
 
 
-def test_crop(image, bundle, geo, *, crop=None, z=None):
+def largest_crop(bundle, geo):
+    """The largest test crop side (a multiple of the stride, at most :data:`CROP`) whose tile, with its halo,
+    holds at most :data:`MAX_POSITIONS` dense positions; the one-line error where not even the smallest tile
+    does (a small stride of a network with a wide field: every tool running the package would need as much)."""
+    reach, s = 2 * geo.halo * geo.stride, geo.stride
+    side = min(CROP, (int(MAX_POSITIONS ** 0.5) * geo.dense - reach) // s * s)
+    if side < geo.min_size:
+        need = ((geo.min_size + reach) // geo.dense) ** 2
+        raise BrainrtError(f"{bundle.path}: at stride {s} the smallest tile ({geo.min_size} px, {geo.min_size + reach} "
+                           f"px with its halo) runs {need} dense positions, about {need * 12.8e-6:.0f} GB for "
+                           "onnxruntime; export a larger stride")
+    return side
+
+
+def test_crop(image, bundle, geo, *, crop=None, z=None, largest=CROP):
     """(pixels (n, n) uint8, (row, col)) of the slice ``image``: the crop at ``crop`` (its top-left pixel), or the
-    :data:`CROP` px square (smaller on a smaller slice; a multiple of the stride) holding the most tissue cells."""
+    ``largest`` px square (smaller on a smaller slice; a multiple of the stride) holding the most tissue cells."""
     plan = make_plan(image, bundle, stride=geo.stride, z=z, standardize="off", precision="fp32", owner="export")
     source = image if isinstance(image, (str, Path)) else "image"
     if plan.image.dtype != np.uint8:
         raise file_error(source, f"pixel type {plan.image.dtype}; the package's test crop is uint8, as the bundle's "
                                  "training slices (save an 8-bit copy of the slice for the export)")
     s = geo.stride
-    side = min(CROP, *(d // s * s for d in plan.image.shape))
+    side = min(largest, *(d // s * s for d in plan.image.shape))
     if side < geo.min_size:
         raise file_error(source, f"{plan.image.shape[0]} x {plan.image.shape[1]} px is smaller than the package's "
                                  f"smallest tile ({geo.min_size} px at stride {s})")
