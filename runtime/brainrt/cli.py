@@ -21,14 +21,14 @@ from .demo import run_demo
 from .derive import check_fit_target, save_bundle
 from .errors import BrainrtError
 from .familiar import checked
-from .finished import COMPLETE, is_finished
+from .finished import COMPLETE
 from .fit import fit_heads
 from .grid import FeatureGrid
 from .heads import CLASSIFIER_HEADS, Classifier
-from .io import check_not_input, check_target
+from .io import check_not_input
 from .scoring import score_lines
-from .outputs import (ZarrStack, classification_set, probabilities_path, siblings, uncertainty_path, write_classification,
-                      write_clusters, write_subdivision)
+from .outputs import (TiffSet, ZarrStack, classification_set, probabilities_path, uncertainty_path,
+                      write_classification, write_clusters, write_subdivision)
 from .manifest import describe
 from .options import (VOLUME_KIND, AreaOption, LabelsList, check_out_name, command_record, default_out, grid_options,
                       interrupted_status, model_option, one_line_errors, output_kind, show_progress, sigterm_as_interrupt,
@@ -127,21 +127,22 @@ def _plan_options(tissue_mask, all_cells, pixel_size, device="auto", **kw):
 
 def _prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, record=True, device="auto"):
     """Fail on an unwritable output path, or one that is an input, before any work (and before a
-    progress bar); load the bundle; apply the finished-output rule (:mod:`brainrt.finished`).
+    progress bar); load the bundle; apply the finished-output rule (:mod:`brainrt.finished`) to the output's
+    store (:mod:`brainrt.outputs`: a zarr folder, or an OME-TIFF set).
 
     Returns ``(bundle, run record)``, or ``(None, None)`` when ``out`` is already finished by the
     same command and arguments (said on stdout).
     """
     ctx = click.get_current_context()
-    members = [] if is_dir else siblings(out)
-    check_not_input([out, *members], inputs)
+    store = ZarrStack(out) if is_dir else TiffSet(out)
+    check_not_input([out, *store.members], inputs)
     check_out_name(out, ctx.info_name, output_kind(ctx.info_name) if record else VOLUME_KIND)
-    check_target(out, is_dir=is_dir)
+    store.check()
     model = Path(model or default_model())
     if not (record and (model / MANIFEST).is_file()):  # no record, or a bundle that will not load: say why first
         return Bundle.load(model, threads=threads, device=device), None
     rec = command_record(ctx, sha256_file(model / MANIFEST))
-    if is_finished(out, rec, members=members, is_dir=is_dir, overwrite=overwrite):
+    if store.finished(rec, overwrite=overwrite):
         click.echo(COMPLETE.format(out))
         return None, None
     return Bundle.load(model, threads=threads, device=device), rec
