@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from brainrt.cli import one_line_errors
-from brainrt.options import show_progress
+from brainrt.cli.options import show_progress
 from brainrt.errors import BrainrtError
 
 
@@ -68,7 +68,7 @@ def train_and_export_cmd(images, masks, class_map, out, **kw):
     """
     if len(images) != len(masks):
         raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
-    from brainrt.options import command_record
+    from brainrt.cli.options import command_record
     from brainrt.finished import is_finished
 
     from .pipeline import train_and_export

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import click
 
-from . import params
-from .bundle import DEVICES, default_model
-from .errors import BrainrtError, file_error
-from .finished import run_record
-from .manifest import PRECISIONS, Manifest
-from .plan import DEFAULT_PRECISION, METHODS
-from .sources import SUFFIXES, file_of
+from .. import params
+from ..bundle import DEVICES, default_model
+from ..errors import BrainrtError, file_error
+from ..finished import run_record
+from ..manifest import PRECISIONS, Manifest
+from ..plan import DEFAULT_PRECISION, METHODS
+from ..sources import SUFFIXES, file_of
 
 log = logging.getLogger("brainrt")
 

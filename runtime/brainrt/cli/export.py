@@ -1,12 +1,12 @@
-"""``brainrt export``: a bundle as a package for other tools (registered by :mod:`brainrt.cli`)."""
+"""``brainrt export``: a bundle as a package for other tools (:mod:`brainrt.zoo`)."""
 
 from __future__ import annotations
 
 import click
 
 from ..errors import BrainrtError
-from ..options import one_line_errors
-from .package import WHAT, export_bioimageio
+from ..zoo import WHAT, export_bioimageio
+from .options import one_line_errors
 
 #: Formats ``brainrt export`` writes.
 FORMATS = ("bioimageio",)

@@ -1,0 +1,5 @@
+"""``python -m brainrt.cli``: the ``brainrt`` command."""
+
+from . import main
+
+main()
