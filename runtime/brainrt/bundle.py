@@ -12,14 +12,13 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import params, predictor, sessions
-from .errors import BrainrtError, file_error, param_error, unreadable
+from .errors import BrainrtError, file_error, param_error
 from .geometry import manifest_problems
-from .heads import UNUSED_HEADS, load_head
+from .heads import bundle_heads
 from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
 from .seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
 
@@ -145,7 +144,7 @@ class Bundle:
             raise file_error(path / MANIFEST, f"manifest geometry contradicts itself: {'; '.join(problems)}; "
                                               "refusing to load it")
         log.info("brainrt: bundle %s on %s", path.name, session.get_providers()[0])
-        loaded = _load_heads(path, manifest) if heads else {}  # each unpickled when first used
+        loaded = bundle_heads(path, manifest) if heads else {}  # each unpickled when first used
         return cls(path=path, manifest=manifest, session=session, heads=loaded, options=(opts, chosen))
 
     def graph_session(self, rel):
@@ -260,43 +259,3 @@ def check_graph(path, manifest, session):
         problems.append(f"{F} features (the graph's output: {tuple(outs[g.output])})")
     if problems:
         raise file_error(path, f"manifest does not match {g.file}: it says {'; '.join(problems)}; refusing to load it")
-
-
-def _load_heads(path, manifest):
-    """Name -> head of the manifest's head files, except :data:`UNUSED_HEADS` (verified with the rest,
-    never unpickled); each is loaded when first used (:class:`Heads`). A context head (``context_heads``)
-    needs its own file and its stage-1 head's: checked here, before anything is loaded."""
-    specs = manifest.context_heads or {}
-    for name, spec in specs.items():
-        if name not in manifest.heads or (spec.stage1 is not None and spec.stage1 not in manifest.heads):
-            raise file_error(path, f"context head {name!r} needs head files for itself and its stage 1 "
-                                   f"{spec.stage1!r}; the manifest's heads are {', '.join(manifest.heads)}")
-    return Heads(path, {name: rel for name, rel in manifest.heads.items() if name not in UNUSED_HEADS}, specs)
-
-
-class Heads(Mapping):
-    """The bundle's heads by name, each loaded on first use by its kind (:mod:`brainrt.heads.kinds`: a
-    context head with its stage 1 when ``specs`` describes it, the CNN's layer, a scikit-learn head), so a command that fails on its input fails before scikit-learn is even imported. Every file was
-    verified against the manifest's sha256 when the bundle was loaded."""
-
-    def __init__(self, path, files, specs=None):
-        self._path, self._files, self._loaded, self._lock = Path(path), dict(files), {}, threading.RLock()
-        self._specs = dict(specs or {})
-
-    def __getitem__(self, name):
-        rel = self._files[name]
-        with self._lock:
-            if name not in self._loaded:
-                self._loaded[name] = self._load(name, rel)
-            return self._loaded[name]
-
-    def _load(self, name, rel):
-        spec = self._specs.get(name)
-        with unreadable(self._path / rel, f"head {name!r} cannot be loaded", "the file is damaged"):
-            return load_head(self._path / rel, rel, spec, self[spec.stage1] if spec and spec.stage1 else None)
-
-    def __iter__(self):
-        return iter(self._files)
-
-    def __len__(self):
-        return len(self._files)

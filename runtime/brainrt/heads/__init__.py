@@ -6,14 +6,15 @@ applying a loaded head (:mod:`.apply`: :class:`Classifier`, clusters, densities,
 
 May import: the base modules (errors, uncertainty) and the context pooling (:mod:`brainrt.ctxhead`,
 :mod:`brainrt.smooth`); never bundles, plans, the engine, outputs or the faces (a bundle loads its
-heads through :func:`load_head`).
+heads through :func:`bundle_heads`).
 """
 
 from .apply import (HEAD_CHUNK, OFF_TISSUE, ClassMapResult, Classifier, apply_rows, area_loglik, chunk_rows,
                     float32_proba, gmm_clusters, logistic_affine, per_class)
-from .kinds import CLASS_FREE_HEADS, CLASSIFIER_HEADS, KINDS, NOT_CLASSIFIERS, UNUSED_HEADS, kind_of, load_head
+from .kinds import (CLASS_FREE_HEADS, CLASSIFIER_HEADS, KINDS, NOT_CLASSIFIERS, UNUSED_HEADS, Heads, bundle_heads,
+                    kind_of, load_head)
 from .linear import LinearHead
 
-__all__ = ["CLASSIFIER_HEADS", "CLASS_FREE_HEADS", "ClassMapResult", "Classifier", "HEAD_CHUNK", "KINDS", "LinearHead",
-           "NOT_CLASSIFIERS", "OFF_TISSUE", "UNUSED_HEADS", "apply_rows", "area_loglik", "chunk_rows", "float32_proba",
-           "gmm_clusters", "kind_of", "load_head", "logistic_affine", "per_class"]
+__all__ = ["CLASSIFIER_HEADS", "CLASS_FREE_HEADS", "ClassMapResult", "Classifier", "HEAD_CHUNK", "Heads", "KINDS",
+           "LinearHead", "NOT_CLASSIFIERS", "OFF_TISSUE", "UNUSED_HEADS", "apply_rows", "area_loglik", "bundle_heads",
+           "chunk_rows", "float32_proba", "gmm_clusters", "kind_of", "load_head", "logistic_affine", "per_class"]
