@@ -41,16 +41,15 @@ CORRELATION_WARN = 0.3
 N_CELLS = 128
 
 
-def intensity_outside(plan, bundle):
-    """Share of the plan's tissue pixels outside the training tissue's central :data:`CENTRAL` (None: the bundle
-    records no training intensities)."""
+def intensity_outside(plan, bundle, t):
+    """Share of the plan's tissue pixels (above the threshold ``t``) outside the training tissue's central
+    :data:`CENTRAL` (None: the bundle records no training intensities)."""
     inten = bundle.manifest.intensity
     if inten is None:
         return None
     q = np.asarray(inten.quantiles, np.float64)
     lo, hi = np.quantile(q, [(1 - CENTRAL) / 2, (1 + CENTRAL) / 2])
     image = plan.image
-    t = auto_threshold(image, quiet=True)
     units = plan.scale / bundle.manifest.normalization.scale  # network's reading -> training units
     out = n = 0
     for y in range(0, image.shape[0], 512):
@@ -61,10 +60,9 @@ def intensity_outside(plan, bundle):
     return out / n if n else None
 
 
-def neighbour_correlation(plan):
-    """Correlation of horizontally neighbouring tissue pixels (both above the tissue threshold), band by band."""
+def neighbour_correlation(plan, t):
+    """Correlation of horizontally neighbouring tissue pixels (both above the threshold ``t``), band by band."""
     image = plan.image
-    t = auto_threshold(image, quiet=True)
     sums = np.zeros(6)  # n, sum a, sum c, sum a^2, sum c^2, sum ac
     for y in range(0, image.shape[0], 512):
         b = image[y: y + 512].astype(np.float64)
@@ -121,7 +119,8 @@ def familiarity(plan, bundle, *, features=True) -> dict:
     returned, not warned on: its scale depends on how well the bundle's densities generalize (a bundle fitted on
     few cells scores its own kind of slice high). Returns ``{"intensity_outside", "neighbour_correlation",
     "feature_deficit", "unlike"}`` (None where unavailable)."""
-    inten, corr = intensity_outside(plan, bundle), neighbour_correlation(plan)
+    t = auto_threshold(plan.image, quiet=True)  # one Otsu pass over the slice serves both scores
+    inten, corr = intensity_outside(plan, bundle, t), neighbour_correlation(plan, t)
     feat = feature_deficit(plan, bundle) if features else None
     why = ([f"{inten:.0%} of its tissue outside the training tissue's gray values (warn above "
             f"{INTENSITY_WARN:.0%})"] if inten is not None and inten > INTENSITY_WARN else [])
