@@ -32,21 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from brainrt_train.final import (SIGMAS_UM, SPACES, best_logreg, choose_heads, final_fit, final_record, head_candidates,
+                                  recipe_of, shipped_json, write_final)
 from tools.cv_pictures import fold_picture, folds_chart, maps_picture
 
-C_GRID = (0.01, 0.1, 1.0)
-#: Plain (not class-balanced) logistic regression: one C, to show what the balance buys.
-PLAIN_C = (0.1,)
-SIGMAS_UM = (0.0, 20.0, 40.0, 60.0, 100.0, 150.0, 300.0)
-SPACES = ("log", "prob")
-CTX = ("f150", "p150", "f75+p150")
 #: The recipe the last final fit shipped (chosen on one validation band per class).
 PREVIOUS = ("logreg", (("C", 0.1), ("balanced", True))), 300.0, "prob", (("HypoTh", 3.0), ("WM", 3.0))
 BIASES = (1.0, 2.0)
-
-
-def logreg(C, balanced=True):
-    return ("logreg", (("C", float(C)), ("balanced", bool(balanced))))
 
 
 CELLS = {True: "**Cells the network never trained on.** The shipped network was trained on patches of its split's "
@@ -61,15 +53,6 @@ CELLS = {True: "**Cells the network never trained on.** The shipped network was 
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def candidates(args):
-    heads = [logreg(C, True) for C in C_GRID] + [logreg(C, False) for C in PLAIN_C]
-    if args.ctx:
-        heads += [("ctx", (("C", 1.0), ("scales", s))) for s in CTX]
-    if args.svm:
-        heads += [("rbfsvm", (("C", 1.0),))]
-    return heads
 
 
 def unseen_labels(bundle, sl, grid):
@@ -139,81 +122,6 @@ def bias_checks(grid, cf, chosen, seed):
     return out
 
 
-def final_fit(bundle, grid, recipe, seed):
-    """The recipe fitted on every labeled cell: ``(model, probabilities)``."""
-    from brainrt_train import cv
-
-    every = grid.valid & (grid.y_cells >= 0)  # every labeled cell the CV used (see unseen_labels)
-    return cv.fit_head(grid, every, recipe.head, seed)
-
-
-def write_final(bundle, model, recipe, record, logreg=None):
-    """Write ``model`` as the bundle's default head with the recipe's smoothing and ``training.final``; ``logreg``
-    (the best logistic regression of the cross-validation, refitted the same way) replaces the ``logreg`` head
-    when the default head does not need it as its first stage."""
-    import dataclasses
-    import shutil
-
-    import joblib
-    from brainrt.bundle import seal_bundle, verify_bundle
-    from brainrt.io import atomic_path
-    from brainrt.manifest import Smoothing
-
-    path = Path(bundle.path)
-    kind = recipe.head[0]
-    if kind not in ("logreg", "ctx"):
-        raise SystemExit(f"--final writes logreg or ctx heads, not {kind}")
-    if kind == "ctx":
-        from brainrt_train.ctxhead import add_context_head
-
-        add_context_head(path, path, {"C": dict(recipe.head[1])["C"], "stage1": "logreg"}, model, name="ctx",
-                         default=True, chosen_on="spatial 5-fold cross-validation (tools/cv_heads.py)")
-    m = verify_bundle(path)
-    with atomic_path(path, overwrite=True, is_dir=True) as tmp:
-        for rel in m.files:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path / rel, tmp / rel)
-        if kind == "logreg":
-            joblib.dump(model, tmp / m.heads["logreg"])
-        elif model.stage1 is not None:  # the context head pools the probabilities of its own first stage
-            joblib.dump(model.stage1, tmp / m.heads["logreg"])
-        elif logreg is not None:
-            joblib.dump(logreg, tmp / m.heads["logreg"])
-        sm = Smoothing(sigma_um=recipe.sigma_um, space=recipe.space, extra={},
-                       chosen_on="spatial 5-fold cross-validation, mean macro F1 of the regularized map, stride 16 "
-                                 "(tools/cv_heads.py)")
-        training = dataclasses.replace(m.training, extra={**m.training.extra, "final": record})
-        seal_bundle(tmp, dataclasses.replace(m, smoothing=sm, training=training,
-                                             default_head="logreg" if kind == "logreg" else "ctx"))
-    return path
-
-
-def recipe_of(d):
-    """The :class:`~brainrt_train.cv.Recipe` of a results.json ``chosen_recipe``."""
-    from brainrt_train import cv
-
-    d = dict(d)
-    kind, sigma, space, bias = d.pop("head"), d.pop("sigma_um"), d.pop("space"), d.pop("bias", {})
-    d.pop("seed", None)
-    return cv.Recipe((kind, tuple(d.items())), float(sigma), space, tuple(bias.items()))
-
-
-def final_record(chosen, folds_record, n_cells, summary, k, seed, command):
-    return {"heads": f"{chosen.head[0]} (the default head) refitted on every labeled stride-16 cell of slice309; "
-                     "recipe chosen by spatial cross-validation (tools/cv_heads.py)",
-            "recipe": {**chosen.to_dict(), "seed": seed}, "folds": folds_record, "n_cells": n_cells,
-            "cv": shipped_json(summary, k), "command": command,
-            "estimate": "nested spatial cross-validation (docs/accuracy/cv/shipped.json)",
-            "other_heads": "linsvm, rbfsvm, cnn, gmm, area_density, pca_kmeans: the split run's; the network saw the "
-                           "split run's training bands only"}
-
-
-def best_logreg(res):
-    """The recipe of the best logistic regression in a run's candidates."""
-    return max((v for v in res["grid"].values() if v["recipe"]["head"] == "logreg"),
-               key=lambda v: v["smoothed"]["macro_f1"]["mean"])["recipe"]
-
-
 def runtime_maps(model_path, features):
     """The maps ``brainrt classify`` makes of a feature zarr with a bundle's default head: (regularized, raw)."""
     import brainrt
@@ -236,9 +144,9 @@ def refit(args, argv):
     if res.get("unseen_only"):
         unseen_labels(bundle, sl, grid)
     before, _ = runtime_maps(args.model, args.features)
-    model, _ = final_fit(bundle, grid, chosen, res["seed"])
-    best_lr = best_logreg(res)
-    logreg, _ = final_fit(bundle, grid, recipe_of(best_lr), res["seed"])
+    model, _ = final_fit(grid, chosen, res["seed"])
+    best_lr = best_logreg(res["grid"])
+    logreg, _ = final_fit(grid, recipe_of(best_lr), res["seed"])
     n_cells = {n: int(((grid.y_cells == i) & grid.valid).sum()) for i, n in enumerate(grid.names)}
     command = f"python -m tools.cv_heads {' '.join(argv if argv is not None else sys.argv[1:])}"
     summary = res["nested"]["summary"] if "nested" in res else res["grid"][res["chosen"]]
@@ -248,7 +156,7 @@ def refit(args, argv):
                           "selection; the nested estimate did not finish)")
     record["logreg"] = {"recipe": best_lr, "what": "the best logistic regression of the cross-validation, refitted "
                                                   "on the same cells (--head logreg)"}
-    write_final(bundle, model, chosen, record, logreg=logreg)
+    write_final(bundle.path, model, chosen, record, logreg=logreg)
     (out / "shipped.json").write_text(json.dumps({**shipped_json(summary, res["folds"]["k"]),
                                                   "estimate": record["estimate"]}, indent=1) + "\n")
     final, raw = runtime_maps(args.model, args.features)
@@ -262,19 +170,6 @@ def refit(args, argv):
     (out / "REPORT.md").write_text(markdown(res, grid.names))
     log(f"wrote {chosen.label()} into {bundle.path}; guards " + json.dumps({k: round(v["share"], 3) for k, v in g(final).items()}))
     return 0
-
-
-def shipped_json(summary, k):
-    """The shipped recipe's cross-validation figures in the layout scripts read."""
-    ms = lambda d: {"mean": d["mean"], "sd": d["sd"]}  # noqa: E731
-    return {"folds": k, "pixel_accuracy": ms(summary["smoothed"]["pixel_accuracy"]),
-            "pixel_accuracy_raw": ms(summary["raw"]["pixel_accuracy"]),
-            "macro_f1": ms(summary["smoothed"]["macro_f1"]),
-            "f1": {c: ms(v) for c, v in summary["smoothed"]["f1"].items()},
-            "f1_raw": {c: ms(v) for c, v in summary["raw"]["f1"].items()},
-            "guards": {g: {"share": ms(v["share"]), "target": v["target"], "ok_folds": v["ok_folds"],
-                           **({"annotation": v["annotation"]} if "annotation" in v else {})}
-                       for g, v in summary.get("guards", {}).items()}}
 
 
 # --- report ---
@@ -404,27 +299,10 @@ def parser():
 
 def search(args, grid, cf, out, res):
     """Every candidate under the folds, grids widened until the choice is interior: the chosen recipe, its table."""
-    from brainrt_train import cv
-
     cache = resumed(out) if args.resume else {}
-
-    def evaluate(heads, sigmas):
-        todo = [h for h in heads if not all(cv.Recipe(h, float(s), sp) in cache for s in sigmas for sp in SPACES
-                                            if s > 0 or sp == SPACES[0])]
-        got = cv.evaluate_heads(grid, cf, todo, sigmas, SPACES, seed=args.seed, log=log, jobs=args.jobs)[0] if todo else {}
-        cache.update(got)
-        return {r: s for r, s in cache.items() if r.head in heads and r.sigma_um in sigmas}
-
-    chosen, results, widened = cv.choose_interior(evaluate, candidates(args), list(SIGMAS_UM), log=log)
-    best = {}
-    for r, s in results.items():
-        if r.head not in best or cv.criterion(s) > cv.criterion(results[best[r.head]]):
-            best[r.head] = r
-    res.update(chosen=chosen.label(), chosen_recipe=chosen.to_dict(), widened=widened, grid=cv.as_jsonable(results),
-               best_per_head=sorted(((r.label(), results[r]) for r in best.values()), key=lambda x: -cv.criterion(x[1])),
-               chosen_head_grid=[(r.label(), s) for r, s in sorted(results.items(), key=lambda x: (x[0].space, x[0].sigma_um))
-                                 if r.head == chosen.head])
-    log(f"chosen: {chosen.label()} ({cv.criterion(results[chosen]):.3f})")
+    chosen, results, record = choose_heads(grid, cf, head_candidates(args.ctx, args.svm), seed=args.seed, cache=cache,
+                                           jobs=args.jobs, log=log)
+    res.update(record)
     return chosen, results
 
 

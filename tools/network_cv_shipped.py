@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-HEAD = ("logreg", (("C", 0.1), ("balanced", True)))
+from brainrt_train.netcv import HEAD
 
 
 def log(msg):
@@ -70,7 +70,7 @@ def run(args):
     from brainrt_train import cv
     from brainrt_train.data import ClassMap, load_slice
     from tools.cv_heads import unseen_labels
-    from tools.network_cv import imaging_changes
+    from brainrt_train.netcv import imaging_changes
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

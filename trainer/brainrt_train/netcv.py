@@ -1,0 +1,359 @@
+"""Feature-network candidates under the spatial K-fold cross-validation (issue 31): the core.
+
+``tools/network_cv.py`` (the comparison's command and report) and ``train-and-export --cv K`` (which
+chooses the network recipe of a final fit) both run it. Same folds for every candidate
+(:func:`brainrt_train.cv.spatial_folds`), equal training compute (the same number of tile batches
+of the same tiles; the per-patch candidate gets the same training minutes as today's recipe on
+tiles in the same fold). For each candidate and fold:
+
+1. the network is trained from scratch on the fold's **training pixels only** (:func:`train_fold`:
+   tiles whose labeled positions lie in ``train[f]``; per patch: centres in ``train[f]``), no
+   validation set (the last epoch's weights);
+2. its stride-16 features of the whole slice (:func:`brainrt_train.tiles.grid_features`, the
+   runtime's grid, no intensity standardization) -> the default head recipe: class-balanced
+   logistic regression on standardized cell features, **C = 0.1 fixed**, fitted on the fold's
+   training cells (:func:`brainrt_train.cv.fit_head`);
+3. scored on ``held_out[f]`` (:func:`brainrt_train.cv.score_fold`): per-class F1, pixel accuracy
+   raw and smoothed (log-probabilities), the anatomical guards;
+4. imaging changes of the whole slice, the head unchanged (:func:`imaging_changes`): Gaussian blur
+   sigma 1 px, 2 x 2 binning resampled back (bilinear); their loss of smoothed pixel accuracy.
+
+:func:`run` keeps the results in a JSON file, written after every fold of every candidate (a rerun
+skips what is there); :func:`choose` picks the candidate with the best cross-validation mean of the
+smoothed pixel accuracy; :func:`report` is the comparison's REPORT.md.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: Today's recipe (the shipped network's: context 4, Adam 1e-3 one-cycle, dihedral + tissue border + gray-level
+#: jitter), and the candidates: what each changes.
+BASE = {"context": 4, "lr": 1e-3, "schedule": "onecycle", "border_p": 0.6, "rotate_p": 0.0}
+CANDIDATES = {
+    "tiles": {},
+    "patches": {"per_patch": True},
+    "strong-aug": {"rotate_p": 0.5, "max_scale": 0.2, "blur_max": 2.5, "bin_p": 0.3},
+    "wd+ls": {"weight_decay": 0.05, "label_smoothing": 0.1},
+    "mixup+swa": {"mixup": 0.4, "swa_epochs": 2},
+}
+#: The fixed head of the comparison (its recipe for :func:`brainrt_train.cv.fit_head`) and its description.
+HEAD = ("logreg", (("C", 0.1), ("balanced", True)))
+HEAD_TEXT = "class-balanced logistic regression on standardized stride-16 cell features, C = 0.1 fixed"
+#: The keys of a recipe that :func:`brainrt_train.train.fit` takes as they are.
+FIT_KEYS = ("weight_decay", "label_smoothing", "mixup", "swa_epochs", "blur_max", "bin_p")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def imaging_changes(image):
+    """``{name: image}``: the slice blurred (Gaussian sigma 1 px) and binned 2 x 2 then resampled back."""
+    from scipy import ndimage
+
+    f = image.astype(np.float32)
+    blur = np.clip(np.rint(ndimage.gaussian_filter(f, 1.0)), 0, 255).astype(image.dtype)
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    binned = f[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    # bilinear back to the full grid: pixel y of the original sits at (y - 0.5) / 2 in the binned image
+    yy = np.clip((np.arange(image.shape[0]) - 0.5) / 2, 0, h // 2 - 1)
+    xx = np.clip((np.arange(image.shape[1]) - 0.5) / 2, 0, w // 2 - 1)
+    back = ndimage.map_coordinates(binned, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
+    return {"blur1": blur, "bin2": np.clip(np.rint(back), 0, 255).astype(image.dtype)}
+
+
+def macs_per_position(model, n_out=32):
+    """Multiply-adds per stride-16 output position of the tile evaluation (large tile, counted by torch)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    side, _ = model.tile_geometry(n_out)
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model.tile_features(torch.zeros(1, 1, side, side))
+    return fc.get_total_flops() / 2 / n_out**2
+
+
+def recipe_of(name, recipe=None):
+    """The full recipe of candidate ``name`` (``recipe``: its changes, default :data:`CANDIDATES`'s) over :data:`BASE`."""
+    return {**BASE, **(CANDIDATES[name] if recipe is None else recipe)}
+
+
+def fit_kwargs(names, r, norm, seed):
+    """:func:`brainrt_train.train.fit`'s keywords for the full recipe ``r``."""
+    return dict(n_classes=len(names), patch_size=r.get("patch_size", 128), norm=norm, lr=r["lr"],
+                schedule=r["schedule"], seed=seed, context=r["context"], border_p=r["border_p"],
+                rotate_p=r["rotate_p"], **{k: r[k] for k in FIT_KEYS if k in r})
+
+
+def train_fold(sl, labels_train, names, recipe, *, batches, epochs, tile_out, tile_batch, seed, minutes=None,
+               dtype_max=255.0):
+    """Train one network on the training labels ``labels_train`` (int8, -1 elsewhere) of slice ``sl``, from
+    scratch, for a fixed budget (the last weights); ``recipe``: a candidate's changes to :data:`BASE` (or a full
+    recipe); ``dtype_max``: what the pixel type's full range maps to 1. Returns (model, norm, seconds, history,
+    budget)."""
+    from brainrt_train.tiles import TileSampler
+    from brainrt_train.train import fit
+
+    r = {**BASE, **recipe}
+    unit = sl.image[labels_train >= 0].astype(np.float64) / dtype_max
+    norm = {"mean": float(unit.mean()), "std": float(unit.std()) or 1.0}
+    common = fit_kwargs(names, r, norm, seed)
+    if r.get("per_patch"):
+        return train_patches(sl, labels_train, names, r, common, epochs=epochs, minutes=minutes, seed=seed,
+                             dtype_max=dtype_max)
+    sampler = TileSampler([sl.image], [labels_train], n_classes=len(names), patch_size=common["patch_size"],
+                          context=r["context"], n_out=tile_out, dtype_max=dtype_max, border_p=r["border_p"],
+                          rotate_p=r["rotate_p"], max_scale=r.get("max_scale", 0.15))
+    model, history, seconds = fit((None, np.zeros(0)), None, epochs=epochs, batch_size=64, tiles=sampler,
+                                  tile_batch=tile_batch, tile_batches=batches, **common)
+    return model, norm, seconds, history, {"tiles": tile_out, "tile_batch": tile_batch, "batches_per_epoch": batches}
+
+
+def train_patches(sl, labels_train, names, r, common, *, epochs, minutes, seed, dtype_max=255.0):
+    """Per-patch training on centres in the training region (footprints inside the image), as many patches
+    per epoch as fit ``minutes`` of training (timed on a probe of 128 patches first)."""
+    import torch
+
+    from brainrt_train.data import draw_balanced
+    from brainrt_train.pipeline import patch_inputs
+    from brainrt_train.train import fit
+
+    C, P = len(names), common["patch_size"]
+    inner = np.zeros(labels_train.shape, bool)
+    inner[P // 2 : -P // 2, P // 2 : -P // 2] = True
+    pools = []
+    for c in range(C):
+        ys, xs = np.nonzero((labels_train == c) & inner)
+        pools.append(np.stack([np.zeros_like(ys), ys, xs], 1))
+    probe = draw_balanced(pools, 128 // C + 1, np.random.default_rng(seed))
+    x = patch_inputs([sl], probe, P, r["context"], dtype_max)
+    t0 = time.perf_counter()
+    fit((x, torch.from_numpy(probe.labels)), None, epochs=1, batch_size=64, **{**common, "schedule": "constant"})
+    per_patch = (time.perf_counter() - t0) / len(probe.labels)
+    n_train = max(8, int(minutes * 60 / per_patch / epochs / C))
+
+    def redraw(epoch):
+        ps = draw_balanced(pools, n_train, np.random.default_rng([seed, 1, epoch]))
+        return patch_inputs([sl], ps, P, r["context"], dtype_max), torch.from_numpy(ps.labels)
+
+    model, history, seconds = fit(redraw(0), None, epochs=epochs, batch_size=64, redraw=redraw, **common)
+    return model, common["norm"], seconds, history, {"patches_per_class_epoch": n_train}
+
+
+def evaluate_fold(model, norm, sl, images, grid, cf, f, sigma_um):
+    """Scores of fold ``f``'s held-out pixels on the clean slice (whole tissue grid: guards too) and under each
+    imaging change (features only of the tile blocks holding held-out cells; smoothing over those), one head per
+    fold, fitted on the clean features of the fold's training cells."""
+    import dataclasses
+
+    from brainrt.heads import apply_rows, float32_proba, per_class
+
+    from brainrt_train import cv
+    from brainrt_train.tiles import grid_features
+
+    t0 = time.perf_counter()
+    grid.features, _ = grid_features(model, sl.image, norm=norm, dtype_max=255.0, cells=grid.valid)
+    head, prob = cv.fit_head(grid, cf.train[f], HEAD)
+    out = {"clean": cv.score_fold(grid, cf, f, prob, sigma_um, "log")}
+    K = len(grid.names)
+    fn = per_class(head, float32_proba(head) or head.predict_proba, K, 0.0)
+    held = cf.counts[f].sum(-1) > 0
+    for name, img in images.items():
+        feats, computed = grid_features(model, img, norm=norm, dtype_max=255.0, cells=held & grid.valid)
+        part = dataclasses.replace(grid, features=feats, valid=grid.valid & computed)
+        p = apply_rows(feats, part.valid, fn, np.zeros(grid.valid.shape + (K,), np.float32))
+        out[name] = cv.score_fold(part, cf, f, p, sigma_um, "log", with_guards=False)
+    out["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+class Setup:
+    """What every candidate and fold shares: the slice, class names, folds, cell folds, the scoring grid (its
+    features filled per network) and the imaging changes."""
+
+    def __init__(self, image, mask, *, k=5, class_map="prasad2020", changes=True):
+        from brainrt.geometry import grid_shape
+        from brainrt.tissue import tissue_grid
+
+        from brainrt_train import cv
+        from brainrt_train.data import ClassMap, load_slice
+
+        cmap = class_map if isinstance(class_map, ClassMap) else ClassMap.resolve(class_map)
+        self.names = list(cmap.names)
+        self.sl = sl = load_slice(image, mask, cmap)
+        self.folds = cv.spatial_folds(sl.labels, k=k, n_classes=len(self.names))
+        shape = grid_shape(sl.labels.shape, 16)
+        self.cf = cv.cell_folds(self.folds, sl.labels, 16, shape, len(self.names))
+        valid = tissue_grid(sl.image, 128, 16)
+        self.grid = cv.Grid(None, valid, sl.labels, self.names, 16)
+        self.grid.y_cells = np.where(valid, cv.at_centres(sl.labels, 16, shape), -1)
+        self.images = imaging_changes(sl.image) if changes else {}
+
+
+def header(command, setup, candidates, budget, *, seed, sigma_um):
+    """The results' record of the run (everything but the candidates' folds)."""
+    from brainrt_train.model import PaperCNN
+
+    macs = {c: round(macs_per_position(PaperCNN(len(setup.names), context=recipe_of(c)["context"])))
+            for c in candidates}
+    return dict(command=command, folds=setup.folds.record(), seed=seed, base_recipe=BASE, sigma_um=sigma_um,
+                macs=macs, head=HEAD_TEXT, budget=budget)
+
+
+def run_one(setup, res, c, f, budget, *, seed, sigma_um):
+    """Train candidate ``c`` on fold ``f``'s training pixels, score it, record it in ``res``."""
+    s = setup
+    minutes = None
+    if CANDIDATES[c].get("per_patch"):
+        ref = res["candidates"].get("tiles", {}).get("folds", {}).get(str(f))
+        minutes = ref["train_minutes"] if ref else 2.0
+    log(f"fold {f}: training {c}")
+    labels_train = np.where(s.folds.train(f), s.sl.labels, -1).astype(np.int8)
+    model, norm, seconds, history, used = train_fold(
+        s.sl, labels_train, s.names, CANDIDATES[c], batches=budget["tile_batches_per_epoch"], epochs=budget["epochs"],
+        tile_out=budget["tiles"], tile_batch=budget["tile_batch"], seed=seed + f, minutes=minutes)
+    scores = evaluate_fold(model, norm, s.sl, s.images, s.grid, s.cf, f, sigma_um)
+    acc = scores["clean"]["smoothed"]["pixel_accuracy"]
+    rec = {**scores, "train_minutes": round(seconds / 60, 2), "history": history, "budget": used,
+           "loss": {k: round(acc - scores[k]["smoothed"]["pixel_accuracy"], 4) for k in s.images}}
+    res["candidates"][c]["folds"][str(f)] = rec
+    log(f"fold {f} {c}: train {seconds / 60:.1f} min, acc raw {scores['clean']['raw']['pixel_accuracy']:.3f} "
+        f"smoothed {acc:.3f} macro F1 {scores['clean']['smoothed']['macro_f1']:.3f}; losses {rec['loss']}")
+
+
+def run(setup, path, candidates, budget, *, command, seed=0, sigma_um=100.0, only_folds=None, after_fold=None):
+    """Every candidate on every fold (``only_folds``: those), results in the JSON file ``path`` after each (a rerun
+    skips the folds it holds); ``after_fold(results)`` after each one. Returns the results."""
+    path = Path(path)
+    res = json.loads(path.read_text()) if path.exists() else {}
+    res.update(header(command, setup, candidates, budget, seed=seed, sigma_um=sigma_um))
+    res.setdefault("candidates", {})
+    for c in candidates:
+        res["candidates"].setdefault(c, {"recipe": recipe_of(c), "folds": {}})
+    log(f"folds {setup.folds.record()}; training cells per fold {[int(t.sum()) for t in setup.cf.train]}")
+    for f in (only_folds if only_folds is not None else range(setup.folds.k)):
+        for c in candidates:
+            if str(f) in res["candidates"][c]["folds"]:
+                continue
+            run_one(setup, res, c, f, budget, seed=seed, sigma_um=sigma_um)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(res, indent=1, default=str) + "\n")
+            tmp.replace(path)
+            if after_fold is not None:
+                after_fold(res)
+    return res
+
+
+def merged(out):
+    """Every ``results*.json`` of the folder ``out`` merged: the first file's header, every candidate's folds."""
+    res = None
+    for path in sorted(Path(out).glob("results*.json")):
+        r = json.loads(path.read_text())
+        if res is None:
+            res = r
+            continue
+        for c, entry in r.get("candidates", {}).items():
+            res["candidates"].setdefault(c, {**entry, "folds": {}})["folds"].update(entry["folds"])
+    return res
+
+
+def choose(res):
+    """The candidate with the best cross-validation mean of the smoothed pixel accuracy over the folds every scored
+    candidate shares, and the means: ``(name, {name: mean})``."""
+    done = {c: e["folds"] for c, e in res["candidates"].items() if e["folds"]}
+    if not done:
+        raise ValueError("no candidate has a scored fold")
+    common = set.intersection(*(set(f) for f in done.values()))
+    if not common:
+        raise ValueError("the candidates share no scored fold")
+    means = {c: float(np.mean([folds[f]["clean"]["smoothed"]["pixel_accuracy"] for f in sorted(common)]))
+             for c, folds in done.items()}
+    return max(means, key=lambda c: means[c]), means
+
+
+def folds_picture(out, res):
+    """Per-fold smoothed pixel accuracy and macro F1 of every candidate, and accuracy under blur."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cands = [c for c in res["candidates"] if res["candidates"][c]["folds"]]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    for ax, (what, key) in zip(axes, (("clean", "pixel_accuracy"), ("clean", "macro_f1"), ("blur1", "pixel_accuracy"))):
+        for i, c in enumerate(cands):
+            folds = res["candidates"][c]["folds"]
+            fs = sorted(folds, key=int)
+            vals = [folds[f][what]["smoothed"][key] for f in fs if what in folds[f]]
+            ax.plot([int(f) + (i - len(cands) / 2) * 0.08 for f in fs if what in folds[f]], vals, "o",
+                    label=f"{c} (mean {np.mean(vals):.3f})")
+        ax.set_xlabel("fold")
+        ax.set_xticks(range(res["folds"]["k"]))
+        ax.set_title(f"{what}: smoothed {key.replace('_', ' ')} (held-out pixels)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(out) / "folds.png", dpi=90)
+    plt.close(fig)
+    return "folds.png"
+
+
+def _mean(values):
+    v = [x for x in values if x == x]
+    return f"{np.mean(v):.3f}" if v else "-"
+
+
+def _summary_row(c, e, res, base, names):
+    fo = [e["folds"][f] for f in sorted(e["folds"], key=int)]
+    g = [sum(v["ok"] for v in r["clean"]["guards"].values()) for r in fo]
+    loss = lambda k: _mean([r["loss"].get(k, float("nan")) for r in fo])  # noqa: E731
+    return (f"| {c} | {len(fo)} | {_mean([r['clean']['raw']['pixel_accuracy'] for r in fo])} | "
+            f"{_mean([r['clean']['smoothed']['pixel_accuracy'] for r in fo])} | "
+            f"{_mean([r['clean']['smoothed']['macro_f1'] for r in fo])} | "
+            + " | ".join(_mean([r['clean']['smoothed']['f1'][n] for r in fo]) for n in names)
+            + " | " + _mean([e["folds"][f]["clean"]["smoothed"]["pixel_accuracy"] - base[f]["clean"]["smoothed"]
+                             ["pixel_accuracy"] for f in e["folds"] if f in base])
+            + f" | {_mean(g)} of {len(fo[0]['clean']['guards'])} | {loss('blur1')} | {loss('bin2')} | "
+            f"{_mean([r['train_minutes'] for r in fo])} | {res['macs'].get(c, '-')} |")
+
+
+def _fold_row(c, f, r, names):
+    failed = ", ".join(k for k, v in r["clean"]["guards"].items() if not v["ok"]) or "all held"
+    return (f"| {c} | {f} | {r['clean']['raw']['pixel_accuracy']:.3f} | {r['clean']['smoothed']['pixel_accuracy']:.3f} "
+            f"| {r['clean']['smoothed']['macro_f1']:.3f} | "
+            + " | ".join(f"{r['clean']['smoothed']['f1'][n]:.3f}" for n in names)
+            + f" | {failed} | {r['loss'].get('blur1', float('nan')):.3f} | {r['loss'].get('bin2', float('nan')):.3f} | "
+            f"{r['train_minutes']:.1f} |")
+
+
+def report(out, res=None, *, note="`--report` merges the results files of several processes"):
+    """REPORT.md of the results (default: every results file of ``out`` merged): a summary row per candidate, then
+    every fold; the per-fold picture beside it."""
+    res = merged(out) if res is None else res
+    names = list(next(iter(next(iter(res["candidates"].values()))["folds"].values()))["clean"]["raw"]["f1"])
+    lines = [f"# Feature-network candidates under spatial {res['folds']['k']}-fold cross-validation (issue 31)", "",
+             f"Command: `{res['command']}` ({note}).", "",
+             f"Folds: {json.dumps(res['folds'])}. Head: {res['head']}. Map regularization: Gaussian "
+             f"{res['sigma_um']:g} um on log-probabilities. Budget: {json.dumps(res['budget'])}.", "",
+             *([(Path(out) / "NOTES.md").read_text(), ""] if (Path(out) / "NOTES.md").exists() else []),
+             "| candidate | folds | acc raw | acc smoothed | macro F1 | " + " | ".join(f"F1 {n}" for n in names)
+             + " | vs tiles, same folds | guards ok | blur 1 px loss | 2x2 bin loss | train min | MACs/position |",
+             "|---" * (11 + len(names)) + "|"]
+    base = res["candidates"].get("tiles", {}).get("folds", {})
+    rows = []
+    for c, e in res["candidates"].items():
+        if not e["folds"]:
+            continue
+        lines.append(_summary_row(c, e, res, base, names))
+        rows += [_fold_row(c, f, e["folds"][f], names) for f in sorted(e["folds"], key=int)]
+    lines += ["", f"![per-fold accuracy]({folds_picture(out, res)})", "", "Per fold (held-out pixels; F1 of the "
+              "smoothed map, nan where the fold holds the class out too little; guards failed):", "",
+              "| candidate | fold | acc raw | acc smoothed | macro F1 | " + " | ".join(f"F1 {n}" for n in names)
+              + " | guards failed | blur loss | bin loss | train min |", "|---" * (9 + len(names)) + "|", *rows, ""]
+    return "\n".join(lines)
