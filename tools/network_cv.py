@@ -55,7 +55,23 @@ def parse(argv):
     ap.add_argument("--results-name", default="results.json", help="this process's results file in -o (several "
                     "processes on different folds: one each; --report merges results*.json)")
     ap.add_argument("--report", action="store_true", help="only merge the results files and write REPORT.md, folds.png")
+    ap.add_argument("--choices", action="store_true", help="with --report: also write choices.json, the final fit's "
+                    "choices (the best candidate by the CV mean of smoothed pixel accuracy; train-and-export --final "
+                    "--choices)")
     return ap.parse_args(argv)
+
+
+def write_choices(out, argv):
+    """``out/choices.json``: the final fit's choices made from the merged results."""
+    from brainrt.io import write_json
+    from brainrt_train.data import ClassMap
+    from brainrt_train.final_bundle import choices_of
+    from brainrt_train.netcv import merged
+
+    command = "python tools/network_cv.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    choices = choices_of(merged(out), ClassMap.resolve("prasad2020"), command, source=out / "results*.json")
+    write_json(out / "choices.json", choices.to_dict())
+    log(f"wrote {out / 'choices.json'}: {choices.network} (CV means {choices.cv['means']})")
 
 
 def main(argv=None):
@@ -67,6 +83,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     if args.report:
         (out / "REPORT.md").write_text(report(out))
+        if args.choices:
+            write_choices(out, argv)
         return 0
 
     def write_report(_res):

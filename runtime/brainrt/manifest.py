@@ -375,8 +375,11 @@ def describe(m, folder):
     for ts in t.data:
         lines.append(f"training data: {ts.image} (sha256 {ts.image_sha256[:12]}...), mask {ts.mask} "
                      f"(sha256 {ts.mask_sha256[:12]}...), {ts.shape[0]} x {ts.shape[1]} px")
-    lines.append(f"split: {t.split.get('mode', '?')}, layout {t.layout}, gap {t.gap} px, fractions "
-                 f"{'/'.join(f'{f:g}' for f in t.fractions)}, seed {t.seed}; test patches {sum(t.taken('test').values())}")
-    lines += ["metrics (test split): " + ", ".join(f"{k} {v:.3f}" for k, v in m.metrics.items()
-                                                    if isinstance(v, (int, float)))]
+    if "gap" in t.split:
+        lines.append(f"split: {t.split.get('mode', '?')}, layout {t.layout}, gap {t.gap} px, fractions "
+                     f"{'/'.join(f'{f:g}' for f in t.fractions)}, seed {t.seed}; test patches {sum(t.taken('test').values())}")
+    else:  # a final fit: no split
+        lines.append(f"split: {t.split.get('mode', '?')}; seed {t.seed}")
+    lines += [f"metrics ({m.metrics.get('source', 'test split')}): " + ", ".join(
+        f"{k} {v:.3f}" for k, v in m.metrics.items() if isinstance(v, (int, float)))]
     return lines

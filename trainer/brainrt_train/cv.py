@@ -572,9 +572,14 @@ def grid_of(features_path, image_path, mask_path, bundle):
     g = load_features(features_path, bundle=bundle)
     if tuple(g.image_shape) != tuple(sl.labels.shape):
         raise ValueError(f"{features_path}: features of an image of shape {tuple(g.image_shape)}, not {sl.labels.shape}")
-    grid = Grid(np.asarray(g.features, np.float32), np.asarray(g.valid, bool), sl.labels, list(cmap.names), g.stride)
-    grid.y_cells = np.where(grid.valid, at_centres(sl.labels, g.stride, grid.valid.shape), -1)
-    return grid, sl
+    return grid_from(g, sl.labels, list(cmap.names)), sl
+
+
+def grid_from(g, labels, names):
+    """The :class:`Grid` of a :class:`~brainrt.grid.FeatureGrid` ``g`` and the class-index map ``labels``."""
+    grid = Grid(np.asarray(g.features, np.float32), np.asarray(g.valid, bool), labels, list(names), g.stride)
+    grid.y_cells = np.where(grid.valid, at_centres(labels, g.stride, grid.valid.shape), -1)
+    return grid
 
 
 def as_jsonable(results):

@@ -257,7 +257,7 @@ def _redraw(slices, pools, n_train, patch_size, context, dtype_max, seed):
     return redraw
 
 
-def _int8_graphs(tmp, slices, sets, *, footprint, dense_info, head, normalization, seed, n=512):
+def int8_graphs(tmp, slices, sets, *, footprint, dense_info, head, normalization, seed, n=512):
     """int8 copies of the graphs just exported, calibrated on training footprints; their manifest entry.
 
     The calibration method is the one whose per-patch copy agrees best with fp32 on
@@ -369,6 +369,14 @@ def export_graphs(tmp, trained: Trained, opts: TrainOptions) -> Graphs:
     return Graphs(report, plain, dense)
 
 
+def save_cnn_head(tmp, plain):
+    """The network's own linear head (its last layer) as the bundle's ``cnn`` head; returns its file."""
+    fc = plain.head
+    (tmp / "heads").mkdir(exist_ok=True)
+    LinearHead(fc.weight.detach().numpy(), fc.bias.detach().numpy()).save(tmp / "heads" / "cnn.npz")
+    return "heads/cnn.npz"
+
+
 def fit_bundle_heads(tmp, data: Data, samples: Samples, trained: Trained, graphs: Graphs, opts: TrainOptions) -> Heads:
     """Fit the heads on the network's training features, save them (and the network's own
     linear head) under ``tmp/heads`` and plot the network's test confusion matrix."""
@@ -380,9 +388,7 @@ def fit_bundle_heads(tmp, data: Data, samples: Samples, trained: Trained, graphs
     for name, head in heads.items():
         joblib.dump(head, tmp / "heads" / f"{name}.joblib")
         files[name] = f"heads/{name}.joblib"
-    fc = graphs.plain.head
-    LinearHead(fc.weight.detach().numpy(), fc.bias.detach().numpy()).save(tmp / "heads" / "cnn.npz")
-    files["cnn"] = "heads/cnn.npz"
+    files["cnn"] = save_cnn_head(tmp, graphs.plain)
     cnn = trained.cnn_metrics
     confusion_png(tmp / "confusion.png", cnn["confusion_matrix"], list(data.cmap.names),
                   title=f"CNN, test patches (accuracy {cnn['accuracy']:.3f})")
@@ -392,26 +398,32 @@ def fit_bundle_heads(tmp, data: Data, samples: Samples, trained: Trained, graphs
 def build_manifest(data: Data, samples: Samples, trained: Trained, graphs: Graphs, heads: Heads,
                    int8: dict | None, opts: TrainOptions, *, total_seconds: float) -> Manifest:
     """The bundle's manifest (no smoothing chosen yet; its files are hashed when it is sealed)."""
+    return bundle_manifest(data, trained, graphs, opts, heads=heads.files, n_features=heads.n_features, int8=int8,
+                           training=_training(data, samples, trained, opts, total_seconds=total_seconds),
+                           metrics=_metrics(trained.cnn_metrics, heads.metrics))
+
+
+def bundle_manifest(data: Data, trained: Trained, graphs: Graphs, opts: TrainOptions, *, heads: dict, n_features: int,
+                    int8: dict | None, training: Training, metrics: dict, default_head="logreg") -> Manifest:
+    """A manifest of the network ``trained`` and its exported ``graphs`` with the given heads (name -> file),
+    training record and metrics (no smoothing; its files are hashed when it is sealed)."""
     cmap, fp = data.cmap, graphs.plain.footprint
-    context = _context(opts, fp)
     r = graphs.report
     return Manifest(
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         classes=tuple(ClassSpec(nm, tuple(cs)) for nm, cs in zip(cmap.names, cmap.codes)),
-        class_map=cmap.to_dict(), patch_size=opts.patch_size, context=context,
+        class_map=cmap.to_dict(), patch_size=opts.patch_size, context=_context(opts, fp),
         window={"size": window_size(opts.patch_size), "offset": window_offset(opts.patch_size),
                 "note": "the network sees the centred window of each patch; patch rows cy - P//2 .. cy - P//2 + P - 1"},
-        net_stride=NET_STRIDE, n_features=heads.n_features, normalization=_normalization(data, trained),
+        net_stride=NET_STRIDE, n_features=n_features, normalization=normalization_of(data, trained),
         onnx=OnnxGraph("features.onnx", r["input"], r["output"], r["opset"], ("batch", 1, fp, fp)),
         intensity=Intensity(tuple(float(q) for q in _tissue_quantiles(data.slices))),
         dense_onnx=DenseGraphs.from_dict(graphs.dense) if graphs.dense else None,
         int8=Int8Graphs.from_dict(int8) if int8 else None,
-        heads=heads.files, default_head="logreg", versions=_versions(),
-        training=_training(data, samples, trained, opts, total_seconds=total_seconds),
-        metrics=_metrics(trained.cnn_metrics, heads.metrics), files={})
+        heads=heads, default_head=default_head, versions=_versions(), training=training, metrics=metrics, files={})
 
 
-def _normalization(data: Data, trained: Trained) -> Normalization:
+def normalization_of(data: Data, trained: Trained) -> Normalization:
     return Normalization(scale=1.0 / data.dtype_max, mean=trained.norm["mean"], std=trained.norm["std"],
                          trained_dtype=str(data.dtype))
 
@@ -480,8 +492,8 @@ def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | Non
     with atomic_path(out, overwrite=overwrite, is_dir=True) as tmp:
         graphs = export_graphs(tmp, trained, opts)
         heads = fit_bundle_heads(tmp, data, samples, trained, graphs, opts)
-        int8 = (_int8_graphs(tmp, data.slices, samples.sets, footprint=graphs.plain.footprint, dense_info=graphs.dense,
-                             head=heads.heads["logreg"], normalization=_normalization(data, trained).to_dict(),
+        int8 = (int8_graphs(tmp, data.slices, samples.sets, footprint=graphs.plain.footprint, dense_info=graphs.dense,
+                             head=heads.heads["logreg"], normalization=normalization_of(data, trained).to_dict(),
                              seed=opts.seed) if opts.int8 else None)
         write_json(tmp / "metrics.json", {"history": trained.history, "cnn": trained.cnn_metrics,
                                           "heads": heads.metrics, "onnx_parity": graphs.report})
