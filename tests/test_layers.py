@@ -257,8 +257,8 @@ def test_no_function_over_40_lines_in_the_runtime_packages():
     assert not too_long, too_long
 
 
-def test_no_runtime_module_over_400_lines():
-    too_long = [f"{p.relative_to(RUNTIME)} ({n})" for p in RUNTIME_FILES if (n := len(p.read_text().splitlines())) > 400]
+def test_no_runtime_module_over_300_lines():
+    too_long = [f"{p.relative_to(RUNTIME)} ({n})" for p in RUNTIME_FILES if (n := len(p.read_text().splitlines())) > 300]
     assert not too_long, too_long
 
 
@@ -526,10 +526,10 @@ ROOMS = {
     "base": ["errors.py", "version.py", "geometry.py", "runfiles.py", "io.py", "integrity.py", "ngff.py",
              "uncertainty.py", "plots.py", "synth.py", "split.py", "densities.py"],
     "sources": ["sources/"],
-    "model": ["manifest.py", "records.py", "context_record.py", "training_record.py", "params.py", "seal.py",
+    "model": ["manifest.py", "records.py", "graphs_record.py", "context_record.py", "training_record.py", "params.py", "seal.py",
               "sessions.py", "predictor.py"],
-    "heads": ["ctxhead.py", "smooth.py", "heads/"],
-    "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py"],
+    "heads": ["ctxhead.py", "pooling.py", "smooth.py", "heads/"],
+    "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py", "strokes.py"],
     "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],
     "jobs": ["api.py", "familiar.py", "fit.py", "demo.py", "volumes/", "zoo/"],

@@ -19,7 +19,8 @@ import numpy as np
 from ..derive import ClassTable, stroke_record
 from ..errors import BrainrtError
 from ..geometry import grid_shape
-from ..fit import cell_labels, fitted_of, predict_grid, samples_of_grid, uncertainty
+from ..fit import fitted_of, predict_grid, uncertainty
+from ..strokes import cell_labels, samples_of_grid
 from ..plan import DEFAULT_PRECISION
 from ..smooth import choose
 from ._work import featurize, grid_layer, labels_layer, load_bundle
