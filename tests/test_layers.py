@@ -528,7 +528,7 @@ ROOMS = {
     "sources": ["sources/"],
     "model": ["manifest.py", "records.py", "graphs_record.py", "context_record.py", "training_record.py", "params.py", "seal.py",
               "sessions.py", "predictor.py"],
-    "heads": ["ctxhead.py", "pooling.py", "smooth.py", "heads/"],
+    "heads": ["ctxhead.py", "pooling.py", "smooth.py", "slicemap.py", "heads/"],
     "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py", "strokes.py"],
     "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],

@@ -70,3 +70,41 @@ def test_smoothing_removes_isolated_errors_and_keeps_off_tissue_at_zero():
     assert out[10, 10].argmax() == 0
     assert (out[:, 15:] == 0).all()
     assert smooth_probabilities(prob, valid, 0)[10, 10].argmax() == 1  # sigma 0: unchanged
+
+
+class _Bands:
+    """A band writer that keeps what it is given, where it is given."""
+
+    def __init__(self, shape):
+        self.out, self.rows = np.full(shape, np.nan, np.float32), []
+
+    def write(self, y0, band):
+        self.rows.append((y0, len(band)))
+        self.out[y0 : y0 + len(band)] = band
+
+
+@pytest.mark.parametrize("sigma", [0.0, 2.0])
+@pytest.mark.parametrize("block", [1, 7, 1000])
+def test_a_slice_map_is_the_whole_grid_map_however_its_rows_arrive(sigma, block):
+    """SliceMap (the one finishing path of 2D and volumes): rows pushed in any blocks give the whole grid's
+    regularized probabilities (0 off tissue) and their argmax labels (-1 off tissue), in memory or handed to a
+    writer band after band, each row once and in order."""
+    from brainrt.slicemap import SliceMap
+
+    rng = np.random.default_rng(2)
+    prob = rng.dirichlet(np.ones(4), size=(33, 21)).astype(np.float32)
+    valid = rng.random((33, 21)) > 0.3
+    prob[~valid] = 0
+    want = smooth_probabilities(prob, valid, sigma)
+    kept, writer = SliceMap(valid, 4, sigma=sigma), _Bands(prob.shape)
+    written = SliceMap(valid, 4, sigma=sigma, writer=writer)
+    for y in range(0, 33, block):
+        kept.push(prob[y : y + block])
+        written.push(prob[y : y + block])
+    labels, probs = kept.close()
+    assert np.array_equal(probs, want)  # bit for bit
+    assert np.array_equal(labels, np.where(valid, want.argmax(-1), -1)) and labels.dtype == np.int16
+    labels_w, none = written.close()
+    assert none is None and np.array_equal(labels_w, labels) and np.array_equal(writer.out, want)
+    starts = [y for y, _ in writer.rows]
+    assert starts == sorted(starts) and sum(n for _, n in writer.rows) == 33 and starts[0] == 0

@@ -8,9 +8,10 @@ is written once, in the engine; what happens to the features is the sink's busin
   head's output per cell (``fn``), for the whole grid or for one band of rows;
 - :class:`ZarrFeatureSink`: into a zarr feature grid written beside its target and
   renamed into place when complete (a stride-1 grid of a slice is GBs);
-- :class:`ClassifySink`: a classifier head on every block, then the streamed in-plane
-  smoothing (:class:`~brainrt.smooth.RowSmoother`), so features are never held whole;
-  the probabilities go into memory or, band by band, into their OME-TIFF.
+- :class:`ClassifySink`: a classifier head on every block, its rows finished as they arrive by the
+  one finishing path of a slice's map (:class:`~brainrt.slicemap.SliceMap`: the streamed in-plane
+  regularization, the labels), so features are never held whole; the probabilities go into memory
+  or, band by band, into their OME-TIFF.
 
 The volume band writer (:mod:`brainrt.volumes.blocks`) is an :class:`ArraySink` over
 one band whose rows then go into the volume's store. Sinks trust their inputs: the plan
@@ -27,7 +28,7 @@ from .finished import FOLDER_RECORD, write_record
 from .grid import FEATURE_ARRAYS, FEATURES, create_feature_store
 from .integrity import Guarded, seal
 from .io import atomic_path
-from .smooth import RowSmoother
+from .slicemap import SliceMap
 
 
 class Sink:
@@ -112,56 +113,37 @@ PUSH_ROWS = 32
 
 
 class ClassifySink(Sink):
-    """A classifier head (:class:`~brainrt.heads.Classifier`) on every block, smoothed in the plane as the
-    rows arrive when ``sigma`` (grid cells) > 0. A context head's terms go through its ``stream``
-    (:meth:`~brainrt.heads.Classifier.stream`, which pools them with a halo of rows) before the smoothing.
+    """A classifier head (:class:`~brainrt.heads.Classifier`) on every block; its probability rows finished
+    as they arrive by a :class:`~brainrt.slicemap.SliceMap` (regularized in the plane when ``sigma`` (grid
+    cells) > 0, labelled, handed on). A context head's terms go through its ``stream``
+    (:meth:`~brainrt.heads.Classifier.stream`, which pools them with a halo of rows) first.
     ``close()`` gives ``(labels, probabilities)``: labels (R, C) int16 (-1 off tissue) always in memory
     (small), probabilities (R, C, K) in memory, or streamed band by band to ``probabilities`` (a writer
     with ``write(y0, band)`` and ``abort()``, e.g. :class:`~brainrt.io.OmeTiffBands`; then None), so a
-    stride-1 slice never holds them whole."""
+    stride-1 slice never holds them whole. A head without probabilities gives labels only."""
 
     def __init__(self, clf, valid, *, sigma=0.0, space="log", stream=None, probabilities=None):
-        self.clf, self.valid, self.writer = clf, valid, probabilities
-        self.labels = np.full(valid.shape, -1, np.int16)
-        self.probs = clf.empty(valid.shape) if clf.proba and probabilities is None else None
+        self.clf, self.writer = clf, probabilities
         self.stream = stream if stream is not None else PassThrough()
-        self.smoother = RowSmoother(sigma, space=space, rows=len(valid)) if sigma > 0 and clf.proba else None
-        self.mapped = self.done = 0  # grid rows mapped by the head / finished (smoothed, labelled, written)
+        self.map = SliceMap(valid, clf.n_classes, sigma=sigma, space=space, writer=probabilities) if clf.proba else None
+        self.labels = None if clf.proba else np.full(valid.shape, -1, np.int16)
         self.cells = CellMap.into(clf.fn, clf.empty((0, 0), terms=True))  # the engine maps each tile through the head
 
     def put(self, block):
-        if not self.clf.proba:  # the head gives labels (-1 stays off tissue)
+        if self.map is None:  # the head gives labels (-1 stays off tissue)
             self.labels[block.r0 : block.r1][block.valid] = block.features[block.valid]
             return
         for a in range(0, len(block.valid), PUSH_ROWS):  # the smoother's steps: its temporaries stay small
-            self._map(self.stream.push(block.features[a : a + PUSH_ROWS], block.valid[a : a + PUSH_ROWS]))
+            for rows in self.stream.push(block.features[a : a + PUSH_ROWS], block.valid[a : a + PUSH_ROWS]):
+                self.map.push(rows)
 
     def close(self):
-        if self.clf.proba:
-            self._map(self.stream.flush())
-        if self.smoother is not None:
-            for band in self.smoother.flush():
-                self._finish(band)
-        return self.labels, self.probs
+        if self.map is None:
+            return self.labels, None
+        for rows in self.stream.flush():
+            self.map.push(rows)
+        return self.map.close()
 
     def abort(self):
         if self.writer is not None:
             self.writer.abort()
-
-    def _map(self, rows):
-        """Finished map rows (probabilities) from row ``mapped`` on, through the smoother when there is one."""
-        for r in rows:
-            a = self.mapped
-            self.mapped += len(r)
-            for band in [r] if self.smoother is None else self.smoother.push(r, self.valid[a : self.mapped]):
-                self._finish(band)
-
-    def _finish(self, band):
-        """Labels of the next rows from their (smoothed) probabilities; the probabilities to their place."""
-        rows = slice(self.done, self.done + len(band))
-        self.labels[rows] = np.where(self.valid[rows], band.argmax(-1), -1)
-        if self.writer is not None:
-            self.writer.write(self.done, band)
-        else:
-            self.probs[rows] = band
-        self.done += len(band)

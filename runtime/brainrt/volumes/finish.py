@@ -1,8 +1,9 @@
 """The slice tasks of a classify run: smooth a slice's probabilities and write its outputs.
 
-``finish`` (one per z, after its bands, or after the slice's context task) smooths in the plane
-through :class:`~brainrt.smooth.RowSmoother` and writes the probabilities, their margin and entropy
-and the label pyramid; with ``smooth_z``, ``zsmooth`` (one per z, after the finishes within its
+``finish`` (one per z, after its bands, or after the slice's context task) finishes the slice's map
+by the one path a slice's map is finished by, 2D or volume (:class:`~brainrt.slicemap.SliceMap`: the
+in-plane regularization, the labels) and writes the probabilities, their margin and entropy and the
+label pyramid; with ``smooth_z``, ``zsmooth`` (one per z, after the finishes within its
 kernel's reach) smooths across slices (:func:`~brainrt.smooth.smooth_across`) and writes them instead.
 The arrays are those of :mod:`brainrt.volumes.layout`.
 """
@@ -13,7 +14,8 @@ import numpy as np
 
 from ..geometry import upsample
 from ..heads import OFF_TISSUE
-from ..smooth import RowSmoother, radius, smooth_across
+from ..slicemap import SliceMap
+from ..smooth import radius, smooth_across
 from ..uncertainty import margin_entropy
 from .layout import n_levels
 
@@ -21,42 +23,44 @@ from .layout import n_levels
 Z_BYTES = 64 << 20
 
 
-def finish_slice(vplan, store, z):  # long: one streamed pass (smooth, write, pyramid) kept readable in order
-    """Smooth slice ``z``'s probabilities in the plane and write them and its label pyramid (classify)."""
+def finish_slice(vplan, store, z):
+    """Finish slice ``z``'s map from its head's probabilities, band by band (:class:`~brainrt.slicemap.SliceMap`:
+    regularized in the plane, labelled), and write its probabilities and label pyramid (classify); with
+    ``smooth_z``, its in-plane map goes to the z pass instead."""
     import zarr
 
     root = zarr.open_group(str(store), mode="r+")
-    zi, (R, C) = vplan.zs.index(z), vplan.grid
+    zi = vplan.zs.index(z)
     raw, valid = root["scratch/context" if vplan.context else "scratch/probabilities"], root["scratch/valid"]
-    zsm = vplan.z_sigma > 0
-    smoother = RowSmoother(vplan.sigma_cells, space=vplan.space, rows=R) if vplan.sigma_cells > 0 else None
-    labels, done = np.full((R, C), -1, np.int16), 0
     v_all = np.asarray(valid[zi])
-
-    def put(p):
-        nonlocal done
-        n = len(p)
-        v = v_all[done : done + n]
-        p = np.where(v[..., None], p, 0).astype(np.float32)
-        if zsm:  # the z pass reads it, then writes the outputs
-            root["scratch/planar"][zi, done : done + n] = p
-        else:
-            _write_probabilities(vplan, root, zi, done, p, v)
-            labels[done : done + n] = np.where(v, p.argmax(-1), -1)
-        done += n
-
+    zsm = vplan.z_sigma > 0  # the z pass reads the in-plane map, then writes the outputs
+    writer = _Planar(root, zi) if zsm else _Levels(vplan, root, zi, v_all)
+    smap = SliceMap(v_all, len(vplan.class_names), sigma=vplan.sigma_cells, space=vplan.space, writer=writer)
     for r0, r1 in vplan.bands:
-        p = np.asarray(raw[zi, r0:r1])
-        if smoother is None:
-            put(p)
-        else:
-            for s in smoother.push(p, v_all[r0:r1]):
-                put(s)
-    if smoother is not None:
-        for s in smoother.flush():
-            put(s)
+        smap.push(np.asarray(raw[zi, r0:r1]))
+    labels, _ = smap.close()
     if not zsm:
         _write_labels(vplan, root, zi, labels)
+
+
+class _Planar:
+    """Bands of slice position ``zi``'s in-plane map into the scratch array the z pass reads."""
+
+    def __init__(self, root, zi):
+        self.planar, self.zi = root["scratch/planar"], zi
+
+    def write(self, y0, band):
+        self.planar[self.zi, y0 : y0 + len(band)] = band
+
+
+class _Levels:
+    """Bands of slice position ``zi``'s finished probabilities (and their uncertainty) into the image's levels."""
+
+    def __init__(self, vplan, root, zi, valid):
+        self.vplan, self.root, self.zi, self.valid = vplan, root, zi, valid
+
+    def write(self, y0, band):
+        _write_probabilities(self.vplan, self.root, self.zi, y0, band, self.valid[y0 : y0 + len(band)])
 
 
 def zsmooth_slice(vplan, store, z):
