@@ -127,6 +127,23 @@ def test_the_runner_is_deterministic_for_a_seed_and_finds_the_areas(setup):
     assert len(a[best]["smoothed"]["pixel_accuracy"]["folds"]) == 5
 
 
+def test_each_fold_is_scored_on_its_own_features(setup):
+    """``features_of(f)`` replaces the grid's features in fold ``f`` only: the grid's own features per fold give the
+    same scores; noise in one fold's features changes that fold's score and no other."""
+    _, _, grid, cf = setup
+    heads = [("logreg", (("C", 1.0), ("balanced", True)))]
+    base, per = cv.evaluate_heads(grid, cf, heads, (0.0, 40.0), seed=0)
+    same, per_same = cv.evaluate_heads(grid, cf, heads, (0.0, 40.0), seed=0, features_of=lambda f: grid.features)
+    assert repr(per_same) == repr(per)
+    noisy = features_of(grid.labels, noise=6.0, seed=1).features
+    _, per_noisy = cv.evaluate_heads(grid, cf, heads, (0.0,), seed=0,
+                                     features_of=lambda f: noisy if f == 2 else grid.features)
+    acc = lambda p: [x["raw"]["pixel_accuracy"] for x in next(iter(p.values()))]  # noqa: E731
+    a, b = acc(per), acc(per_noisy)
+    assert b[2] < a[2] - 0.05
+    assert [b[f] for f in (0, 1, 3, 4)] == [a[f] for f in (0, 1, 3, 4)]
+
+
 def test_choose_interior_widens_a_grid_whose_choice_is_at_its_edge():
     seen = []
 

@@ -31,6 +31,7 @@ that class's F1 in at least ``K - 1`` folds and lowers no other class's mean F1 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -396,27 +397,32 @@ def summarize(per_fold, names):
     return out
 
 
-def evaluate_heads(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, folds=None, train_of=None, log=None, jobs=1):
+def evaluate_heads(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, folds=None, train_of=None, features_of=None,
+                   log=None, jobs=1):
     """Every head x regularizer over ``folds`` (default: all): ``{Recipe: summary}`` and the per-fold results.
 
     A head is fitted once per fold; its probabilities are regularized with every sigma / space. ``train_of(f)``
-    gives fold ``f``'s training cells (default ``cf.train[f]``)."""
+    gives fold ``f``'s training cells (default ``cf.train[f]``). ``features_of(f)``: fold ``f``'s own features
+    (R, C, F) in place of ``grid.features``, e.g. those of a network trained on that fold's training pixels
+    only, so that no held-out cell's features come from a network that saw its label."""
     folds = list(range(cf.k)) if folds is None else list(folds)
     if jobs > 1:
         from functools import partial
 
-        parts = parallel_map(partial(evaluate_heads, seed=seed), [(grid, cf, [h], sigmas, spaces) for h in heads], jobs)
+        parts = parallel_map(partial(evaluate_heads, seed=seed, features_of=features_of),
+                             [(grid, cf, [h], sigmas, spaces) for h in heads], jobs)
         return {r: s for p in parts for r, s in p[0].items()}, {r: v for p in parts for r, v in p[1].items()}
     train_of = train_of or (lambda f: cf.train[f])
     per = {}
     for head in heads:
         for f in folds:
-            _, prob = fit_head(grid, train_of(f), head, seed)
+            g = grid if features_of is None else dataclasses.replace(grid, features=features_of(f))
+            _, prob = fit_head(g, train_of(f), head, seed)
             for space in spaces:
                 for s in sigmas:
                     if s == 0 and space != spaces[0]:
                         continue
-                    per.setdefault(Recipe(head, float(s), space), []).append(score_fold(grid, cf, f, prob, s, space))
+                    per.setdefault(Recipe(head, float(s), space), []).append(score_fold(g, cf, f, prob, s, space))
         if log:
             best = max((r for r in per if r.head == head), key=lambda r: np.mean([x["smoothed"]["macro_f1"] for x in per[r]]))
             log(f"{best.label()}: mean macro F1 {np.mean([x['smoothed']['macro_f1'] for x in per[best]]):.3f}")

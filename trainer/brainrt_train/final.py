@@ -41,9 +41,11 @@ def head_candidates(ctx=True, svm=False):
     return heads
 
 
-def choose_heads(grid, cf, heads, *, seed=0, sigmas=SIGMAS_UM, spaces=SPACES, cache=None, jobs=1, log=None):
+def choose_heads(grid, cf, heads, *, seed=0, sigmas=SIGMAS_UM, spaces=SPACES, cache=None, features_of=None, jobs=1,
+                 log=None):
     """Every head x regularizer under the folds ``cf`` (``cache``: ``{Recipe: summary}`` already scored, kept up
-    to date), grids widened until the choice is interior. Returns ``(chosen, results, record)``: ``record`` holds
+    to date), grids widened until the choice is interior; ``features_of``: per-fold features
+    (:func:`brainrt_train.cv.evaluate_heads`). Returns ``(chosen, results, record)``: ``record`` holds
     the chosen recipe, the widening, every recipe's summary, the best regularizer per head (best first) and the
     chosen head's regularizers."""
     from brainrt_train import cv
@@ -53,7 +55,8 @@ def choose_heads(grid, cf, heads, *, seed=0, sigmas=SIGMAS_UM, spaces=SPACES, ca
     def evaluate(hs, ss):
         todo = [h for h in hs if not all(cv.Recipe(h, float(s), sp) in cache for s in ss for sp in spaces
                                          if s > 0 or sp == spaces[0])]
-        got = cv.evaluate_heads(grid, cf, todo, ss, spaces, seed=seed, log=log, jobs=jobs)[0] if todo else {}
+        got = (cv.evaluate_heads(grid, cf, todo, ss, spaces, seed=seed, features_of=features_of, log=log, jobs=jobs)[0]
+               if todo else {})
         cache.update(got)
         return {r: s for r, s in cache.items() if r.head in hs and r.sigma_um in ss}
 

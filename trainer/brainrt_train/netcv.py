@@ -357,3 +357,33 @@ def report(out, res=None, *, note="`--report` merges the results files of severa
               "| candidate | fold | acc raw | acc smoothed | macro F1 | " + " | ".join(f"F1 {n}" for n in names)
               + " | guards failed | blur loss | bin loss | train min |", "|---" * (9 + len(names)) + "|", *rows, ""]
     return "\n".join(lines)
+
+
+def fold_features(setup, recipe, budget, *, seed=0, cache=None, log=log):
+    """``features_of(f)`` for :func:`brainrt_train.cv.evaluate_heads`: fold ``f``'s stride-16 grid features from a
+    network of ``recipe`` trained on that fold's training pixels only (the network cross-validation's network of
+    that fold: same recipe, budget and seed ``seed + f``), so a head and map regularization chosen on them never
+    see features of a network that learned the held-out labels. ``cache``: a folder keeping ``fold{f}.npy``
+    (a rerun reads them); ``budget``: ``epochs``, ``tile_batches_per_epoch``, ``tile_batch``, ``tiles``."""
+    from brainrt_train.tiles import grid_features
+
+    memo = {}
+
+    def features_of(f):
+        path = Path(cache) / f"fold{f}.npy" if cache is not None else None
+        if f not in memo and path is not None and path.exists():
+            memo[f] = np.load(path)
+        if f not in memo:
+            sl = setup.sl
+            labels_train = np.where(setup.folds.train(f), sl.labels, -1).astype(np.int8)
+            model, norm, seconds, _, _ = train_fold(
+                sl, labels_train, setup.names, recipe, batches=budget["tile_batches_per_epoch"],
+                epochs=budget["epochs"], tile_out=budget["tiles"], tile_batch=budget["tile_batch"], seed=seed + f)
+            memo[f], _ = grid_features(model, sl.image, norm=norm, dtype_max=255.0, cells=setup.grid.valid)
+            log(f"fold {f}: network trained on the fold's training pixels in {seconds / 60:.1f} min")
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.save(path, memo[f])
+        return memo[f]
+
+    return features_of
