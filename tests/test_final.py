@@ -82,7 +82,7 @@ def test_cv_writes_choices_report_and_a_verified_bundle(cv_bundle):
 
     out, r = cv_bundle
     folder = out.parent / f"{out.name}.cv"
-    assert {"choices.json", "REPORT.md", "results.json", "folds.png"} <= set(listing(folder))
+    assert {"choices.json", "REPORT.md", "results.json", "folds.png", "heads.json"} <= set(listing(folder))
     res = json.loads((folder / "results.json").read_text())
     assert sorted(res["candidates"]) == ["tiles", "wd+ls"]
     assert all(sorted(e["folds"]) == ["0", "1", "2"] for e in res["candidates"].values())
@@ -92,7 +92,8 @@ def test_cv_writes_choices_report_and_a_verified_bundle(cv_bundle):
     assert choices["network"] == max(means, key=means.get)
     assert choices["recipe"] == {**TINY_BASE, **netcv.CANDIDATES[choices["network"]]}
     m, final = final_of(out)
-    assert final["choices"] == choices and choices["heads"] == TINY_HEADS
+    assert final["choices"] == choices and choices["cv"]["heads"]["grid"] == TINY_HEADS
+    assert sorted(listing(folder / "features" / choices["network"])) == ["fold0.npy", "fold1.npy", "fold2.npy"]
     assert m.training.seed == choices["seed"] == 0 and m.training.epochs == 1
     assert final["folds"]["k"] == 3 and m.int8 is not None and m.dense_onnx is not None
     assert f"network {choices['network']}" in r.output
@@ -111,24 +112,31 @@ def own_grid(files, cv_bundle):
     return g, cv.grid_from(g, sl.labels, list(m.class_names))
 
 
-def test_the_default_head_and_smoothing_are_the_heads_cv_choice(cv_bundle, own_grid):
-    """The heads' cross-validation redone here on the bundle's own features chooses the recipe the bundle ships
-    as its default head and smoothing."""
-    from brainrt_train import cv
+def test_the_default_head_and_smoothing_are_chosen_on_the_fold_networks(files, cv_bundle, own_grid, tiny_base):
+    """The heads' cross-validation redone here, each fold's head on the features the network CV kept of that
+    fold's network, chooses the recipe the bundle ships as its default head and smoothing; the bundle's own
+    features score it (the manifest's figures), and choosing on them would be a different run."""
+    from brainrt_train import cv, netcv
+    from brainrt_train.data import ClassMap
     from brainrt_train.final import choose_heads
 
     m, final = final_of(cv_bundle[0])
-    grid = own_grid[1]
-    folds = cv.spatial_folds(grid.labels, k=3, n_classes=len(grid.names))
-    assert folds.record() == final["folds"]
-    cf = cv.cell_folds(folds, grid.labels, 16, grid.valid.shape, len(grid.names))
-    h = final["choices"]["heads"]
-    chosen, results, _ = choose_heads(grid, cf, [(k, tuple(p.items())) for k, p in h["candidates"]],
-                                      sigmas=h["sigmas_um"], spaces=h["spaces"])
+    setup = netcv.Setup(files["image"], files["mask"], k=3, class_map=ClassMap.from_dict(m.class_map), changes=False)
+    assert setup.folds.record() == final["folds"]
+    kept = cv_bundle[0].parent / f"{cv_bundle[0].name}.cv" / "features" / final["choices"]["network"]
+    fold_feats = [np.load(kept / f"fold{f}.npy") for f in range(3)]
+    assert not np.array_equal(fold_feats[0], fold_feats[1])  # three networks, not one
+    chosen, _, _ = choose_heads(setup.grid, setup.cf, [(k, tuple(p.items())) for k, p in TINY_HEADS["candidates"]],
+                                sigmas=TINY_HEADS["sigmas_um"], spaces=TINY_HEADS["spaces"],
+                                features_of=lambda f: fold_feats[f])
+    assert final["choices"]["heads"] == {"chosen": chosen.to_dict()}
     assert chosen.to_dict() == {k: v for k, v in final["recipe"].items() if k != "seed"}
     assert m.default_head == ("ctx" if chosen.head[0] == "ctx" else "logreg")
     assert (m.smoothing.sigma_um, m.smoothing.space) == (chosen.sigma_um, chosen.space)
-    assert final["cv"]["macro_f1"]["mean"] == pytest.approx(cv.criterion(results[chosen]), abs=1e-6)
+    grid = own_grid[1]
+    cf = cv.cell_folds(setup.folds, grid.labels, 16, grid.valid.shape, len(grid.names))
+    own, _ = cv.evaluate_heads(grid, cf, [chosen.head], [chosen.sigma_um], (chosen.space,))
+    assert final["cv"]["macro_f1"]["mean"] == pytest.approx(cv.criterion(own[chosen]), abs=1e-6)
     assert set(m.heads) >= {"cnn", "logreg", "linsvm", "gmm", "area_density"}
 
 

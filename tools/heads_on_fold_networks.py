@@ -41,8 +41,7 @@ def main(argv=None):
 
     from brainrt_train import netcv
     from brainrt_train.data import ClassMap
-    from brainrt_train.final import choose_heads
-    from brainrt_train.final_bundle import Choices
+    from brainrt_train.final_bundle import FOLD_HEADS, Choices, heads_on_fold_networks
 
     choices = Choices.read(args.choices)
     if "chosen" in choices.heads:
@@ -52,19 +51,13 @@ def main(argv=None):
     setup = netcv.Setup(args.image, args.mask, k=choices.folds["k"], class_map=cmap, changes=False)
     if choices.folds.get("origin") and setup.folds.record() != choices.folds:
         raise SystemExit(f"{args.mask}: its folds {setup.folds.record()} are not the choices' {choices.folds}")
-    features_of = netcv.fold_features(setup, choices.recipe, choices.budget, seed=choices.seed, cache=args.cache,
-                                      log=log)
-    heads, sigmas, spaces = choices.head_grid()
     t0 = time.perf_counter()
-    chosen, _, record = choose_heads(setup.grid, setup.cf, heads, seed=choices.seed, sigmas=sigmas, spaces=spaces,
-                                     features_of=features_of, log=log)
+    chosen, record = heads_on_fold_networks(setup, choices, args.cache)
     command = "python tools/heads_on_fold_networks.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    record.update(command=command, network=choices.network, seconds=round(time.perf_counter() - t0, 1),
-                  features="each fold's head on the features of a network trained on that fold's training pixels "
-                           "only (recipe, budget and seed of the network cross-validation)")
+    record.update(command=command, network=choices.network, seconds=round(time.perf_counter() - t0, 1))
     Path(args.report).write_text(json.dumps(record, indent=1, default=str) + "\n")
     out = {**choices.to_dict(), "heads": {"chosen": chosen.to_dict()}}
-    out["cv"] = {**(out.get("cv") or {}), "heads": {"chosen": chosen.label(), "on": "the fold networks' features",
+    out["cv"] = {**(out.get("cv") or {}), "heads": {"chosen": chosen.label(), "on": FOLD_HEADS,
                                                     "grid": choices.heads,
                                                     "report": str(args.report), "command": command}}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

@@ -443,11 +443,36 @@ def make_choices(image, mask, out, *, k, candidates, budget, seed=0, class_map="
         (folder / "REPORT.md").write_text(netcv.report(folder, res, note=note))
 
     res = netcv.run(setup, folder / "results.json", list(candidates), budget, command=command, seed=seed,
-                    after_fold=write_report)
+                    after_fold=write_report, features_dir=folder / "features")
     write_report(res)
     choices = choices_of(res, cmap, command, source=folder / "choices.json")
+    chosen, record = heads_on_fold_networks(setup, choices, folder / "features" / choices.network)
+    write_json(folder / "heads.json", record)
+    choices = dataclasses.replace(choices, heads={"chosen": chosen.to_dict()},
+                                  cv={**choices.cv, "heads": {"chosen": chosen.label(), "on": FOLD_HEADS,
+                                                              "grid": choices.heads, "report": "heads.json"}})
     write_json(folder / "choices.json", choices.to_dict())
     return choices
+
+
+#: What the default head and map regularization of ``--cv``'s choices are chosen on.
+FOLD_HEADS = ("each fold's head on the features of that fold's network (trained on the fold's training pixels "
+              "only), not on a network that learned the held-out labels")
+
+
+def heads_on_fold_networks(setup, choices, cache):
+    """The heads' grid of ``choices`` under the folds of ``setup``, each fold's head fitted and scored on the
+    features of the chosen candidate's network of that fold (kept in ``cache`` by the network CV, trained again
+    where missing); returns ``(chosen Recipe, the record)``."""
+    from . import netcv
+    from .final import choose_heads
+
+    heads, sigmas, spaces = choices.head_grid()
+    features_of = netcv.fold_features(setup, choices.recipe, choices.budget, seed=choices.seed, cache=cache,
+                                      log=log.info)
+    chosen, _, record = choose_heads(setup.grid, setup.cf, heads, seed=choices.seed, sigmas=sigmas, spaces=spaces,
+                                     features_of=features_of, log=log.info)
+    return chosen, {**record, "features": FOLD_HEADS}
 
 
 def choices_of(res, cmap, command, *, source, heads=None):

@@ -206,8 +206,9 @@ def header(command, setup, candidates, budget, *, seed, sigma_um):
                 macs=macs, head=HEAD_TEXT, budget=budget)
 
 
-def run_one(setup, res, c, f, budget, *, seed, sigma_um):
-    """Train candidate ``c`` on fold ``f``'s training pixels, score it, record it in ``res``."""
+def run_one(setup, res, c, f, budget, *, seed, sigma_um, features_dir=None):
+    """Train candidate ``c`` on fold ``f``'s training pixels, score it, record it in ``res``; ``features_dir``:
+    keep its clean grid features as ``features_dir/c/fold{f}.npy`` (what :func:`fold_features` reads)."""
     s = setup
     minutes = None
     if CANDIDATES[c].get("per_patch"):
@@ -219,6 +220,9 @@ def run_one(setup, res, c, f, budget, *, seed, sigma_um):
         s.sl, labels_train, s.names, CANDIDATES[c], batches=budget["tile_batches_per_epoch"], epochs=budget["epochs"],
         tile_out=budget["tiles"], tile_batch=budget["tile_batch"], seed=seed + f, minutes=minutes)
     scores = evaluate_fold(model, norm, s.sl, s.images, s.grid, s.cf, f, sigma_um)
+    if features_dir is not None:
+        (Path(features_dir) / c).mkdir(parents=True, exist_ok=True)
+        np.save(Path(features_dir) / c / f"fold{f}.npy", s.grid.features)
     acc = scores["clean"]["smoothed"]["pixel_accuracy"]
     rec = {**scores, "train_minutes": round(seconds / 60, 2), "history": history, "budget": used,
            "loss": {k: round(acc - scores[k]["smoothed"]["pixel_accuracy"], 4) for k in s.images}}
@@ -227,9 +231,11 @@ def run_one(setup, res, c, f, budget, *, seed, sigma_um):
         f"smoothed {acc:.3f} macro F1 {scores['clean']['smoothed']['macro_f1']:.3f}; losses {rec['loss']}")
 
 
-def run(setup, path, candidates, budget, *, command, seed=0, sigma_um=100.0, only_folds=None, after_fold=None):
+def run(setup, path, candidates, budget, *, command, seed=0, sigma_um=100.0, only_folds=None, after_fold=None,
+        features_dir=None):
     """Every candidate on every fold (``only_folds``: those), results in the JSON file ``path`` after each (a rerun
-    skips the folds it holds); ``after_fold(results)`` after each one. Returns the results."""
+    skips the folds it holds); ``after_fold(results)`` after each one; ``features_dir``: see :func:`run_one`.
+    Returns the results."""
     path = Path(path)
     res = json.loads(path.read_text()) if path.exists() else {}
     res.update(header(command, setup, candidates, budget, seed=seed, sigma_um=sigma_um))
@@ -241,7 +247,7 @@ def run(setup, path, candidates, budget, *, command, seed=0, sigma_um=100.0, onl
         for c in candidates:
             if str(f) in res["candidates"][c]["folds"]:
                 continue
-            run_one(setup, res, c, f, budget, seed=seed, sigma_um=sigma_um)
+            run_one(setup, res, c, f, budget, seed=seed, sigma_um=sigma_um, features_dir=features_dir)
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(res, indent=1, default=str) + "\n")
             tmp.replace(path)
