@@ -227,3 +227,17 @@ def test_options_that_do_not_apply_to_the_final_fit(tmp_path, files, extra, name
             tmp_path / "c.json", *extra)
     assert r.exit_code == 2 and named in r.stderr, r.output
     assert listing(tmp_path) == ["c.json"]
+
+
+def test_the_imaging_changes_include_a_rerendered_slice():
+    """The network CV scores every candidate under blur, binning and a re-rendering to 256 levels (what a slice of
+    another session brings); a 19-level slice comes back with many more gray levels, same shape and type."""
+    from brainrt_train.netcv import imaging_changes
+
+    rng = np.random.default_rng(0)
+    image = (np.round(rng.uniform(0, 18, (96, 128))) * 14).astype(np.uint8)  # 19 gray levels
+    changes = imaging_changes(image)
+    assert sorted(changes) == ["bin2", "blur1", "rerendered"]
+    assert all(v.shape == image.shape and v.dtype == np.uint8 for v in changes.values())
+    assert np.unique(changes["rerendered"]).size > 40 and not np.array_equal(changes["rerendered"], image)
+    assert sorted(imaging_changes(image.astype(np.uint16))) == ["bin2", "blur1"]

@@ -16,7 +16,8 @@ tiles in the same fold). For each candidate and fold:
 3. scored on ``held_out[f]`` (:func:`brainrt_train.cv.score_fold`): per-class F1, pixel accuracy
    raw and smoothed (log-probabilities), the anatomical guards;
 4. imaging changes of the whole slice, the head unchanged (:func:`imaging_changes`): Gaussian blur
-   sigma 1 px, 2 x 2 binning resampled back (bilinear); their loss of smoothed pixel accuracy.
+   sigma 1 px, 2 x 2 binning resampled back (bilinear), a re-rendering as another slice might look
+   (256 levels, gamma, contrast, offset, blur 0.8 px); their loss of smoothed pixel accuracy.
 
 :func:`run` keeps the results in a JSON file, written after every fold of every candidate (a rerun
 skips what is there); :func:`choose` picks the candidate with the best cross-validation mean of the
@@ -53,8 +54,12 @@ def log(msg):
 
 
 def imaging_changes(image):
-    """``{name: image}``: the slice blurred (Gaussian sigma 1 px) and binned 2 x 2 then resampled back."""
+    """``{name: image}``: the slice blurred (Gaussian sigma 1 px), binned 2 x 2 then resampled back, and
+    re-rendered (:func:`brainrt_train.evaluate.simulate_slice_change`: 256-level dithering, gamma 0.8,
+    contrast 1.15, an offset, blur 0.8 px; what the slice we do not have brings, 256 levels against 19)."""
     from scipy import ndimage
+
+    from .evaluate import simulate_slice_change
 
     f = image.astype(np.float32)
     blur = np.clip(np.rint(ndimage.gaussian_filter(f, 1.0)), 0, 255).astype(image.dtype)
@@ -64,7 +69,10 @@ def imaging_changes(image):
     yy = np.clip((np.arange(image.shape[0]) - 0.5) / 2, 0, h // 2 - 1)
     xx = np.clip((np.arange(image.shape[1]) - 0.5) / 2, 0, w // 2 - 1)
     back = ndimage.map_coordinates(binned, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
-    return {"blur1": blur, "bin2": np.clip(np.rint(back), 0, 255).astype(image.dtype)}
+    out = {"blur1": blur, "bin2": np.clip(np.rint(back), 0, 255).astype(image.dtype)}
+    if image.dtype == np.uint8:  # the re-rendering writes 8-bit gray levels
+        out["rerendered"] = simulate_slice_change(image)
+    return out
 
 
 def macs_per_position(model, n_out=32):
@@ -325,7 +333,7 @@ def _summary_row(c, e, res, base, names):
             + " | ".join(_mean([r['clean']['smoothed']['f1'][n] for r in fo]) for n in names)
             + " | " + _mean([e["folds"][f]["clean"]["smoothed"]["pixel_accuracy"] - base[f]["clean"]["smoothed"]
                              ["pixel_accuracy"] for f in e["folds"] if f in base])
-            + f" | {_mean(g)} of {len(fo[0]['clean']['guards'])} | {loss('blur1')} | {loss('bin2')} | "
+            + f" | {_mean(g)} of {len(fo[0]['clean']['guards'])} | {loss('blur1')} | {loss('bin2')} | {loss('rerendered')} | "
             f"{_mean([r['train_minutes'] for r in fo])} | {res['macs'].get(c, '-')} |")
 
 
@@ -335,6 +343,7 @@ def _fold_row(c, f, r, names):
             f"| {r['clean']['smoothed']['macro_f1']:.3f} | "
             + " | ".join(f"{r['clean']['smoothed']['f1'][n]:.3f}" for n in names)
             + f" | {failed} | {r['loss'].get('blur1', float('nan')):.3f} | {r['loss'].get('bin2', float('nan')):.3f} | "
+            f"{r['loss'].get('rerendered', float('nan')):.3f} | "
             f"{r['train_minutes']:.1f} |")
 
 
@@ -349,8 +358,8 @@ def report(out, res=None, *, note="`--report` merges the results files of severa
              f"{res['sigma_um']:g} um on log-probabilities. Budget: {json.dumps(res['budget'])}.", "",
              *([(Path(out) / "NOTES.md").read_text(), ""] if (Path(out) / "NOTES.md").exists() else []),
              "| candidate | folds | acc raw | acc smoothed | macro F1 | " + " | ".join(f"F1 {n}" for n in names)
-             + " | vs tiles, same folds | guards ok | blur 1 px loss | 2x2 bin loss | train min | MACs/position |",
-             "|---" * (11 + len(names)) + "|"]
+             + " | vs tiles, same folds | guards ok | blur 1 px loss | 2x2 bin loss | re-rendered loss | train min "
+             "| MACs/position |", "|---" * (12 + len(names)) + "|"]
     base = res["candidates"].get("tiles", {}).get("folds", {})
     rows = []
     for c, e in res["candidates"].items():
@@ -361,7 +370,8 @@ def report(out, res=None, *, note="`--report` merges the results files of severa
     lines += ["", f"![per-fold accuracy]({folds_picture(out, res)})", "", "Per fold (held-out pixels; F1 of the "
               "smoothed map, nan where the fold holds the class out too little; guards failed):", "",
               "| candidate | fold | acc raw | acc smoothed | macro F1 | " + " | ".join(f"F1 {n}" for n in names)
-              + " | guards failed | blur loss | bin loss | train min |", "|---" * (9 + len(names)) + "|", *rows, ""]
+              + " | guards failed | blur loss | bin loss | re-rendered loss | train min |", "|---" * (10 + len(names)) + "|",
+              *rows, ""]
     return "\n".join(lines)
 
 
