@@ -12,7 +12,7 @@ import brainrt
 from brainrt.ctxhead import ContextHead, ContextStream, context_probabilities
 from brainrt.errors import BrainrtError
 from brainrt.manifest import ContextHeadSpec, Manifest, PoolScale
-from brainrt.pooling import RowPooler, combine_z, pool_grid, pool_volume, z_kernel
+from brainrt.maps.pooling import RowPooler, combine_z, pool_grid, pool_volume, z_kernel
 
 
 def naive_pool(values, valid, sigmas):

@@ -524,11 +524,11 @@ def test_every_shipped_head_file_is_claimed_by_one_kind(bundle):
 #: subpackage (``name/``, whose docstring says what lives there and what it may import) or top-level modules.
 ROOMS = {
     "base": ["errors.py", "version.py", "geometry.py", "runfiles.py", "io.py", "integrity.py", "ngff.py",
-             "uncertainty.py", "plots.py", "synth.py", "split.py", "densities.py"],
+             "plots.py", "synth.py", "split.py", "densities.py"],
     "sources": ["sources/"],
     "model": ["manifest.py", "records.py", "graphs_record.py", "context_record.py", "training_record.py", "params.py", "seal.py",
               "sessions.py", "predictor.py"],
-    "heads": ["ctxhead.py", "pooling.py", "smooth.py", "slicemap.py", "heads/"],
+    "heads": ["ctxhead.py", "maps/", "heads/"],
     "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py", "strokes.py"],
     "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],

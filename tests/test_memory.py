@@ -15,7 +15,7 @@ from brainrt.engine import run
 from brainrt.plan import make_plan
 from brainrt.sessions import session_options
 from brainrt.sinks import Sink
-from brainrt.smooth import RowSmoother, radius, smooth_probabilities
+from brainrt.maps.smooth import RowSmoother, radius, smooth_probabilities
 
 
 class _Watch:

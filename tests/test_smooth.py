@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter1d
 
-from brainrt.smooth import RowSmoother, smooth_probabilities
+from brainrt.maps.smooth import RowSmoother, smooth_probabilities
 
 
 def naive_smooth(prob, valid, sigma, space):
@@ -89,7 +89,7 @@ def test_a_slice_map_is_the_whole_grid_map_however_its_rows_arrive(sigma, block)
     """SliceMap (the one finishing path of 2D and volumes): rows pushed in any blocks give the whole grid's
     regularized probabilities (0 off tissue) and their argmax labels (-1 off tissue), in memory or handed to a
     writer band after band, each row once and in order."""
-    from brainrt.slicemap import SliceMap
+    from brainrt.maps.slicemap import SliceMap
 
     rng = np.random.default_rng(2)
     prob = rng.dirichlet(np.ones(4), size=(33, 21)).astype(np.float32)

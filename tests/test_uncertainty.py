@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 import brainrt
-from brainrt.uncertainty import margin_entropy
+from brainrt.maps.uncertainty import margin_entropy
 from conftest import run_cli, write_tiff
 
 

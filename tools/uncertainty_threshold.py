@@ -40,8 +40,8 @@ def recipe_of(bundle):
 def cv_counts(bundle, image_path, mask_path, features, k=5):
     """Per fold: (margin (R, C), wrong held-out pixels (R, C), held-out pixels (R, C))."""
     import brainrt
-    from brainrt.smooth import smooth_probabilities
-    from brainrt.uncertainty import margin_entropy
+    from brainrt.maps.smooth import smooth_probabilities
+    from brainrt.maps.uncertainty import margin_entropy
     from brainrt_train import cv
 
     if not Path(features).exists():

@@ -26,9 +26,9 @@ from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DE
                    make_plan)
 from .scoring import pixel_metrics, read_truth, score
 from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
-from .smooth import choose, smooth_probabilities
+from .maps.smooth import choose, smooth_probabilities
 from .sources import read_mask
-from .uncertainty import CHANNELS, Tee, UncertaintyBands
+from .maps.uncertainty import CHANNELS, Tee, UncertaintyBands
 
 log = logging.getLogger("brainrt")
 
@@ -123,7 +123,7 @@ def classify(grid, bundle, *, head=None, smooth=None):
         layer, "ctx": a context head); None: the bundle's default.
     smooth : float or None
         Gaussian smoothing of the class scores before the argmax, sigma in micrometres
-        (:mod:`brainrt.smooth`); None: the bundle's default (chosen on validation), 0: off.
+        (:mod:`brainrt.maps.smooth`); None: the bundle's default (chosen on validation), 0: off.
 
     Returns
     -------
@@ -139,7 +139,7 @@ def classify(grid, bundle, *, head=None, smooth=None):
 
 
 def _smoothing(bundle, clf, smooth, pixel_size_um, stride):
-    """(sigma in grid cells, space) of a classification (:func:`brainrt.smooth.choose`)."""
+    """(sigma in grid cells, space) of a classification (:func:`brainrt.maps.smooth.choose`)."""
     return choose(bundle.manifest.smoothing, smooth, proba=clf.proba, pixel_size_um=pixel_size_um, stride=stride)
 
 
@@ -168,7 +168,7 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
     rows at a time, instead of being kept (the result then holds none): a stride-1 slice then
     never holds them whole. Written atomically; ignored for heads without probabilities.
     ``uncertainty`` (with ``probabilities``): an OME-TIFF path their margin and entropy are streamed to
-    (:mod:`brainrt.uncertainty`; else :meth:`ClassMapResult.uncertainty` computes them from the result).
+    (:mod:`brainrt.maps.uncertainty`; else :meth:`ClassMapResult.uncertainty` computes them from the result).
     """
     clf = Classifier.of(bundle, head)
     sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)

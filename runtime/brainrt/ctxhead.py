@@ -3,7 +3,7 @@
 In the spirit of ilastik's autocontext, on deep features: the head's input is the cell's
 own 64 features and, at one or more scales, the features and/or a first-stage head's
 class probabilities averaged over the tissue cells around it (normalized Gaussian
-pooling, :mod:`brainrt.pooling`; ``sigma_um`` in micrometres so that every grid stride
+pooling, :mod:`brainrt.maps.pooling`; ``sigma_um`` in micrometres so that every grid stride
 sees the same field, and ``sigma_z_um`` across the slices of a volume).
 
 The head is multinomial logistic regression on the standardized inputs, fitted in the
@@ -13,7 +13,7 @@ terms per scale (:meth:`ContextHead.terms`), only those ``K (1 + S)`` channels a
 pooled, and ``softmax(self + sum_s pooled_s)`` is the class probability. That equals
 the fitted pipeline on explicitly pooled 64-feature inputs to float rounding (tested),
 and keeps streaming at stride 1 cheap: :class:`ContextStream` pools the terms of
-consecutive row blocks with one :class:`~brainrt.pooling.RowPooler` per scale and yields
+consecutive row blocks with one :class:`~brainrt.maps.pooling.RowPooler` per scale and yields
 probability rows as soon as every scale's halo has arrived.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .pooling import RowPooler, combine_z, z_kernel
+from .maps.pooling import RowPooler, combine_z, z_kernel
 
 
 class ContextHead:
@@ -98,7 +98,7 @@ class ContextStream:
     bit, to one push of the whole grid. With ``sigmas_z`` (slices) the pooling reaches
     across z too: :meth:`push_slices` takes the same row block of the slices ``z - reach
     .. z + reach`` (None beyond the volume) and yields slice z's rows (in-plane sums per
-    slice, then :func:`~brainrt.pooling.combine_z`: the 3D normalized convolution).
+    slice, then :func:`~brainrt.maps.pooling.combine_z`: the 3D normalized convolution).
     """
 
     def __init__(self, head, sigmas_cells, sigmas_z=None):

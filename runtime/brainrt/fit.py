@@ -27,7 +27,7 @@ from .densities import AreaDensity
 from .derive import ClassTable, read_pair, stroke_record
 from .errors import BrainrtError, file_error
 from .heads import apply_rows, per_class
-from .smooth import smooth_probabilities
+from .maps.smooth import smooth_probabilities
 from .strokes import CellLabels, Samples, cell_labels, samples_of_grid  # noqa: F401 (CellLabels: in __all__)
 
 log = logging.getLogger("brainrt")

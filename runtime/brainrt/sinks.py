@@ -9,7 +9,7 @@ is written once, in the engine; what happens to the features is the sink's busin
 - :class:`ZarrFeatureSink`: into a zarr feature grid written beside its target and
   renamed into place when complete (a stride-1 grid of a slice is GBs);
 - :class:`ClassifySink`: a classifier head on every block, its rows finished as they arrive by the
-  one finishing path of a slice's map (:class:`~brainrt.slicemap.SliceMap`: the streamed in-plane
+  one finishing path of a slice's map (:class:`~brainrt.maps.slicemap.SliceMap`: the streamed in-plane
   regularization, the labels), so features are never held whole; the probabilities go into memory
   or, band by band, into their OME-TIFF.
 
@@ -28,7 +28,7 @@ from .finished import FOLDER_RECORD, write_record
 from .grid import FEATURE_ARRAYS, FEATURES, create_feature_store
 from .integrity import Guarded, seal
 from .io import atomic_path
-from .slicemap import SliceMap
+from .maps.slicemap import SliceMap
 
 
 class Sink:
@@ -114,7 +114,7 @@ PUSH_ROWS = 32
 
 class ClassifySink(Sink):
     """A classifier head (:class:`~brainrt.heads.Classifier`) on every block; its probability rows finished
-    as they arrive by a :class:`~brainrt.slicemap.SliceMap` (regularized in the plane when ``sigma`` (grid
+    as they arrive by a :class:`~brainrt.maps.slicemap.SliceMap` (regularized in the plane when ``sigma`` (grid
     cells) > 0, labelled, handed on). A context head's terms go through its ``stream``
     (:meth:`~brainrt.heads.Classifier.stream`, which pools them with a halo of rows) first.
     ``close()`` gives ``(labels, probabilities)``: labels (R, C) int16 (-1 off tissue) always in memory

@@ -44,7 +44,7 @@ def scales_of(spec):
 def pooled_inputs(features, valid, scales, stage1, *, pixel_size_um, stride, n_classes=None):
     """(R, C, D) head inputs: the features, then each scale's pooled features / stage-1 probabilities."""
     from brainrt.heads import apply_rows, per_class
-    from brainrt.smooth import pool_grid
+    from brainrt.maps.pooling import pool_grid
 
     features = np.asarray(features, np.float32)
     parts, prob = [features], None

@@ -202,7 +202,7 @@ def scores_of(conf, missed, names, held=None):
 
 def map_cells(prob, valid, sigma_cells=0.0, space="log"):
     """Grid class-index map (-1 off tissue) of probabilities, smoothed as the runtime smooths them."""
-    from brainrt.smooth import smooth_probabilities
+    from brainrt.maps.smooth import smooth_probabilities
 
     if sigma_cells > 0:
         prob = smooth_probabilities(prob, valid, sigma_cells, space=space)
@@ -277,7 +277,7 @@ class Grid:
 @dataclass(frozen=True)
 class Recipe:
     """A head and a map regularizer. ``head``: ``(kind, params)`` for :func:`fit_head`; ``smooth``: sigma in um
-    and space (Gaussian on log-probabilities or probabilities, :mod:`brainrt.smooth`); ``bias``: log-probability
+    and space (Gaussian on log-probabilities or probabilities, :mod:`brainrt.maps.smooth`); ``bias``: log-probability
     added per class name (allowed only by :func:`bias_allowed`)."""
 
     head: tuple

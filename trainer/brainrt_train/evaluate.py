@@ -86,7 +86,7 @@ def class_probabilities(bundle, image, *, stride, standardize=True):
 def labels_of(prob, valid, *, stride, shape, sigma_cells=0.0, space="log"):
     """Full-resolution class-index map (-1 off tissue) of grid probabilities, optionally smoothed."""
     from brainrt.geometry import upsample
-    from brainrt.smooth import smooth_probabilities
+    from brainrt.maps.smooth import smooth_probabilities
 
     if sigma_cells > 0:
         prob = smooth_probabilities(prob, valid, sigma_cells, space=space)

@@ -4,8 +4,8 @@ Lives here: the head kinds (:mod:`.kinds`, one module a kind: :mod:`.scikit`, :m
 :mod:`.context`), each declaring how its heads are fitted, recorded in the manifest, loaded and applied;
 applying a loaded head (:mod:`.apply`: :class:`Classifier`, clusters, densities, :class:`ClassMapResult`).
 
-May import: the base modules (errors, uncertainty) and the context pooling (:mod:`brainrt.ctxhead`,
-:mod:`brainrt.smooth`); never bundles, plans, the engine, outputs or the faces (a bundle loads its
+May import: the base modules (errors), the maps (:mod:`brainrt.maps`: uncertainty, pooling) and the
+context heads (:mod:`brainrt.ctxhead`); never bundles, plans, the engine, outputs or the faces (a bundle loads its
 heads through :func:`bundle_heads`).
 """
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..ctxhead import ContextHead, ContextStream, PassThrough, context_probabilities
 from ..errors import BrainrtError
-from ..uncertainty import margin_entropy
+from ..maps.uncertainty import margin_entropy
 from .kinds import CLASSIFIER_HEADS, NOT_CLASSIFIERS
 
 #: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
@@ -44,7 +44,7 @@ class ClassMapResult:
 
     def uncertainty(self):
         """(R, C, 2) float32 margin between the two likeliest areas and normalized entropy of the (smoothed)
-        probabilities, NaN off tissue (:mod:`brainrt.uncertainty`); None without probabilities (held)."""
+        probabilities, NaN off tissue (:mod:`brainrt.maps.uncertainty`); None without probabilities (held)."""
         return None if self.probabilities is None else margin_entropy(self.probabilities, self.labels >= 0)
 
 

@@ -22,7 +22,7 @@ from ..geometry import grid_shape
 from ..fit import fitted_of, predict_grid, uncertainty
 from ..strokes import cell_labels, samples_of_grid
 from ..plan import DEFAULT_PRECISION
-from ..smooth import choose
+from ..maps.smooth import choose
 from ._work import featurize, grid_layer, labels_layer, load_bundle
 
 

@@ -17,7 +17,7 @@ from ..geometry import upsample
 from ..heads import OFF_TISSUE
 from ..io import OmeTiffBands, write_json, write_ome_tiff
 from ..plots import area_colors, confusion_png, overlay_png
-from ..uncertainty import CHANNELS
+from ..maps.uncertainty import CHANNELS
 from .tiff_set import TiffSet, probabilities_path, uncertainty_path
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..ctxhead import ContextStream
 from ..heads import Classifier
-from ..smooth import radius
+from ..maps.smooth import radius
 from .blocks import worker_bundle
 
 

@@ -1,10 +1,10 @@
 """The slice tasks of a classify run: smooth a slice's probabilities and write its outputs.
 
 ``finish`` (one per z, after its bands, or after the slice's context task) finishes the slice's map
-by the one path a slice's map is finished by, 2D or volume (:class:`~brainrt.slicemap.SliceMap`: the
+by the one path a slice's map is finished by, 2D or volume (:class:`~brainrt.maps.slicemap.SliceMap`: the
 in-plane regularization, the labels) and writes the probabilities, their margin and entropy and the
 label pyramid; with ``smooth_z``, ``zsmooth`` (one per z, after the finishes within its
-kernel's reach) smooths across slices (:func:`~brainrt.smooth.smooth_across`) and writes them instead.
+kernel's reach) smooths across slices (:func:`~brainrt.maps.smooth.smooth_across`) and writes them instead.
 The arrays are those of :mod:`brainrt.volumes.layout`.
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 
 from ..geometry import upsample
 from ..heads import OFF_TISSUE
-from ..slicemap import SliceMap
-from ..smooth import radius, smooth_across
-from ..uncertainty import margin_entropy
+from ..maps.slicemap import SliceMap
+from ..maps.smooth import radius, smooth_across
+from ..maps.uncertainty import margin_entropy
 from .layout import n_levels
 
 #: Bytes of neighbouring slices' probabilities the z pass reads at a time.
@@ -24,7 +24,7 @@ Z_BYTES = 64 << 20
 
 
 def finish_slice(vplan, store, z):
-    """Finish slice ``z``'s map from its head's probabilities, band by band (:class:`~brainrt.slicemap.SliceMap`:
+    """Finish slice ``z``'s map from its head's probabilities, band by band (:class:`~brainrt.maps.slicemap.SliceMap`:
     regularized in the plane, labelled), and write its probabilities and label pyramid (classify); with
     ``smooth_z``, its in-plane map goes to the z pass instead."""
     import zarr
@@ -85,7 +85,7 @@ def zsmooth_slice(vplan, store, z):
 
 def _write_probabilities(vplan, root, zi, r0, p, valid):
     """Grid rows ``r0 ..`` of slice position ``zi``'s probabilities ``p`` (rows, cols, K), then their margin and
-    entropy (:mod:`brainrt.uncertainty`; NaN where not ``valid``), into every level of the image (level ``l``
+    entropy (:mod:`brainrt.maps.uncertainty`; NaN where not ``valid``), into every level of the image (level ``l``
     keeps every ``2**l``-th row and column, as the label pyramid does: the cells' centres, so one translation
     places every level)."""
     n, p = len(p), np.concatenate([p, margin_entropy(p, valid)], -1)

@@ -16,7 +16,7 @@ from ..integrity import seal
 from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
 from ..plots import area_colors
 from ..sources import NGFF_FORMAT
-from ..uncertainty import CHANNELS
+from ..maps.uncertainty import CHANNELS
 
 #: Smallest side of the label pyramid's coarsest level (levels halve until below it), and most levels.
 PYRAMID_MIN, PYRAMID_LEVELS = 64, 5

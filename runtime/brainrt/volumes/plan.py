@@ -24,7 +24,7 @@ from ..heads import Classifier
 from ..plan import check_stride, resolve_method
 from ..predictor import dense_window
 from ..resample import pixel_size_of, resampling_of
-from ..smooth import choose
+from ..maps.smooth import choose
 from ..sources import Source, open_volume
 
 #: Grid rows per task on the per-patch path (the dense path uses its tile height).

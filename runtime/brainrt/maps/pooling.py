@@ -1,5 +1,5 @@
 """Gaussian pooling over tissue cells, streamed by row blocks: the normalized convolution
-``G * (x * valid)`` and ``G * valid`` of any channels, for the map regularization (:mod:`brainrt.smooth`)
+``G * (x * valid)`` and ``G * valid`` of any channels, for the map regularization (:mod:`brainrt.maps.smooth`)
 and the context heads (:mod:`brainrt.ctxhead`).
 
 :class:`RowPooler` takes consecutive row blocks of a grid and yields the :class:`Pooled` sums of the

@@ -1,5 +1,5 @@
 """Finishing a slice's map, in 2D and in volumes alike: the head's probability rows in, in order; the map
-regularized in the plane as they arrive (:class:`~brainrt.smooth.RowSmoother`), its labels taken (the
+regularized in the plane as they arrive (:class:`~brainrt.maps.smooth.RowSmoother`), its labels taken (the
 argmax, -1 off tissue) and its probabilities handed on, a band of rows at a time.
 
 :class:`SliceMap` is the one place this happens: the streaming classify of a slice feeds it the rows of

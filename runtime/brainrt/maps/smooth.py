@@ -9,7 +9,7 @@ valid``, so background never bleeds into the tissue and the tissue edge is not d
 
 :class:`RowSmoother` does the same on a stream of row blocks (the streaming classify
 path at stride 1 never holds the whole grid): each block waits until ``radius`` rows
-after it have arrived; it is a :class:`~brainrt.pooling.RowPooler` of the class scores, so the
+after it have arrived; it is a :class:`~brainrt.maps.pooling.RowPooler` of the class scores, so the
 stream equals smoothing the whole grid at once, bit for bit (tests check it).
 Slices of a volume are smoothed across the same way (a Gaussian along z, normalized over tissue cells), after the in-plane
 pass: :func:`smooth_across`. :func:`choose` turns a user's ``smooth`` (micrometres,
@@ -22,8 +22,8 @@ import logging
 
 import numpy as np
 
-from . import params
-from .pooling import RowPooler, gaussian_kernel, pool_grid, radius  # noqa: F401 (pool_grid: the trainer's import)
+from .. import params
+from .pooling import RowPooler, gaussian_kernel, radius
 
 log = logging.getLogger("brainrt")
 
