@@ -17,7 +17,6 @@ binning resampled back, featurized through the runtime). Two cell sets:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -25,8 +24,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from brainrt_train.netcv import HEAD
 
 
 def log(msg):
@@ -46,17 +43,10 @@ def featurized(work, images, model, standardize):
 
 
 def score(grid, others, cf, f, sigma_um):
-    """Fold ``f`` of one cell set: the head fitted on the clean features of its training cells, scored clean (with
-    the guards) and on each imaging change's features."""
-    from brainrt_train import cv
+    """Fold ``f`` of one cell set (:func:`brainrt_train.netcv.score_features`) and the imaging changes' losses."""
+    from brainrt_train.netcv import score_features
 
-    head, prob = cv.fit_head(grid, cf.train[f], HEAD)
-    out = {"clean": cv.score_fold(grid, cf, f, prob, sigma_um, "log")}
-    for name, other in others.items():
-        part = dataclasses.replace(grid, features=other.features, valid=grid.valid & other.valid)
-        p = head.predict_proba(part.features.reshape(-1, part.features.shape[-1])).astype(np.float32)
-        p = np.where(part.valid[..., None], p.reshape(part.valid.shape + (-1,)), 0).astype(np.float32)
-        out[name] = cv.score_fold(part, cf, f, p, sigma_um, "log", with_guards=False)
+    out = score_features(grid, cf, f, sigma_um, {k: (o.features, o.valid) for k, o in others.items()})
     s = out["clean"]["smoothed"]["pixel_accuracy"]
     out["loss"] = {k: round(s - out[k]["smoothed"]["pixel_accuracy"], 4) for k in others}
     return out

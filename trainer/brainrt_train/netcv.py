@@ -155,29 +155,38 @@ def train_patches(sl, labels_train, names, r, common, *, epochs, minutes, seed, 
 
 
 def evaluate_fold(model, norm, sl, images, grid, cf, f, sigma_um):
-    """Scores of fold ``f``'s held-out pixels on the clean slice (whole tissue grid: guards too) and under each
-    imaging change (features only of the tile blocks holding held-out cells; smoothing over those), one head per
-    fold, fitted on the clean features of the fold's training cells."""
+    """Scores of fold ``f``'s held-out pixels (:func:`score_features`) for a trained network: its clean features of
+    the whole tissue grid, and under each imaging change those of the tile blocks holding held-out cells."""
+    from brainrt_train.tiles import grid_features
+
+    t0 = time.perf_counter()
+    grid.features, _ = grid_features(model, sl.image, norm=norm, dtype_max=255.0, cells=grid.valid)
+    held = cf.counts[f].sum(-1) > 0
+    changes = {name: grid_features(model, img, norm=norm, dtype_max=255.0, cells=held & grid.valid)
+               for name, img in images.items()}
+    out = score_features(grid, cf, f, sigma_um, changes)
+    out["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def score_features(grid, cf, f, sigma_um, changes):
+    """Fold ``f``: the head :data:`HEAD` fitted on the clean features (``grid.features``) of its training cells,
+    scored on its held-out pixels clean (whole tissue grid: guards too) and on each imaging change's features
+    (``changes``: ``{name: (features, computed cells)}``; smoothing over the computed cells)."""
     import dataclasses
 
     from brainrt.heads import apply_rows, float32_proba, per_class
 
     from brainrt_train import cv
-    from brainrt_train.tiles import grid_features
 
-    t0 = time.perf_counter()
-    grid.features, _ = grid_features(model, sl.image, norm=norm, dtype_max=255.0, cells=grid.valid)
     head, prob = cv.fit_head(grid, cf.train[f], HEAD)
     out = {"clean": cv.score_fold(grid, cf, f, prob, sigma_um, "log")}
     K = len(grid.names)
     fn = per_class(head, float32_proba(head) or head.predict_proba, K, 0.0)
-    held = cf.counts[f].sum(-1) > 0
-    for name, img in images.items():
-        feats, computed = grid_features(model, img, norm=norm, dtype_max=255.0, cells=held & grid.valid)
+    for name, (feats, computed) in changes.items():
         part = dataclasses.replace(grid, features=feats, valid=grid.valid & computed)
         p = apply_rows(feats, part.valid, fn, np.zeros(grid.valid.shape + (K,), np.float32))
         out[name] = cv.score_fold(part, cf, f, p, sigma_um, "log", with_guards=False)
-    out["eval_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
