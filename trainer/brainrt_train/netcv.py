@@ -223,6 +223,16 @@ def header(command, setup, candidates, budget, *, seed, sigma_um):
                 macs=macs, head=HEAD_TEXT, budget=budget)
 
 
+def train_on_fold(setup, recipe, f, budget, *, seed, minutes=None):
+    """:func:`train_fold` on fold ``f``'s training pixels of ``setup``'s slice, the ``budget`` (``epochs``,
+    ``tile_batches_per_epoch``, ``tile_batch``, ``tiles``), seed ``seed + f``: the network CV's network of that
+    fold."""
+    labels_train = np.where(setup.folds.train(f), setup.sl.labels, -1).astype(np.int8)
+    return train_fold(setup.sl, labels_train, setup.names, recipe, batches=budget["tile_batches_per_epoch"],
+                      epochs=budget["epochs"], tile_out=budget["tiles"], tile_batch=budget["tile_batch"],
+                      seed=seed + f, minutes=minutes)
+
+
 def run_one(setup, res, c, f, budget, *, seed, sigma_um, features_dir=None):
     """Train candidate ``c`` on fold ``f``'s training pixels, score it, record it in ``res``; ``features_dir``:
     keep its clean grid features as ``features_dir/c/fold{f}.npy`` (what :func:`fold_features` reads)."""
@@ -232,10 +242,7 @@ def run_one(setup, res, c, f, budget, *, seed, sigma_um, features_dir=None):
         ref = res["candidates"].get("tiles", {}).get("folds", {}).get(str(f))
         minutes = ref["train_minutes"] if ref else 2.0
     log(f"fold {f}: training {c}")
-    labels_train = np.where(s.folds.train(f), s.sl.labels, -1).astype(np.int8)
-    model, norm, seconds, history, used = train_fold(
-        s.sl, labels_train, s.names, CANDIDATES[c], batches=budget["tile_batches_per_epoch"], epochs=budget["epochs"],
-        tile_out=budget["tiles"], tile_batch=budget["tile_batch"], seed=seed + f, minutes=minutes)
+    model, norm, seconds, history, used = train_on_fold(s, CANDIDATES[c], f, budget, seed=seed, minutes=minutes)
     scores = evaluate_fold(model, norm, s.sl, s.images, s.grid, s.cf, f, sigma_um)
     if features_dir is not None:
         (Path(features_dir) / c).mkdir(parents=True, exist_ok=True)
@@ -399,12 +406,8 @@ def fold_features(setup, recipe, budget, *, seed=0, cache=None, log=log):
         if f not in memo and path is not None and path.exists():
             memo[f] = np.load(path)
         if f not in memo:
-            sl = setup.sl
-            labels_train = np.where(setup.folds.train(f), sl.labels, -1).astype(np.int8)
-            model, norm, seconds, _, _ = train_fold(
-                sl, labels_train, setup.names, recipe, batches=budget["tile_batches_per_epoch"],
-                epochs=budget["epochs"], tile_out=budget["tiles"], tile_batch=budget["tile_batch"], seed=seed + f)
-            memo[f], _ = grid_features(model, sl.image, norm=norm, dtype_max=255.0, cells=setup.grid.valid)
+            model, norm, seconds, _, _ = train_on_fold(setup, recipe, f, budget, seed=seed)
+            memo[f], _ = grid_features(model, setup.sl.image, norm=norm, dtype_max=255.0, cells=setup.grid.valid)
             log(f"fold {f}: network trained on the fold's training pixels in {seconds / 60:.1f} min")
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
