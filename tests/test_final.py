@@ -241,3 +241,24 @@ def test_the_imaging_changes_include_a_rerendered_slice():
     assert all(v.shape == image.shape and v.dtype == np.uint8 for v in changes.values())
     assert np.unique(changes["rerendered"]).size > 40 and not np.array_equal(changes["rerendered"], image)
     assert sorted(imaging_changes(image.astype(np.uint16))) == ["bin2", "blur1"]
+
+
+def test_the_report_names_the_area_that_collapses_under_the_rerendering():
+    """A small mean loss can hide one area lost: the worst class's mean F1 under the re-rendering is reported;
+    a fold holding a class out too little (nan) does not count for it."""
+    from brainrt_train.netcv import worst_under
+
+    def fold(f1_rer):
+        return {"clean": {}, "rerendered": {"smoothed": {"f1": f1_rer}}}
+
+    folds = [fold({"Ctx": 0.97, "ZI": 0.86, "WM": 0.5}), fold({"Ctx": 0.95, "ZI": 0.23, "WM": float("nan")}),
+             fold({"Ctx": 0.94, "ZI": 0.29, "WM": 0.8})]
+    assert worst_under(folds, "rerendered", ["Ctx", "ZI", "WM"]) == "ZI 0.46"
+    assert worst_under(folds, "blur1", ["Ctx", "ZI", "WM"]) == "-"
+
+
+def test_a_report_of_a_folder_without_results_is_one_line(tmp_path):
+    from brainrt_train.netcv import merged
+
+    with pytest.raises(SystemExit, match="no scored fold"):
+        merged(tmp_path)

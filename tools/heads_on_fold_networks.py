@@ -33,7 +33,8 @@ def main(argv=None):
     ap.add_argument("--image", required=True)
     ap.add_argument("--mask", required=True)
     ap.add_argument("--choices", required=True, help="The network cross-validation's choices JSON.")
-    ap.add_argument("--cache", required=True, help="Folder keeping each fold network's features (fold{f}.npy).")
+    ap.add_argument("--cache", required=True, help="Folder keeping each fold network's features (fold{f}.npy, and "
+                    "fold{f}.r{i}.npy of the re-imagings when the choices' heads.renderings is N > 0).")
     ap.add_argument("-o", "--out", required=True, help="The choices JSON to write, with heads.chosen.")
     ap.add_argument("--report", required=True, help="JSON of the heads' cross-validation on the fold networks.")
     args = ap.parse_args(argv)
@@ -41,7 +42,7 @@ def main(argv=None):
 
     from brainrt_train import netcv
     from brainrt_train.data import ClassMap
-    from brainrt_train.final_bundle import FOLD_HEADS, Choices, heads_on_fold_networks
+    from brainrt_train.final_bundle import FOLD_HEADS, Choices, chosen_heads, heads_on_fold_networks
 
     choices = Choices.read(args.choices)
     if "chosen" in choices.heads:
@@ -56,7 +57,7 @@ def main(argv=None):
     command = "python tools/heads_on_fold_networks.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record.update(command=command, network=choices.network, seconds=round(time.perf_counter() - t0, 1))
     Path(args.report).write_text(json.dumps(record, indent=1, default=str) + "\n")
-    out = {**choices.to_dict(), "heads": {"chosen": chosen.to_dict()}}
+    out = {**choices.to_dict(), "heads": chosen_heads(chosen, choices)}
     out["cv"] = {**(out.get("cv") or {}), "heads": {"chosen": chosen.label(), "on": FOLD_HEADS,
                                                     "grid": choices.heads,
                                                     "report": str(args.report), "command": command}}

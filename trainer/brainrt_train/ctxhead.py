@@ -95,14 +95,18 @@ def interior_train_cells(bundle, sl, valid, *, stride):
     return r, c, lab[r, c]
 
 
-def fit_pipeline(x, y, *, C, seed=0, balanced=True):
-    """Standardized multinomial logistic regression, class-balanced by default (HypoTh and WM are small)."""
+def fit_pipeline(x, y, *, C, seed=0, balanced=True, sample_weight=None):
+    """Standardized multinomial logistic regression, class-balanced by default (HypoTh and WM are small);
+    ``sample_weight``: each row's weight, in the scaling and the fit (None: all 1)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, class_weight="balanced" if balanced else None,
-                                                              random_state=seed)).fit(x, y)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, class_weight="balanced" if balanced else None,
+                                                              random_state=seed))
+    if sample_weight is None:
+        return pipe.fit(x, y)
+    return pipe.fit(x, y, standardscaler__sample_weight=sample_weight, logisticregression__sample_weight=sample_weight)
 
 
 def fold(pipe, scales, *, n_features, n_classes, stage1=None):

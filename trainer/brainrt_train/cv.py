@@ -269,6 +269,9 @@ class Grid:
     pixel_size_um: float = 1.17
     #: (R, C) class of each valid cell's centre pixel, -1 none
     y_cells: np.ndarray = None
+    #: features (R, C, F) of the same slice re-imaged (:func:`brainrt_train.evaluate.random_rendering`): a head
+    #: is fitted on their training cells too (:func:`training_rows`); scores and maps use ``features`` alone
+    renderings: tuple = ()
 
     def sigma_cells(self, sigma_um):
         return sigma_um / (self.pixel_size_um * self.stride)
@@ -305,26 +308,53 @@ def _grid_probabilities(grid, model):
     return apply_rows(grid.features, grid.valid, fn, np.zeros(grid.valid.shape + (K,), np.float32))
 
 
+def training_rows(inputs, y_cells, train):
+    """``(X, y, weights)`` a head is fitted on: ``inputs[0]`` (R, C, D: the slice's own) at the cells ``train``,
+    and each further input (the same slice re-imaged) at the same cells. The slice's own rows weigh 1 alone, or
+    half of the total with re-imagings (each of the N re-imagings 1 / 2N): the total weight stays the number of
+    training cells, so a head's regularization C means the same with and without them."""
+    own, others = inputs[0][train], [x[train] for x in inputs[1:]]
+    n = len(others)
+    w = np.concatenate([np.full(len(own), 0.5 if n else 1.0)] + [np.full(len(own), 0.5 / max(n, 1))] * n)
+    return np.concatenate([own, *others]), np.tile(y_cells[train], n + 1), w
+
+
+def probabilities(grid, model):
+    """Probabilities (R, C, K) of a fitted head (:func:`fit_head`'s model) on ``grid``'s features, every valid cell."""
+    from brainrt.ctxhead import ContextHead
+
+    if isinstance(model, ContextHead):
+        from brainrt_train.ctxhead import head_probabilities
+
+        return head_probabilities(model, grid.features, grid.valid, pixel_size_um=grid.pixel_size_um,
+                                  stride=grid.stride)
+    return _grid_probabilities(grid, model)
+
+
 def _fit_logreg(grid, train, params, seed):
     from brainrt_train.ctxhead import fit_pipeline
     from threadpoolctl import threadpool_limits
 
+    X, y, w = training_rows((grid.features, *grid.renderings), grid.y_cells, train)
     with threadpool_limits(1):
-        model = fit_pipeline(grid.features[train], grid.y_cells[train], C=params["C"], seed=seed,
-                             balanced=params.get("balanced", True))
+        model = fit_pipeline(X, y, C=params["C"], seed=seed, balanced=params.get("balanced", True),
+                             sample_weight=None if not grid.renderings else w)
     return model, _grid_probabilities(grid, model)
 
 
 def _fit_ctx(grid, train, params, seed):
-    from brainrt_train.ctxhead import CANDIDATES, fit_candidate, head_probabilities, scales_of
+    from brainrt_train.ctxhead import CANDIDATES, fit_pipeline, fold, head_probabilities, pooled_inputs, scales_of
 
     scales = scales_of(CANDIDATES[params["scales"]])
     stage1 = None
     if any(s.source == "probabilities" for s in scales):
         stage1, _ = _fit_logreg(grid, train, {"C": params["C"], "balanced": True}, seed)
-    r, c = np.nonzero(train)
-    head = fit_candidate(grid.features, grid.valid, (r, c, grid.y_cells[r, c]), scales, stage1, C=params["C"],
-                         pixel_size_um=grid.pixel_size_um, stride=grid.stride, n_classes=len(grid.names), seed=seed)
+    K = len(grid.names)
+    inputs = [pooled_inputs(f, grid.valid, scales, stage1, pixel_size_um=grid.pixel_size_um, stride=grid.stride,
+                            n_classes=K) for f in (grid.features, *grid.renderings)]
+    X, y, w = training_rows(inputs, grid.y_cells, train)
+    head = fold(fit_pipeline(X, y, C=params["C"], seed=seed, sample_weight=None if not grid.renderings else w), scales, n_features=grid.features.shape[-1],
+                n_classes=K, stage1=stage1)
     return head, head_probabilities(head, grid.features, grid.valid, pixel_size_um=grid.pixel_size_um,
                                     stride=grid.stride)
 
@@ -404,7 +434,8 @@ def evaluate_heads(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, folds=No
     A head is fitted once per fold; its probabilities are regularized with every sigma / space. ``train_of(f)``
     gives fold ``f``'s training cells (default ``cf.train[f]``). ``features_of(f)``: fold ``f``'s own features
     (R, C, F) in place of ``grid.features``, e.g. those of a network trained on that fold's training pixels
-    only, so that no held-out cell's features come from a network that saw its label."""
+    only, so that no held-out cell's features come from a network that saw its label; it may also give
+    ``(features, renderings)``, the fold network's features of the slice re-imaged (:attr:`Grid.renderings`)."""
     folds = list(range(cf.k)) if folds is None else list(folds)
     if jobs > 1:
         from functools import partial
@@ -416,7 +447,7 @@ def evaluate_heads(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, folds=No
     per = {}
     for head in heads:
         for f in folds:
-            g = grid if features_of is None else dataclasses.replace(grid, features=features_of(f))
+            g = grid if features_of is None else with_features(grid, features_of(f))
             _, prob = fit_head(g, train_of(f), head, seed)
             for space in spaces:
                 for s in sigmas:
@@ -427,6 +458,12 @@ def evaluate_heads(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, folds=No
             best = max((r for r in per if r.head == head), key=lambda r: np.mean([x["smoothed"]["macro_f1"] for x in per[r]]))
             log(f"{best.label()}: mean macro F1 {np.mean([x['smoothed']['macro_f1'] for x in per[best]]):.3f}")
     return {r: summarize(v, grid.names) for r, v in per.items()}, per
+
+
+def with_features(grid, got):
+    """``grid`` with the features (and renderings) ``got``: an array, or ``(features, renderings)``."""
+    feats, rend = got if isinstance(got, tuple) else (got, grid.renderings)
+    return dataclasses.replace(grid, features=feats, renderings=tuple(rend))
 
 
 def criterion(summary):

@@ -71,6 +71,35 @@ def simulate_slice_change(image, *, seed=0, gamma=0.8, contrast=1.15, offset=0.0
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
+def binned_back(image):
+    """``image`` binned 2 x 2 (mean) and resampled back to its own grid (bilinear: pixel y sits at (y - 0.5) / 2
+    in the binned image), rounded to its integer type: another instrument's or reconstruction's resolution."""
+    from scipy import ndimage
+
+    f = image.astype(np.float32)
+    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
+    binned = f[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+    yy = np.clip((np.arange(image.shape[0]) - 0.5) / 2, 0, h // 2 - 1)
+    xx = np.clip((np.arange(image.shape[1]) - 0.5) / 2, 0, w // 2 - 1)
+    back = ndimage.map_coordinates(binned, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
+    return np.clip(np.rint(back), 0, np.iinfo(image.dtype).max if image.dtype.kind in "ui" else None).astype(image.dtype)
+
+
+def random_rendering(image, seed):
+    """A random re-imaging of an 8-bit slice (:func:`simulate_slice_change` with drawn parameters: gamma
+    exp(U(-0.35, 0.35)), contrast exp(U(-0.25, 0.25)), offset U(-0.08, 0.08), blur U(0, 1.6) px; 2 x 2 binning
+    resampled back with probability 0.3), from ``seed``. The heads of a final fit can be fitted on the features of
+    a few of these besides the slice's own (``heads.renderings`` of a choices file), so that a map does not lean
+    on feature directions that a change of instrument or reconstruction moves. None of the imaging changes that
+    score a candidate (:func:`brainrt_train.netcv.imaging_changes`) is drawn here: they use fixed parameters and
+    other seeds."""
+    rng = np.random.default_rng([seed, 7])
+    out = simulate_slice_change(image, seed=seed + 1000, gamma=float(np.exp(rng.uniform(-0.35, 0.35))),
+                                contrast=float(np.exp(rng.uniform(-0.25, 0.25))), offset=float(rng.uniform(-0.08, 0.08)),
+                                blur=float(rng.uniform(0.0, 1.6)))
+    return binned_back(out) if rng.uniform() < 0.3 else out
+
+
 #: Smoothing sigmas (micrometres) tried on the validation split.
 SIGMAS_UM = (0.0, 20.0, 40.0, 80.0, 150.0, 300.0)
 

@@ -124,6 +124,11 @@ class Choices:
         return cls(str(d["network"]), recipe, budget, d["seed"], folds, heads, d.get("class_map", "prasad2020"),
                    d.get("cv"))
 
+    @property
+    def renderings(self):
+        """How many re-imagings of the slice the heads are fitted on besides the slice itself (0: none)."""
+        return self.heads.get("renderings", 0)
+
     def head_grid(self):
         """``(heads, sigmas, spaces)`` of the heads' candidate grid (None: one chosen recipe)."""
         if "chosen" in self.heads:
@@ -164,6 +169,13 @@ def _checked_budget(b, bad):
 def _checked_heads(h, bad):
     if not isinstance(h, dict):
         raise bad(f"heads: expected an object, got {h!r}")
+    n = h.get("renderings", 0)
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 16:
+        raise bad(f"heads: renderings must be an integer 0..16 (re-imagings of the slice the heads also fit), got {n!r}")
+    return {**_checked_head_grid(h, bad), **({"renderings": n} if n else {})}
+
+
+def _checked_head_grid(h, bad):
     if "chosen" in h:
         from .final import recipe_of
 
@@ -245,20 +257,36 @@ def export_options(data, choices):
                         rotate_p=float(r["rotate_p"]))
 
 
-def slice_grid(folder, data):
+def slice_grid(folder, data, renderings=0):
     """The slice's stride-16 features from the bundle being built at ``folder`` (its exported graph, fp32, as
-    ``brainrt featurize`` computes them): a :class:`brainrt_train.cv.Grid`."""
+    ``brainrt featurize`` computes them): a :class:`brainrt_train.cv.Grid`; ``renderings``: with N > 0, also
+    those of N re-imagings of the slice (:func:`brainrt_train.evaluate.random_rendering`, seeds 0..N-1) on the
+    same cells, which the heads are then fitted on too."""
     import brainrt
     from brainrt.bundle import Bundle
 
     from .cv import grid_from
+    from .evaluate import random_rendering
 
-    sl = data.slices[0]
+    sl, bundle = data.slices[0], Bundle.load(folder)
     t0 = time.perf_counter()
-    g = brainrt.featurize(sl.image, Bundle.load(folder), stride=16, precision="fp32")
+    g = brainrt.featurize(sl.image, bundle, stride=16, precision="fp32")
     log.info("stride-16 features of the slice from the exported graph: %d cells in %.1f s", int(g.valid.sum()),
              time.perf_counter() - t0)
-    return grid_from(g, sl.labels, list(data.cmap.names))
+    grid = grid_from(g, sl.labels, list(data.cmap.names))
+    if not renderings:
+        return grid
+    from brainrt.tissue import auto_threshold
+
+    tissue = sl.image > auto_threshold(sl.image, quiet=True)  # the slice's own tissue: the same cells in each
+    rend = []
+    for i in range(renderings):
+        r = brainrt.featurize(random_rendering(sl.image, i), bundle, stride=16, precision="fp32", tissue=tissue)
+        if not np.array_equal(r.valid, g.valid):
+            raise RuntimeError(f"re-imaging {i} of the slice has other tissue cells than the slice")
+        rend.append(r.features)
+    log.info("and of %d re-imagings of the slice in %.1f s", renderings, time.perf_counter() - t0)
+    return dataclasses.replace(grid, renderings=tuple(rend))
 
 
 def choose_default_head(grid, folds, choices):
@@ -376,7 +404,7 @@ def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, rec
         files = {"cnn": save_cnn_head(tmp, graphs.plain)}
         seal_bundle(tmp, bundle_manifest(data, trained, graphs, opts, heads=files, n_features=64, int8=None,
                                          training=None, metrics={}, default_head="cnn"))
-        grid = slice_grid(tmp, data)
+        grid = slice_grid(tmp, data, choices.renderings)
         chosen, summary, heads_cv = choose_default_head(grid, folds, choices)
         model, _ = final_fit(grid, chosen, choices.seed)
         heads, more, fitted_on = other_heads(tmp, grid, len(names), choices.seed)
@@ -400,7 +428,10 @@ def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, rec
                                f"({dict(zip(names, fitted_on))}); cnn: the network's own last layer",
                    logreg={"recipe": lr_recipe, "what": "the best logistic regression of the cross-validation, "
                                                         "refitted on every labeled cell (--head logreg)"},
-                   int8="calibrated on footprints of half of the labeled cells, agreement checked on the other half")
+                   int8="calibrated on footprints of half of the labeled cells, agreement checked on the other half",
+                   renderings={"n": choices.renderings, "what": "the default and logreg heads are fitted on the "
+                               "slice's features and on those of this many re-imagings of it (random_rendering, seeds "
+                               "0..n-1), the slice's own rows weighing half"} if choices.renderings else None)
         manifest = write_final(tmp, model, chosen, rec, logreg=logreg, chosen_by=CHOSEN_BY)
     log.info("bundle written to %s in %.1f min", out, (time.perf_counter() - t0) / 60)
     return manifest
@@ -448,11 +479,16 @@ def make_choices(image, mask, out, *, k, candidates, budget, seed=0, class_map="
     choices = choices_of(res, cmap, command, source=folder / "choices.json")
     chosen, record = heads_on_fold_networks(setup, choices, folder / "features" / choices.network)
     write_json(folder / "heads.json", record)
-    choices = dataclasses.replace(choices, heads={"chosen": chosen.to_dict()},
+    choices = dataclasses.replace(choices, heads=chosen_heads(chosen, choices),
                                   cv={**choices.cv, "heads": {"chosen": chosen.label(), "on": FOLD_HEADS,
                                                               "grid": choices.heads, "report": "heads.json"}})
     write_json(folder / "choices.json", choices.to_dict())
     return choices
+
+
+def chosen_heads(chosen, choices):
+    """The ``heads`` of a choices file once the heads' grid is chosen: the recipe, and the re-imagings kept."""
+    return {"chosen": chosen.to_dict(), **({"renderings": choices.renderings} if choices.renderings else {})}
 
 
 #: What the default head and map regularization of ``--cv``'s choices are chosen on.
@@ -469,7 +505,7 @@ def heads_on_fold_networks(setup, choices, cache):
 
     heads, sigmas, spaces = choices.head_grid()
     features_of = netcv.fold_features(setup, choices.recipe, choices.budget, seed=choices.seed, cache=cache,
-                                      log=log.info)
+                                      renderings=choices.renderings, log=log.info)
     chosen, _, record = choose_heads(setup.grid, setup.cf, heads, seed=choices.seed, sigmas=sigmas, spaces=spaces,
                                      features_of=features_of, log=log.info)
     return chosen, {**record, "features": FOLD_HEADS}

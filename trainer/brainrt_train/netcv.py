@@ -59,20 +59,26 @@ def imaging_changes(image):
     contrast 1.15, an offset, blur 0.8 px; what the slice we do not have brings, 256 levels against 19)."""
     from scipy import ndimage
 
-    from .evaluate import simulate_slice_change
+    from .evaluate import binned_back, simulate_slice_change
 
-    f = image.astype(np.float32)
-    blur = np.clip(np.rint(ndimage.gaussian_filter(f, 1.0)), 0, 255).astype(image.dtype)
-    h, w = (image.shape[0] // 2) * 2, (image.shape[1] // 2) * 2
-    binned = f[:h, :w].reshape(h // 2, 2, w // 2, 2).mean((1, 3))
-    # bilinear back to the full grid: pixel y of the original sits at (y - 0.5) / 2 in the binned image
-    yy = np.clip((np.arange(image.shape[0]) - 0.5) / 2, 0, h // 2 - 1)
-    xx = np.clip((np.arange(image.shape[1]) - 0.5) / 2, 0, w // 2 - 1)
-    back = ndimage.map_coordinates(binned, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
-    out = {"blur1": blur, "bin2": np.clip(np.rint(back), 0, 255).astype(image.dtype)}
+    top = np.iinfo(image.dtype).max if image.dtype.kind in "ui" else None
+    blur = np.clip(np.rint(ndimage.gaussian_filter(image.astype(np.float32), 1.0)), 0, top).astype(image.dtype)
+    out = {"blur1": blur, "bin2": binned_back(image)}
     if image.dtype == np.uint8:  # the re-rendering writes 8-bit gray levels
         out["rerendered"] = simulate_slice_change(image)
     return out
+
+
+def other_changes(image):
+    """Imaging changes outside :func:`brainrt_train.evaluate.random_rendering`'s family (a check that heads fitted
+    on re-imagings did not learn only the changes that score them): Poisson-like noise (2 counts per gray level),
+    a gain and offset alone (0.85 x + 30), and 256 gray levels alone (dithered, nothing else)."""
+    from .evaluate import simulate_slice_change
+
+    rng = np.random.default_rng(5)
+    return {"poisson": np.clip(rng.poisson(image.astype(np.float64) * 2.0) / 2.0, 0, 255).astype(np.uint8),
+            "gain": np.clip(np.rint(image * 0.85 + 30), 0, 255).astype(np.uint8),
+            "levels256": simulate_slice_change(image, gamma=1.0, contrast=1.0, offset=0.0, blur=0.0)}
 
 
 def macs_per_position(model, n_out=32):
@@ -290,7 +296,20 @@ def merged(out):
             continue
         for c, entry in r.get("candidates", {}).items():
             res["candidates"].setdefault(c, {**entry, "folds": {}})["folds"].update(entry["folds"])
+    if res is None or not any(e.get("folds") for e in res.get("candidates", {}).values()):
+        raise SystemExit(f"{out}: no scored fold in any results*.json: nothing to report")
     return res
+
+
+def worst_under(folds, change, names):
+    """``(class, mean F1)``: the class whose smoothed F1 under the imaging change ``change``, averaged over the
+    folds that hold it out, is lowest ("-" without that change): the collapse of one area that a mean loss hides."""
+    per = {n: [r[change]["smoothed"]["f1"][n] for r in folds if change in r] for n in names}
+    per = {n: float(np.nanmean(v)) for n, v in per.items() if v and not all(x != x for x in v)}
+    if not per:
+        return "-"
+    n = min(per, key=per.get)
+    return f"{n} {per[n]:.2f}"
 
 
 def choose(res):
@@ -350,7 +369,7 @@ def _summary_row(c, e, res, base, names):
             + " | " + _mean([e["folds"][f]["clean"]["smoothed"]["pixel_accuracy"] - base[f]["clean"]["smoothed"]
                              ["pixel_accuracy"] for f in e["folds"] if f in base])
             + f" | {_mean(g)} of {len(fo[0]['clean']['guards'])} | {loss('blur1')} | {loss('bin2')} | {loss('rerendered')} | "
-            f"{_mean([r['train_minutes'] for r in fo])} | {res['macs'].get(c, '-')} |")
+            f"{worst_under(fo, 'rerendered', names)} | {_mean([r['train_minutes'] for r in fo])} | {res['macs'].get(c, '-')} |")
 
 
 def _fold_row(c, f, r, names):
@@ -374,8 +393,8 @@ def report(out, res=None, *, note="`--report` merges the results files of severa
              f"{res['sigma_um']:g} um on log-probabilities. Budget: {json.dumps(res['budget'])}.", "",
              *([(Path(out) / "NOTES.md").read_text(), ""] if (Path(out) / "NOTES.md").exists() else []),
              "| candidate | folds | acc raw | acc smoothed | macro F1 | " + " | ".join(f"F1 {n}" for n in names)
-             + " | vs tiles, same folds | guards ok | blur 1 px loss | 2x2 bin loss | re-rendered loss | train min "
-             "| MACs/position |", "|---" * (12 + len(names)) + "|"]
+             + " | vs tiles, same folds | guards ok | blur 1 px loss | 2x2 bin loss | re-rendered loss "
+             "| worst F1 re-rendered | train min | MACs/position |", "|---" * (13 + len(names)) + "|"]
     base = res["candidates"].get("tiles", {}).get("folds", {})
     rows = []
     for c, e in res["candidates"].items():
@@ -391,27 +410,50 @@ def report(out, res=None, *, note="`--report` merges the results files of severa
     return "\n".join(lines)
 
 
-def fold_features(setup, recipe, budget, *, seed=0, cache=None, log=log):
+def fold_features(setup, recipe, budget, *, seed=0, cache=None, renderings=0, log=log):
     """``features_of(f)`` for :func:`brainrt_train.cv.evaluate_heads`: fold ``f``'s stride-16 grid features from a
     network of ``recipe`` trained on that fold's training pixels only (the network cross-validation's network of
     that fold: same recipe, budget and seed ``seed + f``), so a head and map regularization chosen on them never
-    see features of a network that learned the held-out labels. ``cache``: a folder keeping ``fold{f}.npy``
-    (a rerun reads them); ``budget``: ``epochs``, ``tile_batches_per_epoch``, ``tile_batch``, ``tiles``."""
+    see features of a network that learned the held-out labels. ``renderings``: with N > 0, ``features_of(f)``
+    gives ``(features, renderings)``, the latter the same network's features of N re-imagings of the slice
+    (:func:`brainrt_train.evaluate.random_rendering`, seeds 0..N-1). ``cache``: see :func:`fold_image_features`;
+    ``budget``: ``epochs``, ``tile_batches_per_epoch``, ``tile_batch``, ``tiles``."""
+    from brainrt_train.evaluate import random_rendering
+
+    names = [f"r{i}" for i in range(renderings)]
+    images = {"clean": lambda: setup.sl.image, **{n: (lambda i=i: random_rendering(setup.sl.image, i))
+                                                  for i, n in enumerate(names)}}
+    of = fold_image_features(setup, recipe, budget, images, seed=seed, cache=cache, log=log)
+
+    def features_of(f):
+        got = of(f)
+        return (got["clean"], tuple(got[n] for n in names)) if renderings else got["clean"]
+
+    return features_of
+
+
+def fold_image_features(setup, recipe, budget, images, *, seed=0, cache=None, log=log):
+    """``of(f)``: ``{name: grid features}`` of fold ``f``'s network (:func:`train_on_fold`) on each image of
+    ``images`` (``{name: () -> image}``, made only when needed). ``cache``: a folder keeping them as
+    ``fold{f}.npy`` ("clean") and ``fold{f}.{name}.npy`` (a rerun reads them; a fold with any missing is trained
+    again)."""
     from brainrt_train.tiles import grid_features
 
     memo = {}
+    path = lambda f, n: Path(cache) / (f"fold{f}.npy" if n == "clean" else f"fold{f}.{n}.npy")  # noqa: E731
 
-    def features_of(f):
-        path = Path(cache) / f"fold{f}.npy" if cache is not None else None
-        if f not in memo and path is not None and path.exists():
-            memo[f] = np.load(path)
+    def of(f):
+        if f not in memo and cache is not None and all(path(f, n).exists() for n in images):
+            memo[f] = {n: np.load(path(f, n)) for n in images}
         if f not in memo:
             model, norm, seconds, _, _ = train_on_fold(setup, recipe, f, budget, seed=seed)
-            memo[f], _ = grid_features(model, setup.sl.image, norm=norm, dtype_max=255.0, cells=setup.grid.valid)
+            memo[f] = {n: grid_features(model, make(), norm=norm, dtype_max=255.0, cells=setup.grid.valid)[0]
+                       for n, make in images.items()}
             log(f"fold {f}: network trained on the fold's training pixels in {seconds / 60:.1f} min")
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                np.save(path, memo[f])
+            if cache is not None:
+                Path(cache).mkdir(parents=True, exist_ok=True)
+                for n, x in memo[f].items():
+                    np.save(path(f, n), x)
         return memo[f]
 
-    return features_of
+    return of
