@@ -12,8 +12,8 @@ from ..heads import CLASSIFIER_HEADS, Classifier
 from ..outputs import classification_set, probabilities_path, uncertainty_path, write_classification
 from ..scoring import score_lines
 from ..sources import is_volume_input, read_mask
-from .common import volume_command, prepare, job_of
-from .options import default_out, grid_options, model_option, one_line_errors, show_progress, slice_only, volume_options
+from .common import start, volume_command
+from .options import grid_options, model_option, one_line_errors, show_progress, slice_only, volume_options
 
 
 @click.command()
@@ -50,12 +50,9 @@ def classify(source, model, threads, workers, scheduler, smooth_z, head, smooth,
         return volume_command("classify", source, model, threads, out, workers, scheduler, overwrite, kw, head=head,
                               smooth=smooth, smooth_z=smooth_z)
     slice_only(source, workers, scheduler, smooth_z=smooth_z, held_out=held_out, truth=truth)
-    out = out or default_out(source, ".labels.ome.tif")
-    bundle, rec = prepare(out, model, threads, inputs=(source, truth, kw["tissue_mask"]), overwrite=overwrite,
-                          device=kw["device"])
-    if bundle is None:
+    if (s := start("classify", source, model, threads, out, overwrite, kw, inputs=(truth,))) is None:
         return
-    job = job_of(source, bundle, kw, "classify")
+    out, bundle, rec, job = s
     if truth:  # read and checked before any work (and read again to score, by name)
         api.read_truth(truth, job.image_shape, bundle, z=kw["z"], held_out=held_out)
     Classifier.of(bundle, head)  # a bad head fails before any work

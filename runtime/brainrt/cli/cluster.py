@@ -7,8 +7,8 @@ import click
 from .. import api
 from ..familiar import checked
 from ..outputs import write_clusters
-from .common import prepare, job_of, grid_and_image
-from .options import default_out, grid_options, model_option, one_line_errors
+from .common import grid_and_image, start
+from .options import grid_options, model_option, one_line_errors
 
 
 @click.command()
@@ -19,12 +19,10 @@ from .options import default_out, grid_options, model_option, one_line_errors
 @one_line_errors
 def cluster(source, model, threads, out, overwrite, **kw):
     """GMM cluster map and, per area, a log-likelihood map (low = unlike that area; outliers)."""
-    out = out or default_out(source, ".clusters.ome.tif")
-    bundle, rec = prepare(out, model, threads, inputs=(source, kw["tissue_mask"]), overwrite=overwrite,
-                          device=kw["device"])
-    if bundle is None:
+    if (s := start("cluster", source, model, threads, out, overwrite, kw)) is None:
         return
-    grid, image = grid_and_image(checked(job_of(source, bundle, kw, "cluster"), bundle, rec), bundle)
+    out, bundle, rec, job = s
+    grid, image = grid_and_image(checked(job, bundle, rec), bundle)
     clusters, loglik = api.cluster(grid, bundle)
     written = write_clusters(out, clusters, loglik, grid, bundle.class_names, image=image, record=rec)
     click.echo(f"wrote {', '.join(written)}")

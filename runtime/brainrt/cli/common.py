@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 
@@ -72,10 +73,34 @@ def prepare(out, model, threads, *, is_dir=False, inputs=(), overwrite=False, re
     return Bundle.load(model, threads=threads, device=device), rec
 
 
+class Started(NamedTuple):
+    """What a command has once started: its output, bundle, run record and job (:func:`start`)."""
+    out: str
+    bundle: Bundle
+    record: dict | None
+    job: object
+
+
+def start(command, source, model, threads, out, overwrite, kw, *, inputs=()):
+    """Every command's start on one slice: its output (``out``, else SOURCE's name with the command's suffix,
+    :func:`~.options.output_kind`), the output's checks and the finished-output rule before any work
+    (:func:`prepare`; ``inputs``: the command's input files besides SOURCE and the tissue mask), the bundle,
+    and the job (:func:`job_of`, not yet checked). None when ``out`` is finished by the same command and
+    arguments (said on stdout)."""
+    suffixes, _, suffix = output_kind(command)
+    out = out or default_out(source, suffix)
+    bundle, rec = prepare(out, model, threads, is_dir=suffixes == (".zarr",), inputs=(source, *inputs, kw["tissue_mask"]),
+                          overwrite=overwrite, device=kw["device"])
+    if bundle is None:
+        return None
+    return Started(out, bundle, rec, job_of(source, bundle, kw, command))
+
+
 def job_of(source, bundle, kw, owner):
-    """What to compute, checked and not yet run: a saved feature grid (.zarr, opened lazily) or a slice's
-    :class:`~brainrt.plan.Plan`. Both know the slice's ``image_shape``, so masks are checked before any work."""
-    if is_feature_grid(source):
+    """What to compute, checked and not yet run: a saved feature grid (.zarr, opened lazily; a job of every
+    command but featurize, which makes one) or a slice's :class:`~brainrt.plan.Plan`. Both know the slice's
+    ``image_shape``, so masks are checked before any work."""
+    if owner != "featurize" and is_feature_grid(source):
         return api.load_features(source, bundle=bundle, z=kw["z"])
     return api.make_plan(source, bundle, owner=owner, **plan_options(**kw))
 

@@ -7,8 +7,8 @@ import click
 from .. import api
 from ..familiar import checked
 from ..sources import is_volume_input
-from .common import volume_command, prepare, plan_options
-from .options import default_out, grid_options, model_option, one_line_errors, show_progress, slice_only, volume_options
+from .common import start, volume_command
+from .options import grid_options, model_option, one_line_errors, show_progress, slice_only, volume_options
 
 
 @click.command()
@@ -27,13 +27,10 @@ def featurize(slice_tif, model, threads, out, workers, scheduler, overwrite, **k
     if is_volume_input(slice_tif, kw["z"]):
         return volume_command("featurize", slice_tif, model, threads, out, workers, scheduler, overwrite, kw)
     slice_only(slice_tif, workers, scheduler)
-    out = out or default_out(slice_tif, ".features.zarr")
-    bundle, rec = prepare(out, model, threads, is_dir=True, inputs=(slice_tif, kw["tissue_mask"]),
-                          overwrite=overwrite, device=kw["device"])
-    if bundle is None:
+    if (s := start("featurize", slice_tif, model, threads, out, overwrite, kw)) is None:
         return
-    plan = checked(api.make_plan(slice_tif, bundle, owner="featurize", **plan_options(**kw)), bundle, rec)
-    grid = api.featurize_plan(plan, bundle, out=out, progress=show_progress(), record=rec)
+    out, bundle, rec, plan = s
+    grid = api.featurize_plan(checked(plan, bundle, rec), bundle, out=out, progress=show_progress(), record=rec)
     st = grid.stats
     click.echo(f"wrote {out}: grid {grid.shape[0]} x {grid.shape[1]} x {bundle.n_features}, {st['patches']} patches "
                f"by the {st['method']} path in {st['seconds']:.1f} s ({st['patches_per_s']:.0f} patches/s)")

@@ -156,24 +156,25 @@ def default_out(source, suffix):
 
 #: Options that change how fast a command runs, not what it writes: left out of run records.
 NOT_RECORDED = ("threads", "batch_size", "workers", "scheduler", "device", "out", "overwrite", "model")
-#: What each command's -o names (2D); volumes write a .zarr folder (:data:`VOLUME_KIND`).
-OUTPUT_KINDS = {"featurize": ((".zarr",), "a zarr folder of features", "NAME.features.zarr"),
-                "classify": ((".tif", ".tiff"), "an OME-TIFF label map and its side files", "NAME.labels.ome.tif"),
-                "cluster": ((".tif", ".tiff"), "an OME-TIFF cluster map and its side files", "NAME.clusters.ome.tif"),
-                "subdivide": ((".tif", ".tiff"), "an OME-TIFF map and its overlay", "NAME.subdivide.ome.tif")}
-VOLUME_KIND = ((".zarr",), "a volume into one OME-Zarr / zarr folder", "NAME.ome.zarr")
+#: What each command's -o names (2D): (suffixes, what it is, the default output's suffix, the name
+#: of SOURCE's output without -o); volumes write a .zarr folder (:data:`VOLUME_KIND`).
+OUTPUT_KINDS = {"featurize": ((".zarr",), "a zarr folder of features", ".features.zarr"),
+                "classify": ((".tif", ".tiff"), "an OME-TIFF label map and its side files", ".labels.ome.tif"),
+                "cluster": ((".tif", ".tiff"), "an OME-TIFF cluster map and its side files", ".clusters.ome.tif"),
+                "subdivide": ((".tif", ".tiff"), "an OME-TIFF map and its overlay", ".subdivide.ome.tif")}
+VOLUME_KIND = ((".zarr",), "a volume into one OME-Zarr / zarr folder", ".ome.zarr")
 
 
 def output_kind(command):
-    """What ``command``'s -o names: (suffixes, what it is, an example)."""
+    """What ``command``'s -o names: (suffixes, what it is, the default output's suffix)."""
     return OUTPUT_KINDS[command]
 
 
 def check_out_name(out, command, kind):
     """Refuse an output name that says another format than the one written (``-o a.png``)."""
-    suffixes, what, example = kind
+    suffixes, what, suffix = kind
     if not str(out).rstrip("/").lower().endswith(suffixes):
-        raise file_error(out, f"{command} writes {what}; name the output like {example}")
+        raise file_error(out, f"{command} writes {what}; name the output like NAME{suffix}")
 
 
 def command_record(ctx, model_hash, *, by_value=()):

@@ -10,8 +10,8 @@ from ..familiar import checked
 from ..heads import Classifier
 from ..outputs import write_subdivision
 from ..sources import read_mask
-from .common import prepare, job_of, grid_and_image
-from .options import AreaOption, default_out, grid_options, model_option, one_line_errors
+from .common import grid_and_image, start
+from .options import AreaOption, grid_options, model_option, one_line_errors
 
 
 @click.command()
@@ -31,12 +31,9 @@ def subdivide(source, model, threads, area, roi, k, head, interior, out, overwri
     """PCA + KMeans of the features inside one area or ROI (e.g. cortical layers)."""
     if (area is None) == (roi is None):
         raise BrainrtError("give exactly one of --area NAME or --roi MASK")
-    out = out or default_out(source, ".subdivide.ome.tif")
-    bundle, rec = prepare(out, model, threads, inputs=(source, roi, kw["tissue_mask"]), overwrite=overwrite,
-                          device=kw["device"])
-    if bundle is None:
+    if (s := start("subdivide", source, model, threads, out, overwrite, kw, inputs=(roi,))) is None:
         return
-    job = job_of(source, bundle, kw, "subdivide")
+    out, bundle, rec, job = s
     if roi is not None:  # read and checked before any work
         roi = read_mask(roi, job.image_shape, z=kw["z"], what="ROI mask")
     elif area not in bundle.class_names:
