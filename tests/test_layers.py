@@ -532,7 +532,7 @@ ROOMS = {
     "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py", "strokes.py"],
     "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],
-    "jobs": ["api.py", "familiar.py", "fit.py", "demo.py", "volumes/", "zoo/"],
+    "jobs": ["job.py", "api.py", "familiar.py", "fit.py", "demo.py", "volumes/", "zoo/"],
     "face": ["__init__.py", "cli/", "napari/"],
 }
 
@@ -587,6 +587,36 @@ def test_the_room_check_sees_every_spelling_of_an_import():
     assert [t for _, t in _imported(RUNTIME / "geometry.py", "from .engine import run\nfrom . import plan\n")] == [
         "engine.py", "plan.py"]
     assert _room("engine.py") > _room("geometry.py") and _room("outputs/writers.py") > _room("sources/tiff.py")
+
+
+def test_the_job_decides_one_slice_or_a_volume(tmp_path, synthetic_slice):
+    """One place chooses the path (brainrt.job.make_job), names the output and refuses what does not apply."""
+    from brainrt.job import make_job
+
+    img = synthetic_slice.image[:192, :256]
+    one = write_tiff(tmp_path / "s.tif", img)
+    stack = write_tiff(tmp_path / "stack.tif", np.stack([img] * 3), photometric="minisblack")
+    job = make_job("classify", one, truth=None)
+    assert not job.volume and job.records and job.suffix == ".labels.ome.tif" and job.output[0] == (".tif", ".tiff")
+    assert not make_job("classify", stack, z=1).volume and make_job("featurize", one).suffix == ".features.zarr"
+    vol = make_job("classify", stack, z="all", head=None, smooth=None, smooth_z=1.0)
+    assert vol.volume and not vol.records and vol.suffix == ".ome.zarr" and vol.output[0] == (".zarr",)
+    assert make_job("featurize", stack, z="0:2").suffix == ".features.zarr"
+    with pytest.raises(BrainrtError, match="^--z 0:2 names several slices"):
+        make_job("cluster", stack, z="0:2")
+    with pytest.raises(BrainrtError, match="^--truth, --preview-width: scores or draws one slice"):
+        make_job("classify", stack, z="all", truth="t.tif", preview_width=100)
+    with pytest.raises(BrainrtError, match="--workers runs a volume on Dask"):
+        make_job("featurize", one, workers=2)
+    with pytest.raises(BrainrtError, match="^--smooth-z smooths across slices"):
+        make_job("classify", one, smooth_z=2.0)
+
+
+def test_no_command_chooses_between_a_slice_and_a_volume():
+    """The commands build a job and run it; none of them asks whether the source is a volume."""
+    for path in sorted((RUNTIME / "cli").glob("*.py")):
+        text = path.read_text()
+        assert not [w for w in ("is_volume_input", "process_volume", "make_plan(") if w in text], path.name
 
 
 def test_every_subpackage_names_its_room():

@@ -2,10 +2,10 @@
 
 Lives here: the ``brainrt`` group (this module: logging, one-line usage errors, the commands other
 packages register), one module per command (:mod:`.featurize`, :mod:`.classify`, :mod:`.cluster`,
-:mod:`.subdivide`, :mod:`.fit`, :mod:`.info`, :mod:`.demo`, :mod:`.export`), what they share (:mod:`.common`: the output's
-checks and the finished-output rule before any work, a source's job, the volume path) and the option
-declarations and error reporting (:mod:`.options`). Each command turns its paths into one library call
-and one writer call. Commands of other packages (the trainer's ``train-and-export``) are registered
+:mod:`.subdivide`, :mod:`.fit`, :mod:`.info`, :mod:`.demo`, :mod:`.export`), what they share (:mod:`.common`: one
+start and run of every command's job, :mod:`brainrt.job`'s, with the output's checks and the finished-output
+rule before any work) and the option declarations and error reporting (:mod:`.options`). Each command turns
+its options into one job (one slice or a volume: the job decides) and runs it. Commands of other packages (the trainer's ``train-and-export``) are registered
 under the entry-point group ``brainrt.commands`` and imported only when invoked (or listed by
 ``--help``), so the runtime never imports the trainer.
 

@@ -1,7 +1,8 @@
 """The command line's shared options, defined once (rasterio's ``rio/options.py``): the model, the
 grid and evaluation options of every command (their defaults are :mod:`brainrt.params`'), the
-volume options, the argument types they need, what every command's output is named and
-recorded by (:mod:`brainrt.finished`), and how every command reports an error (:func:`one_line_errors`)."""
+volume options, the argument types they need, the check of an output's name (what it must be named is
+the job's, :mod:`brainrt.job`), every command's run record (:mod:`brainrt.finished`), and how every command
+reports an error (:func:`one_line_errors`)."""
 
 from __future__ import annotations
 
@@ -132,17 +133,6 @@ class LabelsList(click.Command):
         return super().parse_args(ctx, out)
 
 
-def slice_only(source, workers, scheduler, *, smooth_z=0.0, held_out=False, truth=None):
-    """Refuse the volume options for one slice (they would be ignored), and ``--held-out`` without ``--truth``."""
-    if (opt := "--workers" if workers is not None else "--scheduler" if scheduler is not None else None):
-        raise BrainrtError(f"{source}: {opt} runs a volume on Dask (--z a:b or all, a TIFF folder or a zarr stack); "
-                           "this is one slice")
-    if smooth_z:
-        raise BrainrtError("--smooth-z smooths across slices; it applies to a volume (--z a:b or all)")
-    if held_out and not truth:
-        raise BrainrtError("--held-out scores against a truth mask; pass --truth MASK")
-
-
 def default_out(source, suffix):
     """The default output of ``source``: its name with its image or zarr suffix replaced by ``suffix``."""
     path = Path(file_of(str(source).rstrip("/")))
@@ -156,22 +146,11 @@ def default_out(source, suffix):
 
 #: Options that change how fast a command runs, not what it writes: left out of run records.
 NOT_RECORDED = ("threads", "batch_size", "workers", "scheduler", "device", "out", "overwrite", "model")
-#: What each command's -o names (2D): (suffixes, what it is, the default output's suffix, the name
-#: of SOURCE's output without -o); volumes write a .zarr folder (:data:`VOLUME_KIND`).
-OUTPUT_KINDS = {"featurize": ((".zarr",), "a zarr folder of features", ".features.zarr"),
-                "classify": ((".tif", ".tiff"), "an OME-TIFF label map and its side files", ".labels.ome.tif"),
-                "cluster": ((".tif", ".tiff"), "an OME-TIFF cluster map and its side files", ".clusters.ome.tif"),
-                "subdivide": ((".tif", ".tiff"), "an OME-TIFF map and its overlay", ".subdivide.ome.tif")}
-VOLUME_KIND = ((".zarr",), "a volume into one OME-Zarr / zarr folder", ".ome.zarr")
-
-
-def output_kind(command):
-    """What ``command``'s -o names: (suffixes, what it is, the default output's suffix)."""
-    return OUTPUT_KINDS[command]
 
 
 def check_out_name(out, command, kind):
-    """Refuse an output name that says another format than the one written (``-o a.png``)."""
+    """Refuse an output name that says another format than the one written (``-o a.png``); ``kind``: (suffixes,
+    what it is, the default output's suffix), a job's :attr:`~brainrt.job.Job.output`."""
     suffixes, what, suffix = kind
     if not str(out).rstrip("/").lower().endswith(suffixes):
         raise file_error(out, f"{command} writes {what}; name the output like NAME{suffix}")
@@ -256,8 +235,8 @@ def one_line_errors(fn):
             click.echo(f"Error: {exc.name} is not installed; install brainrt with the [train] extra "
                        "for training (pip install 'brainrt[train]')", err=True)
             sys.exit(2)
-        except KeyboardInterrupt as exc:
-            click.echo("Interrupted; no output was written", err=True)
+        except KeyboardInterrupt as exc:  # a job that keeps what it finished says so (brainrt.job)
+            click.echo(str(exc) or "Interrupted; no output was written", err=True)
             sys.exit(interrupted_status(exc))
         except OSError as exc:  # a failed read or write the checks could not foresee (disk full, permissions)
             click.echo(f"Error: {exc.filename or 'brainrt'}: {exc.strerror or exc}", err=True)
