@@ -528,8 +528,11 @@ def test_ctrl_c_in_a_terminal(stack_tif, tiny_bundle_path, tmp_path):
         # even on a loaded machine (at stride 2 a loaded CI finished the job between the first block and the signal)
         cmd = [sys.executable, "-m", "brainrt.cli", "classify", stack_tif, "--z", "all", "--stride",
                "2" if when == "starting" else "1", "-m", tiny_bundle_path, "--workers", "2", "-o", out]
+        # Ctrl-C's default action in the child, as a shell gives its foreground jobs: a disposition inherited
+        # from this process (earlier tests' libraries may leave SIGINT ignored at C level) must not decide it
         proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                                start_new_session=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         lines = []
         reader = threading.Thread(target=_stderr_lines, args=(proc, lines), daemon=True)
         reader.start()
