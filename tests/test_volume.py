@@ -588,3 +588,26 @@ def test_volume_plan_carries_the_device(tiny_bundle, tmp_path, synthetic_slice):
     assert make_volume_plan(path, tiny_bundle, device="cpu").device == "cpu"
     with pytest.raises(BrainrtError, match="'device'"):
         make_volume_plan(path, tiny_bundle, device="tpu")
+
+
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_run(stack_tif, tiny_bundle, tmp_path):
+    """Ctrl-C raises where it lands; code that catches it there (distributed's gc callback prints it and goes on)
+    must not lose it: the run stops after its next task, and the finished blocks are kept for a resume."""
+    import signal as sig
+
+    from brainrt.outputs import partial_path
+    from brainrt.volumes import run_volume
+
+    def swallow(n):
+        if n == 2:
+            try:
+                os.kill(os.getpid(), sig.SIGINT)
+                time.sleep(0.5)  # the handler runs here
+            except KeyboardInterrupt:
+                pass  # swallowed, as a library's callback would
+
+    out = tmp_path / "s.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        run_volume(_plan(stack_tif, tiny_bundle), out, bundle=tiny_bundle, on_task=swallow)
+    assert partial_path(out).is_dir() and not out.exists()
+    assert sig.getsignal(sig.SIGINT) is sig.default_int_handler  # the run's handler is gone

@@ -60,14 +60,17 @@ def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
             bar.update(1)
         if on_task is not None:
             on_task(sum(counts))
+        if noted:  # a Ctrl-C that a library swallowed where it landed
+            raise KeyboardInterrupt
 
     try:
-        if client is None:
-            remember_bundle(vplan, bundle or worker_bundle(vplan))
-            run_serial(vplan, tmp, tasks, tick)
-        else:
-            log.info("dask dashboard: %s", client.dashboard_link)
-            run_dask(vplan, tmp, tasks, tick, client)
+        with _ctrl_c_noted() as noted:
+            if client is None:
+                remember_bundle(vplan, bundle or worker_bundle(vplan))
+                run_serial(vplan, tmp, tasks, tick)
+            else:
+                log.info("dask dashboard: %s", client.dashboard_link)
+                run_dask(vplan, tmp, tasks, tick, client)
     except BrainrtError:  # a bad slice (NaN, a cut file): a fixed input is another run, its blocks of no use
         stack.discard()
         raise
@@ -79,6 +82,27 @@ def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
     dt = time.perf_counter() - t0
     return {"blocks": vplan.n_blocks, "computed_blocks": counts[0], "skipped_records": already,
             "seconds": round(dt, 3), "blocks_per_s": round(counts[0] / dt, 3) if dt else None, "complete": False}
+
+
+@contextlib.contextmanager
+def _ctrl_c_noted():
+    """Ctrl-C raises KeyboardInterrupt where it lands, as always, and is also noted in the list this yields. A
+    library can swallow the exception (distributed's gc callback runs in this thread, prints it and goes on);
+    the run raises it again after its next task, so that a Ctrl-C is never lost. Main thread only."""
+    noted = []
+    if threading.current_thread() is not threading.main_thread():
+        yield noted
+        return
+
+    def handler(signum, frame):
+        noted.append(True)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield noted
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _complete(vplan):
