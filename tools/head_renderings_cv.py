@@ -18,6 +18,7 @@ draws the chosen recipe's figures against N from several runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import json
 import sys
@@ -150,7 +151,7 @@ def main(argv=None):
     torch.set_num_threads(choices.budget.get("threads", 2))
     setup = netcv.Setup(args.image, args.mask, k=choices.folds["k"], changes=False)
     img = setup.sl.image
-    changes = lambda: {**netcv.imaging_changes(img), **netcv.other_changes(img)}  # noqa: E731
+    changes = functools.cache(lambda: {**netcv.imaging_changes(img), **netcv.other_changes(img)})  # made once
     images = {"clean": lambda: img, **{f"r{i}": (lambda i=i: random_rendering(img, i)) for i in range(args.renderings)},
               **{n: (lambda n=n: changes()[n]) for n in ("blur1", "bin2", "rerendered", "poisson", "gain", "levels256")}}
     of = netcv.fold_image_features(setup, choices.recipe, choices.budget, images, seed=choices.seed, cache=args.cache)
