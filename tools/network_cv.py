@@ -54,6 +54,8 @@ def parse(argv):
                     help="torch threads (1: on a shared, oversubscribed machine 2 threads ran 8-10x slower)")
     ap.add_argument("--results-name", default="results.json", help="this process's results file in -o (several "
                     "processes on different folds: one each; --report merges results*.json)")
+    ap.add_argument("--keep", help="a folder keeping each fold's network (CANDIDATE/fold{f}.pt) and clean grid "
+                    "features (CANDIDATE/fold{f}.npy), for scoring other heads later without training again")
     ap.add_argument("--report", action="store_true", help="only merge the results files and write REPORT.md, folds.png")
     ap.add_argument("--choices", action="store_true", help="with --report: also write choices.json, the final fit's "
                     "choices (the best candidate by the CV mean of smoothed pixel accuracy; train-and-export --final "
@@ -97,7 +99,8 @@ def main(argv=None):
               "tile_batch": args.tile_batch, "threads": args.threads}
     command = "python tools/network_cv.py " + " ".join(argv if argv is not None else sys.argv[1:])
     run(Setup(args.image, args.mask, k=args.folds), out / args.results_name, args.candidates, budget, command=command,
-        seed=args.seed, sigma_um=args.sigma_um, only_folds=args.only_folds, after_fold=write_report)
+        seed=args.seed, sigma_um=args.sigma_um, only_folds=args.only_folds, after_fold=write_report,
+        features_dir=args.keep)
     log("done")
     return 0
 

@@ -241,7 +241,8 @@ def train_on_fold(setup, recipe, f, budget, *, seed, minutes=None):
 
 def run_one(setup, res, c, f, budget, *, seed, sigma_um, features_dir=None):
     """Train candidate ``c`` on fold ``f``'s training pixels, score it, record it in ``res``; ``features_dir``:
-    keep its clean grid features as ``features_dir/c/fold{f}.npy`` (what :func:`fold_features` reads)."""
+    keep its network and clean grid features in ``features_dir/c`` (:func:`keep_fold`; the features are what
+    :func:`fold_features` reads)."""
     s = setup
     minutes = None
     if CANDIDATES[c].get("per_patch"):
@@ -251,14 +252,24 @@ def run_one(setup, res, c, f, budget, *, seed, sigma_um, features_dir=None):
     model, norm, seconds, history, used = train_on_fold(s, CANDIDATES[c], f, budget, seed=seed, minutes=minutes)
     scores = evaluate_fold(model, norm, s.sl, s.images, s.grid, s.cf, f, sigma_um)
     if features_dir is not None:
-        (Path(features_dir) / c).mkdir(parents=True, exist_ok=True)
-        np.save(Path(features_dir) / c / f"fold{f}.npy", s.grid.features)
+        keep_fold(Path(features_dir) / c, f, model, norm, s.grid.features)
     acc = scores["clean"]["smoothed"]["pixel_accuracy"]
     rec = {**scores, "train_minutes": round(seconds / 60, 2), "history": history, "budget": used,
            "loss": {k: round(acc - scores[k]["smoothed"]["pixel_accuracy"], 4) for k in s.images}}
     res["candidates"][c]["folds"][str(f)] = rec
     log(f"fold {f} {c}: train {seconds / 60:.1f} min, acc raw {scores['clean']['raw']['pixel_accuracy']:.3f} "
         f"smoothed {acc:.3f} macro F1 {scores['clean']['smoothed']['macro_f1']:.3f}; losses {rec['loss']}")
+
+
+def keep_fold(folder, f, model, norm, features):
+    """Fold ``f``'s network as ``folder/fold{f}.pt`` (:func:`brainrt_train.train.load_checkpoint`; ``norm`` the
+    intensity standardization it was trained with) and its clean grid features as ``folder/fold{f}.npy``."""
+    from brainrt_train.train import save_checkpoint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"fold{f}.npy", features)
+    save_checkpoint(folder / f"fold{f}.pt", model.state_dict(), n_classes=model.out.out_features, patch_size=model.patch_size,
+                    context=list(model.context), norm=norm)
 
 
 def run(setup, path, candidates, budget, *, command, seed=0, sigma_um=100.0, only_folds=None, after_fold=None,
@@ -299,6 +310,40 @@ def merged(out):
     if res is None or not any(e.get("folds") for e in res.get("candidates", {}).values()):
         raise SystemExit(f"{out}: no scored fold in any results*.json: nothing to report")
     return res
+
+
+def by_epochs(runs, candidate):
+    """One results dict of ``candidate`` trained for several epoch counts (``runs``: network-CV result folders, one
+    epoch count each): its entries named ``"{candidate} {E} ep"`` by ascending E, so :func:`report` and
+    :func:`choose` compare them as candidates. Runs whose budgets differ in anything but the epochs, or two runs of
+    one epoch count, are refused in one line."""
+    entries, first = {}, None
+    for run in runs:
+        res = merged(run)
+        budget, entry = dict(res["budget"]), res["candidates"].get(candidate)
+        if not entry or not entry["folds"]:
+            raise SystemExit(f"{run}: no scored fold of {candidate}")
+        e = budget.pop("epochs")
+        if e in entries:
+            raise SystemExit(f"{run}: a second run of {e} epochs")
+        first = first or (res, budget)
+        if budget != first[1] or res["folds"] != first[0]["folds"]:
+            raise SystemExit(f"{run}: its budget per epoch or folds differ from {runs[0]}'s ({budget} vs {first[1]})")
+        entries[e] = entry
+    res = first[0]
+    names = {e: f"{candidate} {e} ep" for e in sorted(entries)}
+    return {**res, "budget": {**res["budget"], "epochs": sorted(entries)},
+            "macs": {n: res["macs"].get(candidate, "-") for n in names.values()},
+            "candidates": {names[e]: entries[e] for e in sorted(entries)}}
+
+
+def choose_epochs(res):
+    """``(E, {E: CV mean}, interior)`` for :func:`by_epochs`'s results: the epoch count with the best mean smoothed
+    pixel accuracy (:func:`choose`), and whether it lies inside the grid (not its smallest or largest count)."""
+    best, means = choose(res)
+    of = {c: int(c.rsplit(" ", 2)[-2]) for c in means}
+    grid = sorted(of.values())
+    return of[best], {of[c]: m for c, m in means.items()}, grid[0] < of[best] < grid[-1]
 
 
 def worst_under(folds, change, names):
