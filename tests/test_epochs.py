@@ -84,3 +84,60 @@ def test_runs_that_are_not_one_grid_are_refused_in_one_line(tmp_path, case):
          else _run(tmp_path, 8, [0.9, 0.9, 0.9], folder="again"))
     with pytest.raises(SystemExit, match="budget per epoch" if case == "budget" else "a second run of 8 epochs"):
         by_epochs([a, b], "mixup+swa")
+
+
+BUDGET = {"epochs": 2, "tile_batches_per_epoch": 3, "tile_batch": 2, "tiles": 4, "threads": 1}
+
+
+class _Setup:
+    """What fold_image_features reads of a netcv.Setup: the scoring grid's valid cells."""
+
+    class grid:
+        valid = None
+
+
+def _kept(tmp_path, recipe, budget, seed):
+    import numpy as np
+
+    from brainrt_train.model import PaperCNN
+    from brainrt_train.netcv import keep_fold, trained_as
+
+    model = PaperCNN(3, context=4).eval()
+    keep_fold(tmp_path, 1, model, {"mean": 0.4, "std": 0.2}, np.zeros((2, 2, 64), np.float32),
+              trained_as(recipe, budget, seed))
+    return model
+
+
+def test_a_kept_fold_network_made_the_same_way_is_used_instead_of_training(tmp_path, monkeypatch):
+    """network_cv --keep's networks serve later scoring: the missing images' features come from the kept network
+    (no training), the kept clean features are read as they are."""
+    import numpy as np
+    import torch
+
+    from brainrt_train import netcv
+
+    model = _kept(tmp_path, netcv.CANDIDATES["mixup+swa"], BUDGET, 0)
+    monkeypatch.setattr(netcv, "train_on_fold", lambda *a, **k: pytest.fail("trained again"))
+    used = []
+    monkeypatch.setattr("brainrt_train.tiles.grid_features",
+                        lambda m, img, **k: used.append((m, k["norm"])) or (np.full((2, 2, 64), img, np.float32), None))
+    full = {**netcv.BASE, **netcv.CANDIDATES["mixup+swa"]}  # a choices file's full recipe names the same network
+    of = netcv.fold_image_features(_Setup, full, {**BUDGET, "threads": 2}, {"clean": lambda: 7, "r0": lambda: 5},
+                                   cache=tmp_path, log=lambda m: None)
+    got = of(1)
+    assert got["clean"].max() == 0 and got["r0"].min() == 5 and (tmp_path / "fold1.r0.npy").exists()
+    (m, norm), = used
+    assert norm == {"mean": 0.4, "std": 0.2}
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("other", [{"epochs": 4}, {"seed": 1}, {"recipe": {"mixup": 0.2}}])
+def test_a_kept_network_made_otherwise_is_trained_again(tmp_path, monkeypatch, other):
+    from brainrt_train import netcv
+
+    _kept(tmp_path, netcv.CANDIDATES["mixup+swa"], BUDGET, 0)
+    monkeypatch.setattr(netcv, "train_on_fold", lambda *a, **k: ("trained", "norm", 60.0, None, None))
+    recipe = {**netcv.CANDIDATES["mixup+swa"], **other.get("recipe", {})}
+    budget = {**BUDGET, **{k: v for k, v in other.items() if k == "epochs"}}
+    got = netcv.fold_network(None, recipe, budget, 1, seed=other.get("seed", 0), kept=tmp_path, log=lambda m: None)
+    assert got == ("trained", "norm")

@@ -252,7 +252,7 @@ def run_one(setup, res, c, f, budget, *, seed, sigma_um, features_dir=None):
     model, norm, seconds, history, used = train_on_fold(s, CANDIDATES[c], f, budget, seed=seed, minutes=minutes)
     scores = evaluate_fold(model, norm, s.sl, s.images, s.grid, s.cf, f, sigma_um)
     if features_dir is not None:
-        keep_fold(Path(features_dir) / c, f, model, norm, s.grid.features)
+        keep_fold(Path(features_dir) / c, f, model, norm, s.grid.features, trained_as(CANDIDATES[c], budget, seed))
     acc = scores["clean"]["smoothed"]["pixel_accuracy"]
     rec = {**scores, "train_minutes": round(seconds / 60, 2), "history": history, "budget": used,
            "loss": {k: round(acc - scores[k]["smoothed"]["pixel_accuracy"], 4) for k in s.images}}
@@ -261,15 +261,24 @@ def run_one(setup, res, c, f, budget, *, seed, sigma_um, features_dir=None):
         f"smoothed {acc:.3f} macro F1 {scores['clean']['smoothed']['macro_f1']:.3f}; losses {rec['loss']}")
 
 
-def keep_fold(folder, f, model, norm, features):
-    """Fold ``f``'s network as ``folder/fold{f}.pt`` (:func:`brainrt_train.train.load_checkpoint`; ``norm`` the
-    intensity standardization it was trained with) and its clean grid features as ``folder/fold{f}.npy``."""
+def trained_as(recipe, budget, seed):
+    """What makes a fold network of :func:`train_on_fold` (full recipe, the budget's training keys, base seed): a
+    kept network is used in its place only when this matches."""
+    keys = ("epochs", "tile_batches_per_epoch", "tile_batch", "tiles")
+    return json.loads(json.dumps({"recipe": {**BASE, **recipe}, "budget": {k: budget[k] for k in keys},
+                                  "seed": seed}))
+
+
+def keep_fold(folder, f, model, norm, features, made):
+    """Fold ``f``'s network as ``folder/fold{f}.pt`` (:func:`brainrt_train.train.load_checkpoint`, with ``norm``,
+    its intensity standardization, and ``made``, its :func:`trained_as`) and its clean grid features as
+    ``folder/fold{f}.npy`` (what :func:`fold_image_features` reads)."""
     from brainrt_train.train import save_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / f"fold{f}.npy", features)
-    save_checkpoint(folder / f"fold{f}.pt", model.state_dict(), n_classes=model.out.out_features, patch_size=model.patch_size,
-                    context=list(model.context), norm=norm)
+    save_checkpoint(folder / f"fold{f}.pt", model.state_dict(), n_classes=model.out.out_features,
+                    patch_size=model.patch_size, context=list(model.context), norm=norm, made=made)
 
 
 def run(setup, path, candidates, budget, *, command, seed=0, sigma_um=100.0, only_folds=None, after_fold=None,
@@ -480,25 +489,42 @@ def fold_features(setup, recipe, budget, *, seed=0, cache=None, renderings=0, lo
 def fold_image_features(setup, recipe, budget, images, *, seed=0, cache=None, log=log):
     """``of(f)``: ``{name: grid features}`` of fold ``f``'s network (:func:`train_on_fold`) on each image of
     ``images`` (``{name: () -> image}``, made only when needed). ``cache``: a folder keeping them as
-    ``fold{f}.npy`` ("clean") and ``fold{f}.{name}.npy`` (a rerun reads them; a fold with any missing is trained
-    again)."""
+    ``fold{f}.npy`` ("clean") and ``fold{f}.{name}.npy`` (a rerun reads them; those missing are made by the
+    fold's network: the folder's kept ``fold{f}.pt`` if :func:`fold_network` may use it, trained again else)."""
     from brainrt_train.tiles import grid_features
 
     memo = {}
     path = lambda f, n: Path(cache) / (f"fold{f}.npy" if n == "clean" else f"fold{f}.{n}.npy")  # noqa: E731
 
     def of(f):
-        if f not in memo and cache is not None and all(path(f, n).exists() for n in images):
-            memo[f] = {n: np.load(path(f, n)) for n in images}
-        if f not in memo:
-            model, norm, seconds, _, _ = train_on_fold(setup, recipe, f, budget, seed=seed)
-            memo[f] = {n: grid_features(model, make(), norm=norm, dtype_max=255.0, cells=setup.grid.valid)[0]
-                       for n, make in images.items()}
-            log(f"fold {f}: network trained on the fold's training pixels in {seconds / 60:.1f} min")
-            if cache is not None:
-                Path(cache).mkdir(parents=True, exist_ok=True)
-                for n, x in memo[f].items():
-                    np.save(path(f, n), x)
+        if f in memo:
+            return memo[f]
+        memo[f] = {n: np.load(path(f, n)) for n in images if cache is not None and path(f, n).exists()}
+        if len(memo[f]) < len(images):
+            model, norm = fold_network(setup, recipe, budget, f, seed=seed, kept=cache, log=log)
+            for n, make in images.items():
+                if n not in memo[f]:
+                    memo[f][n] = grid_features(model, make(), norm=norm, dtype_max=255.0, cells=setup.grid.valid)[0]
+                    if cache is not None:
+                        Path(cache).mkdir(parents=True, exist_ok=True)
+                        np.save(path(f, n), memo[f][n])
         return memo[f]
 
     return of
+
+
+def fold_network(setup, recipe, budget, f, *, seed=0, kept=None, log=log):
+    """``(model, norm)``: fold ``f``'s network of :func:`train_on_fold`, read from ``kept/fold{f}.pt``
+    (:func:`keep_fold`) when that was made the same way (:func:`trained_as`), trained again else."""
+    from brainrt_train.train import load_checkpoint
+
+    pt = Path(kept) / f"fold{f}.pt" if kept is not None else None
+    if pt is not None and pt.exists():
+        model, meta = load_checkpoint(pt)
+        if meta.get("made") == trained_as(recipe, budget, seed):
+            log(f"fold {f}: the kept network {pt}")
+            return model, meta["norm"]
+        log(f"fold {f}: {pt} was made otherwise ({meta.get('made')}): training again")
+    model, norm, seconds, _, _ = train_on_fold(setup, recipe, f, budget, seed=seed)
+    log(f"fold {f}: network trained on the fold's training pixels in {seconds / 60:.1f} min")
+    return model, norm
