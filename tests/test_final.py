@@ -93,7 +93,9 @@ def test_cv_writes_choices_report_and_a_verified_bundle(cv_bundle):
     assert choices["recipe"] == {**TINY_BASE, **netcv.CANDIDATES[choices["network"]]}
     m, final = final_of(out)
     assert final["choices"] == choices and choices["cv"]["heads"]["grid"] == TINY_HEADS
-    assert sorted(listing(folder / "features" / choices["network"])) == ["fold0.npy", "fold1.npy", "fold2.npy"]
+    # each fold network is kept beside its features (what a later scoring of more images reads instead of training)
+    assert sorted(listing(folder / "features" / choices["network"])) == [f"fold{f}.{x}" for f in range(3)
+                                                                          for x in ("npy", "pt")]
     assert m.training.seed == choices["seed"] == 0 and m.training.epochs == 1
     assert final["folds"]["k"] == 3 and m.int8 is not None and m.dense_onnx is not None
     assert f"network {choices['network']}" in r.output
