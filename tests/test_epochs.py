@@ -73,6 +73,8 @@ def test_an_interior_best_count_is_written_into_the_choices_with_its_grid(tmp_pa
     assert c.cv["epochs"]["means"] == {"4": 0.83, "12": 0.9, "24": 0.87}
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "| mixup+swa 12 ep | 3 |" in report and (tmp_path / "out" / "epochs.png").stat().st_size > 10000
+    grid = json.loads((tmp_path / "out" / "grid.json").read_text())
+    assert grid["budget"]["epochs"] == [4, 12, 24] and grid["runs"] == runs
 
 
 @pytest.mark.parametrize("case", ["budget", "twice"])

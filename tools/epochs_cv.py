@@ -3,11 +3,12 @@
 Each epoch count of the grid is one ``tools/network_cv.py`` run of the same candidate, folds, seed and
 budget per epoch (``--epochs E``, its own ``-o`` folder). This merges them as candidates named
 ``"mixup+swa 8 ep"``, writes the comparison (``REPORT.md`` with every fold's per-class F1, raw and
-smoothed accuracy, guards and imaging-change losses; ``epochs.png``), and, with ``--choices``, the
-final fit's choices with ``budget.epochs`` set to the count with the best CV mean. A best count at
+smoothed accuracy, guards and imaging-change losses; ``epochs.png``; the merged results ``grid.json``),
+and, with ``--choices``, the final fit's choices with ``budget.epochs`` set to the count with the best
+CV mean. A best count at
 the grid's edge is not a choice: the choices file is then refused (exit 2) until the grid is extended.
 
-    python tools/epochs_cv.py --runs /work/runs/epochs/e4 /work/runs/final-choices /work/runs/epochs/e16 \\
+    python tools/epochs_cv.py --runs runs/epochs/e4 runs/epochs/e8 runs/epochs/e16 \\
         --candidate mixup+swa -o docs/accuracy/final-fit/epochs \\
         --choices docs/accuracy/final-fit/choices-final-r4.json
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -91,6 +93,7 @@ def main(argv=None):
     (out / "REPORT.md").write_text(report(out, res, note=f"{args.candidate} at each epoch count of the grid, "
                                           f"from {', '.join(args.runs)}"))
     picture(out, res)
+    (out / "grid.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     e, means, interior = choose_epochs(res)
     log(f"CV means by epochs: {({k: round(v, 4) for k, v in means.items()})}; best {e} "
         f"({'interior' if interior else 'at the edge of the grid'})")
