@@ -52,12 +52,13 @@ def test_each_epoch_count_is_a_candidate_and_the_best_mean_wins_inside_the_grid(
     assert (e, interior) == (8, True) and means[8] == pytest.approx(0.89)
 
 
-def test_the_best_count_at_the_grids_edge_writes_no_choices(tmp_path):
-    from tools.epochs_cv import main
+def test_the_best_count_at_the_grids_edge_writes_no_choices(tmp_path, capsys):
+    from tools.epochs_cv import cli
 
     runs = [_run(tmp_path, 4, [0.80, 0.84, 0.85]), _run(tmp_path, 8, [0.86, 0.87, 0.88])]
-    with pytest.raises(SystemExit, match="at the edge of the grid"):
-        main(["--runs", *runs, "-o", str(tmp_path / "out"), "--choices", str(_choices(tmp_path))])
+    assert cli(["--runs", *runs, "-o", str(tmp_path / "out"), "--choices", str(_choices(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "choices.json: the best epoch count, 8, is at the edge of the grid" in err
     assert (tmp_path / "out" / "REPORT.md").exists() and not (tmp_path / "out" / "choices.json").exists()
 
 

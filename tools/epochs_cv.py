@@ -102,5 +102,16 @@ def main(argv=None):
     return 0
 
 
+def cli(argv=None):
+    """:func:`main`, a refusal (a ``SystemExit`` with its line) printed on one line with exit status 2."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code, file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
