@@ -42,6 +42,29 @@ def test_cli_subdivide_interior_by_default(tmp_path, tiny_bundle_path, synthetic
     assert 0 < counts["--interior"] < counts["--whole"]
 
 
+def test_cli_subdivide_roi_overlay_is_titled_by_the_roi_file(tmp_path, tiny_bundle_path, synthetic_slice, monkeypatch):
+    """``--roi MASK``: the overlay's title names the mask file given, not the mask array read from it."""
+    import brainrt.outputs.writers as writers
+
+    image = synthetic_slice.image[:256, :384]
+    src = write_tiff(tmp_path / "slice.tif", image)
+    mask = np.zeros(image.shape, np.uint8)
+    mask[32:224, 48:336] = 1
+    roi = write_tiff(tmp_path / "roi.tif", mask)
+    titles = []
+
+    def overlay_png(*a, title="", **k):
+        titles.append(title)
+        return real(*a, title=title, **k)
+
+    real = writers.overlay_png
+    monkeypatch.setattr(writers, "overlay_png", overlay_png)
+    r = run_cli(["subdivide", src, "-m", tiny_bundle_path, "--roi", roi, "-k", "3", "--stride", "16",
+                 "-o", tmp_path / "sub.ome.tif"])
+    assert r.exit_code == 0, r.output
+    assert titles == [f"{roi}: k=3"]
+
+
 @pytest.mark.parametrize("head", [None, "logreg", "rbfsvm", "cnn", "linsvm"])
 def test_classify(grid16, tiny_bundle, head):
     res = brainrt.classify(grid16, tiny_bundle, head=head)

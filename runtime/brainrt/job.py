@@ -200,14 +200,15 @@ def _subdivide(job, bundle, out, record, *, progress, overwrite):
     o = job.options
     area, roi, head = o["area"], o["roi"], o["head"]
     todo = job.slice_job(bundle)
-    if roi is not None:  # read and checked before any work
-        roi = read_mask(roi, todo.image_shape, z=job.z, what="ROI mask")
+    mask = None
+    if roi is not None:  # read and checked before any work; the title names the file
+        mask = read_mask(roi, todo.image_shape, z=job.z, what="ROI mask")
     elif area not in bundle.class_names:
         raise BrainrtError(f"unknown area {area!r}; the bundle's areas are {', '.join(bundle.class_names)}")
     else:
         Classifier.of(bundle, head)  # a bad head fails before the work
     grid, image = _grid_and_image(checked(todo, bundle, record), bundle, progress)
-    region = api.region_cells(grid, bundle, area=area, roi=roi, head=head, z=job.z)
+    region = api.region_cells(grid, bundle, area=area, roi=mask, head=head, z=job.z)
     sub = api.subdivide(grid, region=region, k=o["k"], interior=o["interior"])
     written = write_subdivision(out, sub, grid, image=image, title=f"{area or roi}: k={o['k']}", record=record)
     return [f"wrote {', '.join(written)}"]
