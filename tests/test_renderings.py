@@ -141,3 +141,16 @@ def test_the_chosen_heads_keep_the_reimagings():
                                           "renderings": 3}})
     assert chosen_heads(recipe_of(_RECIPE), c) == {"chosen": recipe_of(_RECIPE).to_dict(), "renderings": 3}
     assert "renderings" not in chosen_heads(recipe_of(_RECIPE), Choices.from_dict(d))
+
+
+def test_the_renderings_report_gives_the_mean_over_the_images_and_the_largest_loss():
+    """The two figures a choice between networks or re-imaging counts reads off a row: the macro F1 averaged over
+    the clean slice and every imaging change, and the largest loss of pixel accuracy against the clean slice."""
+    from tools.head_renderings_cv import report
+
+    def image(acc, f1):
+        return {"acc": acc, "macro_f1": f1, "worst": ["HypoTh", 0.4], "f1": {"Ctx": 0.9}}
+
+    row = {"clean": {**image(0.92, 0.86), "guards_ok": 3.4}, "blur1": image(0.87, 0.80), "gain": image(0.90, 0.83)}
+    text = report({"command": "c", "network": "mixup+swa", "summary": {"chosen x": {"4": row}}})
+    assert "| chosen x | 4 | 0.920 (HypoTh 0.40) | 0.870 (HypoTh 0.40) | 0.900 (HypoTh 0.40) | 0.860 | 0.830 | 0.050 | 3.4 |" in text

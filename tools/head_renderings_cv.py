@@ -67,19 +67,20 @@ def summary(per_fold, names):
 
 def report(res):
     """REPORT.md: one row per recipe and re-imaging count, every image's accuracy and worst class."""
-    images = list(next(iter(res["summary"].values()))["0"])
+    images = list(next(iter(next(iter(res["summary"].values())).values())))
     lines = ["# Heads fitted on re-imagings of the slice, under the spatial cross-validation", "",
              f"Command: `{res['command']}`.", "", f"Network: {res['network']} (each fold's own network). "
              "Pixel accuracy of the regularized map over each fold's held-out pixels, mean of the folds, and the "
              "class with the lowest mean F1 (nan folds skipped). Guards: the anatomical checks held on the clean "
              "slice, of 5.", "",
-             "| head | re-imagings | " + " | ".join(images) + " | macro F1 clean | guards |",
-             "|---" * (len(images) + 4) + "|"]
+             "| head | re-imagings | " + " | ".join(images) + " | macro F1 clean | macro F1, mean of the images "
+             "| largest loss | guards |", "|---" * (len(images) + 6) + "|"]
     for label, by_n in res["summary"].items():
         for n, s in by_n.items():
             cells = [f"{s[i]['acc']:.3f} ({s[i]['worst'][0]} {s[i]['worst'][1]:.2f})" for i in images]
             lines.append(f"| {label} | {n} | " + " | ".join(cells) + f" | {s['clean']['macro_f1']:.3f} | "
-                         f"{s['clean']['guards_ok']:.1f} |")
+                         f"{np.mean([s[i]['macro_f1'] for i in images]):.3f} | "
+                         f"{max(s['clean']['acc'] - s[i]['acc'] for i in images):.3f} | {s['clean']['guards_ok']:.1f} |")
     lines += ["", "Per class (F1, mean of the folds):", ""]
     for label, by_n in res["summary"].items():
         for n, s in by_n.items():
