@@ -48,6 +48,7 @@ def test_each_epoch_count_is_a_candidate_and_the_best_mean_wins_inside_the_grid(
     res = by_epochs(runs, "mixup+swa")
     assert list(res["candidates"]) == ["mixup+swa 4 ep", "mixup+swa 8 ep", "mixup+swa 16 ep"]
     assert res["budget"]["epochs"] == [4, 8, 16]
+    assert res["command"] == "network_cv --epochs 4; network_cv --epochs 8; network_cv --epochs 16"
     e, means, interior = choose_epochs(res)
     assert (e, interior) == (8, True) and means[8] == pytest.approx(0.89)
 

@@ -326,7 +326,7 @@ def by_epochs(runs, candidate):
     epoch count each): its entries named ``"{candidate} {E} ep"`` by ascending E, so :func:`report` and
     :func:`choose` compare them as candidates. Runs whose budgets differ in anything but the epochs, or two runs of
     one epoch count, are refused in one line."""
-    entries, first = {}, None
+    entries, commands, first = {}, {}, None
     for run in runs:
         res = merged(run)
         budget, entry = dict(res["budget"]), res["candidates"].get(candidate)
@@ -338,10 +338,11 @@ def by_epochs(runs, candidate):
         first = first or (res, budget)
         if budget != first[1] or res["folds"] != first[0]["folds"]:
             raise SystemExit(f"{run}: its budget per epoch or folds differ from {runs[0]}'s ({budget} vs {first[1]})")
-        entries[e] = entry
+        entries[e], commands[e] = entry, res["command"]
     res = first[0]
     names = {e: f"{candidate} {e} ep" for e in sorted(entries)}
-    return {**res, "budget": {**res["budget"], "epochs": sorted(entries)},
+    return {**res, "command": "; ".join(commands[e] for e in sorted(entries)),
+            "budget": {**res["budget"], "epochs": sorted(entries)},
             "macs": {n: res["macs"].get(candidate, "-") for n in names.values()},
             "candidates": {names[e]: entries[e] for e in sorted(entries)}}
 
