@@ -62,10 +62,10 @@ def _fp32_by_default():
     """Precision "auto" (the default) picks int8 on CPUs with VNNI; the tests see the same default on every
     machine (fp32, as without VNNI) and test "auto" itself by patching the probe back (test_runtime).
     Session-wide, before any other fixture computes features."""
-    import brainrt.sessions
+    import brainrt.model.sessions
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(brainrt.sessions, "cpu_has_vnni", lambda: False)
+        mp.setattr(brainrt.model.sessions, "cpu_has_vnni", lambda: False)
         yield
 
 

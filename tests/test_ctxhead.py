@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter1d
 import brainrt
 from brainrt.ctxhead import ContextHead, ContextStream, context_probabilities
 from brainrt.errors import BrainrtError
-from brainrt.manifest import ContextHeadSpec, Manifest, PoolScale
+from brainrt.model.manifest import ContextHeadSpec, Manifest, PoolScale
 from brainrt.maps.pooling import RowPooler, combine_z, pool_grid, pool_volume, z_kernel
 
 

@@ -129,7 +129,7 @@ def test_upsample_convention(grid16):
 def test_auto_precision_is_int8_where_the_cpu_has_vnni(tiny_bundle, synthetic_slice, monkeypatch, caplog):
     import logging
 
-    import brainrt.sessions
+    import brainrt.model.sessions
     from brainrt.plan import make_plan
 
     assert "int8" in tiny_bundle.manifest.precisions
@@ -137,7 +137,7 @@ def test_auto_precision_is_int8_where_the_cpu_has_vnni(tiny_bundle, synthetic_sl
     with caplog.at_level(logging.INFO, logger="brainrt"):
         assert make_plan(image, tiny_bundle, stride=16).precision == "fp32"  # conftest: a CPU without VNNI
         assert "precision fp32 (this CPU has no VNNI)" in caplog.text
-        monkeypatch.setattr(brainrt.sessions, "cpu_has_vnni", lambda: True)
+        monkeypatch.setattr(brainrt.model.sessions, "cpu_has_vnni", lambda: True)
         assert make_plan(image, tiny_bundle, stride=16).precision == "int8"
         assert "precision int8: the bundle has int8 graphs and this CPU has VNNI" in caplog.text
     assert make_plan(image, tiny_bundle, stride=16, precision="fp32").precision == "fp32"

@@ -13,7 +13,7 @@ import pytest
 import brainrt
 from brainrt.engine import Meter, blocks
 from brainrt.errors import BrainrtError
-from brainrt.manifest import SCHEMA_VERSION, Manifest
+from brainrt.model.manifest import SCHEMA_VERSION, Manifest
 from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, make_plan
 from conftest import ROOT, listing, write_tiff
 
@@ -83,7 +83,7 @@ def test_bad_manifests_are_one_line_errors_naming_the_file(tiny_bundle, change, 
 
 def test_no_string_key_manifest_access_outside_the_manifest_module():
     pattern = re.compile(r"manifest(\(\))?\s*(\[|\.get\()")
-    for path in [*RUNTIME.glob("*.py"), *(ROOT / "tools" / "study").glob("*.py"), ROOT / "tools" / "bench_dense.py"]:
+    for path in [*RUNTIME_FILES, *(ROOT / "tools" / "study").glob("*.py"), ROOT / "tools" / "bench_dense.py"]:
         if path.name == "manifest.py":
             continue
         hits = [n for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
@@ -214,7 +214,7 @@ def test_unused_pca_kmeans_head_is_verified_but_never_loaded():
 
 def test_volume_plan_opens_no_session(tiny_bundle_path, tmp_path, monkeypatch):
     """The band height comes from the bundle's dense geometry, not from a session opened on the client."""
-    from brainrt import sessions
+    from brainrt.model import sessions
     from brainrt.synth import make_volume
     from brainrt.volumes import make_volume_plan
 
@@ -331,13 +331,13 @@ VOLUME_OPTIONS = PLAN_OPTIONS + ("z_spacing_um", "smooth_z", "band_rows", "threa
 
 
 def _bad_values(names):
-    from brainrt.params import PARAMS
+    from brainrt.model.params import PARAMS
 
     return [(n, bad) for n in names for bad in PARAMS[n].constraint.invalid()]
 
 
 def _message(name, owner):
-    from brainrt.params import PARAMS
+    from brainrt.model.params import PARAMS
 
     return rf"^The '{name}' parameter of {re.escape(owner)} must be {re.escape(PARAMS[name].constraint.describe())}\. Got "
 
@@ -368,7 +368,7 @@ def test_classify_refuses_bad_smoothing_before_the_engine_runs(tiny_bundle, synt
 
 
 def test_plan_and_volume_defaults_are_the_declared_ones(tiny_bundle, tmp_path):
-    from brainrt import params
+    from brainrt.model import params
     from brainrt.synth import make_volume
     from brainrt.volumes import make_volume_plan
 
@@ -458,7 +458,7 @@ def test_no_runtime_module_imports_the_trainer():
 
 # --------------------------------------------------------------------------- one seal, one device list
 def test_every_bundle_writer_seals_through_seal_bundle():
-    """Only :func:`brainrt.seal.seal_bundle` writes a manifest (hash the tree, write, verify); the runtime, the
+    """Only :func:`brainrt.model.seal.seal_bundle` writes a manifest (hash the tree, write, verify); the runtime, the
     trainer and the tools call it (tools/bad_inputs.py crafts broken manifests on purpose)."""
     pattern = re.compile(r"write_text\(.*to_json\(\)|hash_tree\(")
     hits = [f"{p.relative_to(ROOT)}:{n}" for p in [*RUNTIME_FILES, *TRAINER.rglob("*.py"), *TOOLS_FILES]
@@ -470,7 +470,7 @@ def test_every_bundle_writer_seals_through_seal_bundle():
 def test_seal_bundle_hashes_writes_and_verifies(tiny_bundle_path, tmp_path):
     import shutil
 
-    from brainrt.seal import MANIFEST, seal_bundle, verify_bundle
+    from brainrt.model.seal import MANIFEST, seal_bundle, verify_bundle
 
     b = tmp_path / "b"
     shutil.copytree(tiny_bundle_path, b)
@@ -485,7 +485,8 @@ def test_seal_bundle_hashes_writes_and_verifies(tiny_bundle_path, tmp_path):
 
 
 def test_the_device_list_is_declared_once():
-    from brainrt import bundle, params
+    from brainrt import bundle
+    from brainrt.model import params
 
     assert bundle.DEVICES is params.PARAMS["device"].constraint.values
     for p in RUNTIME_FILES:
@@ -526,8 +527,7 @@ ROOMS = {
     "base": ["errors.py", "version.py", "geometry.py", "runfiles.py", "io.py", "integrity.py", "ngff.py",
              "plots.py", "synth.py", "split.py", "densities.py"],
     "sources": ["sources/"],
-    "model": ["manifest.py", "records.py", "graphs_record.py", "context_record.py", "training_record.py", "params.py", "seal.py",
-              "sessions.py", "predictor.py"],
+    "model": ["model/"],
     "heads": ["ctxhead.py", "maps/", "heads/"],
     "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py", "strokes.py"],
     "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],

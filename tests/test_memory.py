@@ -13,7 +13,7 @@ import numpy as np
 
 from brainrt.engine import run
 from brainrt.plan import make_plan
-from brainrt.sessions import session_options
+from brainrt.model.sessions import session_options
 from brainrt.sinks import Sink
 from brainrt.maps.smooth import RowSmoother, radius, smooth_probabilities
 

@@ -236,7 +236,7 @@ def write_final(bundle, model, recipe, record, seed=0):
     import joblib
     from brainrt.bundle import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
-    from brainrt.manifest import Smoothing
+    from brainrt.model.manifest import Smoothing
 
     path = Path(bundle.path)
     m = verify_bundle(path)

@@ -10,7 +10,7 @@ apply the bundle's heads. See the README for the command line.
 
 Layers: :mod:`brainrt.plan` (the input edge, a checked Plan) -> :mod:`brainrt.engine`
 (windowing over a predictor built by the bundle) -> :mod:`brainrt.heads` ->
-:mod:`brainrt.outputs` (writers). :mod:`brainrt.manifest` defines the bundle's manifest.
+:mod:`brainrt.outputs` (writers). :mod:`brainrt.model.manifest` defines the bundle's manifest.
 """
 
 from .api import (ClassMapResult, classify, classify_image, cluster, featurize, load_features, make_plan,
@@ -20,7 +20,7 @@ from .derive import save_bundle
 from .errors import BrainrtError
 from .fit import fit_heads
 from .grid import FeatureGrid
-from .manifest import Manifest
+from .model.manifest import Manifest
 from .plan import Plan
 from .sources import read_image as read_tiff
 from .version import __version__

@@ -1,4 +1,4 @@
-"""Model bundles: a folder with ONNX graph(s), joblib heads and a ``manifest.json`` (:mod:`brainrt.manifest`).
+"""Model bundles: a folder with ONNX graph(s), joblib heads and a ``manifest.json`` (:mod:`brainrt.model.manifest`).
 
 joblib unpickles arbitrary code, so a bundle is treated as code: the manifest lists the
 sha256 of every file and :meth:`Bundle.load` verifies all of them *before* anything is
@@ -15,12 +15,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import params, predictor, sessions
 from .errors import BrainrtError, file_error, param_error
 from .geometry import manifest_problems
 from .heads import bundle_heads
-from .manifest import PRECISIONS, SCHEMA_VERSION, Manifest
-from .seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
+from .model import params, predictor, sessions
+from .model.manifest import PRECISIONS, SCHEMA_VERSION, Manifest
+from .model.seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
 
 log = logging.getLogger("brainrt")
 
@@ -72,7 +72,7 @@ def _cuda_usable():
 
 
 #: Names of the devices a bundle may run on ("auto": CUDA where usable, else the CPU).
-#: Where the network runs, as :mod:`brainrt.params` declares it.
+#: Where the network runs, as :mod:`brainrt.model.params` declares it.
 DEVICES = params.PARAMS["device"].constraint.values
 _PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -185,7 +185,7 @@ class Bundle:
         return "fp32" if why else "int8"
 
     def predictor(self, kind="patch", *, stride=None, precision="fp32"):
-        """A :mod:`~brainrt.predictor` over this bundle's graphs (see :func:`brainrt.predictor.build`)."""
+        """A :mod:`~brainrt.model.predictor` over this bundle's graphs (see :func:`brainrt.model.predictor.build`)."""
         return predictor.build(self, kind, stride=stride, precision=precision)
 
     def predictor_for(self, plan):
@@ -226,7 +226,7 @@ class Bundle:
 
     @property
     def normalization(self):
-        """The network's input normalization (:class:`~brainrt.manifest.Normalization`)."""
+        """The network's input normalization (:class:`~brainrt.model.manifest.Normalization`)."""
         return self.manifest.normalization
 
     def head(self, name):

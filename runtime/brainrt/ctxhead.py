@@ -27,7 +27,7 @@ from .maps.pooling import RowPooler, combine_z, z_kernel
 class ContextHead:
     """Folded weights: ``w_self`` (K, F) and ``bias`` (K,); per scale ``w[s]`` (K, F or K).
 
-    ``scales`` are the manifest's :class:`~brainrt.manifest.PoolScale` s (source, sigma_um,
+    ``scales`` are the manifest's :class:`~brainrt.model.manifest.PoolScale` s (source, sigma_um,
     sigma_z_um); ``stage1`` the head whose probabilities the "probabilities" scales pool.
     """
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .seal import MANIFEST, seal_bundle, sha256_file
 from .errors import file_error
 from .heads import CLASS_FREE_HEADS, scikit
 from .io import atomic_path, check_target
-from .manifest import ClassSpec
+from .model.manifest import ClassSpec
+from .model.seal import MANIFEST, seal_bundle, sha256_file
 from .plots import area_colors, class_colors
 from .sources import open_volume
 
@@ -116,7 +116,7 @@ class ClassTable:
         return table[strokes if small else strokes.astype(np.int64)]
 
     def specs(self):
-        """The manifest's classes (:class:`~brainrt.manifest.ClassSpec`, with their colours)."""
+        """The manifest's classes (:class:`~brainrt.model.manifest.ClassSpec`, with their colours)."""
         return tuple(ClassSpec(n, cs, {"color": col}) for n, cs, col in zip(self.names, self.codes, self.colors))
 
     def to_dict(self):

@@ -1,7 +1,7 @@
 """The windowing engine: a plan and a predictor in, blocks of grid rows with their features out.
 
 The engine knows geometry (which pixels each grid cell needs, batches, tiles with halos,
-stitching) and nothing of onnxruntime; a predictor (:mod:`brainrt.predictor`) maps what
+stitching) and nothing of onnxruntime; a predictor (:mod:`brainrt.model.predictor`) maps what
 the engine cuts to features. Two paths give the same features to float rounding:
 
 - per patch: the windows around the plan's valid cells are cut into preallocated batch

@@ -13,19 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import params
 from .errors import BrainrtError, check_image, file_error, param_error
 from .geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
 from .intensity import intensity_scale, standardize_image
-from .sources import read_image, read_mask
+from .model import params
 from .resample import Resampling, pixel_size_of, resample, resampling_of
+from .sources import read_image, read_mask
 from .tissue import tissue_cells
 
 log = logging.getLogger("brainrt")
 
 #: Pixel size of the paper's data, micrometres; used when neither the caller nor the TIFF gives one.
 DEFAULT_PIXEL_SIZE_UM = 1.17
-#: Declared with their constraints in :mod:`brainrt.params` (the 2D and volume edges share them).
+#: Declared with their constraints in :mod:`brainrt.model.params` (the 2D and volume edges share them).
 DEFAULT_STRIDE = params.default("stride")
 DEFAULT_BATCH_SIZE = params.default("batch_size")
 DEFAULT_MIN_TISSUE = params.default("min_tissue")

@@ -36,7 +36,7 @@ TIE = 0.005
 
 
 def scales_of(spec):
-    from brainrt.manifest import PoolScale
+    from brainrt.model.manifest import PoolScale
 
     return tuple(PoolScale(source=s, sigma_um=float(u)) for s, u in spec)
 
@@ -192,14 +192,14 @@ def check_head_target(bundle_dir, out, *, overwrite=False):
 
 def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, table=None, chosen_on="",
                      overwrite=False):
-    """Write ``head`` (with its :class:`~brainrt.manifest.ContextHeadSpec` fields) into a copy of the bundle
+    """Write ``head`` (with its :class:`~brainrt.model.manifest.ContextHeadSpec` fields) into a copy of the bundle
     at ``out`` (``out == bundle_dir``: in place), re-hashed and verified; return the new manifest."""
     import shutil
     from pathlib import Path
 
     from brainrt.bundle import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
-    from brainrt.manifest import ContextHeadSpec
+    from brainrt.model.manifest import ContextHeadSpec
 
     out, replace = check_head_target(bundle_dir, out, overwrite=overwrite)
     bundle_dir = Path(bundle_dir)

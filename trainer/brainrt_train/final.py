@@ -93,7 +93,7 @@ def write_final(path, model, recipe, record, logreg=None, *, chosen_by=CHOSEN_BY
     import joblib
     from brainrt.bundle import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
-    from brainrt.manifest import Smoothing
+    from brainrt.model.manifest import Smoothing
 
     path = Path(path)
     kind = recipe.head[0]

@@ -354,8 +354,8 @@ def int8_of(folder, data, grid, trained, graphs, logreg, seed):
 
 
 def training_record(data, choices, trained, *, total_seconds):
-    """The manifest's :class:`~brainrt.manifest.Training` of a final fit (no split: every labeled pixel)."""
-    from brainrt.manifest import Training, TrainingSlice
+    """The manifest's :class:`~brainrt.model.manifest.Training` of a final fit (no split: every labeled pixel)."""
+    from brainrt.model.manifest import Training, TrainingSlice
 
     sl, r, b = data.slices[0], choices.recipe, choices.budget
     pixels = np.bincount(sl.labels[sl.labels >= 0].ravel(), minlength=data.n_classes)
@@ -383,10 +383,10 @@ def cv_metrics(summary, names):
 
 def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, record=None, command=""):  # long: the steps in order
     """The final fit of ``choices`` on the slice ``image`` / ``mask``, written as a verified bundle at ``out``
-    (built beside it, renamed into place when complete); returns its :class:`~brainrt.manifest.Manifest`."""
+    (built beside it, renamed into place when complete); returns its :class:`~brainrt.model.manifest.Manifest`."""
     from brainrt.finished import refusal
     from brainrt.io import atomic_path
-    from brainrt.seal import seal_bundle
+    from brainrt.model.seal import seal_bundle
 
     from .final import best_logreg, final_fit, final_record, recipe_of, write_final
     from .pipeline import bundle_manifest, export_graphs, load_data, save_cnn_head

@@ -4,7 +4,7 @@
 before it returned: :func:`load_data` (the slices), :func:`sample` (the split and the
 training inputs), :func:`train` (or weights from a checkpoint), then inside the bundle
 folder being built :func:`export_graphs`, :func:`fit_bundle_heads`, the int8 copies,
-:func:`build_manifest` (the typed :class:`~brainrt.manifest.Manifest`) and
+:func:`build_manifest` (the typed :class:`~brainrt.model.manifest.Manifest`) and
 :func:`~brainrt.bundle.seal_bundle`. :class:`TrainOptions` holds every option, checked once.
 """
 
@@ -28,7 +28,7 @@ from brainrt.finished import refusal
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
 from brainrt.intensity import tissue_quantiles
 from brainrt.io import atomic_path, write_json
-from brainrt.manifest import (ClassSpec, Context, DenseGraphs, Int8Graphs, Intensity, Manifest, Normalization,
+from brainrt.model.manifest import (ClassSpec, Context, DenseGraphs, Int8Graphs, Intensity, Manifest, Normalization,
                               OnnxGraph, Smoothing, Training, TrainingSlice)
 from brainrt.plots import confusion_png
 from brainrt.tissue import otsu_threshold
@@ -476,7 +476,7 @@ def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | Non
     """Train on ``pairs`` of (image TIFF, mask TIFF) and write a bundle folder at ``out``.
 
     Options are :class:`TrainOptions`' fields, given as keywords (or as ``options``, which
-    keywords then override). Returns the :class:`~brainrt.manifest.Manifest`. The bundle
+    keywords then override). Returns the :class:`~brainrt.model.manifest.Manifest`. The bundle
     is built in a temporary folder beside ``out`` and renamed into place only when complete
     and verified. ``record``: the command's run record (:mod:`brainrt.finished`), kept in the
     manifest as ``run`` (a rerun with the same arguments then leaves the bundle as it is).

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .. import params
 from ..bundle import Bundle, default_model
 from ..derive import check_fit_target, save_bundle
 from ..fit import fit_heads
 from ..io import check_not_input
+from ..model import params
 from .options import LabelsList, model_option, one_line_errors, standardize_option, threads_option
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..bundle import default_model, verify_bundle
-from ..manifest import describe
+from ..model.manifest import describe
 from .options import one_line_errors
 
 

@@ -1,5 +1,5 @@
 """The command line's shared options, defined once (rasterio's ``rio/options.py``): the model, the
-grid and evaluation options of every command (their defaults are :mod:`brainrt.params`'), the
+grid and evaluation options of every command (their defaults are :mod:`brainrt.model.params`'), the
 volume options, the argument types they need, the check of an output's name (what it must be named is
 the job's, :mod:`brainrt.job`), every command's run record (:mod:`brainrt.finished`), and how every command
 reports an error (:func:`one_line_errors`)."""
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import click
 
-from .. import params
 from ..bundle import DEVICES, default_model
 from ..errors import BrainrtError, file_error
 from ..finished import run_record
-from ..manifest import PRECISIONS, Manifest
+from ..model import params
+from ..model.manifest import PRECISIONS, Manifest
 from ..plan import DEFAULT_PRECISION, METHODS
 from ..sources import SUFFIXES, file_of
 
@@ -35,7 +35,7 @@ def model_option(f):
 
 
 def threads_option(f):
-    """--threads: onnxruntime threads, as :data:`brainrt.params.PARAMS` declares them (every command's)."""
+    """--threads: onnxruntime threads, as :data:`brainrt.model.params.PARAMS` declares them (every command's)."""
     return click.option("--threads", type=click.IntRange(min=params.PARAMS["threads"].constraint.low), default=None,
                         help="onnxruntime threads (default: all cores).")(f)
 

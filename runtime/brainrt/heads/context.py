@@ -2,7 +2,7 @@
 
 - **fitted**: in the trainer (its ``ctxhead.add_context_head``, on a bundle's features);
 - **recorded**: ``heads/NAME.npz`` (folded weights, no pickle) in the manifest's ``heads``, and its
-  scales and stage-1 head in ``context_heads`` (:class:`~brainrt.context_record.ContextHeadSpec`);
+  scales and stage-1 head in ``context_heads`` (:class:`~brainrt.model.context_record.ContextHeadSpec`);
 - **loaded**: :meth:`~brainrt.ctxhead.ContextHead.load` with its scales and its stage-1 head;
 - **applied**: its per-cell terms, pooled by :class:`~brainrt.ctxhead.ContextStream` (streamed) or
   :func:`~brainrt.ctxhead.context_probabilities` (:meth:`brainrt.heads.apply.Classifier.stream`).

@@ -6,6 +6,6 @@ plane, streamed, and across slices), the finishing of a slice's map (:mod:`.slic
 probability rows in, regularized, labelled, handed to a writer band by band: the one path of 2D slices
 and of a volume's slices) and a map's uncertainty (:mod:`.uncertainty`: margin and entropy).
 
-May import: the option declarations (:mod:`brainrt.params`) and NumPy / numba; nothing that reads
+May import: the option declarations (:mod:`brainrt.model.params`) and NumPy / numba; nothing that reads
 inputs, loads bundles, runs the engine or writes outputs (a writer is handed in).
 """

@@ -22,7 +22,7 @@ import logging
 
 import numpy as np
 
-from .. import params
+from ..model import params
 from .pooling import RowPooler, gaussian_kernel, radius
 
 log = logging.getLogger("brainrt")
@@ -33,7 +33,7 @@ EPS = 1e-6
 
 def choose(default, smooth, *, proba, pixel_size_um, stride, owner="classify"):
     """(sigma in grid cells, space) of a classification: ``smooth`` um, or ``default``'s (the bundle's
-    :class:`~brainrt.manifest.Smoothing`, or None) when ``smooth`` is None; none for a head without
+    :class:`~brainrt.model.manifest.Smoothing`, or None) when ``smooth`` is None; none for a head without
     probabilities."""
     if smooth is None:
         smooth = default.sigma_um if default else 0.0

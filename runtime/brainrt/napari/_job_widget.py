@@ -23,7 +23,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..api import default_model
 from ..errors import BrainrtError
-from ..manifest import PRECISIONS
+from ..model.manifest import PRECISIONS
 from ..plan import DEFAULT_PRECISION
 from . import _work
 

@@ -3,7 +3,7 @@
 - the stacks are read by :mod:`brainrt.sources` (one registry of readers: a 3D TIFF, a folder of 2D
   TIFFs, a zarr / OME-Zarr stack, an HDF5 dataset; their reads measured: :func:`brainrt.sources.bytes_read`);
 - :mod:`.plan`: the volume's input edge, :func:`make_volume_plan` (same option declarations
-  as a slice's, :mod:`brainrt.params`) and the frozen :class:`VolumePlan`;
+  as a slice's, :mod:`brainrt.model.params`) and the frozen :class:`VolumePlan`;
 - :mod:`.blocks`: what runs in a task (worker caches, the band task, running a task once);
   :mod:`.finish`: the classify slice tasks (smoothing, the written maps); :mod:`.context`: a
   context head's slice task; :mod:`.layout`: the store's arrays (its folder, records and resume:

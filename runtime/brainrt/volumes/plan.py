@@ -2,7 +2,7 @@
 
 :func:`make_volume_plan` is the volume's input edge, the twin of
 :func:`brainrt.plan.make_plan` for a slice: its options are checked against the same
-declarations (:mod:`brainrt.params`), with the same defaults, once, on the client;
+declarations (:mod:`brainrt.model.params`), with the same defaults, once, on the client;
 the workers build each slice's :class:`~brainrt.plan.Plan` from the checked options
 without checking them again (:func:`brainrt.plan.plan_of`). The band height comes from
 the bundle's dense geometry (no onnxruntime session on the client).
@@ -14,17 +14,17 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import params
 from ..bundle import MANIFEST, sha256_file
 from ..engine import dense_geometry
 from ..errors import BrainrtError, file_error, param_error
 from ..finished import run_record
 from ..geometry import grid_shape
 from ..heads import Classifier
-from ..plan import check_stride, resolve_method
-from ..predictor import dense_window
-from ..resample import pixel_size_of, resampling_of
 from ..maps.smooth import choose
+from ..model import params
+from ..model.predictor import dense_window
+from ..plan import check_stride, resolve_method
+from ..resample import pixel_size_of, resampling_of
 from ..sources import Source, open_volume
 
 #: Grid rows per task on the per-patch path (the dense path uses its tile height).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..manifest import describe
+from ..model.manifest import describe
 from ..version import __version__
 
 #: The method and the data of the shipped model, as bioimage.io citations.

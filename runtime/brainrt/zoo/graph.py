@@ -1,6 +1,6 @@
 """One ONNX graph of a bundle for other tools: an image tile in, features or class probabilities on a grid out.
 
-The graph is the bundle's dense graph for the grid stride (:func:`brainrt.predictor.dense_window`: the
+The graph is the bundle's dense graph for the grid stride (:func:`brainrt.model.predictor.dense_window`: the
 largest dense stride dividing it, every ``q``-th position kept), with the tile reflected at its edges
 first, as brainrt reflects a slice at the slice's edges, so that a tile of ``n * stride`` pixels gives
 ``n`` cells per side, cell ``(i, j)`` being the grid cell of pixels ``i*s .. i*s + s - 1``
@@ -22,7 +22,7 @@ import numpy as np
 from ..ctxhead import ContextHead
 from ..errors import BrainrtError
 from ..heads import NOT_CLASSIFIERS, LinearHead, logistic_affine
-from ..predictor import dense_window
+from ..model.predictor import dense_window
 
 #: Names of the exported graph's input and outputs.
 INPUT, PROBABILITIES, FEATURES = "image", "probabilities", "features"

@@ -5,7 +5,7 @@ folder's files into the manifest and writes it (every writer of a bundle ends wi
 bundles, the trainer, the int8 and head tools), and :func:`verify_bundle` checks them all before
 anything is unpickled or handed to onnxruntime.
 
-May import: :mod:`brainrt.errors` and :mod:`brainrt.manifest`.
+May import: :mod:`brainrt.errors` and :mod:`brainrt.model.manifest`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from .errors import file_error
+from ..errors import file_error
 from .manifest import Manifest
 
 MANIFEST = "manifest.json"

@@ -1,7 +1,7 @@
 """The manifest's record of a bundle's context heads (:mod:`brainrt.ctxhead`): their pooling scales
 and how they were chosen.
 
-A part of :class:`brainrt.manifest.Manifest` (``context_heads``: head name -> :class:`ContextHeadSpec`;
+A part of :class:`brainrt.model.manifest.Manifest` (``context_heads``: head name -> :class:`ContextHeadSpec`;
 read and written there, like every part). The head's weights are a ``heads`` entry of the same name.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import BrainrtError
+from ..errors import BrainrtError
 from .records import Part
 
 #: What a scale pools: the cell features, or the first-stage head's class probabilities.

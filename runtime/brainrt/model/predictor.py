@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import BrainrtError, check_positive_int, param_error
-from .geometry import dense_step, window_offset, window_size
+from ..errors import BrainrtError, check_positive_int, param_error
+from ..geometry import dense_step, window_offset, window_size
 
 
 @dataclass(frozen=True, eq=False)

@@ -4,8 +4,8 @@ The trainer builds a Manifest and writes ``to_dict()``; the runtime reads one wi
 :meth:`Manifest.from_dict`, which migrates older schemas. Nothing else touches the JSON's
 keys. Keys this version does not know (fields added later, such as intensity quantiles
 or a context branch) are kept in each part's ``extra`` and written back unchanged, so a
-round trip loses nothing. Its larger parts are typed beside it: the graphs (:mod:`brainrt.graphs_record`),
-the context heads (:mod:`brainrt.context_record`) and the training (:mod:`brainrt.training_record`).
+round trip loses nothing. Its larger parts are typed beside it: the graphs (:mod:`brainrt.model.graphs_record`),
+the context heads (:mod:`brainrt.model.context_record`) and the training (:mod:`brainrt.model.training_record`).
 
 Schema history:
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import BrainrtError, file_error
 from .context_record import ContextHeadSpec, PoolScale  # noqa: F401 (PoolScale: a part of the manifest too)
-from .errors import BrainrtError, file_error
 from .graphs_record import PRECISIONS, Context, DenseGraphs, Int8Graphs, Normalization, OnnxGraph  # noqa: F401 (parts)
 from .records import Part, plain, split_fields
 from .training_record import Training, TrainingSlice

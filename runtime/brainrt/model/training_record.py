@@ -1,6 +1,6 @@
 """The manifest's record of how a bundle was trained: the slices and the patches drawn from each split.
 
-A part of :class:`brainrt.manifest.Manifest` (read and written there, like every part).
+A part of :class:`brainrt.model.manifest.Manifest` (read and written there, like every part).
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 A :class:`Part` reads its known fields from a JSON object (unknown keys go to its
 ``extra`` and are written back unchanged) and writes itself back with :func:`plain`.
-:mod:`brainrt.manifest` builds every part of a bundle's manifest on it.
+:mod:`brainrt.model.manifest` builds every part of a bundle's manifest on it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from .errors import BrainrtError
+from ..errors import BrainrtError
 
 
 def split_fields(cls, d, where):

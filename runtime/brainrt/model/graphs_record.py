@@ -1,7 +1,7 @@
 """The manifest's record of a bundle's graphs: the network's input normalization, the per-patch and dense
 feature graphs, the context branch's fields and the int8 copies.
 
-Parts of :class:`brainrt.manifest.Manifest` (``normalization``, ``onnx``, ``dense_onnx``, ``context``,
+Parts of :class:`brainrt.model.manifest.Manifest` (``normalization``, ``onnx``, ``dense_onnx``, ``context``,
 ``int8``; read and written there, like every part).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import BrainrtError
+from ..errors import BrainrtError
 from .records import Part
 
 

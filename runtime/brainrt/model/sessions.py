@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 
-from .errors import file_error
+from ..errors import file_error
 
 
 def session_options(threads=None):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import param_error
+from ..errors import param_error
 from .manifest import PRECISIONS
 
 
