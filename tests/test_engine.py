@@ -102,7 +102,7 @@ def test_auto_picks_dense_where_subsampling_is_cheaper(tiny_bundle, synthetic_sl
 
 
 def test_dense_needs_dense_graphs(tiny_bundle, synthetic_slice):
-    from brainrt.plan import resolve_method
+    from brainrt.engine.plan import resolve_method
 
     assert resolve_method("auto", 3, (), "featurize") == "patch"
     with pytest.raises(BrainrtError, match="no dense graphs"):
@@ -130,7 +130,7 @@ def test_auto_precision_is_int8_where_the_cpu_has_vnni(tiny_bundle, synthetic_sl
     import logging
 
     import brainrt.model.sessions
-    from brainrt.plan import make_plan
+    from brainrt.engine.plan import make_plan
 
     assert "int8" in tiny_bundle.manifest.precisions
     image = synthetic_slice.image[:160, :200]
@@ -155,7 +155,7 @@ def test_streamed_probabilities_equal_the_in_memory_ones(tiny_bundle, synthetic_
 
     from brainrt.api import classify_plan
     from brainrt.io import OmeTiffBands
-    from brainrt.plan import make_plan
+    from brainrt.engine.plan import make_plan
 
     plan = make_plan(synthetic_slice.image, tiny_bundle, stride=2)  # 1.17 um x 2: smoothing spans bands
     mem = classify_plan(plan, tiny_bundle, smooth=30.0)
@@ -175,7 +175,7 @@ def test_streamed_probabilities_equal_the_in_memory_ones(tiny_bundle, synthetic_
 def test_tile_columns_are_even_and_cover_the_grid():
     """No narrow last tile (a tile's halo costs the same whatever its width): 1024 cells in tiles of at
     most 160 were 6 x 160 + 64, now 7 tiles of 147 or fewer."""
-    from brainrt.engine import _tile_columns
+    from brainrt.engine.loop import _tile_columns
 
     for cols, most in ((1024, 160), (5805, 320), (160, 160), (1, 160), (161, 160), (333, 7)):
         cuts = _tile_columns(cols, most)
@@ -205,18 +205,18 @@ def test_int8_tiles_are_wider_than_high_and_give_the_per_patch_features(tiny_bun
     """int8 tiles are up to DENSE_WIDTH_FACTOR["int8"] (2) times as wide as high (im2col bytes are a quarter
     of fp32's; wider tiles share the convolutions' halo): the features are still those of the per-patch
     int8 graph, exactly; fp32 tiles stay square."""
-    from brainrt import engine
-    from brainrt.plan import make_plan
+    from brainrt.engine import loop
+    from brainrt.engine.plan import make_plan
     from brainrt.sinks import ArraySink
 
-    monkeypatch.setattr(engine, "DENSE_MAX_OUT", 12)  # many small tiles on a small crop
+    monkeypatch.setattr(loop, "DENSE_MAX_OUT", 12)  # many small tiles on a small crop
     image = synthetic_slice.image[:96, :220]
     for precision, factor in (("int8", 2), ("fp32", 1)):
         plan = make_plan(image, tiny_bundle, stride=2, method="dense", precision=precision, tissue="all")
         pred = _Shapes(tiny_bundle.predictor_for(plan))
-        grid = engine.run(plan, pred, ArraySink.features(plan.shape, tiny_bundle.manifest.n_features))
-        _, rows = engine.dense_geometry(plan.stride, pred)
-        widths = {b - a for a, b in engine._tile_columns(plan.shape[1], factor * rows)}
+        grid = loop.run(plan, pred, ArraySink.features(plan.shape, tiny_bundle.manifest.n_features))
+        _, rows = loop.dense_geometry(plan.stride, pred)
+        widths = {b - a for a, b in loop._tile_columns(plan.shape[1], factor * rows)}
         assert {s[0] for s in pred.shapes} == {rows} and {s[1] for s in pred.shapes} == widths, pred.shapes
         assert max(widths) > rows if factor > 1 else max(widths) <= rows
         if precision == "int8":
@@ -227,15 +227,15 @@ def test_int8_tiles_are_wider_than_high_and_give_the_per_patch_features(tiny_bun
 def test_blocks_and_tiles_are_cut_evenly(tiny_bundle, synthetic_slice, monkeypatch):
     """Blocks of rows and tiles across are as even as whole cells allow (they were tile-sized with a narrow
     remainder, whose halo costs as much as a full tile's); the features do not depend on the cuts."""
-    from brainrt import engine
-    from brainrt.plan import make_plan
+    from brainrt.engine import loop
+    from brainrt.engine.plan import make_plan
     from brainrt.sinks import ArraySink
 
     image = synthetic_slice.image[:100, :220]
     plan = make_plan(image, tiny_bundle, stride=2, method="dense", tissue="all")
     whole = brainrt.featurize(image, tiny_bundle, stride=2, method="dense", tissue="all").features
-    monkeypatch.setattr(engine, "DENSE_MAX_OUT", 12)  # grid 50 x 110: blocks of 10 rows, tiles of 11 cells
+    monkeypatch.setattr(loop, "DENSE_MAX_OUT", 12)  # grid 50 x 110: blocks of 10 rows, tiles of 11 cells
     spans, sink = [], ArraySink.features(plan.shape, tiny_bundle.manifest.n_features)
-    grid = engine.run(plan, tiny_bundle.predictor_for(plan), sink, on_block=lambda b, m: spans.append((b.r0, b.r1)))
+    grid = loop.run(plan, tiny_bundle.predictor_for(plan), sink, on_block=lambda b, m: spans.append((b.r0, b.r1)))
     assert [b - a for a, b in spans] == [10] * 5, spans
     np.testing.assert_allclose(grid, whole, atol=TOL)

@@ -122,7 +122,7 @@ def _old_layout(grid, path):
     """A feature grid in the layout brainrt wrote before the OME-NGFF one (brainrt-features/1)."""
     import zarr
 
-    from brainrt.grid import ZARR_FORMAT
+    from brainrt.engine.grid import ZARR_FORMAT
 
     root = zarr.open_group(str(path), mode="w")
     root.create_array("features", data=np.asarray(grid.features), chunks=(64, 64, grid.features.shape[-1]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import brainrt
-from brainrt.intensity import N_QUANTILES, fit_map, tissue_quantiles
+from brainrt.engine.intensity import N_QUANTILES, fit_map, tissue_quantiles
 
 
 def _narrow_uint16(image):
@@ -69,7 +69,7 @@ def test_full_range_images_do_not_warn(tiny_bundle, synthetic_slice, caplog):
 def test_standardized_pixels_agree_across_pixel_types(slice_u8, tiny_bundle, standardize):
     """The network's input (the image times its scale) is the uint8 run's, pixel for pixel, to one gray level:
     "auto" scales a full-range slice by its type and maps only the narrow one; "match" maps every one."""
-    from brainrt.plan import make_plan
+    from brainrt.engine.plan import make_plan
 
     ref = make_plan(slice_u8, tiny_bundle, stride=16, standardize=standardize)
     assert ref.standardized == (standardize == "match")
@@ -85,8 +85,8 @@ def test_standardized_pixels_agree_across_pixel_types(slice_u8, tiny_bundle, sta
 
 def test_background_stays_below_tissue(slice_u8, tiny_bundle):
     """Background (at or below the tissue threshold) is never mapped onto the training tissue's gray."""
-    from brainrt.plan import make_plan
-    from brainrt.tissue import auto_threshold
+    from brainrt.engine.plan import make_plan
+    from brainrt.engine.tissue import auto_threshold
 
     darkest = tiny_bundle.manifest.intensity.quantiles[0]
     for name, img in {"uint8": slice_u8, **pixel_types(slice_u8)}.items():
@@ -111,7 +111,7 @@ def test_same_map_in_five_pixel_types(slice_u8, tiny_bundle):
 
 def test_float_0_255_read_as_0_255_without_standardization(slice_u8, tiny_bundle):
     """A float image holding 0..255 is scaled like uint8 (not taken as [0, 1]) when nothing maps it."""
-    from brainrt.plan import make_plan
+    from brainrt.engine.plan import make_plan
 
     u8 = make_plan(slice_u8, tiny_bundle, stride=16, standardize=False)
     f = make_plan(slice_u8.astype(np.float32), tiny_bundle, stride=16, standardize=False)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import brainrt
-from brainrt.engine import Meter, blocks
+from brainrt.engine.loop import Meter, blocks
 from brainrt.errors import BrainrtError
 from brainrt.model.manifest import SCHEMA_VERSION, Manifest
-from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, make_plan
+from brainrt.engine.plan import DEFAULT_PIXEL_SIZE_UM, make_plan
 from conftest import ROOT, listing, write_tiff
 
 RUNTIME = ROOT / "runtime" / "brainrt"
@@ -169,7 +169,7 @@ def test_meter_counts_every_cell_once(tiny_bundle, synthetic_slice):
 
 
 def test_run_feeds_every_block_to_the_sink_in_order(tiny_bundle, synthetic_slice):
-    from brainrt.engine import run
+    from brainrt.engine.loop import run
     from brainrt.sinks import ArraySink
 
     plan = make_plan(synthetic_slice.image, tiny_bundle, stride=16)
@@ -263,20 +263,20 @@ def test_no_runtime_module_over_300_lines():
 
 
 def _calls_blocks(tree):
-    """Lines that import or call the engine's ``blocks`` (the loop over them belongs to ``engine.run``)."""
+    """Lines that import or call the engine's ``blocks`` (the loop over them belongs to ``engine.loop.run``)."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("engine"):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("loop"):
             yield from (node.lineno for a in node.names if a.name == "blocks")
         elif isinstance(node, ast.Call):
             f = node.func
             if (isinstance(f, ast.Name) and f.id == "blocks") or (isinstance(f, ast.Attribute) and f.attr == "blocks"
                                                                    and isinstance(f.value, ast.Name)
-                                                                   and f.value.id == "engine"):
+                                                                   and f.value.id == "loop"):
                 yield node.lineno
 
 
 def test_no_loop_over_the_engine_blocks_outside_the_engine():
-    hits = [f"{p.relative_to(ROOT)}:{n}" for p in RUNTIME_FILES + TOOLS_FILES if p.name != "engine.py"
+    hits = [f"{p.relative_to(ROOT)}:{n}" for p in RUNTIME_FILES + TOOLS_FILES if p != RUNTIME / "engine" / "loop.py"
             for n in _calls_blocks(ast.parse(p.read_text()))]
     assert not hits, hits
 
@@ -435,7 +435,7 @@ def _private_names(path):
 
 def test_private_name_check_finds_both_spellings(tmp_path):
     src = tmp_path / "t.py"
-    src.write_text("from brainrt.tiling import _gather_patches, gather_patches\nimport brainrt.napari._sample\n"
+    src.write_text("from brainrt.engine.tiling import _gather_patches, gather_patches\nimport brainrt.napari._sample\n"
                    "from .data import _layout\nfrom __future__ import annotations\n")
     assert list(_private_names(src)) == ["1: _gather_patches", "2: _sample"]
 
@@ -530,7 +530,7 @@ ROOMS = {
     "model": ["model/"],
     "heads": ["ctxhead.py", "maps/", "heads/"],
     "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py", "strokes.py"],
-    "engine": ["tiling.py", "tissue.py", "intensity.py", "resample.py", "plan.py", "engine.py", "grid.py"],
+    "engine": ["engine/"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],
     "jobs": ["job.py", "api.py", "familiar.py", "fit.py", "demo.py", "volumes/", "zoo/"],
     "face": ["__init__.py", "cli/", "napari/"],
@@ -580,13 +580,13 @@ def test_no_module_imports_a_higher_room():
 
 def test_the_room_check_sees_every_spelling_of_an_import():
     """The check is not blind: relative, package-relative and absolute imports of a module or of a name."""
-    text = ("from ..engine import run\nfrom . import plan\nfrom ..outputs import writers\nfrom brainrt.cli.common import prepare\n"
+    text = ("from ..engine.loop import run\nfrom . import plan\nfrom ..outputs import writers\nfrom brainrt.cli.common import prepare\n"
             "from ..sources import read_image\nfrom ..errors import BrainrtError\nimport numpy\n")
     got = [t for _, t in _imported(RUNTIME / "volumes" / "blocks.py", text)]
-    assert got == ["engine.py", "volumes/plan.py", "outputs/writers.py", "cli/common.py", "sources/__init__.py", "errors.py"]
-    assert [t for _, t in _imported(RUNTIME / "geometry.py", "from .engine import run\nfrom . import plan\n")] == [
-        "engine.py", "plan.py"]
-    assert _room("engine.py") > _room("geometry.py") and _room("outputs/writers.py") > _room("sources/tiff.py")
+    assert got == ["engine/loop.py", "volumes/plan.py", "outputs/writers.py", "cli/common.py", "sources/__init__.py", "errors.py"]
+    assert [t for _, t in _imported(RUNTIME / "geometry.py", "from .engine.loop import run\nfrom .engine import plan\n")] == [
+        "engine/loop.py", "engine/plan.py"]
+    assert _room("engine/loop.py") > _room("geometry.py") and _room("outputs/writers.py") > _room("sources/tiff.py")
 
 
 def test_the_job_decides_one_slice_or_a_volume(tmp_path, synthetic_slice):

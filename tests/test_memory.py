@@ -11,8 +11,8 @@ import weakref
 
 import numpy as np
 
-from brainrt.engine import run
-from brainrt.plan import make_plan
+from brainrt.engine.loop import run
+from brainrt.engine.plan import make_plan
 from brainrt.model.sessions import session_options
 from brainrt.sinks import Sink
 from brainrt.maps.smooth import RowSmoother, radius, smooth_probabilities
@@ -108,15 +108,15 @@ def test_sessions_run_without_the_memory_pattern():
 
 
 def test_a_classifier_sink_gets_blocks_of_head_values_not_features(tiny_bundle, synthetic_slice, monkeypatch):
-    """The engine maps each tile through the sink's head as it stitches it (:class:`~brainrt.engine.CellMap`):
+    """The engine maps each tile through the sink's head as it stitches it (:class:`~brainrt.engine.loop.CellMap`):
     a classify block holds K probabilities per cell, not F features (at stride 1 a block of slice309 was
     238 MB of features beside the full smoothing buffer; its probabilities are 22 MB). The map is the one
     of the features' grid through the same head."""
-    from brainrt import engine
+    from brainrt.engine import loop
     from brainrt.heads import Classifier
     from brainrt.sinks import ArraySink, ClassifySink
 
-    monkeypatch.setattr(engine, "DENSE_MAX_OUT", 24)  # several blocks and tiles
+    monkeypatch.setattr(loop, "DENSE_MAX_OUT", 24)  # several blocks and tiles
     plan = make_plan(synthetic_slice.image[:160, :300], tiny_bundle, stride=2, method="dense")
     pred, clf = tiny_bundle.predictor_for(plan), Classifier.of(tiny_bundle)
     shapes = []

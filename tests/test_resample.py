@@ -11,7 +11,7 @@ import tifffile
 
 import brainrt
 from brainrt.errors import BrainrtError
-from brainrt.resample import resample, resampling_of
+from brainrt.engine.resample import resample, resampling_of
 from brainrt.sources.tiff import tiff_pixel_size
 from conftest import one_cli_error, run_cli
 

@@ -104,13 +104,13 @@ def test_held_out_of_a_final_fit_is_refused_before_any_work(tiny_bundle_copy, ma
     """A bundle whose heads were refitted on every label (training.final) has no held-out split left: --held-out
     would report an in-sample score as held out (the shipped bundle's default head scored 0.745 there against its
     honest estimate of 0.722). Refused in one line naming the mask, before the slice is featurized."""
-    import brainrt.engine
+    import brainrt.engine.loop
 
     path = tiny_bundle_copy / "manifest.json"
     d = json.loads(path.read_text())
     d["training"]["final"] = {"heads": "refitted on every labeled cell"}
     path.write_text(json.dumps(d))
-    monkeypatch.setattr(brainrt.engine, "blocks", lambda *a, **k: pytest.fail("featurized before the check"))
+    monkeypatch.setattr(brainrt.engine.loop, "blocks", lambda *a, **k: pytest.fail("featurized before the check"))
     r = _run(["classify", slice_tif, "-m", tiny_bundle_copy, "--truth", mask_tif, "--held-out",
               "-o", tmp_path / "h.labels.ome.tif"])
     line = _one_error(r)

@@ -112,7 +112,7 @@ def test_one_z_of_a_3d_hdf5_is_a_slice_and_cli_maps_equal_the_tiffs(inputs, stac
 def test_hdf5_volume_featurizes_serially_as_the_tiff_stack(inputs, tiny_bundle, tmp_path):
     import zarr
 
-    from brainrt.grid import FEATURES, TISSUE
+    from brainrt.engine.grid import FEATURES, TISSUE
     from brainrt.volumes import make_volume_plan, run_volume
 
     feats = {}

@@ -203,7 +203,7 @@ def test_grid_features_are_the_runtime_grid_of_the_network(synthetic_slice):
     """Whole-grid features from the trainable network on tiles equal the exported form's per-patch
     features of footprints gathered as the runtime gathers them (stride-16 grid, edges mirrored)."""
     from brainrt.geometry import cell_centre, grid_shape
-    from brainrt.tiling import PAD_REFLECT, patches_kernel
+    from brainrt.engine.tiling import PAD_REFLECT, patches_kernel
 
     from brainrt_train.model import PaperCNN, PlainCNN
     from brainrt_train.tiles import grid_features

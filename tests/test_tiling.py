@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from brainrt.errors import BrainrtError
 from brainrt.geometry import grid_shape
-from brainrt.tiling import PAD_CODES, patches_kernel, tile_kernel, batches, gather_patches, grid_centres
+from brainrt.engine.tiling import PAD_CODES, patches_kernel, tile_kernel, batches, gather_patches, grid_centres
 from naive import gather_patches_naive, gather_tile_naive, grid_centres_naive
 
 NORM = dict(scale=1.0 / 255.0, mean=0.45, std=0.225)

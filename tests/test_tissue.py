@@ -10,7 +10,7 @@ import pytest
 import brainrt
 from brainrt.errors import BrainrtError
 from brainrt.geometry import grid_shape
-from brainrt.tissue import box_fraction, otsu_threshold, tissue_grid
+from brainrt.engine.tissue import box_fraction, otsu_threshold, tissue_grid
 from naive import box_fraction_naive
 
 

@@ -455,7 +455,7 @@ def test_context_patches_are_cut_like_the_runtime_cuts_them(synthetic_slice, fac
 
     At factor 16 the 1024 px field is wider than the 384 x 576 px slice: it is reflected
     more than once, as a 2048 px field always is on slice309's 1420 rows."""
-    from brainrt.tiling import PAD_REFLECT, patches_kernel
+    from brainrt.engine.tiling import PAD_REFLECT, patches_kernel
 
     from brainrt_train.data import PatchSet, extract_context, Slice
 
@@ -644,7 +644,7 @@ def test_far_bundle_features_are_the_trained_networks(far_bundle_path, synthetic
         export_features(model, Path(tmp) / "f.onnx", patch_size=64, n_check=8)
         import onnxruntime as ort
 
-        from brainrt.tiling import PAD_REFLECT, patches_kernel
+        from brainrt.engine.tiling import PAD_REFLECT, patches_kernel
 
         buf = np.empty((3, 1, 1024, 1024), np.float32)
         patches_kernel(img, centres, buf, PAD_REFLECT, 1.0, 0.0, 1.0, 0.0)

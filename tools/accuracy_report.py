@@ -62,8 +62,8 @@ def split_of(bundle, sl, n_classes):
 
 def patch_features(bundle, image, centres):
     """Runtime features of the footprints centred on ``centres`` (standardized like the runtime does)."""
-    from brainrt.plan import make_plan
-    from brainrt.tiling import PAD_REFLECT, patches_kernel
+    from brainrt.engine.plan import make_plan
+    from brainrt.engine.tiling import PAD_REFLECT, patches_kernel
 
     plan = make_plan(image, bundle, stride=16, tissue="all")
     pred = bundle.predictor("patch")

@@ -64,7 +64,7 @@ class Cells:
 def cells_of(model, features, image, mask):
     """:class:`Cells` of the slice ``image`` / ``mask`` featurized into ``features`` by ``model``."""
     import brainrt
-    from brainrt.grid import load_features
+    from brainrt.engine.grid import load_features
 
     bundle, cmap, sl = load(model, image, mask)
     regions, _, _ = split_of(bundle, sl, len(cmap.names))

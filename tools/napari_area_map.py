@@ -56,7 +56,7 @@ def _run(args):
     viewer.window.resize(1500, 900)
     if args.image:
         image, px = brainrt.read_tiff(args.image)
-        px = px or brainrt.plan.DEFAULT_PIXEL_SIZE_UM
+        px = px or brainrt.engine.plan.DEFAULT_PIXEL_SIZE_UM
         layer = viewer.add_image(image, name=Path(args.image).stem, scale=(px, px))
         model = args.model or brainrt.api.default_model()
     else:

@@ -46,7 +46,7 @@ def quantize_bundle(bundle, out, *, calib_image, calib_mask=None, n_calib=512, n
         raise SystemExit(f"{out}: already exists")
     image = _read_image(calib_image)
     if manifest.intensity is not None:  # as the runtime sees the image
-        from brainrt.intensity import standardize_image
+        from brainrt.engine.intensity import standardize_image
 
         image = standardize_image(image, manifest.intensity, None, manifest.normalization.trained_dtype)
     mask = _read_image(calib_mask) if calib_mask else None

@@ -8,7 +8,7 @@ apply the bundle's heads. See the README for the command line.
 >>> grid = brainrt.featurize(image, bundle, stride=16)           # doctest: +SKIP
 >>> areas = brainrt.classify(grid, bundle)                       # doctest: +SKIP
 
-Layers: :mod:`brainrt.plan` (the input edge, a checked Plan) -> :mod:`brainrt.engine`
+Layers: :mod:`brainrt.engine.plan` (the input edge, a checked Plan) -> :mod:`brainrt.engine.loop`
 (windowing over a predictor built by the bundle) -> :mod:`brainrt.heads` ->
 :mod:`brainrt.outputs` (writers). :mod:`brainrt.model.manifest` defines the bundle's manifest.
 """
@@ -17,11 +17,11 @@ from .api import (ClassMapResult, classify, classify_image, cluster, featurize, 
                   pixel_metrics, subdivide, upsample)
 from .bundle import Bundle
 from .derive import save_bundle
+from .engine.grid import FeatureGrid
+from .engine.plan import Plan
 from .errors import BrainrtError
 from .fit import fit_heads
-from .grid import FeatureGrid
 from .model.manifest import Manifest
-from .plan import Plan
 from .sources import read_image as read_tiff
 from .version import __version__
 

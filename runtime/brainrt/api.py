@@ -1,8 +1,8 @@
 """The public Python API: featurize, classify, cluster, subdivide, score; save and load features.
 
-Every function that takes raw input turns it into a checked :class:`~brainrt.plan.Plan`
+Every function that takes raw input turns it into a checked :class:`~brainrt.engine.plan.Plan`
 first (:func:`make_plan`, the input edge), then runs the windowing engine over a
-predictor of the bundle into a sink (:func:`brainrt.engine.run`, :mod:`brainrt.sinks`),
+predictor of the bundle into a sink (:func:`brainrt.engine.loop.run`, :mod:`brainrt.sinks`),
 which applies heads to the blocks (:mod:`brainrt.heads`) or writes them. Options after
 the data argument are keyword-only. Every function is safe to call from several threads with one loaded :class:`~brainrt.bundle.Bundle`
 (onnxruntime sessions are thread-safe for ``run``).
@@ -16,19 +16,19 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import default_model, demo_model
-from .engine import Meter, run
+from .engine.grid import FeatureGrid, load_features, zarr_attrs
+from .engine.loop import Meter, run
+from .engine.plan import (DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STANDARDIZE, DEFAULT_STRIDE,
+                   make_plan)
 from .errors import BrainrtError
 from .geometry import cell_centre, upsample
-from .grid import FeatureGrid, load_features, zarr_attrs
 from .heads import ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
 from .io import OmeTiffBands
-from .plan import (DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STANDARDIZE, DEFAULT_STRIDE,
-                   make_plan)
+from .maps.smooth import choose, smooth_probabilities
+from .maps.uncertainty import CHANNELS, Tee, UncertaintyBands
 from .scoring import pixel_metrics, read_truth, score
 from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
-from .maps.smooth import choose, smooth_probabilities
 from .sources import read_mask
-from .maps.uncertainty import CHANNELS, Tee, UncertaintyBands
 
 log = logging.getLogger("brainrt")
 
@@ -83,7 +83,7 @@ def featurize_plan(plan, bundle, *, out=None, progress=False, on_block=None, rec
     """:func:`featurize` of a checked plan: features in memory, or streamed into the zarr folder ``out``
     (with the run ``record`` of :mod:`brainrt.finished` inside, if given).
 
-    ``on_block(block, meter)`` is called after every block of grid rows (see :func:`brainrt.engine.run`).
+    ``on_block(block, meter)`` is called after every block of grid rows (see :func:`brainrt.engine.loop.run`).
     """
     meter = Meter(plan.n_cells, progress=progress)
     try:

@@ -189,7 +189,7 @@ class Bundle:
         return predictor.build(self, kind, stride=stride, precision=precision)
 
     def predictor_for(self, plan):
-        """The predictor a checked :class:`~brainrt.plan.Plan` runs (its method, stride and precision)."""
+        """The predictor a checked :class:`~brainrt.engine.plan.Plan` runs (its method, stride and precision)."""
         return predictor.for_plan(self, plan)
 
     # Convenience views of the manifest --------------------------------------------------

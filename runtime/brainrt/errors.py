@@ -3,7 +3,7 @@
 Messages are one line: ``"<file>: <problem>"`` for files (an in-memory image is named
 ``image``), and scikit-learn's wording for parameters:
 ``"The 'stride' parameter of featurize must be a positive int. Got -3 instead."``
-The input edge (:mod:`brainrt.plan`) and the few public kernel wrappers use these checks;
+The input edge (:mod:`brainrt.engine.plan`) and the few public kernel wrappers use these checks;
 code behind them trusts its inputs.
 """
 

@@ -25,8 +25,8 @@ import logging
 import numpy as np
 
 from .api import featurize_plan
-from .plan import Plan
-from .tissue import auto_threshold
+from .engine.plan import Plan
+from .engine.tissue import auto_threshold
 
 log = logging.getLogger("brainrt")
 
@@ -137,7 +137,7 @@ def familiarity(plan, bundle, *, features=True) -> dict:
 
 
 def checked(job, bundle, record=None):
-    """``job``; a slice's :class:`~brainrt.plan.Plan` scored by :func:`familiarity` first, the scores kept in the
+    """``job``; a slice's :class:`~brainrt.engine.plan.Plan` scored by :func:`familiarity` first, the scores kept in the
     run record ``record`` (``input_check``); a saved feature grid as it is. Called once every input is checked:
     the feature score runs the network on a few cells."""
     if isinstance(job, Plan):

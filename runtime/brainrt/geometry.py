@@ -61,7 +61,7 @@ def dense_step(stride: int, dense_strides) -> int | None:
     """The dense graph stride serving grid ``stride``: the largest of ``dense_strides`` dividing it (None: none).
 
     Grid stride ``s = q * d`` is the dense graph of stride ``d`` with every ``q``-th output
-    position kept (:func:`brainrt.engine.dense_geometry`): the same windows as per patch.
+    position kept (:func:`brainrt.engine.loop.dense_geometry`): the same windows as per patch.
     """
     divisors = [d for d in dense_strides if stride % d == 0]
     return max(divisors) if divisors else None

@@ -21,10 +21,10 @@ import threading
 from dataclasses import dataclass, field
 
 from . import api
+from .engine.grid import FeatureGrid
 from .errors import BrainrtError
 from .familiar import checked
 from .finished import COMPLETE
-from .grid import FeatureGrid
 from .heads import Classifier
 from .outputs import (TiffSet, ZarrStack, classification_set, probabilities_path, uncertainty_path,
                       write_classification, write_clusters, write_subdivision)
@@ -85,7 +85,7 @@ class Job:
 
     def slice_job(self, bundle):
         """What to compute of one slice, checked and not yet run: a saved feature grid (.zarr, opened lazily; a
-        job of every task but featurize, which makes one) or the slice's :class:`~brainrt.plan.Plan`. Both
+        job of every task but featurize, which makes one) or the slice's :class:`~brainrt.engine.plan.Plan`. Both
         know the slice's ``image_shape``, so masks are checked before any work."""
         if self.task != "featurize" and is_feature_grid(self.source):
             return api.load_features(self.source, bundle=bundle, z=self.z)

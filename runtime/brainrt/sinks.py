@@ -1,4 +1,4 @@
-"""Where the engine's blocks go: small objects that :func:`brainrt.engine.run` feeds.
+"""Where the engine's blocks go: small objects that :func:`brainrt.engine.loop.run` feeds.
 
 A sink takes the blocks of grid rows in order (``put(block)``), gives its result at the
 end (``close()``) and cleans up after an error or an interrupt (``abort()``). The loop
@@ -23,9 +23,9 @@ from __future__ import annotations
 import numpy as np
 
 from .ctxhead import PassThrough
-from .engine import CellMap
+from .engine.grid import FEATURE_ARRAYS, FEATURES, create_feature_store
+from .engine.loop import CellMap
 from .finished import FOLDER_RECORD, write_record
-from .grid import FEATURE_ARRAYS, FEATURES, create_feature_store
 from .integrity import Guarded, seal
 from .io import atomic_path
 from .maps.slicemap import SliceMap
@@ -47,7 +47,7 @@ class Sink:
 class ArraySink(Sink):
     """Blocks into ``out``, whose first row is grid row ``r0``: the features (``fn`` None) or
     ``fn(features)`` of every valid cell (a head; ``out`` then holds its output per cell, mapped by the
-    engine tile by tile: :class:`~brainrt.engine.CellMap`)."""
+    engine tile by tile: :class:`~brainrt.engine.loop.CellMap`)."""
 
     def __init__(self, out, *, r0=0, fn=None):
         self.out, self.r0, self.fn = out, r0, fn
@@ -70,7 +70,7 @@ class ArraySink(Sink):
 
 
 class ZarrFeatureSink(Sink):
-    """Feature blocks into the OME-NGFF feature image ``path`` (:func:`brainrt.grid.create_feature_store`:
+    """Feature blocks into the OME-NGFF feature image ``path`` (:func:`brainrt.engine.grid.create_feature_store`:
     ``0`` (F, R, C) float32, the tissue label image, brainrt's ``attrs``), written in a temporary folder beside it and renamed into place by :meth:`close`, which returns
     the ``features`` array opened read-only. With a run ``record`` (:mod:`brainrt.finished`), the
     record goes inside the group, so a finished grid is known by the arguments that made it."""

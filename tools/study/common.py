@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainrt.tiling import gather_patches
+from brainrt.engine.tiling import gather_patches
 
 CLASSIFIERS = ("logreg", "linsvm", "rbfsvm")
 HEAD_LABELS = {"logreg": "logistic regression", "linsvm": "linear SVM", "rbfsvm": "RBF SVM",
@@ -137,7 +137,7 @@ def cut_inputs(st, side, centres):
     """The pixels an extractor reads: the ``side`` x ``side`` square centred on each of ``centres``
     ((n, 2) int, rows ``cy - side//2 ..``), raw values as float32 ``(n, side, side)``.
 
-    Cut by the runtime's own gather (:func:`brainrt.tiling.gather_patches`, what ``brainrt.featurize``
+    Cut by the runtime's own gather (:func:`brainrt.engine.tiling.gather_patches`, what ``brainrt.featurize``
     feeds the per-patch graph; pixels past the image edge mirrored as it mirrors them), with no
     normalization. ``side`` = P gives the trainer's patches (:func:`brainrt_train.data.extract`);
     ``side`` = the bundle's footprint gives a context network's input, the same pixels the runtime reads.

@@ -14,7 +14,7 @@ import brainrt
 from brainrt.api import upsample
 from brainrt.geometry import cell_centre
 from brainrt.plots import class_colors
-from brainrt.tissue import otsu_threshold
+from brainrt.engine.tissue import otsu_threshold
 
 from .common import DPI, PAPER, fmt, log, plt_, save_fig
 

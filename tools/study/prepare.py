@@ -12,7 +12,7 @@ import numpy as np
 
 from brainrt.bundle import Bundle
 from brainrt.sources import read_image as read_tiff
-from brainrt.plan import DEFAULT_PIXEL_SIZE_UM, intensity_scale
+from brainrt.engine.plan import DEFAULT_PIXEL_SIZE_UM, intensity_scale
 from brainrt_train.data import ClassMap, load_slice, sample_patches
 
 from . import features as sf

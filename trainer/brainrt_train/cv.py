@@ -607,7 +607,7 @@ def nested(grid, cf, heads, sigmas, spaces=("log",), *, seed=0, log=None, jobs=1
 def grid_of(features_path, image_path, mask_path, bundle):
     """The :class:`Grid` of a slice's feature zarr (``brainrt featurize``) and its annotation, classes from the
     bundle's class map; ``y_cells`` attached (class of each cell's centre pixel, -1 none or off tissue)."""
-    from brainrt.grid import load_features
+    from brainrt.engine.grid import load_features
     from brainrt_train.data import ClassMap, load_slice
 
     cmap = ClassMap.from_dict(bundle.manifest.class_map)
@@ -619,7 +619,7 @@ def grid_of(features_path, image_path, mask_path, bundle):
 
 
 def grid_from(g, labels, names):
-    """The :class:`Grid` of a :class:`~brainrt.grid.FeatureGrid` ``g`` and the class-index map ``labels``."""
+    """The :class:`Grid` of a :class:`~brainrt.engine.grid.FeatureGrid` ``g`` and the class-index map ``labels``."""
     grid = Grid(np.asarray(g.features, np.float32), np.asarray(g.valid, bool), labels, list(names), g.stride)
     grid.y_cells = np.where(grid.valid, at_centres(labels, g.stride, grid.valid.shape), -1)
     return grid

@@ -276,7 +276,7 @@ def slice_grid(folder, data, renderings=0):
     grid = grid_from(g, sl.labels, list(data.cmap.names))
     if not renderings:
         return grid
-    from brainrt.tissue import auto_threshold
+    from brainrt.engine.tissue import auto_threshold
 
     tissue = sl.image > auto_threshold(sl.image, quiet=True)  # the slice's own tissue: the same cells in each
     rend = []

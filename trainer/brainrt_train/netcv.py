@@ -202,7 +202,7 @@ class Setup:
 
     def __init__(self, image, mask, *, k=5, class_map="prasad2020", changes=True):
         from brainrt.geometry import grid_shape
-        from brainrt.tissue import tissue_grid
+        from brainrt.engine.tissue import tissue_grid
 
         from brainrt_train import cv
         from brainrt_train.data import ClassMap, load_slice

@@ -26,12 +26,12 @@ from brainrt.heads import LinearHead
 from brainrt.errors import BrainrtError, check_positive_int, param_error
 from brainrt.finished import refusal
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
-from brainrt.intensity import tissue_quantiles
+from brainrt.engine.intensity import tissue_quantiles
 from brainrt.io import atomic_path, write_json
 from brainrt.model.manifest import (ClassSpec, Context, DenseGraphs, Int8Graphs, Intensity, Manifest, Normalization,
                               OnnxGraph, Smoothing, Training, TrainingSlice)
 from brainrt.plots import confusion_png
-from brainrt.tissue import otsu_threshold
+from brainrt.engine.tissue import otsu_threshold
 
 from .data import SPLITS, ClassMap, draw_balanced, extract, extract_context, load_slice, sample_patches
 from .evaluate import choose_smoothing, split_footprints

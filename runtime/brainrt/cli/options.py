@@ -18,11 +18,11 @@ from pathlib import Path
 import click
 
 from ..bundle import DEVICES, default_model
+from ..engine.plan import DEFAULT_PRECISION, METHODS
 from ..errors import BrainrtError, file_error
 from ..finished import run_record
 from ..model import params
 from ..model.manifest import PRECISIONS, Manifest
-from ..plan import DEFAULT_PRECISION, METHODS
 from ..sources import SUFFIXES, file_of
 
 log = logging.getLogger("brainrt")

@@ -18,7 +18,7 @@ class Normalization(Part):
     """Network input: ``(pixel * scale - mean) / std``.
 
     ``scale`` records the training images' dtype (1/255 for uint8); at run time the
-    scale follows the dtype of the image being featurized (:func:`brainrt.plan.intensity_scale`).
+    scale follows the dtype of the image being featurized (:func:`brainrt.engine.plan.intensity_scale`).
     """
 
     scale: float

@@ -4,7 +4,7 @@ In the spirit of scikit-learn's ``_param_validation``: an option is a :class:`Pa
 constraint and a default) in :data:`PARAMS`; :func:`check` validates the options a
 caller passed with the one error template of :mod:`brainrt.errors`
 ("The 'stride' parameter of featurize must be a positive int. Got -3 instead."). The 2D
-edge (:func:`brainrt.plan.make_plan`), the volume edge
+edge (:func:`brainrt.engine.plan.make_plan`), the volume edge
 (:func:`brainrt.volumes.plan.make_volume_plan`) and the command line's defaults read the
 same declarations, and the tests generate invalid values from them
 (:meth:`Interval.invalid`, :meth:`Options.invalid`).

@@ -3,7 +3,7 @@
 :func:`for_plan` is the one place a run's predictor is made (the plan's method, stride
 and precision); :func:`build` makes any of them.
 
-The windowing engine (:mod:`brainrt.engine`) cuts the input and stitches the output; a
+The windowing engine (:mod:`brainrt.engine.loop`) cuts the input and stitches the output; a
 predictor only runs a graph. What it needs from the engine it says in attributes:
 
 - ``kind``: "patch" (a batch of windows centred on grid cells) or "dense" (one tile);
@@ -70,7 +70,7 @@ class DensePredictor:
 
 
 def for_plan(bundle, plan):
-    """The predictor that runs a checked :class:`~brainrt.plan.Plan`: its method, stride and precision."""
+    """The predictor that runs a checked :class:`~brainrt.engine.plan.Plan`: its method, stride and precision."""
     return build(bundle, plan.method, stride=plan.stride, precision=plan.precision)
 
 
@@ -97,7 +97,7 @@ def build(bundle, kind="patch", *, stride=None, precision="fp32"):
 
 class DenseWindow(NamedTuple):
     """Geometry of a dense graph: output ``stride`` in pixels, the ``window`` one output sees, and its
-    ``offset`` inside a patch (what :func:`brainrt.engine.dense_geometry` needs; no session)."""
+    ``offset`` inside a patch (what :func:`brainrt.engine.loop.dense_geometry` needs; no session)."""
 
     stride: int
     window: int

@@ -22,9 +22,9 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
 from ..api import default_model
+from ..engine.plan import DEFAULT_PRECISION
 from ..errors import BrainrtError
 from ..model.manifest import PRECISIONS
-from ..plan import DEFAULT_PRECISION
 from . import _work
 
 log = logging.getLogger("brainrt")

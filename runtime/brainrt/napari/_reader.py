@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.grid import load_features
 from ..errors import BrainrtError
-from ..grid import load_features
 
 
 def get_reader(path):

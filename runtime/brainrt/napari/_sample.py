@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plan import DEFAULT_PIXEL_SIZE_UM
+from ..engine.plan import DEFAULT_PIXEL_SIZE_UM
 from ..synth import make_slice
 
 #: The demo's slice (``brainrt demo``): 6 x 9 patches of the demo bundle's 128 px, seed 7, 19 gray levels.

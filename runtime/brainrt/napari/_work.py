@@ -1,7 +1,7 @@
 """The plugin's work, without Qt: jobs that run the library and return napari layer data.
 
 Each job featurizes through the library's one loop (:func:`brainrt.api.featurize_plan`,
-hence :func:`brainrt.engine.run`) with a :class:`Progress` as its per-block callback: it
+hence :func:`brainrt.engine.loop.run`) with a :class:`Progress` as its per-block callback: it
 reports the fraction of cells done after every block of grid rows and raises
 :class:`Cancelled` at the next block once Cancel is pressed. A job returns a list of
 layer-data tuples ``(data, kwargs, layer_type)`` that the widget adds all at once (nothing
@@ -19,9 +19,9 @@ import numpy as np
 
 from .. import api
 from ..bundle import Bundle, models_dir
+from ..engine.plan import DEFAULT_PRECISION, make_plan
 from ..errors import BrainrtError, file_error
 from ..geometry import cell_centre, upsample
-from ..plan import DEFAULT_PRECISION, make_plan
 from ..plots import area_colors
 
 
@@ -76,7 +76,7 @@ def load_bundle(path, device="auto"):
 
 
 def featurize(source, bundle, *, stride, precision=DEFAULT_PRECISION, on_block=None):
-    """The :class:`~brainrt.grid.FeatureGrid` of ``source`` (``on_block``: a :class:`Progress`)."""
+    """The :class:`~brainrt.engine.grid.FeatureGrid` of ``source`` (``on_block``: a :class:`Progress`)."""
     plan = make_plan(source.image, bundle, stride=stride, pixel_size_um=source.pixel_size_um, owner="napari",
                      precision=precision)
     return api.featurize_plan(plan, bundle, on_block=on_block)

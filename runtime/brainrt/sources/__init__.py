@@ -27,7 +27,7 @@ from .tiff_folder import folder_files, natural_key
 
 #: The readers, asked in this order (TIFF last: it takes every path that no other claims).
 READERS = (zarr_image, hdf5, tiff_folder, tiff)
-#: The OME-NGFF feature grid's format (``attrs["brainrt"]["format"]``), that :mod:`brainrt.grid` writes.
+#: The OME-NGFF feature grid's format (``attrs["brainrt"]["format"]``), that :mod:`brainrt.engine.grid` writes.
 NGFF_FORMAT = "brainrt-features/2"
 #: Name endings that default output names drop (a saved feature grid's first), in the order they are tried.
 SUFFIXES = (".features.zarr",) + tuple(s for r in READERS for s in r.SUFFIXES)
@@ -113,7 +113,7 @@ def integer_codes(mask, path):
 
 
 def is_feature_grid(path) -> bool:
-    """Whether ``path`` is a saved brainrt feature grid (either layout of :mod:`brainrt.grid`), not an image: by
+    """Whether ``path`` is a saved brainrt feature grid (either layout of :mod:`brainrt.engine.grid`), not an image: by
     its files, nothing decoded."""
     p = str(path).rstrip("/")
     if reader_of(p) is not zarr_image:

@@ -6,7 +6,7 @@ process needs only these:
 - **the worker cache**: the bundle, loaded and verified once per process (:func:`worker_bundle`);
 - **the tasks** (their graph is data, :func:`brainrt.volumes.graph.task_graph`; the
   executors of :mod:`brainrt.volumes.executors` only schedule it): ``read`` (one per z, a
-  data task) reads the slice once and makes its :class:`~brainrt.plan.Plan` (:func:`slice_plan`:
+  data task) reads the slice once and makes its :class:`~brainrt.engine.plan.Plan` (:func:`slice_plan`:
   the tissue grid and the intensity standardization need whole-slice statistics), which the
   executor hands to the slice's blocks and drops after them, so the volume is read once
   whatever the band height (a band plus its halo would be the footprint's 512 px more);
@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import MANIFEST, Bundle, sha256_file
-from ..engine import run
+from ..engine.grid import FEATURES, TISSUE
+from ..engine.loop import run
+from ..engine.plan import plan_of
 from ..errors import BrainrtError, file_error
-from ..grid import FEATURES, TISSUE
 from ..heads import Classifier
 from ..outputs.zarr_stack import is_done, mark_done
-from ..plan import plan_of
 from ..sinks import ArraySink
 
 _BUNDLES: dict = {}

@@ -4,19 +4,19 @@ Classify writes an OME-Zarr: the probabilities, their margin and entropy (c, z, 
 resolution with a pyramid, and the area labels (z, y, x) at full resolution (:mod:`brainrt.ngff`),
 beside scratch arrays the tasks share (raw probabilities, a context head's pooled ones, the tissue
 cells, the in-plane smoothed ones for the z pass), dropped at the end. Featurize writes the OME-NGFF
-feature image and its tissue labels (:func:`brainrt.grid.create_feature_store`), sealed with chunk
+feature image and its tissue labels (:func:`brainrt.engine.grid.create_feature_store`), sealed with chunk
 checksums. The folder, its records and its resume are the stack's (:mod:`brainrt.outputs.zarr_stack`).
 """
 
 from __future__ import annotations
 
-from ..grid import FEATURE_ARRAYS, create_feature_store
+from ..engine.grid import FEATURE_ARRAYS, create_feature_store
 from ..heads import OFF_TISSUE
 from ..integrity import seal
+from ..maps.uncertainty import CHANNELS
 from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
 from ..plots import area_colors
 from ..sources import NGFF_FORMAT
-from ..maps.uncertainty import CHANNELS
 
 #: Smallest side of the label pyramid's coarsest level (levels halve until below it), and most levels.
 PYRAMID_MIN, PYRAMID_LEVELS = 64, 5

@@ -1,10 +1,10 @@
 """The volume plan: one checked, frozen job for a whole stack (which slices, which row bands, how).
 
 :func:`make_volume_plan` is the volume's input edge, the twin of
-:func:`brainrt.plan.make_plan` for a slice: its options are checked against the same
+:func:`brainrt.engine.plan.make_plan` for a slice: its options are checked against the same
 declarations (:mod:`brainrt.model.params`), with the same defaults, once, on the client;
-the workers build each slice's :class:`~brainrt.plan.Plan` from the checked options
-without checking them again (:func:`brainrt.plan.plan_of`). The band height comes from
+the workers build each slice's :class:`~brainrt.engine.plan.Plan` from the checked options
+without checking them again (:func:`brainrt.engine.plan.plan_of`). The band height comes from
 the bundle's dense geometry (no onnxruntime session on the client).
 """
 
@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bundle import MANIFEST, sha256_file
-from ..engine import dense_geometry
+from ..engine.loop import dense_geometry
+from ..engine.plan import check_stride, resolve_method
+from ..engine.resample import pixel_size_of, resampling_of
 from ..errors import BrainrtError, file_error, param_error
 from ..finished import run_record
 from ..geometry import grid_shape
@@ -23,8 +25,6 @@ from ..heads import Classifier
 from ..maps.smooth import choose
 from ..model import params
 from ..model.predictor import dense_window
-from ..plan import check_stride, resolve_method
-from ..resample import pixel_size_of, resampling_of
 from ..sources import Source, open_volume
 
 #: Grid rows per task on the per-patch path (the dense path uses its tile height).
@@ -61,7 +61,7 @@ class VolumePlan:
 
     ``task`` is "featurize" or "classify"; ``zs`` the slices; ``bands`` the grid row ranges
     (one task per (z, band)); ``slice_options`` the keyword arguments of
-    :func:`brainrt.plan.make_plan` for each slice; ``model`` the bundle folder and
+    :func:`brainrt.engine.plan.make_plan` for each slice; ``model`` the bundle folder and
     ``model_hash`` its manifest's sha256 (the workers' bundle cache key); ``sigma_cells`` and
     ``space`` the in-plane smoothing of classify.
     """
@@ -152,7 +152,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
 
 def _pixel_size(given, src, bundle, stride, owner):
     """The slices' pixel size (implausible ones and strides that cannot follow a resampling refused here, once;
-    each slice is resampled by :func:`brainrt.plan.plan_of`)."""
+    each slice is resampled by :func:`brainrt.engine.plan.plan_of`)."""
     h, w = src.shape[1:]
     px = pixel_size_of(given, src.pixel_size_um, bundle.pixel_size_um, src.path, owner)
     if resampling_of((h, w), stride, px, bundle.pixel_size_um, src.path) is not None:

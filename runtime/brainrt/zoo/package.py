@@ -39,7 +39,7 @@ TOLERANCE = 1e-4
 #: Side of the test crop (pixels), where the image and :data:`MAX_POSITIONS` allow it.
 CROP = 512
 #: Most dense positions of one run of the graph in the export's own check: the network's FC1 becomes a dilated
-#: convolution whose im2col buffer holds about 12.8 kB per position in onnxruntime (:mod:`brainrt.engine`), so
+#: convolution whose im2col buffer holds about 12.8 kB per position in onnxruntime (:mod:`brainrt.engine.loop`), so
 #: 320 x 320 positions take about 1.3 GB.
 MAX_POSITIONS = 320 * 320
 

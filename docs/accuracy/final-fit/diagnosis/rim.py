@@ -3,7 +3,7 @@ in-sample whole-slice accuracy and the guards, on slice309 and re-rendered; cort
 import dataclasses, json
 import numpy as np, tifffile, brainrt
 from brainrt.bundle import Bundle
-from brainrt.tissue import auto_threshold
+from brainrt.engine.tissue import auto_threshold
 from brainrt_train import cv
 from brainrt_train.data import ClassMap, load_slice
 from brainrt_train.evaluate import random_rendering, simulate_slice_change

@@ -2,8 +2,8 @@
 whole-grid features of slice309 clean, re-rendered, and re-rendered then intensity-matched onto slice309's tissue."""
 import json, sys, time, types
 import numpy as np, torch
-from brainrt.intensity import standardize_image, tissue_quantiles
-from brainrt.tissue import auto_threshold
+from brainrt.engine.intensity import standardize_image, tissue_quantiles
+from brainrt.engine.tissue import auto_threshold
 from brainrt_train import netcv
 from brainrt_train.tiles import grid_features
 DIAG = __import__("os").environ.get("DIAG", "runs/diag")  # where the fold networks and features are kept

@@ -2,8 +2,8 @@
 dither + gamma/contrast/offset) and on the full re-rendering intensity-matched."""
 import json, sys, types
 import numpy as np, torch
-from brainrt.intensity import standardize_image, tissue_quantiles
-from brainrt.tissue import auto_threshold
+from brainrt.engine.intensity import standardize_image, tissue_quantiles
+from brainrt.engine.tissue import auto_threshold
 from brainrt_train import netcv
 from brainrt_train.evaluate import simulate_slice_change
 from brainrt_train.model import PaperCNN

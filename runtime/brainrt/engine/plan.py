@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, check_image, file_error, param_error
-from .geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
+from ..errors import BrainrtError, check_image, file_error, param_error
+from ..geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
+from ..model import params
+from ..sources import read_image, read_mask
 from .intensity import intensity_scale, standardize_image
-from .model import params
 from .resample import Resampling, pixel_size_of, resample, resampling_of
-from .sources import read_image, read_mask
 from .tissue import tissue_cells
 
 log = logging.getLogger("brainrt")
@@ -121,7 +121,7 @@ def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     None or "otsu" (Otsu's threshold, or ``threshold``), "all", a mask array or a mask
     TIFF path; ``pixel_size_um`` defaults to the TIFF's, else :data:`DEFAULT_PIXEL_SIZE_UM`.
     ``standardize``: "auto" (default) maps the image's tissue histogram onto the bundle's training
-    tissue (:mod:`brainrt.intensity`) only where the pixel range demands it (values spanning a tiny
+    tissue (:mod:`brainrt.engine.intensity`) only where the pixel range demands it (values spanning a tiny
     part of their type's range); a slice in its type's range is read as it is (scaled by its type),
     so a crop is mapped like the same tissue in the whole slice, whatever areas it holds. "match"
     always maps it (a whole slice of another instrument or contrast; its map then depends on the
@@ -142,7 +142,7 @@ def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pix
     """The :class:`Plan` of ``image`` with options already checked (by :func:`make_plan`, or once for a
     whole volume by :func:`brainrt.volumes.plan.make_volume_plan`); ``method`` resolved. The image and
     the tissue mask are still checked here: they differ from slice to slice. A slice whose pixel size is
-    not the bundle's is resampled to it for the network (:mod:`brainrt.resample`); the grid stays the input's."""
+    not the bundle's is resampled to it for the network (:mod:`brainrt.engine.resample`); the grid stays the input's."""
     image, source, tiff_px = _read_image(image, z, bundle.patch_size, series)
     check_stride(stride, image.shape, source)
     px = pixel_size_of(pixel_size_um, tiff_px, bundle.pixel_size_um, source, owner)

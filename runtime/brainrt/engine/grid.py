@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BrainrtError, file_error
-from .integrity import Guarded, compressors, verify
-from .ngff import create_level, image_attrs, label_image_attrs, labels_attrs
+from ..errors import BrainrtError, file_error
+from ..integrity import Guarded, compressors, verify
+from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
+from ..sources import NGFF_FORMAT
 from .plan import DEFAULT_PIXEL_SIZE_UM
-from .sources import NGFF_FORMAT
 
 ZARR_FORMAT = "brainrt-features/1"
 #: The feature image's array and the tissue label image's, in the store.
@@ -64,7 +64,7 @@ class FeatureGrid:
 
     @classmethod
     def of_plan(cls, plan, features, model_id, stats=None):
-        """The grid of a :class:`~brainrt.plan.Plan` holding ``features``."""
+        """The grid of a :class:`~brainrt.engine.plan.Plan` holding ``features``."""
         return cls(features, plan.valid, plan.grid_stride, plan.patch_size, plan.image_shape, model_id,
                    plan.grid_pixel_size_um, stats or {})
 

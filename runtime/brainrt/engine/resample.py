@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import file_error, param_error
+from ..errors import file_error, param_error
 
 log = logging.getLogger("brainrt")
 

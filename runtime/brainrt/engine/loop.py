@@ -15,7 +15,7 @@ zarr writer, a classifier, a volume band) and calls ``on_block`` after each (pro
 cancel). ``rows`` restricts it to a band of grid rows, so a scheduler (e.g. Dask, one
 task per band or per z) can split a slice without touching this module. Progress and
 stage timings are kept by one :class:`Meter`. No input validation: the plan is checked
-(:mod:`brainrt.plan`).
+(:mod:`brainrt.engine.plan`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .geometry import cell_centre
+from ..geometry import cell_centre
 from .tiling import PAD_REFLECT, batch_ranges, patches_kernel, tile_kernel, valid_centres
 
 #: Largest input tile side of the dense path (bounds the activations' memory); a wider

@@ -3,7 +3,7 @@
 Kernels follow pynndescent's style: short ``@numba.njit(cache=True)`` functions that
 trust their inputs (:func:`patches_kernel`, :func:`tile_kernel`, and the helpers
 :func:`valid_centres`, :func:`batch_ranges`: no input validation). The windowing engine
-(:mod:`brainrt.engine`) calls them directly on a checked plan; the wrappers
+(:mod:`brainrt.engine.loop`) calls them directly on a checked plan; the wrappers
 (:func:`gather_patches`, :func:`grid_centres`, :func:`batches`) check their arguments
 for other callers. Each kernel
 has a slow, obvious twin in ``tests/naive.py``. Patch ``k``
