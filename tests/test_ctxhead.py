@@ -194,7 +194,7 @@ def ctx_bundle(tiny_bundle, tiny_bundle_path, synthetic_slice, tmp_path_factory)
                             C=1.0, pixel_size_um=g.pixel_size_um, stride=8, n_classes=len(tiny_bundle.class_names))
     out = tmp_path_factory.mktemp("ctx") / "bundle"
     m = ch.add_context_head(tiny_bundle_path, out, {"stage1": "logreg", "C": 1.0}, head, default=True)
-    assert m.default_head == "ctx" and brainrt.bundle.verify_bundle(out) == m
+    assert m.default_head == "ctx" and brainrt.model.seal.verify_bundle(out) == m
     return brainrt.Bundle.load(out)
 
 
@@ -225,7 +225,7 @@ def test_the_plain_head_stays_available_and_old_bundles_load(ctx_bundle, tiny_bu
 def test_a_context_head_without_its_stage1_is_refused(ctx_bundle, tmp_path):
     import shutil
 
-    from brainrt.bundle import MANIFEST, hash_tree
+    from brainrt.bundle.load import MANIFEST, hash_tree
 
     dst = tmp_path / "b"
     shutil.copytree(ctx_bundle.path, dst)

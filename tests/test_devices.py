@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import brainrt
-from brainrt import bundle as bundle_module
+from brainrt.bundle import load as bundle_module
 from brainrt.cli import main
 from brainrt.errors import BrainrtError
 from conftest import ROOT

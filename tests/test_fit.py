@@ -43,7 +43,7 @@ def fitted_demo(demo_pair, tmp_path_factory):
 
 # --------------------------------------------------------------------------- strokes -> cells
 def test_a_cell_takes_the_stroke_covering_most_of_it(tiny_bundle):
-    from brainrt.derive import ClassTable
+    from brainrt.bundle.derive import ClassTable
     from brainrt.fit import cell_labels
 
     table = ClassTable.resolve(None, tiny_bundle)
@@ -88,10 +88,10 @@ def test_fitted_bundle_reproduces_known_areas(fitted_demo, tmp_path):
 
 
 def test_derived_manifest_records_parent_strokes_counts_cv_versions(fitted_demo, demo_pair):
-    from brainrt.bundle import sha256_file
+    from brainrt.bundle.load import sha256_file
 
     parent = brainrt.Bundle.load(DEMO)
-    m = brainrt.bundle.verify_bundle(fitted_demo)
+    m = brainrt.model.seal.verify_bundle(fitted_demo)
     assert m.model_id == parent.model_id  # the graphs are the parent's: its feature grids are accepted
     assert m.extra["parent"]["model_id"] == parent.model_id
     assert m.extra["parent"]["manifest_sha256"] == sha256_file(DEMO / "manifest.json")
@@ -204,7 +204,7 @@ def test_labels_takes_several_files_and_several_images_train_one_head(bad, tiny_
     b = write_tiff(tmp_path / "b.tif", draw_strokes(synthetic_slice.mask, 1, length=60, margin=32, seed=5))
     r = _run(["fit", img, img, "--labels", a, b, "-m", tiny_bundle_path, "-o", out])
     assert r.exit_code == 0, r.output
-    rec = brainrt.bundle.verify_bundle(out).extra["fit"]
+    rec = brainrt.model.seal.verify_bundle(out).extra["fit"]
     assert [s["labels"] for s in rec["strokes"]] == [str(a), str(b)]
     assert sum(c["strokes"] for c in rec["counts"].values()) == 12  # 2 + 1 per area, ids distinct per image
 
@@ -223,7 +223,7 @@ def test_strokes_on_a_few_slices_then_classify_the_volume(tmp_path):
     new = tmp_path / "new"
     r = _run(["fit", stack, "--labels", labels, "-m", DEMO, "-o", new])
     assert r.exit_code == 0, r.output
-    rec = brainrt.bundle.verify_bundle(new).extra["fit"]
+    rec = brainrt.model.seal.verify_bundle(new).extra["fit"]
     want = {c: sum(label(strokes[z] == c, np.ones((3, 3)))[1] for z in (0, 4)) for c in range(1, 5)}
     assert [c["strokes"] for c in rec["counts"].values()] == list(want.values()) and min(want.values()) >= 2
     out = tmp_path / "out.ome.zarr"

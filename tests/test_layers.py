@@ -29,7 +29,7 @@ SHIPPED = [ROOT / "models" / "synthetic-demo"]  # schema 1 as exported (slice309
 def test_schema_1_bundles_load_migrated(bundle):
     d = json.loads((bundle / "manifest.json").read_text())
     assert d["schema_version"] == 1  # the shipped bundles stay as exported
-    m = brainrt.bundle.verify_bundle(bundle)
+    m = brainrt.model.seal.verify_bundle(bundle)
     assert m.schema_version == SCHEMA_VERSION == 2
     assert m.net_stride == d["stride"] == 16 and m.patch_size == 128 and m.n_features == 64
     assert m.class_names == [c["name"] for c in d["classes"]]
@@ -485,10 +485,10 @@ def test_seal_bundle_hashes_writes_and_verifies(tiny_bundle_path, tmp_path):
 
 
 def test_the_device_list_is_declared_once():
-    from brainrt import bundle
+    from brainrt.bundle import load
     from brainrt.model import params
 
-    assert bundle.DEVICES is params.PARAMS["device"].constraint.values
+    assert load.DEVICES is params.PARAMS["device"].constraint.values
     for p in RUNTIME_FILES:
         assert p.name == "params.py" or '"cuda")' not in p.read_text(), p.name
 
@@ -511,7 +511,7 @@ def test_every_shipped_head_file_is_claimed_by_one_kind(bundle):
     names include the head's (the unused ``pca_kmeans`` aside)."""
     from brainrt.heads import KINDS, UNUSED_HEADS
 
-    m = brainrt.bundle.verify_bundle(bundle.parent)
+    m = brainrt.model.seal.verify_bundle(bundle.parent)
     for name, rel in m.heads.items():
         spec = (m.context_heads or {}).get(name)
         kinds = [k for k in KINDS if k.claims(rel, spec)]
@@ -529,7 +529,7 @@ ROOMS = {
     "sources": ["sources/"],
     "model": ["model/"],
     "heads": ["ctxhead.py", "maps/", "heads/"],
-    "bundle": ["bundle.py", "truth.py", "scoring.py", "derive.py", "strokes.py"],
+    "bundle": ["bundle/"],
     "engine": ["engine/"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],
     "jobs": ["job.py", "api.py", "familiar.py", "fit.py", "demo.py", "volumes/", "zoo/"],

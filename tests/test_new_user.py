@@ -57,7 +57,7 @@ def test_truth_of_float_pixels_is_read_when_integral_refused_otherwise(tmp_path,
 # --------------------------------------------------------------------------- fit
 def test_class_colours_for_any_number_of_classes():
     """21 classes ran past the 20-colour palette (``generator raised StopIteration``)."""
-    from brainrt.derive import _colors
+    from brainrt.bundle.derive import _colors
     from brainrt.plots import class_colors
 
     names = [f"a{i}" for i in range(45)]
@@ -244,7 +244,7 @@ def test_a_truncated_head_with_its_sha256_updated_is_named(tmp_path, img):
     EOF traceback."""
     import shutil
 
-    from brainrt.bundle import sha256_file
+    from brainrt.bundle.load import sha256_file
 
     b = tmp_path / "b"
     shutil.copytree(DEMO, b)
@@ -408,7 +408,7 @@ def test_napari_area_map_holds_mask_codes_as_the_cli_does(tmp_path, sl, img):
 
 def test_napari_sample_slice_suggests_the_synthetic_demo_bundle():
     pytest.importorskip("napari")
-    from brainrt.bundle import default_model, demo_model
+    from brainrt.bundle.load import default_model, demo_model
     from brainrt.napari import _work
     from brainrt.napari._sample import demo_slice
 

@@ -193,7 +193,7 @@ def test_errors_name_the_command_run(small, tiny_bundle_path):
 
 
 def test_area_help_lists_the_bundles_areas(shipped_bundle_path):
-    from brainrt.bundle import Bundle
+    from brainrt.bundle.load import Bundle
 
     out = CliRunner().invoke(main, ["subdivide", "--help"]).output
     names = Bundle.load(shipped_bundle_path, heads=False).class_names

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from brainrt.bundle import SCHEMA_VERSION, hash_tree, sha256_file, verify_bundle
+from brainrt.bundle.load import SCHEMA_VERSION, hash_tree, sha256_file, verify_bundle
 from brainrt.errors import BrainrtError
 from brainrt_train.data import PRESETS, SPLITS, ClassMap, load_slice, sample_patches
 from conftest import TINY_PATCH, TINY_TRAIN, listing, write_tiff

@@ -140,7 +140,7 @@ def fit_skimage(feats, strokes, truth_of_strokes, threads, seed):
 
 def label_efficiency(args, bundle, sl, test, codes, grid, feats):
     allowed = _allowed(test)
-    from brainrt.derive import ClassTable
+    from brainrt.bundle.derive import ClassTable
 
     table = ClassTable.resolve(None, bundle)
     names, truth = list(table.names), truth_index(codes, SIX)
@@ -175,7 +175,7 @@ def label_efficiency(args, bundle, sl, test, codes, grid, feats):
 def new_area(args, bundle, test, codes, grid):
     """TRN added (7 classes) against the same strokes without it (6 classes), over the labeled region."""
     allowed = _allowed(test)
-    from brainrt.derive import ClassTable
+    from brainrt.bundle.derive import ClassTable
 
     ys, xs = eval_grids(codes.shape)
     out = []

@@ -234,7 +234,7 @@ def write_final(bundle, model, recipe, record, seed=0):
     import dataclasses
 
     import joblib
-    from brainrt.bundle import seal_bundle, verify_bundle
+    from brainrt.bundle.load import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.model.manifest import Smoothing
 

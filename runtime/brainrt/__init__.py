@@ -15,8 +15,8 @@ Layers: :mod:`brainrt.engine.plan` (the input edge, a checked Plan) -> :mod:`bra
 
 from .api import (ClassMapResult, classify, classify_image, cluster, featurize, load_features, make_plan,
                   pixel_metrics, subdivide, upsample)
-from .bundle import Bundle
-from .derive import save_bundle
+from .bundle.derive import save_bundle
+from .bundle.load import Bundle
 from .engine.grid import FeatureGrid
 from .engine.plan import Plan
 from .errors import BrainrtError

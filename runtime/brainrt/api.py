@@ -4,7 +4,7 @@ Every function that takes raw input turns it into a checked :class:`~brainrt.eng
 first (:func:`make_plan`, the input edge), then runs the windowing engine over a
 predictor of the bundle into a sink (:func:`brainrt.engine.loop.run`, :mod:`brainrt.sinks`),
 which applies heads to the blocks (:mod:`brainrt.heads`) or writes them. Options after
-the data argument are keyword-only. Every function is safe to call from several threads with one loaded :class:`~brainrt.bundle.Bundle`
+the data argument are keyword-only. Every function is safe to call from several threads with one loaded :class:`~brainrt.bundle.load.Bundle`
 (onnxruntime sessions are thread-safe for ``run``).
 """
 
@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import default_model, demo_model
+from .bundle.load import default_model, demo_model
+from .bundle.scoring import pixel_metrics, read_truth, score
 from .engine.grid import FeatureGrid, load_features, zarr_attrs
 from .engine.loop import Meter, run
-from .engine.plan import (DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STANDARDIZE, DEFAULT_STRIDE,
-                   make_plan)
+from .engine.plan import (DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STANDARDIZE,
+                          DEFAULT_STRIDE, make_plan)
 from .errors import BrainrtError
 from .geometry import cell_centre, upsample
 from .heads import ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
 from .io import OmeTiffBands
 from .maps.smooth import choose, smooth_probabilities
 from .maps.uncertainty import CHANNELS, Tee, UncertaintyBands
-from .scoring import pixel_metrics, read_truth, score
 from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
 from .sources import read_mask
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import api
-from .bundle import MANIFEST, Bundle, sha256_file
+from .bundle.load import MANIFEST, Bundle, sha256_file
 from .finished import FOLDER_RECORD, is_finished, run_record, write_record
 from .outputs import write_classification, write_clusters, write_subdivision
 from .synth import make_slice

@@ -1,7 +1,7 @@
 """Heads fitted on a bundle's frozen features from a few painted strokes (a lab's own areas, no retraining).
 
 The strokes (a sparse label image of a slice in the codes of a class map: the parent bundle's, or a
-JSON's with new areas, see :mod:`brainrt.derive`) label grid cells as :mod:`brainrt.strokes` says; only those cells are
+JSON's with new areas, see :mod:`brainrt.bundle.derive`) label grid cells as :mod:`brainrt.bundle.strokes` says; only those cells are
 featurized (the plan's valid cells become the stroke cells, so the dense path runs only
 the tiles that hold strokes), or they are read from features computed once (the napari
 widget). Several images, or z-slices of a stack, train one head.
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .api import featurize_plan, make_plan
+from .bundle.derive import ClassTable, read_pair, stroke_record
+from .bundle.strokes import CellLabels, Samples, cell_labels, samples_of_grid  # noqa: F401 (CellLabels: in __all__)
 from .densities import AreaDensity
-from .derive import ClassTable, read_pair, stroke_record
 from .errors import BrainrtError, file_error
 from .heads import apply_rows, per_class
 from .maps.smooth import smooth_probabilities
-from .strokes import CellLabels, Samples, cell_labels, samples_of_grid  # noqa: F401 (CellLabels: in __all__)
 
 log = logging.getLogger("brainrt")
 
@@ -173,7 +173,7 @@ def _pairs(images, strokes):
 
 def fitted_of(samples, table, records, *, stride=16, seed=0, cv=True, feature_seconds=0.0):
     """Fit the heads on ``samples`` and return the :class:`Fitted` with its record (``records``: one
-    :func:`brainrt.derive.stroke_record` per image / strokes pair)."""
+    :func:`brainrt.bundle.derive.stroke_record` per image / strokes pair)."""
     heads, report = fit_samples(samples, table.names, seed=seed, cv=cv)
     record = {"stride": stride, "seed": seed, "strokes": records, "counts": samples.counts(table.names),
               "cells_off_tissue": samples.dropped, "cv": report,
@@ -192,7 +192,7 @@ def fit_heads(images, strokes, bundle, *, class_map=None, stride=16, seed=0, cv=
     bundle : Bundle
         The parent: its graphs make the features, its class map is the default.
     class_map : None, dict or JSON path
-        Names, codes and colours of the classes (see :class:`brainrt.derive.ClassTable`).
+        Names, codes and colours of the classes (see :class:`brainrt.bundle.derive.ClassTable`).
     stride : int
         Grid step of the stroke cells (the features of one cell: the patch around its centre).
     cv : bool

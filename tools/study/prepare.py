@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainrt.bundle import Bundle
+from brainrt.bundle.load import Bundle
 from brainrt.sources import read_image as read_tiff
 from brainrt.engine.plan import DEFAULT_PIXEL_SIZE_UM, intensity_scale
 from brainrt_train.data import ClassMap, load_slice, sample_patches

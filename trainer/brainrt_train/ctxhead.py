@@ -197,7 +197,7 @@ def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, 
     import shutil
     from pathlib import Path
 
-    from brainrt.bundle import seal_bundle, verify_bundle
+    from brainrt.bundle.load import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.model.manifest import ContextHeadSpec
 

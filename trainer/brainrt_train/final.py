@@ -91,7 +91,7 @@ def write_final(path, model, recipe, record, logreg=None, *, chosen_by=CHOSEN_BY
     import shutil
 
     import joblib
-    from brainrt.bundle import seal_bundle, verify_bundle
+    from brainrt.bundle.load import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.model.manifest import Smoothing
 

@@ -83,7 +83,7 @@ class Choices:
         """The choices of a JSON file or of a bundle folder made by a final fit; one line naming ``path`` else."""
         path = Path(path)
         if path.is_dir():
-            from brainrt.bundle import verify_bundle
+            from brainrt.bundle.load import verify_bundle
 
             m = verify_bundle(path)
             d = ((m.training.extra if m.training else {}).get("final") or {}).get("choices")
@@ -263,7 +263,7 @@ def slice_grid(folder, data, renderings=0):
     those of N re-imagings of the slice (:func:`brainrt_train.evaluate.random_rendering`, seeds 0..N-1) on the
     same cells, which the heads are then fitted on too."""
     import brainrt
-    from brainrt.bundle import Bundle
+    from brainrt.bundle.load import Bundle
 
     from .cv import grid_from
     from .evaluate import random_rendering

@@ -5,7 +5,7 @@ before it returned: :func:`load_data` (the slices), :func:`sample` (the split an
 training inputs), :func:`train` (or weights from a checkpoint), then inside the bundle
 folder being built :func:`export_graphs`, :func:`fit_bundle_heads`, the int8 copies,
 :func:`build_manifest` (the typed :class:`~brainrt.model.manifest.Manifest`) and
-:func:`~brainrt.bundle.seal_bundle`. :class:`TrainOptions` holds every option, checked once.
+:func:`~brainrt.model.seal.seal_bundle`. :class:`TrainOptions` holds every option, checked once.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import joblib
 import numpy as np
 import torch
 
-from brainrt.bundle import Bundle, seal_bundle
+from brainrt.bundle.load import Bundle, seal_bundle
 from brainrt.heads import LinearHead
 from brainrt.errors import BrainrtError, check_positive_int, param_error
 from brainrt.finished import refusal
@@ -29,7 +29,7 @@ from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
 from brainrt.engine.intensity import tissue_quantiles
 from brainrt.io import atomic_path, write_json
 from brainrt.model.manifest import (ClassSpec, Context, DenseGraphs, Int8Graphs, Intensity, Manifest, Normalization,
-                              OnnxGraph, Smoothing, Training, TrainingSlice)
+                                    OnnxGraph, Smoothing, Training, TrainingSlice)
 from brainrt.plots import confusion_png
 from brainrt.engine.tissue import otsu_threshold
 

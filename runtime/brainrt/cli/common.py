@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..bundle import MANIFEST, Bundle, default_model, sha256_file
+from ..bundle.load import MANIFEST, Bundle, default_model, sha256_file
 from ..finished import COMPLETE
 from ..io import check_not_input
 from ..job import make_job

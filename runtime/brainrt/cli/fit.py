@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..bundle import Bundle, default_model
-from ..derive import check_fit_target, save_bundle
+from ..bundle.derive import check_fit_target, save_bundle
+from ..bundle.load import Bundle, default_model
 from ..fit import fit_heads
 from ..io import check_not_input
 from ..model import params

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..bundle import default_model, verify_bundle
+from ..bundle.load import default_model, verify_bundle
 from ..model.manifest import describe
 from .options import one_line_errors
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from ..bundle import DEVICES, default_model
+from ..bundle.load import DEVICES, default_model
 from ..engine.plan import DEFAULT_PRECISION, METHODS
 from ..errors import BrainrtError, file_error
 from ..finished import run_record

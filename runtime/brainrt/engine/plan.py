@@ -127,7 +127,7 @@ def make_plan(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
     always maps it (a whole slice of another instrument or contrast; its map then depends on the
     areas in view), "off" never (True and False mean "match" and "off"). ``series`` picks one series of a
     multi-series TIFF. ``precision`` "int8" runs the bundle's int8 graphs, "auto" (default) them where
-    the CPU has VNNI (:meth:`~brainrt.bundle.Bundle.auto_precision`).
+    the CPU has VNNI (:meth:`~brainrt.bundle.load.Bundle.auto_precision`).
     Errors name the file for file problems and the parameter (of ``owner``) otherwise.
     """
     o = params.check(owner, stride=stride, batch_size=batch_size, min_tissue=min_tissue, threshold=threshold,

@@ -75,7 +75,7 @@ def for_plan(bundle, plan):
 
 
 def build(bundle, kind="patch", *, stride=None, precision="fp32"):
-    """A predictor over the graphs of ``bundle`` (a :class:`~brainrt.bundle.Bundle`).
+    """A predictor over the graphs of ``bundle`` (a :class:`~brainrt.bundle.load.Bundle`).
 
     ``kind="patch"``: batches of (N, 1, P, P) patches. ``kind="dense"``: tiles, for the
     grid ``stride``: the graph of the largest dense stride dividing it, whose output the

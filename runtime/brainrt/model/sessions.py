@@ -1,7 +1,7 @@
 """onnxruntime sessions: their options and how a graph file is opened.
 
-:class:`~brainrt.bundle.Bundle` opens every graph through :func:`open_session` (with the
-execution providers :func:`brainrt.bundle.providers` chose for its device) and keeps one
+:class:`~brainrt.bundle.load.Bundle` opens every graph through :func:`open_session` (with the
+execution providers :func:`brainrt.bundle.load.providers` chose for its device) and keeps one
 session per graph file.
 """
 

@@ -16,13 +16,13 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..derive import ClassTable, stroke_record
+from ..bundle.derive import ClassTable, stroke_record
+from ..bundle.strokes import cell_labels, samples_of_grid
 from ..engine.plan import DEFAULT_PRECISION
 from ..errors import BrainrtError
 from ..fit import fitted_of, predict_grid, uncertainty
 from ..geometry import grid_shape
 from ..maps.smooth import choose
-from ..strokes import cell_labels, samples_of_grid
 from ._work import featurize, grid_layer, labels_layer, load_bundle
 
 

@@ -15,7 +15,7 @@ from magicgui.widgets import CheckBox, ComboBox, FileEdit, FloatSpinBox, LineEdi
 from napari.layers import Labels, Shapes
 from napari.utils.notifications import show_error, show_info
 
-from ..derive import ClassTable, save_bundle
+from ..bundle.derive import ClassTable, save_bundle
 from ..errors import BrainrtError
 from ..heads import CLASSIFIER_HEADS
 from . import _work

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import api
-from ..bundle import Bundle, models_dir
+from ..bundle.load import Bundle, models_dir
 from ..engine.plan import DEFAULT_PRECISION, make_plan
 from ..errors import BrainrtError, file_error
 from ..geometry import cell_centre, upsample

@@ -103,7 +103,7 @@ class Source:
 
 def check_not_bundle(path):
     """The one-line error for a model bundle folder given where an image belongs."""
-    if (Path(path) / "manifest.json").is_file():  # brainrt.bundle.MANIFEST (sources import errors only)
+    if (Path(path) / "manifest.json").is_file():  # brainrt.model.seal.MANIFEST (sources import errors only)
         raise file_error(path, "is a model bundle folder, not an image; pass a bundle with -m/--model")
 
 

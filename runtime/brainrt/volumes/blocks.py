@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import MANIFEST, Bundle, sha256_file
+from ..bundle.load import MANIFEST, Bundle, sha256_file
 from ..engine.grid import FEATURES, TISSUE
 from ..engine.loop import run
 from ..engine.plan import plan_of

@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..bundle import MANIFEST, sha256_file
+from ..bundle.load import MANIFEST, sha256_file
 from ..engine.loop import dense_geometry
 from ..engine.plan import check_stride, resolve_method
 from ..engine.resample import pixel_size_of, resampling_of

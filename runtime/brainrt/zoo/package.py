@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..api import classify, featurize_plan, make_plan
-from ..bundle import Bundle
+from ..bundle.load import Bundle
 from ..errors import BrainrtError, file_error
 from ..geometry import upsample
 from ..io import atomic_path, check_not_input, check_target
@@ -58,7 +58,7 @@ def _spec():
 def export_bioimageio(bundle, out, *, image, what="classes", head=None, stride=16, crop=None, z=None,
                       overwrite=False, license="CC-BY-4.0"):
     """Write ``out`` (a ``.zip``): the bioimage.io model package of ``bundle`` (a folder or a loaded
-    :class:`~brainrt.bundle.Bundle`) at grid ``stride``, ``what`` "classes" (the head ``head``, default the
+    :class:`~brainrt.bundle.load.Bundle`) at grid ``stride``, ``what`` "classes" (the head ``head``, default the
     bundle's, folded into the graph) or "features". ``image`` (a slice: a path or a uint8 array) gives the
     test crop: ``crop`` (row, col) its top-left pixel, default the :data:`CROP` px square with the most
     tissue. Returns a dict of what was written (the crop, the halo, the largest difference to brainrt)."""

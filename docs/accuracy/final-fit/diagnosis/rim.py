@@ -2,7 +2,7 @@
 in-sample whole-slice accuracy and the guards, on slice309 and re-rendered; cortex-rim ZI share."""
 import dataclasses, json
 import numpy as np, tifffile, brainrt
-from brainrt.bundle import Bundle
+from brainrt.bundle.load import Bundle
 from brainrt.engine.tissue import auto_threshold
 from brainrt_train import cv
 from brainrt_train.data import ClassMap, load_slice

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import file_error
-from .geometry import upsample
-from .heads import OFF_TISSUE
-from .sources import read_mask
+from ..errors import file_error
+from ..geometry import upsample
+from ..heads import OFF_TISSUE
+from ..sources import read_mask
 from .truth import check_held_out, check_truth, scored_pixels
 
 
 def read_truth(path, shape, bundle, *, z=None, held_out=False):
     """The label mask TIFF ``path`` to score against, checked before any work: the slice's ``shape``, and
-    codes of the bundle's class map (:func:`brainrt.truth.check_truth`); ``held_out``: that the bundle
-    has a held-out split left (:func:`brainrt.truth.check_held_out`)."""
+    codes of the bundle's class map (:func:`brainrt.bundle.truth.check_truth`); ``held_out``: that the bundle
+    has a held-out split left (:func:`brainrt.bundle.truth.check_held_out`)."""
     if held_out:
         check_held_out(bundle.manifest, str(path))
     truth = read_mask(path, shape, z=z, what="label mask")
@@ -35,7 +35,7 @@ def score(result, truth, bundle, *, z=None, held_out=False, source=None):
     The metrics also record the model, stride, head and smoothing, the confusion matrix's
     axes, the codes the class map does not know, and whether the data are the bundle's
     training slice (``source``: the classified file). ``held_out`` scores only the test
-    footprints of the bundle's recorded split (:mod:`brainrt.truth`).
+    footprints of the bundle's recorded split (:mod:`brainrt.bundle.truth`).
     """
     grid = result.grid
     name = str(truth) if isinstance(truth, (str, Path)) else "truth"

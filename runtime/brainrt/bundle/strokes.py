@@ -1,7 +1,7 @@
 """Painted strokes on a stride grid: which cells they label, and the samples they give (a lab's own areas).
 
 A stroke image is a sparse label image of a slice: 0 = unlabeled, other values = mask codes of a
-class map (a :class:`~brainrt.derive.ClassTable`). One stroke is a connected component of one code. A
+class map (a :class:`~brainrt.bundle.derive.ClassTable`). One stroke is a connected component of one code. A
 grid cell takes the stroke that covers most of its stride x stride pixels (:func:`cell_labels`); the
 features of those cells, with their class and stroke, are the :class:`Samples` that
 :mod:`brainrt.fit` fits heads on (:func:`samples_of_grid`).
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import file_error
+from ..errors import file_error
 
 log = logging.getLogger("brainrt")
 
@@ -54,7 +54,7 @@ def _stroke_pixels(strokes, table, source):
 
 
 def cell_labels(strokes, table, stride, grid_shape, *, source="strokes", first_id=0):
-    """:class:`CellLabels` of a stroke image (codes of ``table``, a :class:`~brainrt.derive.ClassTable`)."""
+    """:class:`CellLabels` of a stroke image (codes of ``table``, a :class:`~brainrt.bundle.derive.ClassTable`)."""
     ys, xs, k, comp = _stroke_pixels(strokes, table, source)
     R, C = grid_shape
     n = int(comp.max()) if comp.size else 0

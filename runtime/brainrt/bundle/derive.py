@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import file_error
-from .heads import CLASS_FREE_HEADS, scikit
-from .io import atomic_path, check_target
-from .model.manifest import ClassSpec
-from .model.seal import MANIFEST, seal_bundle, sha256_file
-from .plots import area_colors, class_colors
-from .sources import open_volume
+from ..errors import file_error
+from ..heads import CLASS_FREE_HEADS, scikit
+from ..io import atomic_path, check_target
+from ..model.manifest import ClassSpec
+from ..model.seal import MANIFEST, seal_bundle, sha256_file
+from ..plots import area_colors, class_colors
+from ..sources import open_volume
 
 #: Parent files describing the parent's own heads, not copied.
 PARENT_ONLY = ("metrics.json", "confusion.png")

@@ -15,12 +15,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BrainrtError, file_error, param_error
-from .geometry import manifest_problems
-from .heads import bundle_heads
-from .model import params, predictor, sessions
-from .model.manifest import PRECISIONS, SCHEMA_VERSION, Manifest
-from .model.seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
+from ..errors import BrainrtError, file_error, param_error
+from ..geometry import manifest_problems
+from ..heads import bundle_heads
+from ..model import params, predictor, sessions
+from ..model.manifest import PRECISIONS, SCHEMA_VERSION, Manifest
+from ..model.seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
 
 log = logging.getLogger("brainrt")
 
@@ -32,7 +32,7 @@ def models_dir() -> Path:
     """The ``models/`` folder of a source checkout (bundles are not installed as package data), or
     ``$BRAINRT_MODELS``."""
     env = os.environ.get("BRAINRT_MODELS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "models"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "models"
 
 
 def default_model() -> Path:

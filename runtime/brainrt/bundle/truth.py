@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import sha256_file
-from .errors import file_error
-from .split import split_footprint
+from ..errors import file_error
+from ..model.seal import sha256_file
+from ..split import split_footprint
 
 #: A "mask" with more distinct values than this is an image.
 MAX_MASK_CODES = 256
