@@ -88,7 +88,12 @@ def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
 def _ctrl_c_noted():
     """Ctrl-C raises KeyboardInterrupt where it lands, as always, and is also noted in the list this yields. A
     library can swallow the exception (distributed's gc callback runs in this thread, prints it and goes on);
-    the run raises it again after its next task, so that a Ctrl-C is never lost. Main thread only."""
+    the run raises it again after its next task, so that a Ctrl-C is never lost. Main thread only. Nested, it
+    yields the outer one's list: a local cluster notes from its start, the run checks that list."""
+    global _NOTING
+    if _NOTING is not None:  # an outer one notes them already (a local cluster's whole life): the same list
+        yield _NOTING
+        return
     noted = []
     if threading.current_thread() is not threading.main_thread():
         yield noted
@@ -99,10 +104,16 @@ def _ctrl_c_noted():
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGINT, handler)
+    _NOTING = noted
     try:
         yield noted
     finally:
+        _NOTING = None
         signal.signal(signal.SIGINT, old)
+
+
+#: The list of the active :func:`_ctrl_c_noted` (main thread), None outside one.
+_NOTING = None
 
 
 def _complete(vplan):
@@ -183,10 +194,17 @@ def dask_client(*, workers=None, scheduler=None):
         cluster = LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
                                silence_logs=logging.ERROR if log.isEnabledFor(logging.DEBUG) else logging.CRITICAL)
         client = Client(cluster)
-    with cluster, client:
-        if interrupted:  # while the cluster started: raised now, so that it is shut down as a whole
-            raise KeyboardInterrupt
-        yield client
+        from distributed.gc import disable_gc_diagnosis
+
+        disable_gc_diagnosis(force=True)  # the in-process scheduler's gc timing: where a Ctrl-C landed and was eaten
+    with _ctrl_c_noted(), cluster, client:  # from the start on: the run raises a Ctrl-C a library swallowed
+        try:
+            if interrupted:  # while the cluster started: raised now, so that it is shut down as a whole
+                raise KeyboardInterrupt
+            yield client
+        except KeyboardInterrupt:  # the scheduler's complaints about the work a stop cancels ("Couldn't gather
+            logging.getLogger("distributed").setLevel(logging.CRITICAL)  # keys") are not the one line's business
+            raise
 
 
 def _quiet_distributed():
