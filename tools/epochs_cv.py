@@ -66,12 +66,13 @@ def picture(out, res):
     plt.close(fig)
 
 
-def write_choices(out, path, res, argv):
-    """``out/choices.json``: the choices of ``path`` with the CV's epoch count; exit 2 if it is at the grid's edge."""
+def write_choices(out, path, res, chosen, argv):
+    """``out/choices.json``: the choices of ``path`` with the CV's epoch count (``chosen``: :func:`choose_epochs`'s
+    answer); exit 2 if it is at the grid's edge."""
     from brainrt.io import write_json
     from brainrt_train.final_bundle import Choices
 
-    e, means, interior = choose_epochs(res)
+    e, means, interior = chosen
     if not interior:
         raise SystemExit(f"{path}: the best epoch count, {e}, is at the edge of the grid {sorted(means)}: "
                          "extend the grid before choosing")
@@ -94,11 +95,11 @@ def main(argv=None):
                                           f"from {', '.join(args.runs)}"))
     picture(out, res)
     (out / "grid.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-    e, means, interior = choose_epochs(res)
+    chosen = e, means, interior = choose_epochs(res)
     log(f"CV means by epochs: {({k: round(v, 4) for k, v in means.items()})}; best {e} "
         f"({'interior' if interior else 'at the edge of the grid'})")
     if args.choices:
-        write_choices(out, args.choices, res, argv)
+        write_choices(out, args.choices, res, chosen, argv)
     return 0
 
 

@@ -351,8 +351,8 @@ def choose_epochs(res):
     """``(E, {E: CV mean}, interior)`` for :func:`by_epochs`'s results: the epoch count with the best mean smoothed
     pixel accuracy (:func:`choose`), and whether it lies inside the grid (not its smallest or largest count)."""
     best, means = choose(res)
-    of = {c: int(c.rsplit(" ", 2)[-2]) for c in means}
-    grid = sorted(of.values())
+    of = dict(zip(res["candidates"], res["budget"]["epochs"]))  # by_epochs keeps both in ascending E
+    grid = res["budget"]["epochs"]
     return of[best], {of[c]: m for c, m in means.items()}, grid[0] < of[best] < grid[-1]
 
 
@@ -503,12 +503,12 @@ def fold_image_features(setup, recipe, budget, images, *, seed=0, cache=None, lo
         memo[f] = {n: np.load(path(f, n)) for n in images if cache is not None and path(f, n).exists()}
         if len(memo[f]) < len(images):
             model, norm = fold_network(setup, recipe, budget, f, seed=seed, kept=cache, log=log)
-            for n, make in images.items():
-                if n not in memo[f]:
-                    memo[f][n] = grid_features(model, make(), norm=norm, dtype_max=255.0, cells=setup.grid.valid)[0]
-                    if cache is not None:
-                        Path(cache).mkdir(parents=True, exist_ok=True)
-                        np.save(path(f, n), memo[f][n])
+            if cache is not None:
+                Path(cache).mkdir(parents=True, exist_ok=True)
+            for n in [n for n in images if n not in memo[f]]:
+                memo[f][n] = grid_features(model, images[n](), norm=norm, dtype_max=255.0, cells=setup.grid.valid)[0]
+                if cache is not None:
+                    np.save(path(f, n), memo[f][n])
         return memo[f]
 
     return of
