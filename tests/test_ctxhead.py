@@ -225,7 +225,7 @@ def test_the_plain_head_stays_available_and_old_bundles_load(ctx_bundle, tiny_bu
 def test_a_context_head_without_its_stage1_is_refused(ctx_bundle, tmp_path):
     import shutil
 
-    from brainrt.bundle.load import MANIFEST, hash_tree
+    from brainrt.model.seal import MANIFEST, hash_tree
 
     dst = tmp_path / "b"
     shutil.copytree(ctx_bundle.path, dst)

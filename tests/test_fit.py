@@ -44,7 +44,7 @@ def fitted_demo(demo_pair, tmp_path_factory):
 # --------------------------------------------------------------------------- strokes -> cells
 def test_a_cell_takes_the_stroke_covering_most_of_it(tiny_bundle):
     from brainrt.bundle.derive import ClassTable
-    from brainrt.fit import cell_labels
+    from brainrt.bundle.strokes import cell_labels
 
     table = ClassTable.resolve(None, tiny_bundle)
     codes = tiny_bundle.manifest.class_codes
@@ -63,7 +63,8 @@ def test_a_cell_takes_the_stroke_covering_most_of_it(tiny_bundle):
 def test_cross_validation_is_grouped_by_stroke():
     """Cells of one stroke are near-copies; classes are random per stroke. Folds by pixel would score ~1
     (each held-out cell has its stroke's twins in training); folds by stroke score near chance."""
-    from brainrt.fit import Samples, fit_samples
+    from brainrt.bundle.strokes import Samples
+    from brainrt.fit import fit_samples
 
     rng = np.random.default_rng(0)
     n_strokes, per = 24, 20
@@ -88,7 +89,7 @@ def test_fitted_bundle_reproduces_known_areas(fitted_demo, tmp_path):
 
 
 def test_derived_manifest_records_parent_strokes_counts_cv_versions(fitted_demo, demo_pair):
-    from brainrt.bundle.load import sha256_file
+    from brainrt.model.seal import sha256_file
 
     parent = brainrt.Bundle.load(DEMO)
     m = brainrt.model.seal.verify_bundle(fitted_demo)

@@ -244,7 +244,7 @@ def test_a_truncated_head_with_its_sha256_updated_is_named(tmp_path, img):
     EOF traceback."""
     import shutil
 
-    from brainrt.bundle.load import sha256_file
+    from brainrt.model.seal import sha256_file
 
     b = tmp_path / "b"
     shutil.copytree(DEMO, b)

@@ -107,7 +107,7 @@ def test_tool_adds_int8_graphs_to_a_verified_copy(tiny_bundle_path, slice_tif, t
     sys.path.insert(0, str(ROOT / "tools"))
     from quantize_bundle import quantize_bundle
 
-    from brainrt.bundle.load import verify_bundle
+    from brainrt.model.seal import verify_bundle
 
     out = tmp_path / "copy"
     entry = quantize_bundle(tiny_bundle_path, out, calib_image=slice_tif, n_calib=64, n_check=64, methods=("minmax",))
@@ -204,7 +204,7 @@ def fp32_only_bundle(tiny_bundle_copy):
     """A copy of the tiny bundle without its int8 graphs (as bundles exported before them)."""
     import dataclasses
 
-    from brainrt.bundle.load import MANIFEST, hash_tree, verify_bundle
+    from brainrt.model.seal import MANIFEST, hash_tree, verify_bundle
 
     m = verify_bundle(tiny_bundle_copy)
     for f in [m.int8.file, *m.int8.dense_files.values(), m.int8.weights]:

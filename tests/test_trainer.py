@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from brainrt.bundle.load import SCHEMA_VERSION, hash_tree, sha256_file, verify_bundle
 from brainrt.errors import BrainrtError
+from brainrt.model.manifest import SCHEMA_VERSION
+from brainrt.model.seal import hash_tree, sha256_file, verify_bundle
 from brainrt_train.data import PRESETS, SPLITS, ClassMap, load_slice, sample_patches
 from conftest import TINY_PATCH, TINY_TRAIN, listing, write_tiff
 

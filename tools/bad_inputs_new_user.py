@@ -64,7 +64,7 @@ def make_broken_inputs(t, s):
     """Files a new user had: a TIFF header with no page, channels, a cut slice, NaN, a cut head file."""
     import zarr
 
-    from brainrt.bundle.load import sha256_file
+    from brainrt.model.seal import sha256_file
     from brainrt.synth import make_volume
 
     (t / "no_pages.tif").write_bytes(b"II*\x00\x00\x00\x00\x00")

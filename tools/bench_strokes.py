@@ -113,7 +113,8 @@ def brainrt_maps(fitted, grid, bundle, ys, xs):
 
 
 def fit_brainrt(grid, strokes, table, seed=0):
-    from brainrt.fit import cell_labels, fitted_of, samples_of_grid
+    from brainrt.bundle.strokes import cell_labels, samples_of_grid
+    from brainrt.fit import fitted_of
 
     cells = cell_labels(strokes, table, grid.stride, grid.shape)
     samples = samples_of_grid(grid.features, grid.valid, cells)

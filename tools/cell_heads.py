@@ -234,9 +234,9 @@ def write_final(bundle, model, recipe, record, seed=0):
     import dataclasses
 
     import joblib
-    from brainrt.bundle.load import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.model.manifest import Smoothing
+    from brainrt.model.seal import seal_bundle, verify_bundle
 
     path = Path(bundle.path)
     m = verify_bundle(path)

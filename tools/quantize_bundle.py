@@ -20,9 +20,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from brainrt.bundle.load import seal_bundle, verify_bundle
 from brainrt.geometry import window_offset
 from brainrt.model.manifest import Int8Graphs
+from brainrt.model.seal import seal_bundle, verify_bundle
 from brainrt_train.quantize import INT8_WEIGHTS, METHODS, quantize_bundle_graphs, sample_footprints
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import api
-from .bundle.load import MANIFEST, Bundle, sha256_file
+from .bundle.load import Bundle
 from .finished import FOLDER_RECORD, is_finished, run_record, write_record
+from .model.seal import MANIFEST, sha256_file
 from .outputs import write_classification, write_clusters, write_subdivision
 from .synth import make_slice
 

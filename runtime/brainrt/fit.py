@@ -24,7 +24,7 @@ import numpy as np
 
 from .api import featurize_plan, make_plan
 from .bundle.derive import ClassTable, read_pair, stroke_record
-from .bundle.strokes import CellLabels, Samples, cell_labels, samples_of_grid  # noqa: F401 (CellLabels: in __all__)
+from .bundle.strokes import Samples, cell_labels, samples_of_grid
 from .densities import AreaDensity
 from .errors import BrainrtError, file_error
 from .heads import apply_rows, per_class
@@ -42,8 +42,7 @@ MIN_CELLS = 2
 #: Covariance regularization of the per-area densities (standardized features; few cells per area).
 DENSITY_REG = 0.1
 
-__all__ = ["CellLabels", "Fitted", "Samples", "cell_labels", "fit_heads", "fit_samples", "fitted_of", "predict_grid",
-           "samples_of_grid", "stroke_samples", "uncertainty"]
+__all__ = ["Fitted", "fit_heads", "fit_samples", "fitted_of", "predict_grid", "stroke_samples", "uncertainty"]
 
 
 def stroke_samples(image, strokes, bundle, table, *, stride=16, first_id=0, source="strokes", **plan_kw):

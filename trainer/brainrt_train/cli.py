@@ -183,7 +183,7 @@ def _final(ctx, image, mask, class_map, out, record, kw):
 
 def _bundle_record(out):
     """The run record in a bundle's manifest (None: none, or a bundle that does not verify)."""
-    from brainrt.bundle.load import verify_bundle
+    from brainrt.model.seal import verify_bundle
 
     try:
         return verify_bundle(out).extra.get("run")

@@ -197,9 +197,9 @@ def add_context_head(bundle_dir, out, spec, head, *, name="ctx", default=False, 
     import shutil
     from pathlib import Path
 
-    from brainrt.bundle.load import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.model.manifest import ContextHeadSpec
+    from brainrt.model.seal import seal_bundle, verify_bundle
 
     out, replace = check_head_target(bundle_dir, out, overwrite=overwrite)
     bundle_dir = Path(bundle_dir)

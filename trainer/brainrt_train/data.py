@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from brainrt.bundle.load import sha256_file
 from brainrt.errors import BrainrtError, file_error
+from brainrt.model.seal import sha256_file
 from brainrt.sources import integer_codes, read_image as read_tiff
 from brainrt.split import (LAYOUTS, SPLITS, box_all, footprints, slice_regions, split_regions,  # noqa: F401  (the trainer's names)
                            window_sum)

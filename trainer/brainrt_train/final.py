@@ -91,9 +91,9 @@ def write_final(path, model, recipe, record, logreg=None, *, chosen_by=CHOSEN_BY
     import shutil
 
     import joblib
-    from brainrt.bundle.load import seal_bundle, verify_bundle
     from brainrt.io import atomic_path
     from brainrt.model.manifest import Smoothing
+    from brainrt.model.seal import seal_bundle, verify_bundle
 
     path = Path(path)
     kind = recipe.head[0]

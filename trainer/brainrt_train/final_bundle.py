@@ -83,7 +83,7 @@ class Choices:
         """The choices of a JSON file or of a bundle folder made by a final fit; one line naming ``path`` else."""
         path = Path(path)
         if path.is_dir():
-            from brainrt.bundle.load import verify_bundle
+            from brainrt.model.seal import verify_bundle
 
             m = verify_bundle(path)
             d = ((m.training.extra if m.training else {}).get("final") or {}).get("choices")

@@ -21,7 +21,7 @@ import joblib
 import numpy as np
 import torch
 
-from brainrt.bundle.load import Bundle, seal_bundle
+from brainrt.bundle.load import Bundle
 from brainrt.heads import LinearHead
 from brainrt.errors import BrainrtError, check_positive_int, param_error
 from brainrt.finished import refusal
@@ -30,6 +30,7 @@ from brainrt.engine.intensity import tissue_quantiles
 from brainrt.io import atomic_path, write_json
 from brainrt.model.manifest import (ClassSpec, Context, DenseGraphs, Int8Graphs, Intensity, Manifest, Normalization,
                                     OnnxGraph, Smoothing, Training, TrainingSlice)
+from brainrt.model.seal import seal_bundle
 from brainrt.plots import confusion_png
 from brainrt.engine.tissue import otsu_threshold
 

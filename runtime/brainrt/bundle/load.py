@@ -19,13 +19,12 @@ from ..errors import BrainrtError, file_error, param_error
 from ..geometry import manifest_problems
 from ..heads import bundle_heads
 from ..model import params, predictor, sessions
-from ..model.manifest import PRECISIONS, SCHEMA_VERSION, Manifest
-from ..model.seal import MANIFEST, hash_tree, seal_bundle, sha256_file, verify_bundle
+from ..model.manifest import PRECISIONS, Manifest
+from ..model.seal import MANIFEST, verify_bundle
 
 log = logging.getLogger("brainrt")
 
-__all__ = ["Bundle", "MANIFEST", "SCHEMA_VERSION", "default_model", "demo_model", "hash_tree",
-           "seal_bundle", "sha256_file", "verify_bundle"]
+__all__ = ["Bundle", "default_model", "demo_model"]
 
 
 def models_dir() -> Path:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import file_error
 from ..geometry import upsample
 from ..heads import OFF_TISSUE
 from ..sources import read_mask

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
-from ..bundle.load import MANIFEST, Bundle, default_model, sha256_file
+from ..bundle.load import Bundle, default_model
 from ..finished import COMPLETE
 from ..io import check_not_input
 from ..job import make_job
+from ..model.seal import MANIFEST, sha256_file
 from .options import check_out_name, command_record, default_out, show_progress
 
 

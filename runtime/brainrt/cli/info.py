@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from ..bundle.load import default_model, verify_bundle
+from ..bundle.load import default_model
 from ..model.manifest import describe
+from ..model.seal import verify_bundle
 from .options import one_line_errors
 
 

@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle.load import MANIFEST, Bundle, sha256_file
+from ..bundle.load import Bundle
 from ..engine.grid import FEATURES, TISSUE
 from ..engine.loop import run
 from ..engine.plan import plan_of
 from ..errors import BrainrtError, file_error
 from ..heads import Classifier
+from ..model.seal import MANIFEST, sha256_file
 from ..outputs.zarr_stack import is_done, mark_done
 from ..sinks import ArraySink
 

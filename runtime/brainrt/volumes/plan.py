@@ -14,7 +14,6 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..bundle.load import MANIFEST, sha256_file
 from ..engine.loop import dense_geometry
 from ..engine.plan import check_stride, resolve_method
 from ..engine.resample import pixel_size_of, resampling_of
@@ -25,6 +24,7 @@ from ..heads import Classifier
 from ..maps.smooth import choose
 from ..model import params
 from ..model.predictor import dense_window
+from ..model.seal import MANIFEST, sha256_file
 from ..sources import Source, open_volume
 
 #: Grid rows per task on the per-patch path (the dense path uses its tile height).

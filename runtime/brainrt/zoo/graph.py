@@ -5,7 +5,7 @@ largest dense stride dividing it, every ``q``-th position kept), with the tile r
 first, as brainrt reflects a slice at the slice's edges, so that a tile of ``n * stride`` pixels gives
 ``n`` cells per side, cell ``(i, j)`` being the grid cell of pixels ``i*s .. i*s + s - 1``
 (:mod:`brainrt.geometry`). A head folds in when it is one affine map and a softmax: a multinomial
-logistic regression after its scalers (:func:`brainrt.heads.linear_head`) or the CNN's own output
+logistic regression after its scalers (:func:`brainrt.heads.apply.logistic_affine`) or the CNN's own output
 layer, as a 1x1 convolution and a softmax over the channels. The graph takes the normalized tile
 ``(pixel * scale - mean) / std``; the package says that normalization as its preprocessing.
 
