@@ -136,3 +136,25 @@ def test_cli_inputs_are_checked_before_any_work(case, tmp_path, slice_tif, tiny_
     lines = [ln for ln in result.output.splitlines() if ln.startswith("Error: ")]
     assert len(lines) == 1 and message in lines[0], result.output
     assert listing(tmp_path) == sorted(["small.tif", "nocodes.tif"])
+
+
+def test_a_saved_grid_classifies_down_the_slices_path(tiny_bundle, tiny_bundle_path, slice_tif, tmp_path):
+    """A saved feature grid is classified by the slice's one path (the head a band of rows at a time, the map
+    smoothed as the rows arrive, its probabilities and their uncertainty streamed to their OME-TIFFs): the same
+    maps as the slice classified in one pass, to the float rounding of the head's batches."""
+    import tifffile
+
+    from brainrt.outputs import probabilities_path, uncertainty_path
+
+    feats = tmp_path / "s.features.zarr"
+    assert run_cli(["featurize", slice_tif, "-m", tiny_bundle_path, "--stride", "16", "-o", feats]).exit_code == 0
+    outs = {"slice": tmp_path / "slice.labels.ome.tif", "grid": tmp_path / "grid.labels.ome.tif"}
+    for src, extra in (("slice", ["--stride", "16"]), ("grid", [])):
+        r = run_cli(["classify", slice_tif if src == "slice" else feats, "-m", tiny_bundle_path, "--smooth", "60",
+                     *extra, "-o", outs[src]])
+        assert r.exit_code == 0, r.output
+    read = {k: [tifffile.imread(f(o)) for f in (str, probabilities_path, uncertainty_path)] for k, o in outs.items()}
+    np.testing.assert_array_equal(read["grid"][0], read["slice"][0])
+    assert read["grid"][1].shape[0] == len(tiny_bundle.class_names) and (read["grid"][1].sum(0) > 0.99).mean() > 0.2  # tissue cells sum to 1
+    for a, b in zip(read["grid"][1:], read["slice"][1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

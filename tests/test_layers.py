@@ -263,7 +263,7 @@ def test_no_runtime_module_over_300_lines():
 
 
 def _calls_blocks(tree):
-    """Lines that import or call the engine's ``blocks`` (the loop over them belongs to ``engine.loop.run``)."""
+    """Lines that import or call the engine's ``blocks`` (the loop over them belongs to ``engine.loop.drain``, through ``run``)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("loop"):
             yield from (node.lineno for a in node.names if a.name == "blocks")

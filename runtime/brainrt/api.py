@@ -18,16 +18,14 @@ import numpy as np
 from .bundle.load import default_model, demo_model
 from .bundle.scoring import pixel_metrics, read_truth, score
 from .engine.grid import FeatureGrid, load_features, zarr_attrs
-from .engine.loop import Meter, run
+from .engine.loop import Block, Meter, drain, run
 from .engine.plan import (DEFAULT_BATCH_SIZE, DEFAULT_MIN_TISSUE, DEFAULT_PRECISION, DEFAULT_STANDARDIZE,
                           DEFAULT_STRIDE, make_plan)
 from .errors import BrainrtError
 from .geometry import cell_centre, upsample
-from .heads import ClassMapResult, Classifier, apply_rows, area_loglik, gmm_clusters
-from .io import OmeTiffBands
-from .maps.smooth import choose, smooth_probabilities
-from .maps.uncertainty import CHANNELS, Tee, UncertaintyBands
-from .sinks import ArraySink, ClassifySink, ZarrFeatureSink
+from .heads import ClassMapResult, Classifier, area_loglik, gmm_clusters, head_bands
+from .maps.smooth import choose
+from .sinks import ArraySink, ClassifySink, ZarrFeatureSink, band_writers
 from .sources import read_mask
 
 log = logging.getLogger("brainrt")
@@ -130,12 +128,7 @@ def classify(grid, bundle, *, head=None, smooth=None):
     ClassMapResult
     """
     _check_grid(grid, bundle)
-    clf = Classifier.of(bundle, head)
-    out = clf.apply(grid.features, grid.valid, pixel_size_um=grid.pixel_size_um, stride=grid.stride)
-    sigma, space = _smoothing(bundle, clf, smooth, grid.pixel_size_um, grid.stride)
-    if sigma > 0:
-        out = smooth_probabilities(out, grid.valid, sigma, space=space)
-    return clf.result(out, grid, bundle, sigma * grid.pixel_size_um * grid.stride)
+    return classify_plan(grid, bundle, head=head, smooth=smooth)
 
 
 def _smoothing(bundle, clf, smooth, pixel_size_um, stride):
@@ -162,7 +155,10 @@ def classify_image(image, bundle, *, stride=DEFAULT_STRIDE, head=None, method="a
 
 def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_block=None, probabilities=None,
                   uncertainty=None):
-    """:func:`classify_image` of a checked plan; smoothing streams with the blocks (a halo of rows).
+    """:func:`classify_image` of a checked plan, or :func:`classify` of a saved :class:`FeatureGrid` (``plan``):
+    the one path of a slice's map. The head runs on each block of rows as it comes (the engine's, featurized
+    as the plan streams; a saved grid's rows, a head call's band at a time) and the map is finished as the rows
+    arrive (:class:`~brainrt.sinks.ClassifySink`: smoothing with a halo of rows, the labels).
 
     ``probabilities``: an OME-TIFF path the (smoothed) probabilities are streamed to, a band of
     rows at a time, instead of being kept (the result then holds none): a stride-1 slice then
@@ -170,45 +166,47 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
     ``uncertainty`` (with ``probabilities``): an OME-TIFF path their margin and entropy are streamed to
     (:mod:`brainrt.maps.uncertainty`; else :meth:`ClassMapResult.uncertainty` computes them from the result).
     """
-    clf = Classifier.of(bundle, head)
+    clf, saved = Classifier.of(bundle, head), isinstance(plan, FeatureGrid)
+    if saved:
+        _check_grid(plan, bundle)
     sigma, space = _smoothing(bundle, clf, smooth, plan.pixel_size_um, plan.stride)
-    writer = _band_writers(plan, bundle, clf, probabilities, uncertainty)
-    meter = Meter(plan.n_cells, progress=progress)
+    writer = (band_writers(probabilities, uncertainty, plan.valid, bundle.class_names, plan.pixel_size_um * plan.stride)
+              if probabilities is not None and clf.proba else None)
+    meter = Meter(0 if saved else plan.n_cells, progress=progress and not saved)
     try:
         sink = ClassifySink(clf, plan.valid, sigma=sigma, space=space, stream=clf.stream(plan.pixel_size_um, plan.stride),
                             probabilities=writer)
-        labels, probs = run(plan, bundle.predictor_for(plan), sink, meter=meter, on_block=on_block)
+        labels, probs = (drain(_saved_blocks(plan, sink.cells), sink, meter=meter, on_block=on_block) if saved else
+                         run(plan, bundle.predictor_for(plan), sink, meter=meter, on_block=on_block))
         if writer is not None:
             writer.commit()
     except BaseException:
-        meter.close(plan.method)  # as in featurize_plan
+        meter.close(None if saved else plan.method)  # as in featurize_plan
         raise
+    grid = plan if saved else FeatureGrid.of_plan(plan, None, bundle.model_id, _classified(meter, plan, writer,
+                                                                                          probabilities, uncertainty))
+    return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid, clf.name,
+                          sigma * plan.pixel_size_um * plan.stride, bundle.manifest.class_colors)
+
+
+def _saved_blocks(grid, cells):
+    """The rows of a saved grid as the engine's blocks of ``cells``' values (a head's, :func:`head_bands`)."""
+    for r0, r1, values in head_bands(grid.features, grid.valid, cells.fn):
+        v = grid.valid[r0:r1]
+        block = cells.empty(r1 - r0, v.shape[1])
+        if values is not None:
+            block[v] = values
+        yield Block(r0, r1, block, v)
+
+
+def _classified(meter, plan, writer, probabilities, uncertainty):
+    """The statistics of a plan's classification (where its probabilities and uncertainty were streamed)."""
     stats = _close(meter, plan, "featurized and classified")
     if writer is not None:
         stats["probabilities"] = str(probabilities)
         if uncertainty is not None:
             stats["uncertainty"] = str(uncertainty)
-    grid = FeatureGrid.of_plan(plan, None, bundle.model_id, stats)
-    return ClassMapResult(labels, probs, bundle.class_names, bundle.class_codes, grid, clf.name,
-                          sigma * plan.pixel_size_um * plan.stride, bundle.manifest.class_colors)
-
-
-def _band_writers(plan, bundle, clf, probabilities, uncertainty):
-    """The writer the probabilities stream into (and their uncertainty beside them), or None (kept in memory)."""
-    if probabilities is None or not clf.proba:
-        return None
-    px = plan.pixel_size_um * plan.stride
-    writer = OmeTiffBands(probabilities, (clf.n_classes,) + plan.shape, np.float32, pixel_size_um=px,
-                          channel_names=bundle.class_names)
-    if uncertainty is None:
-        return writer
-    try:
-        u = OmeTiffBands(uncertainty, (len(CHANNELS),) + plan.shape, np.float32, pixel_size_um=px,
-                         channel_names=list(CHANNELS))
-    except BaseException:
-        writer.abort()
-        raise
-    return Tee(writer, UncertaintyBands(u, plan.valid))
+    return stats
 
 
 def cluster(grid, bundle):

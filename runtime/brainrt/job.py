@@ -178,15 +178,13 @@ def _classify(job, bundle, out, record, *, progress, overwrite):
 
 
 def _classified(todo, bundle, head, smooth, s, progress):
-    """(result, image) of a :meth:`Job.slice_job`: a saved grid's in memory; a slice's streamed (features never
-    held whole, a stride-1 grid of a slice is GBs), its probabilities into the output set ``s`` band by band."""
-    if isinstance(todo, FeatureGrid):
-        return api.classify(todo, bundle, head=head, smooth=smooth), None
-    if not Classifier.of(bundle, head).proba:
-        return api.classify_plan(todo, bundle, head=head, smooth=smooth, progress=progress), todo.input_image
-    return api.classify_plan(todo, bundle, head=head, smooth=smooth, progress=progress,
-                             probabilities=s.path(probabilities_path(s.out)),
-                             uncertainty=s.path(uncertainty_path(s.out))), todo.input_image
+    """(result, image) of a :meth:`Job.slice_job` (a slice's plan, featurized as it streams, or a saved grid):
+    features never held whole (a stride-1 grid of a slice is GBs), the probabilities streamed into the output
+    set ``s`` band by band."""
+    streamed = dict(probabilities=s.path(probabilities_path(s.out)), uncertainty=s.path(uncertainty_path(s.out)))
+    result = api.classify_plan(todo, bundle, head=head, smooth=smooth, progress=progress,
+                               **(streamed if Classifier.of(bundle, head).proba else {}))
+    return result, getattr(todo, "input_image", None)
 
 
 def _cluster(job, bundle, out, record, *, progress, overwrite):

@@ -27,8 +27,9 @@ from .engine.grid import FEATURE_ARRAYS, FEATURES, create_feature_store
 from .engine.loop import CellMap
 from .finished import FOLDER_RECORD, write_record
 from .integrity import Guarded, seal
-from .io import atomic_path
+from .io import OmeTiffBands, atomic_path
 from .maps.slicemap import SliceMap
+from .maps.uncertainty import CHANNELS, Tee, UncertaintyBands
 
 
 class Sink:
@@ -147,3 +148,22 @@ class ClassifySink(Sink):
     def abort(self):
         if self.writer is not None:
             self.writer.abort()
+
+
+def band_writers(probabilities, uncertainty, valid, names, cell_um):
+    """The writer a slice's probabilities stream into, band by band (:class:`ClassifySink`'s ``probabilities``):
+    the OME-TIFF ``probabilities`` (K, R, C) of the classes ``names``, and with ``uncertainty`` their margin and
+    entropy beside it (:mod:`brainrt.maps.uncertainty`; NaN off the ``valid`` cells); grid cells ``cell_um``
+    wide."""
+    shape = tuple(valid.shape)
+    writer = OmeTiffBands(probabilities, (len(names),) + shape, np.float32, pixel_size_um=cell_um,
+                          channel_names=list(names))
+    if uncertainty is None:
+        return writer
+    try:
+        u = OmeTiffBands(uncertainty, (len(CHANNELS),) + shape, np.float32, pixel_size_um=cell_um,
+                         channel_names=list(CHANNELS))
+    except BaseException:
+        writer.abort()
+        raise
+    return Tee(writer, UncertaintyBands(u, valid))

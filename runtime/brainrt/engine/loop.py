@@ -9,8 +9,8 @@ the engine cuts to features. Two paths give the same features to float rounding:
 - dense: large tiles with halos are cut, the predictor maps a tile to the features of
   every window position at once, and each block is stitched from its tiles.
 
-:func:`run` is the one loop over the blocks: ``run(plan, predictor, sink, rows=(r0, r1),
-on_block=...)`` hands every block to a sink (:mod:`brainrt.sinks`: an in-memory grid, a
+:func:`drain` is the one loop over the blocks (:func:`run`'s: ``run(plan, predictor, sink, rows=(r0, r1),
+on_block=...)``; or a saved grid's rows): it hands every block to a sink (:mod:`brainrt.sinks`: an in-memory grid, a
 zarr writer, a classifier, a volume band) and calls ``on_block`` after each (progress,
 cancel). ``rows`` restricts it to a band of grid rows, so a scheduler (e.g. Dask, one
 task per band or per z) can split a slice without touching this module. Progress and
@@ -113,16 +113,22 @@ class Meter:
 
 
 def run(plan, predictor, sink, *, rows=None, meter=None, on_block=None):
-    """Run the grid rows ``rows`` (default: all) of ``plan`` through ``predictor`` into ``sink``.
-
-    ``sink`` takes each :class:`Block` in order (``sink.put(block)``) and gives the result
-    (``sink.close()``, returned); on an error or an interrupt ``sink.abort()`` is called
-    and the exception goes on. ``on_block(block, meter)`` is called after each block (a
-    progress report; raising from it cancels the run).
-    """
+    """Run the grid rows ``rows`` (default: all) of ``plan`` through ``predictor`` into ``sink``
+    (:func:`drain` of :func:`blocks`)."""
     meter = meter or Meter()
+    return drain(blocks(plan, predictor, rows=rows, meter=meter, cells=getattr(sink, "cells", None)), sink,
+                 meter=meter, on_block=on_block)
+
+
+def drain(source, sink, *, meter=None, on_block=None):
+    """Every :class:`Block` of ``source`` (in order: the engine's, or a saved grid's rows) into ``sink``.
+
+    ``sink`` takes each block (``sink.put(block)``) and gives the result (``sink.close()``, returned); on an
+    error or an interrupt ``sink.abort()`` is called and the exception goes on. ``on_block(block, meter)`` is
+    called after each block (a progress report; raising from it cancels the run).
+    """
     try:
-        for b in blocks(plan, predictor, rows=rows, meter=meter, cells=getattr(sink, "cells", None)):
+        for b in source:
             sink.put(b)
             if on_block is not None:
                 on_block(b, meter)

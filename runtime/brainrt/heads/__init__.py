@@ -10,11 +10,11 @@ heads through :func:`bundle_heads`).
 """
 
 from .apply import (HEAD_CHUNK, OFF_TISSUE, ClassMapResult, Classifier, apply_rows, area_loglik, chunk_rows,
-                    float32_proba, gmm_clusters, logistic_affine, per_class)
+                    float32_proba, gmm_clusters, head_bands, logistic_affine, per_class)
 from .kinds import (CLASS_FREE_HEADS, CLASSIFIER_HEADS, KINDS, NOT_CLASSIFIERS, UNUSED_HEADS, Heads, bundle_heads,
                     kind_of, load_head)
 from .linear import LinearHead
 
 __all__ = ["CLASSIFIER_HEADS", "CLASS_FREE_HEADS", "ClassMapResult", "Classifier", "HEAD_CHUNK", "Heads", "KINDS",
            "LinearHead", "NOT_CLASSIFIERS", "OFF_TISSUE", "UNUSED_HEADS", "apply_rows", "area_loglik", "bundle_heads",
-           "chunk_rows", "float32_proba", "gmm_clusters", "kind_of", "load_head", "logistic_affine", "per_class"]
+           "chunk_rows", "float32_proba", "gmm_clusters", "head_bands", "kind_of", "load_head", "logistic_affine", "per_class"]

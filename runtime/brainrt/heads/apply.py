@@ -61,12 +61,20 @@ def apply_rows(features, valid, fn, out):
     ``features`` (r, C, F) may be a NumPy or zarr array; ``out`` (r, C, ...) is filled in
     place and returned.
     """
+    for r0, r1, values in head_bands(features, valid, fn):
+        if values is not None:
+            out[r0:r1][valid[r0:r1]] = values
+    return out
+
+
+def head_bands(features, valid, fn):
+    """``(r0, r1, fn(features[r0:r1][valid[r0:r1]]))`` for every band of :func:`chunk_rows` grid rows in
+    order (None for a band without valid cells): a head over a saved grid, one call per band (the same
+    float rounding wherever the bands go)."""
     step = chunk_rows(valid.shape[1])
     for r0 in range(0, valid.shape[0], step):
         v = valid[r0 : r0 + step]
-        if v.any():
-            out[r0 : r0 + step][v] = fn(np.asarray(features[r0 : r0 + step])[v])
-    return out
+        yield r0, r0 + len(v), fn(np.asarray(features[r0 : r0 + step])[v]) if v.any() else None
 
 
 def per_class(model, fn, n_classes, fill):
