@@ -9,8 +9,8 @@ import pytest
 from scipy.ndimage import gaussian_filter1d
 
 import brainrt
-from brainrt.ctxhead import ContextHead, ContextStream, context_probabilities
 from brainrt.errors import BrainrtError
+from brainrt.heads.context import ContextHead, ContextStream, context_probabilities
 from brainrt.model.manifest import ContextHeadSpec, Manifest, PoolScale
 from brainrt.maps.pooling import RowPooler, combine_z, pool_grid, pool_volume, z_kernel
 

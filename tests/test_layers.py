@@ -528,7 +528,7 @@ ROOMS = {
              "plots.py", "synth.py", "split.py", "densities.py"],
     "sources": ["sources/"],
     "model": ["model/"],
-    "heads": ["ctxhead.py", "maps/", "heads/"],
+    "heads": ["maps/", "heads/"],
     "bundle": ["bundle/"],
     "engine": ["engine/"],
     "outputs": ["finished.py", "outputs/", "sinks.py"],

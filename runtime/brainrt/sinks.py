@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ctxhead import PassThrough
 from .engine.grid import FEATURE_ARRAYS, FEATURES, create_feature_store
 from .engine.loop import CellMap
 from .finished import FOLDER_RECORD, write_record
+from .heads.context import PassThrough
 from .integrity import Guarded, seal
 from .io import OmeTiffBands, atomic_path
 from .maps.slicemap import SliceMap

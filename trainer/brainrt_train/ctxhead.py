@@ -1,4 +1,4 @@
-"""Fitting context heads (:mod:`brainrt.ctxhead`) on a bundle's feature grids, chosen on validation.
+"""Fitting context heads (:mod:`brainrt.heads.context`) on a bundle's feature grids, chosen on validation.
 
 A reusable step: it needs a bundle (any network), its training slices and the split its
 manifest records, and nothing of how the network was trained. Cells of the stride grid
@@ -110,8 +110,8 @@ def fit_pipeline(x, y, *, C, seed=0, balanced=True, sample_weight=None):
 
 
 def fold(pipe, scales, *, n_features, n_classes, stage1=None):
-    """The fitted pipeline as a :class:`~brainrt.ctxhead.ContextHead` (scaler folded into the weights)."""
-    from brainrt.ctxhead import ContextHead
+    """The fitted pipeline as a :class:`~brainrt.heads.context.ContextHead` (scaler folded into the weights)."""
+    from brainrt.heads.context import ContextHead
 
     scaler, lr = pipe[0], pipe[-1]
     w = lr.coef_ / scaler.scale_
@@ -127,8 +127,8 @@ def fold(pipe, scales, *, n_features, n_classes, stage1=None):
 
 def head_probabilities(head, features, valid, *, pixel_size_um, stride):
     """The runtime's whole-grid class probabilities of a context head (terms, pooled, softmax)."""
-    from brainrt.ctxhead import context_probabilities
     from brainrt.heads import apply_rows
+    from brainrt.heads.context import context_probabilities
 
     terms = apply_rows(features, valid, head.terms, np.zeros(valid.shape + (head.n_terms,), np.float32))
     return context_probabilities(head, terms, valid, head.sigmas_cells(pixel_size_um, stride))

@@ -321,7 +321,7 @@ def training_rows(inputs, y_cells, train):
 
 def probabilities(grid, model):
     """Probabilities (R, C, K) of a fitted head (:func:`fit_head`'s model) on ``grid``'s features, every valid cell."""
-    from brainrt.ctxhead import ContextHead
+    from brainrt.heads.context import ContextHead
 
     if isinstance(model, ContextHead):
         from brainrt_train.ctxhead import head_probabilities

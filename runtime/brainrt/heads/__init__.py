@@ -1,11 +1,12 @@
 """Heads: the bundle's models on features, by kind, and applying them a band of rows at a time.
 
 Lives here: the head kinds (:mod:`.kinds`, one module a kind: :mod:`.scikit`, :mod:`.linear`,
-:mod:`.context`), each declaring how its heads are fitted, recorded in the manifest, loaded and applied;
-applying a loaded head (:mod:`.apply`: :class:`Classifier`, clusters, densities, :class:`ClassMapResult`).
+:mod:`.context`, with the context head's pooled stream), each declaring how its heads are fitted, recorded
+in the manifest, loaded and applied; applying a loaded head (:mod:`.apply`: :class:`Classifier`, clusters,
+densities, :class:`ClassMapResult`).
 
-May import: the base modules (errors), the maps (:mod:`brainrt.maps`: uncertainty, pooling) and the
-context heads (:mod:`brainrt.ctxhead`); never bundles, plans, the engine, outputs or the faces (a bundle loads its
+May import: the base modules (errors) and the maps (:mod:`brainrt.maps`: uncertainty, pooling; the
+context heads pool with them); never bundles, plans, the engine, outputs or the faces (a bundle loads its
 heads through :func:`bundle_heads`).
 """
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ctxhead import ContextHead, ContextStream, PassThrough, context_probabilities
 from ..errors import BrainrtError
 from ..maps.uncertainty import margin_entropy
+from .context import ContextHead, ContextStream, PassThrough, context_probabilities
 from .kinds import CLASSIFIER_HEADS, NOT_CLASSIFIERS
 
 #: Cells per head call: scikit-learn works in float64, so this bounds its copies (~32 MB).
@@ -147,7 +147,7 @@ def float32_proba(model):
 class Classifier:
     """A classifier head as a per-row function ``fn`` and the empty grid it fills:
     probabilities (R, C, K) or, for heads without them, labels (R, C). A context head
-    (:mod:`brainrt.ctxhead`): ``fn`` gives its per-cell terms, which :meth:`stream` pools
+    (:mod:`brainrt.heads.context`): ``fn`` gives its per-cell terms, which :meth:`stream` pools
     into probabilities."""
 
     fn: object
@@ -178,7 +178,7 @@ class Classifier:
         return np.full(tuple(shape), -1, np.int16)
 
     def stream(self, pixel_size_um, stride):
-        """Rows of ``fn``'s output in, rows of the map's values out: a :class:`~brainrt.ctxhead.ContextStream`
+        """Rows of ``fn``'s output in, rows of the map's values out: a :class:`~brainrt.heads.context.ContextStream`
         for a context head (sigmas in cells of this grid), else a pass-through."""
         if self.context is None:
             return PassThrough()

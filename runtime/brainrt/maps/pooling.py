@@ -1,6 +1,6 @@
 """Gaussian pooling over tissue cells, streamed by row blocks: the normalized convolution
 ``G * (x * valid)`` and ``G * valid`` of any channels, for the map regularization (:mod:`brainrt.maps.smooth`)
-and the context heads (:mod:`brainrt.ctxhead`).
+and the context heads (:mod:`brainrt.heads.context`).
 
 :class:`RowPooler` takes consecutive row blocks of a grid and yields the :class:`Pooled` sums of the
 rows whose kernel has fully arrived. Separable filtering with zero padding makes every output value

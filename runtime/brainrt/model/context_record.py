@@ -1,4 +1,4 @@
-"""The manifest's record of a bundle's context heads (:mod:`brainrt.ctxhead`): their pooling scales
+"""The manifest's record of a bundle's context heads (:mod:`brainrt.heads.context`): their pooling scales
 and how they were chosen.
 
 A part of :class:`brainrt.model.manifest.Manifest` (``context_heads``: head name -> :class:`ContextHeadSpec`;
@@ -37,7 +37,7 @@ class PoolScale(Part):
 
 @dataclass(frozen=True)
 class ContextHeadSpec(Part):
-    """A context head (:mod:`brainrt.ctxhead`): its scales, the stage-1 head whose probabilities it pools,
+    """A context head (:mod:`brainrt.heads.context`): its scales, the stage-1 head whose probabilities it pools,
     its regularization ``C`` and how they were chosen (``extra["table"]``: the candidates' scores)."""
 
     scales: tuple

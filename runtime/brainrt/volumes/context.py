@@ -1,9 +1,9 @@
 """A context head's pass over a volume: one task per slice, after the blocks of the slices it reaches
 (:func:`~brainrt.volumes.graph.task_graph` places it).
 
-The blocks write each cell's terms (:meth:`~brainrt.ctxhead.ContextHead.terms`) instead of
+The blocks write each cell's terms (:meth:`~brainrt.heads.context.ContextHead.terms`) instead of
 probabilities; the context task of slice z streams the terms of slices ``z - reach .. z +
-reach`` band by band through one :class:`~brainrt.ctxhead.ContextStream` (in-plane pooling
+reach`` band by band through one :class:`~brainrt.heads.context.ContextStream` (in-plane pooling
 with halos of rows per slice, then across z: the 3D normalized convolution) and writes
 slice z's probabilities to ``scratch/context``, which the slice's finish task smooths and
 writes like any head's. Memory: one band of each reached slice plus the halos.
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ctxhead import ContextStream
 from ..heads import Classifier
+from ..heads.context import ContextStream
 from ..maps.smooth import radius
 from .blocks import worker_bundle
 

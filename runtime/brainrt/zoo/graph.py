@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ctxhead import ContextHead
 from ..errors import BrainrtError
 from ..heads import NOT_CLASSIFIERS, LinearHead, logistic_affine
+from ..heads.context import ContextHead
 from ..model.predictor import dense_window
 
 #: Names of the exported graph's input and outputs.
