@@ -136,3 +136,34 @@ def test_a_classifier_sink_gets_blocks_of_head_values_not_features(tiny_bundle, 
     assert np.array_equal(head_labels, labels)  # an ArraySink of a head: its values where there is tissue
 
 
+
+
+def test_a_saved_grid_streams_its_probabilities(tiny_bundle, tmp_path, monkeypatch):
+    """A saved feature grid is classified by the slice's streaming path: with its probabilities going to their
+    OME-TIFF, it never holds them whole (it held the grid's probabilities, their smoothing's whole-grid copies
+    and their uncertainty), and the files hold what the in-memory classification gives."""
+    import tifffile
+
+    from brainrt import api
+    from brainrt.engine.grid import FeatureGrid
+    from brainrt.heads import apply as heads_apply
+
+    monkeypatch.setattr(heads_apply, "HEAD_CHUNK", 2048)  # bands of 5 rows
+    R, C, K = 600, 400, len(tiny_bundle.class_names)
+    features = np.random.default_rng(0).standard_normal((R, C, tiny_bundle.n_features)).astype(np.float32)
+    valid = np.ones((R, C), bool)
+    valid[:, :40] = False
+    grid = FeatureGrid(features, valid, 8, tiny_bundle.patch_size, (8 * R, 8 * C), tiny_bundle.model_id)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        streamed = api.classify_plan(grid, tiny_bundle, smooth=30, probabilities=tmp_path / "p.ome.tif",
+                                     uncertainty=tmp_path / "u.ome.tif")
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert streamed.probabilities is None
+    assert peak < R * C * K * 4 / 2, (peak, R * C * K * 4)  # less than half the grid's probabilities
+    held = api.classify(grid, tiny_bundle, smooth=30)
+    np.testing.assert_array_equal(streamed.labels, held.labels)
+    np.testing.assert_array_equal(np.moveaxis(tifffile.imread(tmp_path / "p.ome.tif"), 0, -1), held.probabilities)
