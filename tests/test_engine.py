@@ -207,7 +207,7 @@ def test_int8_tiles_are_wider_than_high_and_give_the_per_patch_features(tiny_bun
     int8 graph, exactly; fp32 tiles stay square."""
     from brainrt.engine import loop
     from brainrt.engine.plan import make_plan
-    from brainrt.sinks import ArraySink
+    from brainrt.outputs.sinks import ArraySink
 
     monkeypatch.setattr(loop, "DENSE_MAX_OUT", 12)  # many small tiles on a small crop
     image = synthetic_slice.image[:96, :220]
@@ -229,7 +229,7 @@ def test_blocks_and_tiles_are_cut_evenly(tiny_bundle, synthetic_slice, monkeypat
     remainder, whose halo costs as much as a full tile's); the features do not depend on the cuts."""
     from brainrt.engine import loop
     from brainrt.engine.plan import make_plan
-    from brainrt.sinks import ArraySink
+    from brainrt.outputs.sinks import ArraySink
 
     image = synthetic_slice.image[:100, :220]
     plan = make_plan(image, tiny_bundle, stride=2, method="dense", tissue="all")

@@ -170,7 +170,7 @@ def test_meter_counts_every_cell_once(tiny_bundle, synthetic_slice):
 
 def test_run_feeds_every_block_to_the_sink_in_order(tiny_bundle, synthetic_slice):
     from brainrt.engine.loop import run
-    from brainrt.sinks import ArraySink
+    from brainrt.outputs.sinks import ArraySink
 
     plan = make_plan(synthetic_slice.image, tiny_bundle, stride=16)
     predictor = tiny_bundle.predictor_for(plan)
@@ -531,7 +531,7 @@ ROOMS = {
     "heads": ["maps/", "heads/"],
     "bundle": ["bundle/"],
     "engine": ["engine/"],
-    "outputs": ["finished.py", "outputs/", "sinks.py"],
+    "outputs": ["outputs/"],
     "jobs": ["job.py", "api.py", "familiar.py", "fit.py", "demo.py", "volumes/", "zoo/"],
     "face": ["__init__.py", "cli/", "napari/"],
 }

@@ -14,8 +14,8 @@ import numpy as np
 from brainrt.engine.loop import run
 from brainrt.engine.plan import make_plan
 from brainrt.model.sessions import session_options
-from brainrt.sinks import Sink
 from brainrt.maps.smooth import RowSmoother, radius, smooth_probabilities
+from brainrt.outputs.sinks import Sink
 
 
 class _Watch:
@@ -114,7 +114,7 @@ def test_a_classifier_sink_gets_blocks_of_head_values_not_features(tiny_bundle, 
     of the features' grid through the same head."""
     from brainrt.engine import loop
     from brainrt.heads import Classifier
-    from brainrt.sinks import ArraySink, ClassifySink
+    from brainrt.outputs.sinks import ArraySink, ClassifySink
 
     monkeypatch.setattr(loop, "DENSE_MAX_OUT", 24)  # several blocks and tiles
     plan = make_plan(synthetic_slice.image[:160, :300], tiny_bundle, stride=2, method="dense")

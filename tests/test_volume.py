@@ -397,9 +397,9 @@ def _mtimes(folder):
 
 def test_finished_volume_rule(stack_tif, tiny_bundle, tmp_path):
     """A finished volume rerun with the same arguments: nothing to do; other arguments, or featurize into it:
-    refused unless overwrite. One rule: the run record of brainrt.finished, kept inside the store."""
+    refused unless overwrite. One rule: the run record of brainrt.outputs.finished, kept inside the store."""
     from brainrt.errors import BrainrtError
-    from brainrt.finished import read_record
+    from brainrt.outputs.finished import read_record
     from brainrt.volumes import make_volume_plan, run_volume
 
     def plan(**kw):

@@ -2,7 +2,7 @@
 
 Every function that takes raw input turns it into a checked :class:`~brainrt.engine.plan.Plan`
 first (:func:`make_plan`, the input edge), then runs the windowing engine over a
-predictor of the bundle into a sink (:func:`brainrt.engine.loop.run`, :mod:`brainrt.sinks`),
+predictor of the bundle into a sink (:func:`brainrt.engine.loop.run`, :mod:`brainrt.outputs.sinks`),
 which applies heads to the blocks (:mod:`brainrt.heads`) or writes them. Options after
 the data argument are keyword-only. Every function is safe to call from several threads with one loaded :class:`~brainrt.bundle.load.Bundle`
 (onnxruntime sessions are thread-safe for ``run``).
@@ -25,7 +25,7 @@ from .errors import BrainrtError
 from .geometry import cell_centre, upsample
 from .heads import ClassMapResult, Classifier, area_loglik, gmm_clusters, head_bands
 from .maps.smooth import choose
-from .sinks import ArraySink, ClassifySink, ZarrFeatureSink, band_writers
+from .outputs.sinks import ArraySink, ClassifySink, ZarrFeatureSink, band_writers
 from .sources import read_mask
 
 log = logging.getLogger("brainrt")
@@ -79,7 +79,7 @@ def featurize(image, bundle, *, stride=DEFAULT_STRIDE, method="auto", tissue=Non
 
 def featurize_plan(plan, bundle, *, out=None, progress=False, on_block=None, record=None):
     """:func:`featurize` of a checked plan: features in memory, or streamed into the zarr folder ``out``
-    (with the run ``record`` of :mod:`brainrt.finished` inside, if given).
+    (with the run ``record`` of :mod:`brainrt.outputs.finished` inside, if given).
 
     ``on_block(block, meter)`` is called after every block of grid rows (see :func:`brainrt.engine.loop.run`).
     """
@@ -158,7 +158,7 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
     """:func:`classify_image` of a checked plan, or :func:`classify` of a saved :class:`FeatureGrid` (``plan``):
     the one path of a slice's map. The head runs on each block of rows as it comes (the engine's, featurized
     as the plan streams; a saved grid's rows, a head call's band at a time) and the map is finished as the rows
-    arrive (:class:`~brainrt.sinks.ClassifySink`: smoothing with a halo of rows, the labels).
+    arrive (:class:`~brainrt.outputs.sinks.ClassifySink`: smoothing with a halo of rows, the labels).
 
     ``probabilities``: an OME-TIFF path the (smoothed) probabilities are streamed to, a band of
     rows at a time, instead of being kept (the result then holds none): a stride-1 slice then

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from . import api
 from .bundle.load import Bundle
-from .finished import FOLDER_RECORD, is_finished, run_record, write_record
 from .model.seal import MANIFEST, sha256_file
 from .outputs import write_classification, write_clusters, write_subdivision
+from .outputs.finished import FOLDER_RECORD, is_finished, run_record, write_record
 from .synth import make_slice
 
 
@@ -16,7 +16,7 @@ def run_demo(out, *, model=None, seed=7, overwrite=False):
     """Featurize, classify (scored against the synthetic truth), cluster and sub-divide.
 
     Yields one line per step, saying what was written where. The folder ``out`` follows the
-    finished-output rule (:mod:`brainrt.finished`): a finished demo of the same seed and bundle
+    finished-output rule (:mod:`brainrt.outputs.finished`): a finished demo of the same seed and bundle
     is left as it is; any other content is replaced only with ``overwrite``.
     """
     out = Path(out)

@@ -25,10 +25,10 @@ from .bundle.scoring import score_lines
 from .engine.grid import FeatureGrid
 from .errors import BrainrtError
 from .familiar import checked
-from .finished import COMPLETE
 from .heads import Classifier
 from .outputs import (TiffSet, ZarrStack, classification_set, probabilities_path, uncertainty_path,
                       write_classification, write_clusters, write_subdivision)
+from .outputs.finished import COMPLETE
 from .sources import check_not_bundle, is_feature_grid, is_volume_input, read_mask
 from .volumes import process_volume
 

@@ -89,7 +89,7 @@ def train_and_export_cmd(images, masks, class_map, out, **kw):
     if len(images) != len(masks):
         raise BrainrtError(f"got {len(images)} --image and {len(masks)} --mask; give one mask per image")
     from brainrt.cli.options import command_record
-    from brainrt.finished import is_finished
+    from brainrt.outputs.finished import is_finished
 
     from .pipeline import train_and_export
 

@@ -384,9 +384,9 @@ def cv_metrics(summary, names):
 def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, record=None, command=""):  # long: the steps in order
     """The final fit of ``choices`` on the slice ``image`` / ``mask``, written as a verified bundle at ``out``
     (built beside it, renamed into place when complete); returns its :class:`~brainrt.model.manifest.Manifest`."""
-    from brainrt.finished import refusal
     from brainrt.io import atomic_path
     from brainrt.model.seal import seal_bundle
+    from brainrt.outputs.finished import refusal
 
     from .final import best_logreg, final_fit, final_record, recipe_of, write_final
     from .pipeline import bundle_manifest, export_graphs, load_data, save_cnn_head

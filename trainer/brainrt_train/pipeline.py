@@ -24,13 +24,13 @@ import torch
 from brainrt.bundle.load import Bundle
 from brainrt.heads import LinearHead
 from brainrt.errors import BrainrtError, check_positive_int, param_error
-from brainrt.finished import refusal
 from brainrt.geometry import MIN_WINDOW, NET_STRIDE, window_offset, window_size
 from brainrt.engine.intensity import tissue_quantiles
 from brainrt.io import atomic_path, write_json
 from brainrt.model.manifest import (ClassSpec, Context, DenseGraphs, Int8Graphs, Intensity, Manifest, Normalization,
                                     OnnxGraph, Smoothing, Training, TrainingSlice)
 from brainrt.model.seal import seal_bundle
+from brainrt.outputs.finished import refusal
 from brainrt.plots import confusion_png
 from brainrt.engine.tissue import otsu_threshold
 
@@ -479,7 +479,7 @@ def train_and_export(pairs, out, *, overwrite=False, options: TrainOptions | Non
     Options are :class:`TrainOptions`' fields, given as keywords (or as ``options``, which
     keywords then override). Returns the :class:`~brainrt.model.manifest.Manifest`. The bundle
     is built in a temporary folder beside ``out`` and renamed into place only when complete
-    and verified. ``record``: the command's run record (:mod:`brainrt.finished`), kept in the
+    and verified. ``record``: the command's run record (:mod:`brainrt.outputs.finished`), kept in the
     manifest as ``run`` (a rerun with the same arguments then leaves the bundle as it is).
     """
     opts = dataclasses.replace(options, **kw) if options is not None else TrainOptions(**kw)

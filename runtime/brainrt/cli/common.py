@@ -9,10 +9,10 @@ from pathlib import Path
 import click
 
 from ..bundle.load import Bundle, default_model
-from ..finished import COMPLETE
 from ..io import check_not_input
 from ..job import make_job
 from ..model.seal import MANIFEST, sha256_file
+from ..outputs.finished import COMPLETE
 from .options import check_out_name, command_record, default_out, show_progress
 
 
@@ -38,7 +38,7 @@ def plan_options(tissue_mask, all_cells, pixel_size, device="auto", z=None, **kw
 
 def prepare(out, model, threads, job, *, inputs=(), overwrite=False, device="auto"):
     """Fail on an unwritable output path, or one that is an input, before any work (and before a
-    progress bar); load the bundle; apply the finished-output rule (:mod:`brainrt.finished`) to the job's
+    progress bar); load the bundle; apply the finished-output rule (:mod:`brainrt.outputs.finished`) to the job's
     output store (:mod:`brainrt.outputs`: a zarr folder, or an OME-TIFF set) when its record is the command's.
 
     Returns ``(bundle, run record)``, or ``(None, None)`` when ``out`` is already finished by the same

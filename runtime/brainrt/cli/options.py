@@ -1,7 +1,7 @@
 """The command line's shared options, defined once (rasterio's ``rio/options.py``): the model, the
 grid and evaluation options of every command (their defaults are :mod:`brainrt.model.params`'), the
 volume options, the argument types they need, the check of an output's name (what it must be named is
-the job's, :mod:`brainrt.job`), every command's run record (:mod:`brainrt.finished`), and how every command
+the job's, :mod:`brainrt.job`), every command's run record (:mod:`brainrt.outputs.finished`), and how every command
 reports an error (:func:`one_line_errors`)."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import click
 from ..bundle.load import DEVICES, default_model
 from ..engine.plan import DEFAULT_PRECISION, METHODS
 from ..errors import BrainrtError, file_error
-from ..finished import run_record
 from ..model import params
 from ..model.manifest import PRECISIONS, Manifest
+from ..outputs.finished import run_record
 from ..sources import SUFFIXES, file_of
 
 log = logging.getLogger("brainrt")
@@ -157,7 +157,7 @@ def check_out_name(out, command, kind):
 
 
 def command_record(ctx, model_hash, *, by_value=()):
-    """The run record (:mod:`brainrt.finished`) of the command being run: its arguments by option name,
+    """The run record (:mod:`brainrt.outputs.finished`) of the command being run: its arguments by option name,
     its input files (path options, except those in ``by_value``: recorded as given), the bundle's hash."""
     args, inputs = {}, {}
     for p in ctx.command.params:

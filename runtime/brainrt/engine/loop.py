@@ -10,7 +10,7 @@ the engine cuts to features. Two paths give the same features to float rounding:
   every window position at once, and each block is stitched from its tiles.
 
 :func:`drain` is the one loop over the blocks (:func:`run`'s: ``run(plan, predictor, sink, rows=(r0, r1),
-on_block=...)``; or a saved grid's rows): it hands every block to a sink (:mod:`brainrt.sinks`: an in-memory grid, a
+on_block=...)``; or a saved grid's rows): it hands every block to a sink (:mod:`brainrt.outputs.sinks`: an in-memory grid, a
 zarr writer, a classifier, a volume band) and calls ``on_block`` after each (progress,
 cancel). ``rows`` restricts it to a band of grid rows, so a scheduler (e.g. Dask, one
 task per band or per z) can split a slice without touching this module. Progress and

@@ -3,7 +3,7 @@ regularized in the plane as they arrive (:class:`~brainrt.maps.smooth.RowSmoothe
 argmax, -1 off tissue) and its probabilities handed on, a band of rows at a time.
 
 :class:`SliceMap` is the one place this happens: the streaming classify of a slice feeds it the rows of
-each block of the engine (:class:`brainrt.sinks.ClassifySink`), a volume's finish task the rows of each
+each block of the engine (:class:`brainrt.outputs.sinks.ClassifySink`), a volume's finish task the rows of each
 band of its stack (:func:`brainrt.volumes.finish.finish_slice`). Where the finished probabilities go is the
 caller's ``writer`` (``write(y0, band)``: a slice's OME-TIFF bands and their uncertainty, a volume's
 levels), or memory.

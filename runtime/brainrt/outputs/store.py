@@ -1,6 +1,6 @@
 """The output store interface: one output of one run, and the finished-output rule applied to it.
 
-Every store has a target ``out`` and applies the rule of :mod:`brainrt.finished` through the same
+Every store has a target ``out`` and applies the rule of :mod:`brainrt.outputs.finished` through the same
 three calls, whatever it writes:
 
 - :meth:`OutputStore.check`: refuse, before any work, a target that cannot be written;
@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..finished import is_finished
 from ..io import check_target
+from .finished import is_finished
 
 
 class OutputStore:
@@ -44,7 +44,7 @@ class OutputStore:
         check_target(self.out, is_dir=self.is_dir)
 
     def finished(self, record, *, overwrite=False, read=None) -> bool:
-        """The finished-output rule (:func:`brainrt.finished.is_finished`) for a run of ``record``, once
+        """The finished-output rule (:func:`brainrt.outputs.finished.is_finished`) for a run of ``record``, once
         :meth:`check` passes; ``read(out)`` reads the record of an output that keeps it elsewhere."""
         self.check()
         return is_finished(self.out, record, members=self.members, is_dir=self.is_dir, overwrite=overwrite, read=read)

@@ -5,7 +5,7 @@ set's run record ``X.run.json`` are one output (:class:`TiffSet`, an
 :class:`~brainrt.outputs.store.OutputStore`). :class:`OutputSet` writes it as one: every file goes to
 a temporary name first; only when all are written are they renamed into place, the files of the set
 that this run does not write are removed, and the record is written last (and removed first), so a
-set without its record is never taken as finished (:mod:`brainrt.finished`).
+set without its record is never taken as finished (:mod:`brainrt.outputs.finished`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 from ..errors import BrainrtError, file_error
-from ..finished import SET_RECORD, record_path, set_member, write_record
 from ..io import current_umask
 from ..runfiles import temp_path
+from .finished import SET_RECORD, record_path, set_member, write_record
 from .store import OutputStore
 
 #: Files the writers put beside their main output ``X.ome.tif`` (as ``X<suffix>``); with it, one output set

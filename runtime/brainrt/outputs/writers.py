@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..finished import set_member
 from ..geometry import upsample
 from ..heads import OFF_TISSUE
 from ..io import OmeTiffBands, write_json, write_ome_tiff
 from ..plots import area_colors, confusion_png, overlay_png
 from ..maps.uncertainty import CHANNELS
+from .finished import set_member
 from .tiff_set import TiffSet, probabilities_path, uncertainty_path
 
 

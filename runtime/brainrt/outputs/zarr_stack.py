@@ -1,7 +1,7 @@
 """The zarr stack of a volume: an OME-Zarr (classify) or zarr (featurize) folder, assembled resumably.
 
 A :class:`ZarrStack` (an :class:`~brainrt.outputs.store.OutputStore`) is assembled in the hidden
-folder ``.NAME.partial`` beside ``NAME``, with the run record of :mod:`brainrt.finished` inside from
+folder ``.NAME.partial`` beside ``NAME``, with the run record of :mod:`brainrt.outputs.finished` inside from
 the start (``.brainrt/run.json``) and one completion record per task (``.brainrt/done/NAME``, written
 after the task's data: :func:`mark_done`). A rerun of the same run resumes it (recorded tasks are
 skipped), a rerun with other arguments is refused naming what differs, and the folder is renamed into
@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import file_error
-from ..finished import FOLDER_RECORD, differences, read_record, same_run, write_record
+from .finished import FOLDER_RECORD, differences, read_record, same_run, write_record
 from .store import OutputStore
 
 #: Folder of the run record and of the completion records (``done/``) inside the stack.

@@ -31,8 +31,8 @@ from ..engine.plan import plan_of
 from ..errors import BrainrtError, file_error
 from ..heads import Classifier
 from ..model.seal import MANIFEST, sha256_file
+from ..outputs.sinks import ArraySink
 from ..outputs.zarr_stack import is_done, mark_done
-from ..sinks import ArraySink
 
 _BUNDLES: dict = {}
 _LOCK = threading.Lock()

@@ -18,13 +18,13 @@ from ..engine.loop import dense_geometry
 from ..engine.plan import check_stride, resolve_method
 from ..engine.resample import pixel_size_of, resampling_of
 from ..errors import BrainrtError, file_error, param_error
-from ..finished import run_record
 from ..geometry import grid_shape
 from ..heads import Classifier
 from ..maps.smooth import choose
 from ..model import params
 from ..model.predictor import dense_window
 from ..model.seal import MANIFEST, sha256_file
+from ..outputs.finished import run_record
 from ..sources import Source, open_volume
 
 #: Grid rows per task on the per-patch path (the dense path uses its tile height).
@@ -92,7 +92,7 @@ class VolumePlan:
     n_terms: int = 0  # its terms per cell: the raw scratch's channels
 
     def record(self) -> dict:
-        """The run record (:mod:`brainrt.finished`) of this job: what makes two runs' outputs the same, by
+        """The run record (:mod:`brainrt.outputs.finished`) of this job: what makes two runs' outputs the same, by
         option name (a finished output and a resume are checked against it)."""
         o, px = self.slice_options, self.pixel_size_um
         args = {"--z": f"{self.zs[0]}:{self.zs[-1] + 1}", "--stride": self.stride, "--method": self.method,

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine.grid import FEATURE_ARRAYS, FEATURES, create_feature_store
-from .engine.loop import CellMap
+from ..engine.grid import FEATURE_ARRAYS, FEATURES, create_feature_store
+from ..engine.loop import CellMap
+from ..heads.context import PassThrough
+from ..integrity import Guarded, seal
+from ..io import OmeTiffBands, atomic_path
+from ..maps.slicemap import SliceMap
+from ..maps.uncertainty import CHANNELS, Tee, UncertaintyBands
 from .finished import FOLDER_RECORD, write_record
-from .heads.context import PassThrough
-from .integrity import Guarded, seal
-from .io import OmeTiffBands, atomic_path
-from .maps.slicemap import SliceMap
-from .maps.uncertainty import CHANNELS, Tee, UncertaintyBands
 
 
 class Sink:
@@ -73,7 +73,7 @@ class ArraySink(Sink):
 class ZarrFeatureSink(Sink):
     """Feature blocks into the OME-NGFF feature image ``path`` (:func:`brainrt.engine.grid.create_feature_store`:
     ``0`` (F, R, C) float32, the tissue label image, brainrt's ``attrs``), written in a temporary folder beside it and renamed into place by :meth:`close`, which returns
-    the ``features`` array opened read-only. With a run ``record`` (:mod:`brainrt.finished`), the
+    the ``features`` array opened read-only. With a run ``record`` (:mod:`brainrt.outputs.finished`), the
     record goes inside the group, so a finished grid is known by the arguments that made it."""
 
     def __init__(self, path, *, valid, n_features, attrs, record=None):

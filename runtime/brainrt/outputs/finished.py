@@ -29,9 +29,9 @@ import json
 import os
 from pathlib import Path
 
-from .errors import BrainrtError, file_error
-from .version import __version__
-from .sources import file_of
+from ..errors import BrainrtError, file_error
+from ..sources import file_of
+from ..version import __version__
 
 FORMAT = "brainrt-run/1"
 #: The record of a folder output, inside it.
