@@ -154,8 +154,8 @@ def test_streamed_probabilities_equal_the_in_memory_ones(tiny_bundle, synthetic_
     import tifffile
 
     from brainrt.api import classify_plan
-    from brainrt.io import OmeTiffBands
     from brainrt.engine.plan import make_plan
+    from brainrt.outputs.ome_tiff import OmeTiffBands
 
     plan = make_plan(synthetic_slice.image, tiny_bundle, stride=2)  # 1.17 um x 2: smoothing spans bands
     mem = classify_plan(plan, tiny_bundle, smooth=30.0)

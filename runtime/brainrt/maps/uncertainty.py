@@ -38,7 +38,7 @@ def margin_entropy(p, valid):
 
 class UncertaintyBands:
     """A band writer (``write(y0, band)``, ``commit()``, ``abort()``) that writes the margin and entropy of each
-    band of probabilities (rows, C, K) into ``writer`` (a 2-channel :class:`~brainrt.io.OmeTiffBands`), the
+    band of probabilities (rows, C, K) into ``writer`` (a 2-channel :class:`~brainrt.outputs.ome_tiff.OmeTiffBands`), the
     cells outside ``valid`` (R, C) NaN."""
 
     def __init__(self, writer, valid):

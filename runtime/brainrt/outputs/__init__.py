@@ -4,7 +4,7 @@ Lives here: the finished-output rule and the run record that decides it (:mod:`.
 there, write; same arguments, nothing to do; anything else, a refusal naming what differs; written
 atomically); the output store interface (:mod:`.store`) and its two stores, the OME-TIFF set of one
 slice (:mod:`.tiff_set`) and the zarr stack of a volume (:mod:`.zarr_stack`), both applying that rule;
-the writers of a slice's maps (:mod:`.writers`); the sinks (:mod:`.sinks`), where the engine's blocks
+the writers of a slice's maps (:mod:`.writers`, OME-TIFF maps by :mod:`.ome_tiff`); the sinks (:mod:`.sinks`), where the engine's blocks
 go: an in-memory grid, a zarr feature grid, a classifier whose rows a slice's map finishes, and the band
 writers its probabilities and their uncertainty stream into.
 

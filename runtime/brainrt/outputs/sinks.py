@@ -26,10 +26,11 @@ from ..engine.grid import FEATURE_ARRAYS, FEATURES, create_feature_store
 from ..engine.loop import CellMap
 from ..heads.context import PassThrough
 from ..integrity import Guarded, seal
-from ..io import OmeTiffBands, atomic_path
+from ..io import atomic_path
 from ..maps.slicemap import SliceMap
 from ..maps.uncertainty import CHANNELS, Tee, UncertaintyBands
 from .finished import FOLDER_RECORD, write_record
+from .ome_tiff import OmeTiffBands
 
 
 class Sink:
@@ -120,7 +121,7 @@ class ClassifySink(Sink):
     (:meth:`~brainrt.heads.Classifier.stream`, which pools them with a halo of rows) first.
     ``close()`` gives ``(labels, probabilities)``: labels (R, C) int16 (-1 off tissue) always in memory
     (small), probabilities (R, C, K) in memory, or streamed band by band to ``probabilities`` (a writer
-    with ``write(y0, band)`` and ``abort()``, e.g. :class:`~brainrt.io.OmeTiffBands`; then None), so a
+    with ``write(y0, band)`` and ``abort()``, e.g. :class:`~brainrt.outputs.ome_tiff.OmeTiffBands`; then None), so a
     stride-1 slice never holds them whole. A head without probabilities gives labels only."""
 
     def __init__(self, clf, valid, *, sigma=0.0, space="log", stream=None, probabilities=None):

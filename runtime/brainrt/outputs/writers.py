@@ -14,10 +14,11 @@ import numpy as np
 
 from ..geometry import upsample
 from ..heads import OFF_TISSUE
-from ..io import OmeTiffBands, write_json, write_ome_tiff
+from ..io import write_json
 from ..plots import area_colors, confusion_png, overlay_png
 from ..maps.uncertainty import CHANNELS
 from .finished import set_member
+from .ome_tiff import OmeTiffBands, write_ome_tiff
 from .tiff_set import TiffSet, probabilities_path, uncertainty_path
 
 
