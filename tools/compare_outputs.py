@@ -8,7 +8,8 @@ written once and shared, so the run records of both sides name the same files:
 - ``demo``: ``brainrt demo`` (synthetic slice; features, areas, clusters, sub-division);
 - ``crop16`` / ``crop4``: a 1000 x 1500 crop of ``../shared/data/slice309.tif`` (written to the
   work folder, never committed; skipped when the data are absent) featurized and classified at
-  stride 16 (and its saved features classified), classified at stride 4, with the default bundle;
+  stride 16 (scored against the crop of its annotation; and its saved features classified), classified at
+  stride 4, with the default bundle;
 - ``volume``: the README's synthetic 6 x 256 x 384 stack, classified and featurized with
   ``--z all --workers 2`` (a local Dask cluster).
 
@@ -47,14 +48,15 @@ def _cli(*args):
 
 def commands(inputs: Path) -> dict:
     """Name -> list of (command line, using ``{tree}`` for the side's checkout), or None where its input is absent."""
-    crop, stack = str(inputs / "crop.tif"), str(inputs / "stack.tif")
+    crop, stack, areas = str(inputs / "crop.tif"), str(inputs / "stack.tif"), str(inputs / "crop_areas.tif")
     synth = ["--model", "{tree}/models/synthetic-demo"]
     have_crop = (inputs / "crop.tif").exists()
     return {
         "demo": [_cli("demo", "-o", "demo")],
         "crop16": [_cli("featurize", crop, "--stride", "16", "-o", "crop16.features.zarr"),
-                   _cli("classify", crop, "--stride", "16", "-o", "crop16.labels.ome.tif"),
-                   _cli("classify", "crop16.features.zarr", "-o", "crop16.saved.labels.ome.tif")] if have_crop else None,
+                   _cli("classify", crop, "--stride", "16", "--truth", areas, "-o", "crop16.labels.ome.tif"),
+                   _cli("classify", "crop16.features.zarr", "--truth", areas, "-o", "crop16.saved.labels.ome.tif")]
+        if have_crop else None,
         "crop4": [_cli("classify", crop, "--stride", "4", "-o", "crop4.labels.ome.tif")] if have_crop else None,
         "volume": [_cli("classify", stack, "--z", "all", "-o", "vol.ome.zarr", "--workers", "2", *synth),
                    _cli("featurize", stack, "--z", "all", "-o", "vol.features.zarr", "--workers", "2", *synth)],
@@ -71,6 +73,7 @@ def write_inputs(folder: Path):
     tifffile.imwrite(folder / "stack.tif", make_volume((6, 256, 384)).image, photometric="minisblack")
     if (DATA / "slice309.tif").exists():
         tifffile.imwrite(folder / "crop.tif", tifffile.imread(DATA / "slice309.tif")[CROP])
+        tifffile.imwrite(folder / "crop_areas.tif", tifffile.imread(DATA / "slice309_areas.tif")[CROP])
 
 
 def checkout(side: str, work: Path) -> Path:

@@ -158,16 +158,18 @@ def _classify(job, bundle, out, record, *, progress, overwrite):
     o, z = job.options, job.z
     truth, held_out = o["truth"], o["held_out"]
     todo = job.slice_job(bundle)
-    if truth:  # read and checked before any work (and read again to score, by name)
+    if truth:  # read and checked before any work (not held: read again, once, to score and draw)
         api.read_truth(truth, todo.image_shape, bundle, z=z, held_out=held_out)
     Classifier.of(bundle, o["head"])  # a bad head fails before any work
     checked(todo, bundle, record)
     with classification_set(out, record) as s:  # a slice's probabilities stream into it, never held whole
         result, image = _classified(todo, bundle, o["head"], o["smooth"], s, progress)
-        metrics = api.score(result, truth, bundle, z=z, held_out=held_out, source=job.source) if truth else None
+        mask = read_mask(truth, result.grid.image_shape, z=z, what="label mask") if truth else None
+        metrics = api.score(result, mask, bundle, held_out=held_out, source=job.source, name=truth) if truth else None
         if metrics is not None and record is not None and "input_check" in record:
             metrics["input_check"] = record["input_check"]
-        contours = read_mask(truth, result.grid.image_shape, z=z) if truth and image is not None else None
+        contours = mask if image is not None else None  # the truth's borders on the overlay
+        del mask
         written = write_classification(out, result, image=image, metrics=metrics, truth=contours, into=s,
                                        uncertain_below=o["uncertain_below"], preview_width=o["preview_width"])
     msg = f"wrote {', '.join(written)}"

@@ -28,8 +28,9 @@ def read_truth(path, shape, bundle, *, z=None, held_out=False):
     return truth
 
 
-def score(result, truth, bundle, *, z=None, held_out=False, source=None):
-    """:func:`pixel_metrics` of a classification against a label mask (array or TIFF) at full resolution.
+def score(result, truth, bundle, *, z=None, held_out=False, source=None, name=None):
+    """:func:`pixel_metrics` of a classification against a label mask (array or TIFF; an array read from the
+    file ``name``, which says whether it is a bundle's training mask) at full resolution.
 
     The metrics also record the model, stride, head and smoothing, the confusion matrix's
     axes, the codes the class map does not know, and whether the data are the bundle's
@@ -37,7 +38,7 @@ def score(result, truth, bundle, *, z=None, held_out=False, source=None):
     footprints of the bundle's recorded split (:mod:`brainrt.bundle.truth`).
     """
     grid = result.grid
-    name = str(truth) if isinstance(truth, (str, Path)) else "truth"
+    name = str(truth) if isinstance(truth, (str, Path)) else str(name or "truth")
     if isinstance(truth, (str, Path)):
         truth = read_truth(truth, grid.image_shape, bundle, z=z)
     where, record = scored_pixels(bundle.manifest, truth, name, held_out=held_out, source=source)
