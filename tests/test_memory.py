@@ -14,7 +14,8 @@ import numpy as np
 from brainrt.engine.loop import run
 from brainrt.engine.plan import make_plan
 from brainrt.model.sessions import session_options
-from brainrt.maps.smooth import RowSmoother, radius, smooth_probabilities
+from brainrt.maps.pooling import radius
+from brainrt.maps.smooth import RowSmoother, smooth_probabilities
 from brainrt.outputs.sinks import Sink
 
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from brainrt.bundle.load import Bundle
 from brainrt.sources import read_image as read_tiff
-from brainrt.engine.plan import DEFAULT_PIXEL_SIZE_UM, intensity_scale
+from brainrt.engine.intensity import intensity_scale
+from brainrt.engine.plan import DEFAULT_PIXEL_SIZE_UM
 from brainrt_train.data import ClassMap, load_slice, sample_patches
 
 from . import features as sf

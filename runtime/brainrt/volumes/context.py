@@ -15,7 +15,7 @@ import numpy as np
 
 from ..heads import Classifier
 from ..heads.context import ContextStream
-from ..maps.smooth import radius
+from ..maps.pooling import radius
 from .blocks import worker_bundle
 
 

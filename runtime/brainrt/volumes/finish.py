@@ -14,8 +14,9 @@ import numpy as np
 
 from ..geometry import upsample
 from ..heads import OFF_TISSUE
+from ..maps.pooling import radius
 from ..maps.slicemap import SliceMap
-from ..maps.smooth import radius, smooth_across
+from ..maps.smooth import smooth_across
 from ..maps.uncertainty import margin_entropy
 from .layout import n_levels
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from ..maps.smooth import radius
+from ..maps.pooling import radius
 from .blocks import block_name, read_slice, run_block
 from .finish import finish_slice, zsmooth_slice
 from .context import context_slice, reach
