@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,20 @@ def test_a_saved_grid_classifies_down_the_slices_path(tiny_bundle, tiny_bundle_p
     assert read["grid"][1].shape[0] == len(tiny_bundle.class_names) and (read["grid"][1].sum(0) > 0.99).mean() > 0.2  # tissue cells sum to 1
     for a, b in zip(read["grid"][1:], read["slice"][1:]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_without_probabilities_writes_no_probability_files(tiny_bundle, tiny_bundle_path, slice_tif, tmp_path):
+    """A head that gives labels only (linsvm) writes the label map and its overlay, and no probability or
+    uncertainty OME-TIFF: the set asked for none (a slice's and a saved grid's classify alike)."""
+    from brainrt.heads import Classifier
+    from brainrt.outputs import probabilities_path, uncertainty_path
+
+    assert not Classifier.of(tiny_bundle, "linsvm").proba
+    feats = tmp_path / "s.features.zarr"
+    assert run_cli(["featurize", slice_tif, "-m", tiny_bundle_path, "--stride", "32", "-o", feats]).exit_code == 0
+    for src, extra in ((slice_tif, ["--stride", "32"]), (feats, [])):
+        out = tmp_path / f"{Path(str(src)).stem.split('.')[0]}-{len(extra)}.labels.ome.tif"
+        r = run_cli(["classify", src, "-m", tiny_bundle_path, "--head", "linsvm", *extra, "-o", out])
+        assert r.exit_code == 0, r.output
+        assert out.is_file() and not probabilities_path(out).exists() and not uncertainty_path(out).exists()
+        assert "probabilities" not in r.output

@@ -183,9 +183,10 @@ def _classified(todo, bundle, head, smooth, s, progress):
     """(result, image) of a :meth:`Job.slice_job` (a slice's plan, featurized as it streams, or a saved grid):
     features never held whole (a stride-1 grid of a slice is GBs), the probabilities streamed into the output
     set ``s`` band by band."""
-    streamed = dict(probabilities=s.path(probabilities_path(s.out)), uncertainty=s.path(uncertainty_path(s.out)))
-    result = api.classify_plan(todo, bundle, head=head, smooth=smooth, progress=progress,
-                               **(streamed if Classifier.of(bundle, head).proba else {}))
+    streamed = {}  # the output set's files exist once asked for: a head without probabilities asks for none
+    if Classifier.of(bundle, head).proba:
+        streamed = dict(probabilities=s.path(probabilities_path(s.out)), uncertainty=s.path(uncertainty_path(s.out)))
+    result = api.classify_plan(todo, bundle, head=head, smooth=smooth, progress=progress, **streamed)
     return result, getattr(todo, "input_image", None)
 
 
