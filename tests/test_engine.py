@@ -172,6 +172,27 @@ def test_streamed_probabilities_equal_the_in_memory_ones(tiny_bundle, synthetic_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.ome.tif"]
 
 
+def test_a_classification_that_fails_before_its_first_block_leaves_no_file(tiny_bundle, synthetic_slice, tmp_path,
+                                                                            monkeypatch):
+    """The streamed probabilities and uncertainty are laid out before the map's sink exists: a failure in
+    between (here the sink's construction) removes both temporary files, as a failure in the loop does."""
+    from brainrt import api
+    from brainrt.engine.plan import make_plan
+
+    plan = make_plan(synthetic_slice.image, tiny_bundle, stride=16)
+
+    def no_sink(*args, **kwargs):
+        raise MemoryError("no room for the map")
+
+    monkeypatch.setattr(api, "ClassifySink", no_sink)
+    try:
+        api.classify_plan(plan, tiny_bundle, probabilities=tmp_path / "p.ome.tif", uncertainty=tmp_path / "u.ome.tif")
+    except MemoryError:  # removed by the time the caller sees the error (not when the traceback is collected)
+        assert list(tmp_path.iterdir()) == []
+    else:
+        pytest.fail("the sink's failure was swallowed")
+
+
 def test_tile_columns_are_even_and_cover_the_grid():
     """No narrow last tile (a tile's halo costs the same whatever its width): 1024 cells in tiles of at
     most 160 were 6 x 160 + 64, now 7 tiles of 147 or fewer."""

@@ -182,6 +182,8 @@ def classify_plan(plan, bundle, *, head=None, smooth=None, progress=False, on_bl
             writer.commit()
     except BaseException:
         meter.close(None if saved else plan.method)  # as in featurize_plan
+        if writer is not None:  # the loop's sink aborts it; this covers a failure before the loop (idempotent)
+            writer.abort()
         raise
     grid = plan if saved else FeatureGrid.of_plan(plan, None, bundle.model_id, _classified(meter, plan, writer,
                                                                                           probabilities, uncertainty))
