@@ -611,3 +611,38 @@ def test_a_ctrl_c_that_a_library_swallows_still_stops_the_run(stack_tif, tiny_bu
         run_volume(_plan(stack_tif, tiny_bundle), out, bundle=tiny_bundle, on_task=swallow)
     assert partial_path(out).is_dir() and not out.exists()
     assert sig.getsignal(sig.SIGINT) == before  # the run's handler is gone
+
+
+def test_each_slice_of_a_volume_is_checked_as_a_slice_is(client, volume, tiny_bundle, tmp_path, caplog):
+    """A volume's slices get a slice's input check (brainrt.familiar): the same scores as the slice run alone,
+    a warning naming the stack and z of a slice that looks unlike the training tissue (here inverted) as soon as
+    its first block is done, the scores in the finished output's run record, serially and on Dask alike."""
+    import json
+    import logging
+
+    import brainrt
+    from brainrt.familiar import input_check
+    from brainrt.volumes import run_volume
+
+    image = volume.image.copy()
+    image[2] = 255 - image[2]
+    src = write_tiff(tmp_path / "mixed.tif", image, photometric="minisblack")
+    records = []
+    for c in (None, client):
+        out = tmp_path / f"mixed-{c is None}.ome.zarr"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="brainrt"):
+            st = run_volume(_plan(src, tiny_bundle), out, client=c, bundle=tiny_bundle if c is None else None)
+        assert st["unlike"] == [2]
+        warned = [r.getMessage() for r in caplog.records if "unlike the training tissue" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].startswith(f"{src} z=2 looks unlike"), warned
+        records.append(json.loads((out / ".brainrt" / "run.json").read_text())["input_check"])
+        assert sorted(p.name for p in (out / ".brainrt").iterdir()) == ["run.json"]  # the notes are folded in
+    assert records[0] == records[1] and records[0]["unlike"] == [2] and sorted(records[0]["slices"]) == list("0123")
+    for z in range(SHAPE[0]):  # the scores of the slice run on its own (featurize, classify: the same plan)
+        alone, _ = input_check(brainrt.make_plan(image[z], tiny_bundle, stride=STRIDE), tiny_bundle)
+        assert records[0]["slices"][str(z)] == pytest.approx(alone), z
+    again = run_cli(["classify", src, "-m", str(tiny_bundle.path), "--z", "all", "--stride", str(STRIDE),
+                     "-o", tmp_path / "cli.ome.zarr"])
+    assert again.exit_code == 0, again.output
+    assert "1 of 4 slices look unlike the training tissue (z 2)" in again.output + again.stderr

@@ -113,12 +113,12 @@ def feature_deficit(plan, bundle, *, n=N_CELLS, seed=0):
     return float(np.median(np.maximum(0.0, -gap.max(axis=1)))) / f.shape[1]
 
 
-def familiarity(plan, bundle, *, features=True) -> dict:
-    """The scores of a plan, logged; a warning naming the slice when its gray values or its texture are unlike
-    the training tissue's (:data:`INTENSITY_WARN`, :data:`CORRELATION_WARN`). The feature deficit is logged and
-    returned, not warned on: its scale depends on how well the bundle's densities generalize (a bundle fitted on
-    few cells scores its own kind of slice high). Returns ``{"intensity_outside", "neighbour_correlation",
-    "feature_deficit", "unlike"}`` (None where unavailable)."""
+def input_check(plan, bundle, *, features=True):
+    """``(scores, why)`` of a plan, nothing logged: the scores ``{"intensity_outside", "neighbour_correlation",
+    "feature_deficit", "unlike"}`` (None where unavailable) and why it looks unlike the training tissue (its gray
+    values or its texture, :data:`INTENSITY_WARN`, :data:`CORRELATION_WARN`; empty when it does not). The feature
+    deficit is returned, not warned on: its scale depends on how well the bundle's densities generalize (a bundle
+    fitted on few cells scores its own kind of slice high)."""
     t = auto_threshold(plan.image, quiet=True)  # one Otsu pass over the slice serves both scores
     inten, corr = intensity_outside(plan, bundle, t), neighbour_correlation(plan, t)
     feat = feature_deficit(plan, bundle) if features else None
@@ -126,14 +126,27 @@ def familiarity(plan, bundle, *, features=True) -> dict:
             f"{INTENSITY_WARN:.0%})"] if inten is not None and inten > INTENSITY_WARN else [])
     why += ([f"neighbouring pixels correlate {corr:.2f} (noise? warn below {CORRELATION_WARN:g})"]
             if corr is not None and corr < CORRELATION_WARN else [])
+    return {"intensity_outside": inten, "neighbour_correlation": corr, "feature_deficit": feat, "unlike": bool(why)}, why
+
+
+def warn_unlike(name, why):
+    """The warning of a slice (``name``) that looks unlike the training tissue, for the reasons ``why``."""
+    log.warning("%s looks unlike the training tissue: %s; the map may be wrong (inverted contrast, another kind "
+                "of image?)", name, "; ".join(why))
+
+
+def familiarity(plan, bundle, *, features=True) -> dict:
+    """The :func:`input_check` scores of a plan, logged, with a warning naming the slice when it looks unlike the
+    training tissue."""
+    scores, why = input_check(plan, bundle, features=features)
+    inten, corr, feat = (scores[k] for k in ("intensity_outside", "neighbour_correlation", "feature_deficit"))
     shown = ", ".join(x for x in (None if inten is None else f"{inten:.1%} of the tissue outside the training "
                                   "tissue's gray values", None if corr is None else f"neighbour correlation {corr:.2f}",
                                   None if feat is None else f"feature deficit {feat:.2f} nats/feature") if x)
     if why:
-        log.warning("%s looks unlike the training tissue: %s; the map may be wrong (inverted contrast, another kind "
-                    "of image?)", plan.source, "; ".join(why))
+        warn_unlike(plan.source, why)
     log.info("%s: input check: %s", plan.source, shown or "nothing to compare (no training intensities)")
-    return {"intensity_outside": inten, "neighbour_correlation": corr, "feature_deficit": feat, "unlike": bool(why)}
+    return scores
 
 
 def checked(job, bundle, record=None):

@@ -141,8 +141,13 @@ def _volume(job, bundle, out, record, *, progress, overwrite):
         raise
     if st["complete"]:
         return [COMPLETE.format(out)]
-    return [f"wrote {out}: {len(vplan.zs)} slices, grid {vplan.grid[0]} x {vplan.grid[1]}, {st['blocks']} blocks "
-            f"({st['computed_blocks']} computed) in {st['seconds']:.1f} s ({st['blocks_per_s'] or 0:.2f} blocks/s)"]
+    lines = [f"wrote {out}: {len(vplan.zs)} slices, grid {vplan.grid[0]} x {vplan.grid[1]}, {st['blocks']} blocks "
+             f"({st['computed_blocks']} computed) in {st['seconds']:.1f} s ({st['blocks_per_s'] or 0:.2f} blocks/s)"]
+    if st["unlike"]:  # each was warned on as its first block was done; said again where the run ends
+        zs = ", ".join(map(str, st["unlike"][:10])) + (", ..." if len(st["unlike"]) > 10 else "")
+        lines.append(f"{len(st['unlike'])} of {len(vplan.zs)} slices look unlike the training tissue (z {zs}): their "
+                     f"maps may be wrong; the scores are in the run record (input_check)")
+    return lines
 
 
 # --------------------------------------------------------------------------- one slice

@@ -3,7 +3,8 @@
 A :class:`ZarrStack` (an :class:`~brainrt.outputs.store.OutputStore`) is assembled in the hidden
 folder ``.NAME.partial`` beside ``NAME``, with the run record of :mod:`brainrt.outputs.finished` inside from
 the start (``.brainrt/run.json``) and one completion record per task (``.brainrt/done/NAME``, written
-after the task's data: :func:`mark_done`). A rerun of the same run resumes it (recorded tasks are
+after the task's data: :func:`mark_done`) and the notes tasks leave for the run (``.brainrt/notes/NAME.json``,
+:func:`write_note`: a slice's input check), folded into the run record when the stack is finished. A rerun of the same run resumes it (recorded tasks are
 skipped), a rerun with other arguments is refused naming what differs, and the folder is renamed into
 place when every task is done (:meth:`ZarrStack.commit`), keeping its run record: a finished stack of
 the same run is then left alone (:meth:`~brainrt.outputs.store.OutputStore.finished`). What the
@@ -13,6 +14,7 @@ records.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -46,6 +48,21 @@ def mark_done(store, name):
     tmp = p.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text("")
     os.replace(tmp, p)  # the record appears whole, after the data
+
+
+def write_note(store, name, value):
+    """Task ``name``'s note (a JSON value) in the partial ``store``, for the run (:func:`read_notes`); whole or absent."""
+    p = Path(store) / STATE / "notes" / f"{name}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, p)
+
+
+def read_note(store, name):
+    """Task ``name``'s note in the partial ``store``, None if it wrote none."""
+    p = Path(store) / STATE / "notes" / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
 
 
 def _n_done(tmp) -> int:
@@ -86,9 +103,13 @@ class ZarrStack(OutputStore):
         """Remove the partial stack (a run that no resume can use: a bad input)."""
         shutil.rmtree(self.partial, ignore_errors=True)
 
-    def commit(self):
-        """Drop the completion records and rename the finished stack into place (its run record stays)."""
+    def commit(self, **notes):
+        """Drop the completion records and the tasks' notes and rename the finished stack into place; its run
+        record stays, with ``notes`` (what the run made of the tasks' notes) added (not compared by a rerun)."""
+        if notes:
+            write_record(self.partial / FOLDER_RECORD, {**read_record(self.partial, is_dir=True), **notes})
         shutil.rmtree(self.partial / STATE / "done")
+        shutil.rmtree(self.partial / STATE / "notes", ignore_errors=True)
         if self.out.exists():
             shutil.rmtree(self.out)
         os.replace(self.partial, self.out)

@@ -9,7 +9,8 @@ process needs only these:
   data task) reads the slice once and makes its :class:`~brainrt.engine.plan.Plan` (:func:`slice_plan`:
   the tissue grid and the intensity standardization need whole-slice statistics), which the
   executor hands to the slice's blocks and drops after them, so the volume is read once
-  whatever the band height (a band plus its halo would be the footprint's 512 px more);
+  whatever the band height (a band plus its halo would be the footprint's 512 px more), and checked
+  against the training tissue (a note for the run, :func:`check_name`);
   a block (z, row band) runs the engine's loop on it into a :class:`BandSink` (features,
   or a head's raw probabilities, into the band's own chunks: no two tasks share a chunk);
 - **running a task** (:func:`execute`): skipped when its completion record exists, recorded after
@@ -29,10 +30,11 @@ from ..engine.grid import FEATURES, TISSUE
 from ..engine.loop import run
 from ..engine.plan import plan_of
 from ..errors import BrainrtError, file_error
+from ..familiar import input_check, warn_unlike
 from ..heads import Classifier
 from ..model.seal import MANIFEST, sha256_file
 from ..outputs.sinks import ArraySink
-from ..outputs.zarr_stack import is_done, mark_done
+from ..outputs.zarr_stack import is_done, mark_done, read_note, write_note
 
 _BUNDLES: dict = {}
 _LOCK = threading.Lock()
@@ -114,11 +116,49 @@ class BandSink(ArraySink):
         return self.out
 
 
+def check_name(z):
+    """The note of slice ``z``'s input check (:func:`read_slice`)."""
+    return f"check-z{z}"
+
+
+class SliceChecks:
+    """What a run says of its slices' input checks (the notes of :func:`read_slice`): a warning naming the stack
+    and z as soon as a block of a slice that looks unlike the training tissue is done (:meth:`seen`), and at the
+    end their scores for the run record and the slices that look unlike (:meth:`summary`)."""
+
+    def __init__(self, vplan, store):
+        self.vplan, self.store, self.warned, self.unlike = vplan, store, set(), []
+
+    def seen(self, z):
+        """Warn once for slice ``z`` (a block of it is done) if its check says it looks unlike."""
+        if z in self.warned:
+            return
+        self.warned.add(z)
+        note = read_note(self.store, check_name(z))
+        if note is not None and note["unlike"]:
+            warn_unlike(f"{self.vplan.source.name} z={z}", note["why"])
+
+    def summary(self):
+        """``{"slices": {z: scores}, "unlike": [z, ...]}`` of every slice with tissue (``unlike`` kept as
+        :attr:`unlike`)."""
+        notes = {z: read_note(self.store, check_name(z)) for z in self.vplan.zs}
+        slices = {str(z): {k: v for k, v in n.items() if k != "why"} for z, n in notes.items() if n is not None}
+        self.unlike = [z for z, n in notes.items() if n is not None and n["unlike"]]
+        return {"slices": slices, "unlike": self.unlike}
+
+
 def read_slice(vplan, store, z):
-    """The plan of slice ``z`` for its blocks (one read); None, unread, when all its blocks are recorded."""
+    """The plan of slice ``z`` for its blocks (one read); None, unread, when all its blocks are recorded. The
+    slice is checked against the training tissue as a slice of its own is (:func:`brainrt.familiar.input_check`),
+    its scores and reasons left in a note for the run, before its first block."""
     if all(is_done(store, block_name(z, band)) for band in vplan.bands):
         return None
-    return slice_plan(vplan, worker_bundle(vplan), z)
+    bundle = worker_bundle(vplan)
+    plan = slice_plan(vplan, bundle, z)
+    if plan is not None and read_note(store, check_name(z)) is None:
+        scores, why = input_check(plan, bundle)
+        write_note(store, check_name(z), {**scores, "why": why})
+    return plan
 
 
 def run_block(vplan, store, z, band, plan):

@@ -24,7 +24,7 @@ from collections import Counter
 from ..errors import BrainrtError
 from ..outputs.zarr_stack import ZarrStack
 from ..runfiles import output_lock
-from .blocks import execute, remember_bundle, worker_bundle
+from .blocks import SliceChecks, execute, remember_bundle, worker_bundle
 from .graph import task_graph
 from .layout import create_store, finish_store
 from .plan import make_volume_plan
@@ -52,12 +52,14 @@ def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
     tmp, already = stack.open(vplan.record(), lambda tmp: create_store(vplan, tmp), overwrite=overwrite)
     t0 = time.perf_counter()
     tasks, counts = task_graph(vplan), [0, 0]  # blocks, slice tasks computed
-    bar = _bar(vplan, progress)
+    bar, checks = _bar(vplan, progress), SliceChecks(vplan, tmp)
 
     def tick(task, computed):
         counts[0 if task.block else 1] += computed
-        if bar is not None and task.block:
-            bar.update(1)
+        if task.block:  # a warning for its slice if that looks unlike the training tissue (once)
+            checks.seen(task.args[0])
+            if bar is not None:
+                bar.update(1)
         if on_task is not None:
             on_task(sum(counts))
         if noted:  # a Ctrl-C that a library swallowed where it landed
@@ -78,10 +80,11 @@ def _run_volume(vplan, out, client, bundle, progress, on_task, overwrite):
         if bar is not None:
             bar.close()
     finish_store(vplan, tmp)
-    stack.commit()
+    stack.commit(input_check=checks.summary())
     dt = time.perf_counter() - t0
     return {"blocks": vplan.n_blocks, "computed_blocks": counts[0], "skipped_records": already,
-            "seconds": round(dt, 3), "blocks_per_s": round(counts[0] / dt, 3) if dt else None, "complete": False}
+            "seconds": round(dt, 3), "blocks_per_s": round(counts[0] / dt, 3) if dt else None, "complete": False,
+            "unlike": checks.unlike}
 
 
 @contextlib.contextmanager
