@@ -646,3 +646,45 @@ def test_each_slice_of_a_volume_is_checked_as_a_slice_is(client, volume, tiny_bu
                      "-o", tmp_path / "cli.ome.zarr"])
     assert again.exit_code == 0, again.output
     assert "1 of 4 slices look unlike the training tissue (z 2)" in again.output + again.stderr
+
+
+def test_a_tissue_mask_stack_gives_each_slice_its_mask(volume, tiny_bundle, tmp_path):
+    """--tissue-mask for a volume: a mask stack of the source's shape (any volume input; here a TIFF stack and an
+    HDF5 dataset), read per slice; each slice's map is the slice's with its own mask, a slice whose mask is empty is
+    off tissue, the mask is an input of the run record, and a mask of another shape or of floats is refused in one
+    line naming it."""
+    import zarr
+
+    import brainrt
+    from brainrt.volumes import make_volume_plan, run_volume
+
+    h5py = pytest.importorskip("h5py")
+    image = volume.image[:3]
+    mask = np.zeros(image.shape, np.uint8)
+    mask[0, :, : SHAPE[2] // 2] = 1  # slice 0: the left half; slice 1: none; slice 2: all but a corner
+    mask[2] = 1
+    mask[2, :96, :128] = 0
+    src = write_tiff(tmp_path / "s.tif", image, photometric="minisblack")
+    tif_mask = write_tiff(tmp_path / "m.tif", mask, photometric="minisblack")
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["mask"] = mask
+    labels = []
+    for m in (tif_mask, f"{tmp_path / 'm.h5'}:/mask"):
+        out = tmp_path / f"out-{len(labels)}.ome.zarr"
+        run_volume(make_volume_plan(src, tiny_bundle, stride=STRIDE, tissue=m), out, bundle=tiny_bundle)
+        labels.append(np.asarray(zarr.open_group(str(out), mode="r")["labels/areas/0"]))
+        assert (out / ".brainrt" / "run.json").read_text().count(Path(str(m).split(":")[0]).name) == 1
+    np.testing.assert_array_equal(labels[0], labels[1])
+    assert (labels[0][1] == 255).all()
+    for z in (0, 2):
+        alone = brainrt.classify_image(image[z], tiny_bundle, stride=STRIDE, tissue=mask[z])
+        from brainrt.geometry import upsample
+
+        np.testing.assert_array_equal(labels[0][z], upsample(alone.cell_codes(), STRIDE, SHAPE[1:]))
+    assert (labels[0][0][:, SHAPE[2] // 2 + STRIDE:] == 255).all() and (labels[0][0][:, :64] != 255).any()
+    bad = write_tiff(tmp_path / "short.tif", mask[:2], photometric="minisblack")
+    with pytest.raises(BrainrtError, match=r"^\S*short.tif: a tissue mask of shape \(2, 192, 256\) for a stack"):
+        make_volume_plan(src, tiny_bundle, stride=STRIDE, tissue=bad)
+    floats = write_tiff(tmp_path / "f.tif", mask.astype(np.float32), photometric="minisblack")
+    with pytest.raises(BrainrtError, match=r"f.tif: a tissue mask holds integers"):
+        make_volume_plan(src, tiny_bundle, stride=STRIDE, tissue=floats)

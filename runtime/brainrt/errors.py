@@ -18,6 +18,11 @@ class BrainrtError(ValueError):
     """A problem with the user's input: a file, a parameter or a bundle."""
 
 
+class NoTissue(BrainrtError):
+    """A slice with no cell to featurize (background everywhere, or a tissue mask that leaves none): refused for
+    a slice of its own, off tissue for a slice of a volume (past the tissue's end)."""
+
+
 #: Pixel types of the images brainrt reads and featurizes (float taken as [0, 1]).
 PIXEL_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32), np.dtype(np.float64))
 PIXEL_TYPE_NAMES = "uint8, uint16, float32 or float64 (or int8, int16, int32)"

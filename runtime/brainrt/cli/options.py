@@ -50,7 +50,8 @@ def grid_options(f):
         click.option("--precision", type=click.Choice(("auto",) + PRECISIONS), default=DEFAULT_PRECISION,
                      show_default=True, help="Network arithmetic: int8 runs the bundle's int8 graphs (dense path "
                      "about 3x faster, maps 99.4% equal on slice309); auto: int8 where the CPU has VNNI."),
-        click.option("--tissue-mask", type=click.Path(), default=None, help="TIFF mask of the tissue (nonzero = tissue)."),
+        click.option("--tissue-mask", type=click.Path(), default=None,
+                     help="Mask of the tissue (nonzero = tissue): a TIFF; for a volume, a mask stack of its shape."),
         click.option("--threshold", type=float, default=None, help="Tissue intensity threshold (default: Otsu)."),
         click.option("--all-cells", is_flag=True, help="Featurize every cell, background included."),
         click.option("--z", type=ZArg(), default=None,

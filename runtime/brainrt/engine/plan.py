@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BrainrtError, check_image, file_error, param_error
+from ..errors import BrainrtError, NoTissue, check_image, file_error, param_error
 from ..geometry import DENSE_MAX_SUBSAMPLE, dense_step, grid_shape
 from ..model import params
 from ..sources import read_image, read_mask
@@ -248,14 +248,14 @@ def _valid_cells(image, source, tissue, *, z, patch_size, stride, threshold, min
         mask = _tissue_mask(tissue, image.shape, z, owner)
         name = str(tissue) if _is_path(tissue) else "tissue mask"
         if not mask.any():
-            raise file_error(name, "the tissue mask is all zero: no pixel is tissue (nonzero = tissue)")
+            raise NoTissue(f"{name}: the tissue mask is all zero: no pixel is tissue (nonzero = tissue)")
         valid = tissue_cells(image, patch_size, stride, mask=mask, min_fraction=min_tissue)
         if not valid.any():
-            raise file_error(name, f"no patch of the grid has {100 * min_tissue:g}% of its {patch_size} px square "
-                                   f"inside the tissue mask ({int(np.count_nonzero(mask))} tissue pixels)")
+            raise NoTissue(f"{name}: no patch of the grid has {100 * min_tissue:g}% of its {patch_size} px square "
+                           f"inside the tissue mask ({int(np.count_nonzero(mask))} tissue pixels)")
     if not valid.any():
-        raise file_error(source, "no tissue found: every patch is background (featurize all cells or give a "
-                                 "lower threshold or a tissue mask)")
+        raise NoTissue(f"{source}: no tissue found: every patch is background (featurize all cells or give a "
+                       "lower threshold or a tissue mask)")
     return valid
 
 

@@ -29,7 +29,7 @@ from ..bundle.load import Bundle
 from ..engine.grid import FEATURES, TISSUE
 from ..engine.loop import run
 from ..engine.plan import plan_of
-from ..errors import BrainrtError, file_error
+from ..errors import BrainrtError, NoTissue, file_error
 from ..familiar import input_check, warn_unlike
 from ..heads import Classifier
 from ..model.seal import MANIFEST, sha256_file
@@ -65,12 +65,15 @@ def slice_plan(vplan, bundle, z):
     if image.shape != tuple(vplan.source.shape[1:]):
         raise file_error(vplan.source.name, f"slice {z} has shape {image.shape}, not the stack's "
                                             f"{tuple(vplan.source.shape[1:])}")
+    opts = vplan.slice_options
+    if vplan.tissue_mask is not None:  # its slice z, as a slice's mask array
+        opts = {**opts, "tissue": vplan.tissue_mask.read(z)}
     try:  # the options were checked once, by make_volume_plan
-        return plan_of(image, bundle, owner=vplan.task, **vplan.slice_options)
-    except BrainrtError as exc:
-        if "no tissue found" not in str(exc):  # named by the stack and z (the slice itself is an in-memory image)
-            raise BrainrtError(f"{vplan.source.name} z={z}: {str(exc).removeprefix('image: ')}") from None
-        return None  # an empty slice (e.g. past the tissue's end): everything off tissue
+        return plan_of(image, bundle, owner=vplan.task, **opts)
+    except NoTissue:
+        return None  # an empty slice (e.g. past the tissue's end, or outside the mask): everything off tissue
+    except BrainrtError as exc:  # named by the stack and z (the slice itself is an in-memory image)
+        raise BrainrtError(f"{vplan.source.name} z={z}: {str(exc).removeprefix('image: ')}") from None
 
 
 # --------------------------------------------------------------------------- running a task

@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..engine.loop import dense_geometry
 from ..engine.plan import check_stride, resolve_method
 from ..engine.resample import pixel_size_of, resampling_of
@@ -90,6 +92,7 @@ class VolumePlan:
     device: str = "auto"
     context: tuple = ()  # a context head's scales, (sigma in cells, sigma_z in slices) each
     n_terms: int = 0  # its terms per cell: the raw scratch's channels
+    tissue_mask: Source | None = None  # a mask stack of the source's shape (nonzero = tissue), read per slice
 
     def record(self) -> dict:
         """The run record (:mod:`brainrt.outputs.finished`) of this job: what makes two runs' outputs the same, by
@@ -101,7 +104,8 @@ class VolumePlan:
                 "--head": self.head, "--smooth": round(self.sigma_cells * self.stride * px, 6),
                 "--smooth-z": round(self.z_sigma * self.z_spacing_um, 6), "z_spacing_um": self.z_spacing_um,
                 "band_rows": self.bands[0][1] - self.bands[0][0]}
-        return run_record(self.task, args, {"SOURCE": self.source.name}, self.model_hash)
+        inputs = {"SOURCE": self.source.name, **({"--tissue-mask": self.tissue_mask.name} if self.tissue_mask else {})}
+        return run_record(self.task, args, inputs, self.model_hash)
 
     @property
     def n_blocks(self) -> int:
@@ -115,8 +119,9 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     """Check a volume job and return its :class:`VolumePlan`.
 
     ``source`` is a path (see :func:`brainrt.sources.open_volume`) or a
-    :class:`~brainrt.sources.Source`; ``tissue`` is None (Otsu per slice), "otsu" or "all" (a mask
-    volume is not supported yet); ``band_rows`` is the grid rows per task (default: the
+    :class:`~brainrt.sources.Source`; ``tissue`` is None (Otsu per slice), "otsu", "all" or a mask stack of the
+    source's shape (a path or a :class:`~brainrt.sources.Source`, any volume input; nonzero = tissue; a slice whose
+    mask leaves no patch is off tissue); ``band_rows`` is the grid rows per task (default: the
     engine's dense tile height, so a band costs no extra halo); ``smooth_z`` is the sigma
     in micrometres of the smoothing of class probabilities across slices (0: off), after the
     in-plane ``smooth``; ``device`` where the workers run the network. Other options as in
@@ -128,10 +133,9 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
                      band_rows=band_rows, threads=threads, precision=precision, smooth_z=smooth_z, device=device,
                      standardize=standardize)
     precision = bundle.check_precision(o["precision"], owner)  # "auto" decided once for the whole run
-    _check_volume_only(series, tissue, owner)
-    if o["smooth_z"] and task != "classify":
-        raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
+    _check_volume_only(series, o["smooth_z"] and task != "classify", smooth_z, owner)
     src = source if isinstance(source, Source) else open_volume(source)
+    mask, tissue = _tissue_volume(tissue, src, owner), None if _is_mask(tissue) else tissue
     (nz, h, w), stride = src.shape, o["stride"]
     if min(h, w) < bundle.patch_size:
         raise file_error(src.name, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
@@ -147,7 +151,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     bands = _bands(grid[0], o["band_rows"], bundle, method, stride)
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, *_model_fields(bundle), head, float(sigma),
                       space, o["threads"] or 1, opts, o["smooth_z"] / dz, device,
-                      *_context_fields(bundle, task, head, px * stride, dz))
+                      *_context_fields(bundle, task, head, px * stride, dz), mask)
 
 
 def _pixel_size(given, src, bundle, stride, owner):
@@ -161,12 +165,31 @@ def _pixel_size(given, src, bundle, stride, owner):
     return px
 
 
-def _check_volume_only(series, tissue, owner):
-    """The slice options a volume restricts: the first series, and Otsu or all cells as tissue."""
+def _check_volume_only(series, featurized_smooth_z, smooth_z, owner):
+    """What a volume restricts: the first series; no smoothing across slices of features."""
     if series not in (None, 0):
         raise param_error("series", owner, "None for a volume (the first series is read)", series)
-    if tissue not in (None, "otsu", "all"):
-        raise param_error("tissue", owner, "'otsu' or 'all' for a volume (a mask volume is not supported)", tissue)
+    if featurized_smooth_z:
+        raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
+
+
+def _is_mask(tissue):
+    return tissue is not None and not (isinstance(tissue, str) and tissue in ("otsu", "all"))
+
+
+def _tissue_volume(tissue, src, owner):
+    """The mask stack ``tissue`` (None: Otsu or all cells), opened and checked against the stack ``src``."""
+    if not _is_mask(tissue):
+        return None
+    if not isinstance(tissue, (str, Path, Source)):
+        raise param_error("tissue", owner, "'otsu', 'all' or a mask stack (a path) for a volume", type(tissue).__name__)
+    mask = tissue if isinstance(tissue, Source) else open_volume(tissue)
+    if tuple(mask.shape) != tuple(src.shape):
+        raise file_error(mask.name, f"a tissue mask of shape {tuple(mask.shape)} for a stack of shape {tuple(src.shape)}; "
+                                    "it must have the stack's (z, y, x) shape")
+    if np.dtype(mask.dtype).kind not in "biu":
+        raise file_error(mask.name, f"a tissue mask holds integers or booleans (nonzero = tissue), not {mask.dtype}")
+    return mask
 
 
 def _context_fields(bundle, task, head, cell_um, dz):
