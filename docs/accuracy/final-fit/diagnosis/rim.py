@@ -1,5 +1,10 @@
 """The final network's heads refitted with N re-imagings (N = 0, 2, 4, 8; recipe ctx C1 f150 + 40 um prob):
-in-sample whole-slice accuracy and the guards, on slice309 and re-rendered; cortex-rim ZI share."""
+in-sample whole-slice accuracy and the guards, on slice309 and re-rendered; cortex-rim ZI share.
+
+    python docs/accuracy/final-fit/diagnosis/rim.py BUNDLE OUT.json [RECIPE_JSON [N,N,...]]
+
+(stop 35: the shipped network with the defaults; stop 38: the 24-epoch refit with the heads chosen on its fold
+networks, '{"head": "ctx", "C": 10.0, "scales": "p150", "sigma_um": 60.0, "space": "prob", "bias": {}}' 0,2,4,8,16)."""
 import dataclasses, json
 import numpy as np, tifffile, brainrt
 from brainrt.bundle.load import Bundle
@@ -17,15 +22,19 @@ tissue = sl.image > auto_threshold(sl.image, quiet=True)
 feat = lambda im: brainrt.featurize(im, b, stride=16, precision="fp32", tissue=tissue)
 g0 = feat(sl.image)
 grid = cv.grid_from(g0, sl.labels, names)
-rend = [feat(random_rendering(sl.image, i)).features for i in range(8)]
+argv = __import__("sys").argv
+RECIPE = json.loads(argv[3]) if len(argv) > 3 else {"head": "ctx", "C": 1.0, "scales": "f150", "sigma_um": 40.0,
+                                                   "space": "prob", "bias": {}}
+NS = tuple(int(n) for n in argv[4].split(",")) if len(argv) > 4 else (0, 2, 4, 8)
+rend = [feat(random_rendering(sl.image, i)).features for i in range(max(NS))]
 rer = dataclasses.replace(grid, features=feat(simulate_slice_change(sl.image)).features)
-recipe = recipe_of({"head": "ctx", "C": 1.0, "scales": "f150", "sigma_um": 40.0, "space": "prob", "bias": {}})
+recipe = recipe_of(RECIPE)
 out = {}
-for n in (0, 2, 4, 8):
+for n in NS:
     gn = dataclasses.replace(grid, renderings=tuple(rend[:n]))
     model, prob = final_fit(gn, recipe, 0)
     for name, g, p in (("slice309", grid, prob), ("rerendered", rer, cv.probabilities(rer, model))):
-        pred = cv.map_cells(p, g.valid, g.sigma_cells(40.0), "prob")
+        pred = cv.map_cells(p, g.valid, g.sigma_cells(RECIPE["sigma_um"]), RECIPE["space"])
         y = g.y_cells; m = g.valid & (y >= 0)
         gd = cv.guards(pred, 16, names, sl.labels.shape, sl.labels)
         zi_ctx = float((pred[:, 4450 // 16:] == names.index("ZI")).sum() / (pred[:, 4450 // 16:] >= 0).sum())
