@@ -688,3 +688,33 @@ def test_a_tissue_mask_stack_gives_each_slice_its_mask(volume, tiny_bundle, tmp_
     floats = write_tiff(tmp_path / "f.tif", mask.astype(np.float32), photometric="minisblack")
     with pytest.raises(BrainrtError, match=r"f.tif: a tissue mask holds integers"):
         make_volume_plan(src, tiny_bundle, stride=STRIDE, tissue=floats)
+
+
+def test_a_multi_series_tiff_volume_needs_its_series(volume, tiny_bundle_path, tmp_path):
+    """A TIFF of several stacks is a volume only with --series N, as a slice of it is: without it the run is
+    refused in one line listing the series (it read the first, without a word); with it, that series' stack is
+    mapped as a file of it alone is, and the series is in the run record."""
+    import json
+
+    import tifffile
+    import zarr
+
+    a, b = volume.image[:2], volume.image[2:4, :160, :224]
+    two = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(two, ome=True) as tw:
+        tw.write(a, metadata={"axes": "ZYX"})
+        tw.write(b, metadata={"axes": "ZYX"})
+    line = one_cli_error(run_cli(["classify", two, "--z", "all", "-m", tiny_bundle_path, "-o", tmp_path / "x.ome.zarr"]))
+    assert "holds 2 series" in line and "(2, 160, 224)" in line and "--series" in line, line
+    alone = write_tiff(tmp_path / "b.tif", b, photometric="minisblack")
+    outs = []
+    for src, extra in ((two, ["--series", "1"]), (alone, [])):
+        out = tmp_path / f"{Path(src).stem.split('.')[0]}.ome.zarr"
+        r = run_cli(["classify", src, "--z", "all", "-m", tiny_bundle_path, "--stride", str(STRIDE), *extra, "-o", out])
+        assert r.exit_code == 0, r.output
+        outs.append(np.asarray(zarr.open_group(str(out), mode="r")["labels/areas/0"]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert json.loads((tmp_path / "two.ome.zarr" / ".brainrt" / "run.json").read_text())["arguments"]["--series"] == 1
+    line = one_cli_error(run_cli(["classify", two, "--z", "all", "--series", "2", "-m", tiny_bundle_path,
+                                  "-o", tmp_path / "y.ome.zarr"]))
+    assert "--series 2 is outside the file's 2 series" in line

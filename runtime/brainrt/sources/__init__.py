@@ -52,14 +52,17 @@ def open_source(path) -> Source:
     return reader_of(path).open(str(path).rstrip("/"))
 
 
-def open_volume(path) -> Source:
-    """The :class:`Source` of a 3D stack: a TIFF, a folder of 2D TIFFs, a zarr / OME-Zarr path or an HDF5
-    dataset. Reads metadata only. Raises the one-line :class:`BrainrtError` naming the file."""
+def open_volume(path, series=None) -> Source:
+    """The :class:`Source` of a 3D stack: a TIFF (its only series, or ``series``), a folder of 2D TIFFs, a zarr /
+    OME-Zarr path or an HDF5 dataset. Reads metadata only. Raises the one-line :class:`BrainrtError` naming the
+    file."""
     p = str(path).rstrip("/")
     if "://" not in p and not Path(file_of(p)).exists():
         raise file_error(file_of(p), "no such file or folder")
     reader = reader_of(p)
-    src = reader.open(p)
+    if series is not None and reader is not tiff:
+        raise file_error(p, f"--series {series} picks a series of a multi-series TIFF; this is not a TIFF file")
+    src = reader.open(p, series) if reader is tiff else reader.open(p)
     if hasattr(reader, "check_stack"):
         reader.check_stack(src)
     elif len(src.shape) != 3:

@@ -32,9 +32,10 @@ def claims(path: str) -> bool:
 
 @dataclass(frozen=True)
 class TiffSource(Source):
-    """The first series of a TIFF; ``axes`` as tifffile names them."""
+    """One series of a TIFF (the only one, or the one chosen); ``axes`` as tifffile names them."""
 
     axes: str = ""
+    series: int = 0
 
     kind = KIND
     modules = ("tifffile", "zarr")
@@ -44,15 +45,16 @@ class TiffSource(Source):
         import zarr
 
         with tifffile.TiffFile(self.path) as tif:
-            store = tif.series[0].aszarr()
+            store = tif.series[self.series].aszarr()
             try:
                 return zarr.open(store, mode="r")[self.index(z, rows)]
             finally:
                 store.close()
 
 
-def open(path) -> TiffSource:  # noqa: A001 - every reader's ``open``
-    """The :class:`TiffSource` of the TIFF's first series (metadata only)."""
+def open(path, series=None) -> TiffSource:  # noqa: A001 - every reader's ``open``
+    """The :class:`TiffSource` of the TIFF's only series, or of series ``series`` (metadata only); a file of
+    several series without ``series`` is refused listing them, as a slice's read is (:func:`_pick_series`)."""
     import tifffile
 
     try:
@@ -60,8 +62,8 @@ def open(path) -> TiffSource:  # noqa: A001 - every reader's ``open``
             if not holds_image(tif):
                 raise file_error(path, "has a TIFF header but no image in it (0 pages): the file is empty or was cut "
                                        "short")
-            series = tif.series[0]
-            shape, dtype, axes = tuple(series.shape), series.dtype, series.axes
+            chosen = _pick_series(path, tif.series, series)
+            shape, dtype, axes = tuple(chosen.shape), chosen.dtype, chosen.axes
             px = tiff_pixel_size(tif)
             spacing = (tif.imagej_metadata or {}).get("spacing")
             if tif.is_ome and tif.ome_metadata:
@@ -72,7 +74,8 @@ def open(path) -> TiffSource:  # noqa: A001 - every reader's ``open``
     except Exception as exc:  # tifffile raises many types for broken files
         raise file_error(path, f"cannot read as TIFF ({type(exc).__name__}: {first_line(exc)})") from None
     check_no_channels(path, axes, shape)
-    return TiffSource(str(path), shape, np.dtype(dtype).str, px, float(spacing) if spacing else None, axes=axes)
+    return TiffSource(str(path), shape, np.dtype(dtype).str, px, float(spacing) if spacing else None, axes=axes,
+                      series=series or 0)
 
 
 def check_stack(src: TiffSource):

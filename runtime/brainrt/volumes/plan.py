@@ -104,6 +104,8 @@ class VolumePlan:
                 "--head": self.head, "--smooth": round(self.sigma_cells * self.stride * px, 6),
                 "--smooth-z": round(self.z_sigma * self.z_spacing_um, 6), "z_spacing_um": self.z_spacing_um,
                 "band_rows": self.bands[0][1] - self.bands[0][0]}
+        if getattr(self.source, "series", 0):  # a chosen series of a TIFF (records of the others unchanged)
+            args["--series"] = self.source.series
         inputs = {"SOURCE": self.source.name, **({"--tissue-mask": self.tissue_mask.name} if self.tissue_mask else {})}
         return run_record(self.task, args, inputs, self.model_hash)
 
@@ -118,14 +120,13 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
                      precision=_D("precision"), series=None, smooth_z=_D("smooth_z"), device=_D("device")):
     """Check a volume job and return its :class:`VolumePlan`.
 
-    ``source`` is a path (see :func:`brainrt.sources.open_volume`) or a
+    ``source`` is a path (see :func:`brainrt.sources.open_volume`; ``series`` picks one of a multi-series TIFF) or a
     :class:`~brainrt.sources.Source`; ``tissue`` is None (Otsu per slice), "otsu", "all" or a mask stack of the
     source's shape (a path or a :class:`~brainrt.sources.Source`, any volume input; nonzero = tissue; a slice whose
-    mask leaves no patch is off tissue); ``band_rows`` is the grid rows per task (default: the
-    engine's dense tile height, so a band costs no extra halo); ``smooth_z`` is the sigma
-    in micrometres of the smoothing of class probabilities across slices (0: off), after the
-    in-plane ``smooth``; ``device`` where the workers run the network. Other options as in
-    :func:`brainrt.featurize` and :func:`brainrt.classify`.
+    mask leaves no patch is off tissue); ``band_rows`` is the grid rows per task (default: the engine's dense
+    tile height, so a band costs no extra halo); ``smooth_z`` is the sigma in micrometres of the smoothing of
+    class probabilities across slices (0: off), after the in-plane ``smooth``; ``device`` where the workers
+    run the network. Other options as in :func:`brainrt.featurize` and :func:`brainrt.classify`.
     """
     owner = f"{task} (volume)"
     o = params.check(owner, task=task, stride=stride, method=method, min_tissue=min_tissue, threshold=threshold,
@@ -133,8 +134,9 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
                      band_rows=band_rows, threads=threads, precision=precision, smooth_z=smooth_z, device=device,
                      standardize=standardize)
     precision = bundle.check_precision(o["precision"], owner)  # "auto" decided once for the whole run
-    _check_volume_only(series, o["smooth_z"] and task != "classify", smooth_z, owner)
-    src = source if isinstance(source, Source) else open_volume(source)
+    if o["smooth_z"] and task != "classify":
+        raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
+    src = source if isinstance(source, Source) else open_volume(source, series)
     mask, tissue = _tissue_volume(tissue, src, owner), None if _is_mask(tissue) else tissue
     (nz, h, w), stride = src.shape, o["stride"]
     if min(h, w) < bundle.patch_size:
@@ -163,14 +165,6 @@ def _pixel_size(given, src, bundle, stride, owner):
         log.info("%s: pixel size %g um, the bundle's is %g um: each slice is resampled to it for the network; "
                  "outputs on the input's pixel grid", src.path, px, bundle.pixel_size_um)
     return px
-
-
-def _check_volume_only(series, featurized_smooth_z, smooth_z, owner):
-    """What a volume restricts: the first series; no smoothing across slices of features."""
-    if series not in (None, 0):
-        raise param_error("series", owner, "None for a volume (the first series is read)", series)
-    if featurized_smooth_z:
-        raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
 
 
 def _is_mask(tissue):
