@@ -98,6 +98,7 @@ def test_cv_writes_choices_report_and_a_verified_bundle(cv_bundle):
                                                                           for x in ("npy", "pt")]
     assert m.training.seed == choices["seed"] == 0 and m.training.epochs == 1
     assert final["folds"]["k"] == 3 and m.int8 is not None and m.dense_onnx is not None
+    assert final["logreg"]["what"].startswith("the best logistic regression") and final["logreg"]["recipe"]
     assert f"network {choices['network']}" in r.output
 
 
@@ -164,6 +165,9 @@ def test_a_chosen_context_head_is_written_as_the_default(tmp_path, cv_bundle, ow
     shutil.copytree(cv_bundle[0], b)
     model, _ = final_fit(grid, chosen, 0)
     written = write_final(b, model, chosen, {"what": "test"}, chosen_by="test")
+    from brainrt_train.final_bundle import logreg_record  # what the final fit records of the logreg it writes
+
+    assert logreg_record(None, model)["what"].startswith("the default context head's first stage")
     bundle = brainrt.Bundle.load(b)
     assert written == bundle.manifest and bundle.manifest.default_head == "ctx"
     assert bundle.manifest.smoothing.sigma_um == 40.0 and bundle.manifest.training.extra["final"] == {"what": "test"}

@@ -426,8 +426,7 @@ def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, rec
                             "estimate is its cross-validation (choices.cv)",
                    other_heads=f"linsvm, rbfsvm, gmm, area_density fitted on up to 2000 labeled cells per class "
                                f"({dict(zip(names, fitted_on))}); cnn: the network's own last layer",
-                   logreg={"recipe": lr_recipe, "what": "the best logistic regression of the cross-validation, "
-                                                        "refitted on every labeled cell (--head logreg)"},
+                   logreg=logreg_record(lr_recipe, model),
                    int8="calibrated on footprints of half of the labeled cells, agreement checked on the other half",
                    renderings={"n": choices.renderings, "what": "the default and logreg heads are fitted on the "
                                "slice's features and on those of this many re-imagings of it (random_rendering, seeds "
@@ -435,6 +434,19 @@ def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, rec
         manifest = write_final(tmp, model, chosen, rec, logreg=logreg, chosen_by=CHOSEN_BY)
     log.info("bundle written to %s in %.1f min", out, (time.perf_counter() - t0) / 60)
     return manifest
+
+
+def logreg_record(lr_recipe, model):
+    """What the bundle's ``logreg`` head is (``training.final.logreg``), as :func:`brainrt_train.final.write_final`
+    writes it: the default context head's own first stage when it pools probabilities, else the cross-validation's
+    best logistic regression refitted (``lr_recipe``), else the trainer's logistic regression."""
+    if getattr(model, "stage1", None) is not None:
+        return {"recipe": None, "what": "the default context head's first stage, fitted with it on the same cells "
+                                        "(its probabilities are what the context head pools) (--head logreg)"}
+    if lr_recipe is not None:
+        return {"recipe": lr_recipe, "what": "the best logistic regression of the cross-validation, refitted on "
+                                             "every labeled cell (--head logreg)"}
+    return {"recipe": None, "what": "the trainer's logistic regression, fitted with the other heads (--head logreg)"}
 
 
 def export_options_for_loading(choices):
