@@ -167,7 +167,7 @@ def test_a_chosen_context_head_is_written_as_the_default(tmp_path, cv_bundle, ow
     written = write_final(b, model, chosen, {"what": "test"}, chosen_by="test")
     from brainrt_train.final_bundle import logreg_record  # what the final fit records of the logreg it writes
 
-    assert logreg_record(None, model)["what"].startswith("the default context head's first stage")
+    assert logreg_record(None, "ctx", model, None)["what"].startswith("the default context head's first stage")
     bundle = brainrt.Bundle.load(b)
     assert written == bundle.manifest and bundle.manifest.default_head == "ctx"
     assert bundle.manifest.smoothing.sigma_um == 40.0 and bundle.manifest.training.extra["final"] == {"what": "test"}

@@ -82,6 +82,17 @@ def final_fit(grid, recipe, seed):
     return cv.fit_head(grid, every, recipe.head, seed)
 
 
+def logreg_written(kind, model, logreg):
+    """What :func:`write_final` writes as the bundle's ``logreg`` head for a default head of ``kind``:
+    ``(head, which)``, ``which`` "default" (the default head is a logistic regression), "stage1" (a context head
+    pooling probabilities: its own first stage), "given" (``logreg``), or ``(None, None)`` (the bundle's stays)."""
+    if kind == "logreg":
+        return model, "default"
+    if getattr(model, "stage1", None) is not None:
+        return model.stage1, "stage1"
+    return (logreg, "given") if logreg is not None else (None, None)
+
+
 def write_final(path, model, recipe, record, logreg=None, *, chosen_by=CHOSEN_BY):  # long: both head kinds' files
     """Write ``model`` as the default head of the bundle at ``path`` (in place, re-sealed) with the recipe's
     smoothing and ``training.final`` = ``record``; ``logreg`` (the best logistic regression of the
@@ -109,12 +120,9 @@ def write_final(path, model, recipe, record, logreg=None, *, chosen_by=CHOSEN_BY
         for rel in m.files:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path / rel, tmp / rel)
-        if kind == "logreg":
-            joblib.dump(model, tmp / m.heads["logreg"])
-        elif model.stage1 is not None:  # the context head pools the probabilities of its own first stage
-            joblib.dump(model.stage1, tmp / m.heads["logreg"])
-        elif logreg is not None:
-            joblib.dump(logreg, tmp / m.heads["logreg"])
+        head, _ = logreg_written(kind, model, logreg)
+        if head is not None:
+            joblib.dump(head, tmp / m.heads["logreg"])
         sm = Smoothing(sigma_um=recipe.sigma_um, space=recipe.space, extra={},
                        chosen_on=f"spatial 5-fold cross-validation, mean macro F1 of the regularized map, stride 16 "
                                  f"({chosen_by})")

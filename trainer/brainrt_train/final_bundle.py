@@ -426,7 +426,7 @@ def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, rec
                             "estimate is its cross-validation (choices.cv)",
                    other_heads=f"linsvm, rbfsvm, gmm, area_density fitted on up to 2000 labeled cells per class "
                                f"({dict(zip(names, fitted_on))}); cnn: the network's own last layer",
-                   logreg=logreg_record(lr_recipe, model),
+                   logreg=logreg_record(lr_recipe, chosen.head[0], model, logreg),
                    int8="calibrated on footprints of half of the labeled cells, agreement checked on the other half",
                    renderings={"n": choices.renderings, "what": "the default and logreg heads are fitted on the "
                                "slice's features and on those of this many re-imagings of it (random_rendering, seeds "
@@ -436,14 +436,17 @@ def final_fit_bundle(image, mask, out, choices: Choices, *, overwrite=False, rec
     return manifest
 
 
-def logreg_record(lr_recipe, model):
-    """What the bundle's ``logreg`` head is (``training.final.logreg``), as :func:`brainrt_train.final.write_final`
-    writes it: the default context head's own first stage when it pools probabilities, else the cross-validation's
-    best logistic regression refitted (``lr_recipe``), else the trainer's logistic regression."""
-    if getattr(model, "stage1", None) is not None:
+def logreg_record(lr_recipe, kind, model, logreg):
+    """What the bundle's ``logreg`` head is (``training.final.logreg``): the one
+    :func:`brainrt_train.final.logreg_written` says :func:`~brainrt_train.final.write_final` writes for a default
+    head of ``kind`` (``lr_recipe``: the cross-validation's best logistic regression, which ``logreg`` refits)."""
+    from .final import logreg_written
+
+    which = logreg_written(kind, model, logreg)[1]
+    if which == "stage1":
         return {"recipe": None, "what": "the default context head's first stage, fitted with it on the same cells "
                                         "(its probabilities are what the context head pools) (--head logreg)"}
-    if lr_recipe is not None:
+    if which is not None and lr_recipe is not None:
         return {"recipe": lr_recipe, "what": "the best logistic regression of the cross-validation, refitted on "
                                              "every labeled cell (--head logreg)"}
     return {"recipe": None, "what": "the trainer's logistic regression, fitted with the other heads (--head logreg)"}

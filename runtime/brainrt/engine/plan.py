@@ -151,7 +151,7 @@ def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pix
         log.info("%s: pixel size %g um, the bundle's is %g um: resampled x%.4g to %d x %d px for the network "
                  "(stride %d there); outputs on the input's %d x %d pixel grid", source, px, bundle.pixel_size_um,
                  rs.factor, *rs.net_shape, rs.net_stride, *image.shape)
-        if tissue is not None and not (isinstance(tissue, str) and tissue in ("otsu", "all")):
+        if is_tissue_mask(tissue):
             tissue = resample(_tissue_mask(tissue, image.shape, z, owner), rs, order=0)
         given, image, stride, px = image, resample(image, rs), rs.net_stride, rs.net_pixel_size_um
         method = method if dense_step(stride, bundle.dense_strides) is not None else "patch"
@@ -164,6 +164,12 @@ def plan_of(image, bundle, *, stride, method, tissue, min_tissue, threshold, pix
         image = standardize_image(image, intensity, threshold, bundle.manifest.normalization.trained_dtype)
     return Plan(image, valid, stride, bundle.patch_size, method, px, batch_size, source, match,
                 precision, _scale_of(image, source), rs, given if rs is not None else None)
+
+
+def is_tissue_mask(tissue) -> bool:
+    """Whether the ``tissue`` option names a mask (an array, a path, a mask stack) rather than a rule (None or
+    "otsu": Otsu's threshold; "all": every cell). The 2D and the volume edges share this reading."""
+    return tissue is not None and not (isinstance(tissue, str) and tissue in ("otsu", "all"))
 
 
 def check_stride(stride, shape, source):
@@ -239,7 +245,7 @@ def _read_image(image, z, patch_size, series=None):
 
 def _valid_cells(image, source, tissue, *, z, patch_size, stride, threshold, min_tissue, owner):
     """The grid cells to featurize (tissue), or the error saying why there are none."""
-    if tissue is None or (isinstance(tissue, str) and tissue in ("otsu", "all")):
+    if not is_tissue_mask(tissue):
         if tissue == "all":
             valid = np.ones(grid_shape(image.shape, stride), bool)
         else:

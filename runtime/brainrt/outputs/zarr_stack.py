@@ -3,8 +3,9 @@
 A :class:`ZarrStack` (an :class:`~brainrt.outputs.store.OutputStore`) is assembled in the hidden
 folder ``.NAME.partial`` beside ``NAME``, with the run record of :mod:`brainrt.outputs.finished` inside from
 the start (``.brainrt/run.json``) and one completion record per task (``.brainrt/done/NAME``, written
-after the task's data: :func:`mark_done`) and the notes tasks leave for the run (``.brainrt/notes/NAME.json``,
-:func:`write_note`: a slice's input check), folded into the run record when the stack is finished. A rerun of the same run resumes it (recorded tasks are
+after the task's data: :func:`mark_done`) and the notes tasks leave for the run
+(``.brainrt/notes/NAME.json``, :func:`write_note`: a slice's input check), folded into the run record when
+the stack is finished. A rerun of the same run resumes it (recorded tasks are
 skipped), a rerun with other arguments is refused naming what differs, and the folder is renamed into
 place when every task is done (:meth:`ZarrStack.commit`), keeping its run record: a finished stack of
 the same run is then left alone (:meth:`~brainrt.outputs.store.OutputStore.finished`). What the
@@ -42,21 +43,23 @@ def is_done(store, name) -> bool:
     return _done(store, name).exists()
 
 
+def _write_whole(p, text):
+    """``text`` into ``p``, which appears whole or not at all (a record of a task, written after its data)."""
+    tmp = p.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
 def mark_done(store, name):
     """Write task ``name``'s completion record into the partial ``store`` (after its data)."""
-    p = _done(store, name)
-    tmp = p.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text("")
-    os.replace(tmp, p)  # the record appears whole, after the data
+    _write_whole(_done(store, name), "")
 
 
 def write_note(store, name, value):
-    """Task ``name``'s note (a JSON value) in the partial ``store``, for the run (:func:`read_notes`); whole or absent."""
+    """Task ``name``'s note (a JSON value) in the partial ``store``, for the run (:func:`read_note`); whole or absent."""
     p = Path(store) / STATE / "notes" / f"{name}.json"
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, p)
+    _write_whole(p, json.dumps(value))
 
 
 def read_note(store, name):

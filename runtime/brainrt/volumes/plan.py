@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.loop import dense_geometry
-from ..engine.plan import check_stride, resolve_method
+from ..engine.plan import check_stride, is_tissue_mask, resolve_method
 from ..engine.resample import pixel_size_of, resampling_of
 from ..errors import BrainrtError, file_error, param_error
 from ..geometry import grid_shape
@@ -137,7 +137,7 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     if o["smooth_z"] and task != "classify":
         raise param_error("smooth_z", owner, "0 for featurize", smooth_z)
     src = source if isinstance(source, Source) else open_volume(source, series)
-    mask, tissue = _tissue_volume(tissue, src, owner), None if _is_mask(tissue) else tissue
+    mask, tissue = _tissue_volume(tissue, src, owner), None if is_tissue_mask(tissue) else tissue
     (nz, h, w), stride = src.shape, o["stride"]
     if min(h, w) < bundle.patch_size:
         raise file_error(src.name, f"slices of {h} x {w} px are smaller than one {bundle.patch_size} px patch")
@@ -167,13 +167,9 @@ def _pixel_size(given, src, bundle, stride, owner):
     return px
 
 
-def _is_mask(tissue):
-    return tissue is not None and not (isinstance(tissue, str) and tissue in ("otsu", "all"))
-
-
 def _tissue_volume(tissue, src, owner):
     """The mask stack ``tissue`` (None: Otsu or all cells), opened and checked against the stack ``src``."""
-    if not _is_mask(tissue):
+    if not is_tissue_mask(tissue):
         return None
     if not isinstance(tissue, (str, Path, Source)):
         raise param_error("tissue", owner, "'otsu', 'all' or a mask stack (a path) for a volume", type(tissue).__name__)
