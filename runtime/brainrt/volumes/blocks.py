@@ -152,14 +152,16 @@ class SliceChecks:
 
 def read_slice(vplan, store, z):
     """The plan of slice ``z`` for its blocks (one read); None, unread, when all its blocks are recorded. The
-    slice is checked against the training tissue as a slice of its own is (:func:`brainrt.familiar.input_check`),
-    its scores and reasons left in a note for the run, before its first block."""
+    slice is checked against the training tissue as a slice of its own is (:func:`brainrt.familiar.input_check`:
+    its gray values and texture, what a warning is given on), its scores and reasons left in a note for the run,
+    before its first block. The feature deficit, logged and never warned on, is not computed: it runs the per-patch
+    network on 128 cells, 2.1 s a slice against 4.1 s for the slice's whole stride-16 map (slice309)."""
     if all(is_done(store, block_name(z, band)) for band in vplan.bands):
         return None
     bundle = worker_bundle(vplan)
     plan = slice_plan(vplan, bundle, z)
     if plan is not None and read_note(store, check_name(z)) is None:
-        scores, why = input_check(plan, bundle)
+        scores, why = input_check(plan, bundle, features=False)  # the feature deficit: off (docstring)
         write_note(store, check_name(z), {**scores, "why": why})
     return plan
 
