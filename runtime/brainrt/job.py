@@ -19,6 +19,7 @@ from __future__ import annotations
 import signal
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import api
 from .bundle.scoring import score_lines
@@ -29,7 +30,7 @@ from .heads import Classifier
 from .outputs import (TiffSet, ZarrStack, classification_set, probabilities_path, uncertainty_path,
                       write_classification, write_clusters, write_subdivision)
 from .outputs.finished import COMPLETE
-from .sources import check_not_bundle, is_feature_grid, is_volume_input, read_mask
+from .sources import SUFFIXES, check_not_bundle, file_of, is_feature_grid, is_volume_input, read_mask
 from .volumes import process_volume
 
 #: What each task writes of one slice: (suffixes of ``-o``, what it is, the default output's suffix).
@@ -66,6 +67,13 @@ class Job:
     def suffix(self):
         """The suffix of the default output (SOURCE's name with its own suffix replaced)."""
         return VOLUME_SUFFIXES[self.task] if self.volume else SLICE_OUTPUTS[self.task][2]
+
+    def default_out(self):
+        """The default output: SOURCE's name (the file, without an HDF5 dataset) with its image or zarr suffix
+        replaced by the output's."""
+        path = Path(file_of(str(self.source).rstrip("/")))
+        name = next((path.name[: -len(ext)] for ext in SUFFIXES if path.name.endswith(ext)), path.name)
+        return str(path.parent / f"{name}{self.suffix}")
 
     @property
     def records(self):

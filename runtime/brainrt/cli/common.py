@@ -9,11 +9,10 @@ from pathlib import Path
 import click
 
 from ..bundle.load import Bundle, default_model
-from ..io import check_not_input
 from ..job import make_job
 from ..model.seal import MANIFEST, sha256_file
 from ..outputs.finished import COMPLETE
-from .options import check_out_name, command_record, default_out, show_progress
+from .options import command_record, show_progress
 
 
 def run_command(task, source, model, threads, out, overwrite, kw, *, inputs=(), **options):
@@ -22,7 +21,7 @@ def run_command(task, source, model, threads, out, overwrite, kw, *, inputs=(), 
     finished-output rule (:func:`prepare`; ``inputs``: the command's input files besides SOURCE and the tissue
     mask), then the job's run and what it says. ``kw``: the grid options; ``options``: the task's."""
     job = make_job(task, source, z=kw["z"], plan=plan_options(**kw), threads=threads, device=kw["device"], **options)
-    out = out or default_out(source, job.suffix)
+    out = out or job.default_out()
     bundle, rec = prepare(out, model, threads, job, inputs=(source, *inputs, kw["tissue_mask"]), overwrite=overwrite,
                           device=kw["device"])
     if bundle is None:
@@ -46,9 +45,7 @@ def prepare(out, model, threads, job, *, inputs=(), overwrite=False, device="aut
     """
     ctx = click.get_current_context()
     store = job.store(out)
-    check_not_input([out, *store.members], inputs)
-    check_out_name(out, ctx.info_name, job.output)
-    store.check()
+    store.check(inputs=inputs, named=(ctx.info_name, job.output))
     model = Path(model or default_model())
     if not (job.records and (model / MANIFEST).is_file()):  # no record, or a bundle that will not load: say why first
         return Bundle.load(model, threads=threads, device=device), None

@@ -1,7 +1,6 @@
 """The command line's shared options, defined once (rasterio's ``rio/options.py``): the model, the
 grid and evaluation options of every command (their defaults are :mod:`brainrt.model.params`'), the
-volume options, the argument types they need, the check of an output's name (what it must be named is
-the job's, :mod:`brainrt.job`), every command's run record (:mod:`brainrt.outputs.finished`), and how every command
+volume options, the argument types they need, every command's run record (:mod:`brainrt.outputs.finished`), and how every command
 reports an error (:func:`one_line_errors`)."""
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from ..errors import BrainrtError, file_error
 from ..model import params
 from ..model.manifest import PRECISIONS, Manifest
 from ..outputs.finished import run_record
-from ..sources import SUFFIXES, file_of
 
 log = logging.getLogger("brainrt")
 
@@ -134,27 +132,8 @@ class LabelsList(click.Command):
         return super().parse_args(ctx, out)
 
 
-def default_out(source, suffix):
-    """The default output of ``source``: its name with its image or zarr suffix replaced by ``suffix``."""
-    path = Path(file_of(str(source).rstrip("/")))
-    name = path.name
-    for ext in SUFFIXES:
-        if name.endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return str(path.parent / f"{name}{suffix}")
-
-
 #: Options that change how fast a command runs, not what it writes: left out of run records.
 NOT_RECORDED = ("threads", "batch_size", "workers", "scheduler", "device", "out", "overwrite", "model")
-
-
-def check_out_name(out, command, kind):
-    """Refuse an output name that says another format than the one written (``-o a.png``); ``kind``: (suffixes,
-    what it is, the default output's suffix), a job's :attr:`~brainrt.job.Job.output`."""
-    suffixes, what, suffix = kind
-    if not str(out).rstrip("/").lower().endswith(suffixes):
-        raise file_error(out, f"{command} writes {what}; name the output like NAME{suffix}")
 
 
 def command_record(ctx, model_hash, *, by_value=()):

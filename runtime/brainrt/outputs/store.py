@@ -3,7 +3,9 @@
 Every store has a target ``out`` and applies the rule of :mod:`brainrt.outputs.finished` through the same
 three calls, whatever it writes:
 
-- :meth:`OutputStore.check`: refuse, before any work, a target that cannot be written;
+- :meth:`OutputStore.check`: refuse, before any work, a target that cannot be written: one whose name says
+  another format than the one written (``-o a.png``), that is one of the command's inputs (``out`` or a side
+  file), or whose folder is missing or read-only (the whole rule "may I write OUT", in this one call);
 - :meth:`OutputStore.finished`: True when ``out`` is a finished output of the same run (nothing to
   do), False when there is nothing there (or ``overwrite``), else the one-line refusal naming what
   differs (the target checked first);
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import check_target
+from ..errors import file_error
+from ..io import check_not_input, check_target
 from .finished import is_finished
 
 
@@ -38,9 +41,16 @@ class OutputStore:
         """The side files that go with ``out`` (none for a folder)."""
         return []
 
-    def check(self):
-        """Raise the one-line error that writing ``out`` would raise, before any work
-        (:func:`brainrt.io.check_target`)."""
+    def check(self, *, inputs=(), named=None):
+        """Raise the one-line error that writing ``out`` would raise, before any work: ``inputs`` (the command's input
+        files) refuses ``out`` or a side file that is one of them; ``named`` (the command, and (suffixes, what it
+        writes, the default output's suffix): a job's :attr:`~brainrt.job.Job.output`) a name that says another
+        format; then the target itself (:func:`brainrt.io.check_target`)."""
+        check_not_input([self.out, *self.members], inputs)
+        if named is not None:
+            command, (suffixes, what, suffix) = named
+            if not str(self.out).rstrip("/").lower().endswith(suffixes):
+                raise file_error(self.out, f"{command} writes {what}; name the output like NAME{suffix}")
         check_target(self.out, is_dir=self.is_dir)
 
     def finished(self, record, *, overwrite=False, read=None) -> bool:
