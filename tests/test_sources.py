@@ -4,6 +4,8 @@ classify as the same pixels in a TIFF do; a missing dataset is refused in one li
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,30 @@ def test_a_new_format_is_one_module_and_one_registry_line():
         assert callable(reader.claims) and callable(reader.open), reader.__name__
     assert sources.READERS[-1] is sources.tiff  # the fallback, asked last
     assert len({r.KIND for r in sources.READERS}) == len(sources.READERS)
+    assert all(r.VOLUME in sources.VOLUME_RULES for r in sources.READERS)
+
+
+@pytest.mark.parametrize("rule", sources.VOLUME_RULES)
+def test_when_an_input_is_a_volume_and_its_series_are_the_readers_declarations(tmp_path, monkeypatch, rule):
+    """A new reader's ``VOLUME`` and ``SERIES`` decide the job and the series, with no line elsewhere."""
+    opened = []
+    stack = np.zeros((3, 8, 8), np.uint8)
+
+    def open_(path, *series):
+        opened.append(series)
+        return sources.Source(str(path), stack.shape, str(stack.dtype))
+
+    fake = types.SimpleNamespace(KIND="fake", SUFFIXES=(".fake",), VOLUME=rule, SERIES=rule == "always",
+                                 claims=lambda p: p.endswith(".fake"), open=open_)
+    monkeypatch.setattr(sources, "READERS", (fake, *sources.READERS))
+    path = tmp_path / "v.fake"
+    path.write_bytes(b"")
+    assert sources.is_volume_input(path) is {"always": True, "with z": False, "by shape": True}[rule]
+    assert sources.is_volume_input(path, "0:2")  # a range of slices: a volume, whatever the reader
+    assert sources.is_volume_input(path, 1) is (rule == "always")  # one slice of it: a slice, but of a folder
+    if fake.SERIES:
+        sources.open_volume(path, 1)
+        assert opened[-1] == (1,)
+    else:
+        with pytest.raises(BrainrtError, match="--series 1 picks a series of a multi-series TIFF"):
+            sources.open_volume(path, 1)

@@ -2,8 +2,10 @@
 
 Lives here: the readers (``tiff``, ``tiff_folder``, ``zarr_image``, ``hdf5``), the :class:`Source` they
 give (``base``) and the one choice among them (this module: :data:`READERS`, ``read_image``,
-``read_mask``, ``open_volume``). A reader module declares ``KIND``, its name ``SUFFIXES``, ``claims(path)`` (a cheap look at the name,
-folder markers or magic bytes), ``open(path)`` (metadata only, one-line errors) giving a picklable
+``read_mask``, ``open_volume``). A reader module declares ``KIND``, its name ``SUFFIXES``, when its input is a volume
+(``VOLUME``, one of :data:`VOLUME_RULES`), ``claims(path)`` (a cheap look at the name,
+folder markers or magic bytes), ``open(path)`` (metadata only, one-line errors; with ``SERIES``, ``open(path, series)``
+picks one of a file's series) giving a picklable
 :class:`~brainrt.sources.base.Source` (shape, dtype, pixel size, z spacing, ``read(z, rows)``), and
 where it needs them ``check_stack(src)`` (its own refusal of what is no 3D stack) and ``read_2d``
 (its own slice reader; the TIFF's, which reads series and masks). :data:`READERS` lists them in the
@@ -29,10 +31,13 @@ from .tiff_folder import folder_files, natural_key
 READERS = (zarr_image, hdf5, tiff_folder, tiff)
 #: The OME-NGFF feature grid's format (``attrs["brainrt"]["format"]``), that :mod:`brainrt.engine.grid` writes.
 NGFF_FORMAT = "brainrt-features/2"
+#: When a reader's input is a volume job (its ``VOLUME``): "always" (a folder of 2D TIFFs), "with z" (only with a
+#: ``--z`` naming several slices: a 3D TIFF), "by shape" (a 3D array, unless ``--z`` names one slice: zarr, HDF5).
+VOLUME_RULES = ("always", "with z", "by shape")
 #: Name endings that default output names drop (a saved feature grid's first), in the order they are tried.
 SUFFIXES = (".features.zarr",) + tuple(s for r in READERS for s in r.SUFFIXES)
 
-__all__ = ["NGFF_FORMAT", "READERS", "SUFFIXES", "Source", "bytes_read", "check_not_bundle", "file_of", "folder_files", "integer_codes", "is_feature_grid",
+__all__ = ["NGFF_FORMAT", "READERS", "SUFFIXES", "VOLUME_RULES", "Source", "bytes_read", "check_not_bundle", "file_of", "folder_files", "integer_codes", "is_feature_grid",
            "is_volume_input", "natural_key", "open_source", "open_volume", "read_image", "read_mask", "reader_of"]
 
 
@@ -60,9 +65,9 @@ def open_volume(path, series=None) -> Source:
     if "://" not in p and not Path(file_of(p)).exists():
         raise file_error(file_of(p), "no such file or folder")
     reader = reader_of(p)
-    if series is not None and reader is not tiff:
+    if series is not None and not getattr(reader, "SERIES", False):
         raise file_error(p, f"--series {series} picks a series of a multi-series TIFF; this is not a TIFF file")
-    src = reader.open(p, series) if reader is tiff else reader.open(p)
+    src = reader.open(p) if series is None else reader.open(p, series)
     if hasattr(reader, "check_stack"):
         reader.check_stack(src)
     elif len(src.shape) != 3:
@@ -137,10 +142,10 @@ def is_volume_input(path, z=None) -> bool:
     p = str(path).rstrip("/")
     if isinstance(z, str) and not z.strip().lstrip("-").isdigit():
         return True
-    reader = reader_of(p)
-    if reader is tiff_folder:
+    rule = reader_of(p).VOLUME
+    if rule == "always":
         return True  # a TIFF folder: the 2D readers read files
-    if z is not None or reader is tiff:
+    if z is not None or rule == "with z":
         return False
     return "://" in p or not (is_feature_grid(p) or _is_2d(p))
 

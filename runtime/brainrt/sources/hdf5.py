@@ -17,6 +17,8 @@ from ..errors import BrainrtError, file_error, first_line
 from .base import Source
 
 KIND = "hdf5"
+#: A 3D dataset is a volume without --z (:data:`brainrt.sources.VOLUME_RULES`).
+VOLUME = "by shape"
 SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5", ".nxs")
 SIGNATURE = b"\x89HDF\r\n\x1a\n"
 #: Taken among several datasets: the tomography convention (Data Exchange, tomopy, tomocupy).

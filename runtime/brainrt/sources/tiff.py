@@ -18,6 +18,11 @@ from ..errors import PIXEL_TYPES, BrainrtError, check_image, file_error, first_l
 from .base import Source, check_no_channels, check_not_bundle, holds_image, quiet_tifffile
 
 KIND = "tiff"
+#: A 3D TIFF is a volume only with --z naming several slices; without --z it is refused as a slice that needs one
+#: (:data:`brainrt.sources.VOLUME_RULES`).
+VOLUME = "with z"
+#: A file may hold several series: ``open(path, series)`` picks one.
+SERIES = True
 SUFFIXES = (".ome.tif", ".tiff", ".tif")
 #: Pixel types of masks (label codes): an image's, or any integer type read as int64.
 MASK_TYPES = PIXEL_TYPES + (np.dtype(np.int64),)

@@ -15,6 +15,8 @@ from .base import Source, band, check_not_bundle, holds_image, quiet_tifffile
 from .tiff import tiff_pixel_size
 
 KIND = "folder"
+#: A folder of 2D TIFFs is always a volume (:data:`brainrt.sources.VOLUME_RULES`).
+VOLUME = "always"
 SUFFIXES = ()
 TIFF_SUFFIXES = (".tif", ".tiff")
 

@@ -12,6 +12,8 @@ from ..errors import file_error
 from .base import Source
 
 KIND = "zarr"
+#: A 3D array is a volume without --z (:data:`brainrt.sources.VOLUME_RULES`).
+VOLUME = "by shape"
 SUFFIXES = (".zarr",)
 
 
