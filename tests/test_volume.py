@@ -719,3 +719,34 @@ def test_a_multi_series_tiff_volume_needs_its_series(volume, tiny_bundle_path, t
     line = one_cli_error(run_cli(["classify", two, "--z", "all", "--series", "2", "-m", tiny_bundle_path,
                                   "-o", tmp_path / "y.ome.zarr"]))
     assert "--series 2 is outside the file's 2 series" in line
+
+
+def test_a_head_without_probabilities_maps_a_volume_as_a_slice(client, volume, stack_tif, tiny_bundle, tmp_path, caplog):
+    """linsvm gives labels only: a volume takes it as a slice does (no smoothing, in the plane or across slices, said
+    in the log): the label pyramid of each slice is the slice's own label map, serially and on 2 Dask workers; the
+    image holds the area codes at grid resolution (one channel), a valid NGFF image with its label image."""
+    import logging
+
+    import zarr
+
+    import brainrt
+    from brainrt.geometry import upsample
+    from brainrt.volumes import run_volume
+
+    with caplog.at_level(logging.INFO, logger="brainrt"):
+        plan = _plan(stack_tif, tiny_bundle, head="linsvm", smooth_z=2.0)
+    assert plan.labels_only and plan.sigma_cells == 0 and plan.z_sigma == 0
+    assert "no smoothing across slices" in caplog.text
+    outs = [tmp_path / "serial.ome.zarr", tmp_path / "dask.ome.zarr"]
+    run_volume(plan, outs[0], bundle=tiny_bundle)
+    run_volume(plan, outs[1], client=client)
+    _same(*outs)
+    root = zarr.open_group(str(outs[0]), mode="r")
+    assert "scratch" not in root and root.attrs["ome"]["multiscales"][0]["name"] == "areas"
+    assert root.attrs["ome"]["omero"]["channels"][0]["label"].startswith("areas: ")
+    for z in range(SHAPE[0]):
+        res = brainrt.classify_image(volume.image[z], tiny_bundle, stride=STRIDE, head="linsvm")
+        assert res.probabilities is None
+        np.testing.assert_array_equal(root["0"][0, z], res.cell_codes())
+        np.testing.assert_array_equal(root["labels/areas/0"][z], upsample(res.cell_codes(), STRIDE, SHAPE[1:]))
+    valid_ngff(outs[0])

@@ -98,14 +98,18 @@ def execute(vplan, store, task, *values):
 
 # --------------------------------------------------------------------------- the tasks
 class BandSink(ArraySink):
-    """The volume band writer: the band's features (featurize) or the head's raw probabilities (classify),
-    written with the band's valid cells into slice position ``zi`` of the store by :meth:`close`."""
+    """The volume band writer: the band's features (featurize) or what the head ``clf`` gives each cell (classify:
+    its raw probabilities, a context head's terms, or the labels of a head without probabilities), written with
+    the band's valid cells into slice position ``zi`` of the store by :meth:`close`."""
 
-    def __init__(self, vplan, root, zi, band, valid, fn=None):
+    def __init__(self, vplan, root, zi, band, valid, clf=None):
         r0, r1 = band
-        depth = vplan.n_features if vplan.task == "featurize" else vplan.n_terms or len(vplan.class_names)
-        super().__init__(np.zeros((r1 - r0, vplan.grid[1], depth), np.float32), r0=r0, fn=fn)
-        names = (FEATURES, TISSUE) if vplan.task == "featurize" else ("scratch/probabilities", "scratch/valid")
+        if clf is None:
+            super().__init__(np.zeros((r1 - r0, vplan.grid[1], vplan.n_features), np.float32), r0=r0)
+        else:
+            super().__init__(clf.empty((r1 - r0, vplan.grid[1]), terms=True), r0=r0, fn=clf.fn)
+        names = ((FEATURES, TISSUE) if clf is None else
+                 ("scratch/labels" if vplan.labels_only else "scratch/probabilities", "scratch/valid"))
         self.targets, self.zi, self.valid = [root[n] for n in names], zi, valid
         self.channels_first = vplan.task == "featurize"
 
@@ -172,9 +176,9 @@ def run_block(vplan, store, z, band, plan):
 
     bundle = worker_bundle(vplan)
     root = zarr.open_group(str(store), mode="r+")
-    fn = Classifier.of(bundle, vplan.head).fn if vplan.task == "classify" else None
+    clf = Classifier.of(bundle, vplan.head) if vplan.task == "classify" else None
     valid = plan.valid[band[0] : band[1]] if plan is not None else np.zeros((band[1] - band[0], vplan.grid[1]), bool)
-    sink = BandSink(vplan, root, vplan.zs.index(z), band, valid, fn)
+    sink = BandSink(vplan, root, vplan.zs.index(z), band, valid, clf)
     if plan is None:  # no tissue: the band stays empty
         sink.close()
     else:

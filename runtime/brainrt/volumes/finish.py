@@ -32,6 +32,8 @@ def finish_slice(vplan, store, z):
 
     root = zarr.open_group(str(store), mode="r+")
     zi = vplan.zs.index(z)
+    if vplan.labels_only:  # a head without probabilities: its labels are the map
+        return _write_labels(vplan, root, zi, np.asarray(root["scratch/labels"][zi]))
     raw, valid = root["scratch/context" if vplan.context else "scratch/probabilities"], root["scratch/valid"]
     v_all = np.asarray(valid[zi])
     zsm = vplan.z_sigma > 0  # the z pass reads the in-plane map, then writes the outputs
@@ -99,9 +101,12 @@ def _write_probabilities(vplan, root, zi, r0, p, valid):
 
 
 def _write_labels(vplan, root, zi, labels):
-    """The label pyramid of slice position ``zi`` from its grid labels (class indices, -1 off tissue)."""
+    """The label pyramid of slice position ``zi`` from its grid labels (class indices, -1 off tissue); a head without
+    probabilities: its codes are the image's too, at grid resolution."""
     codes = np.asarray(list(vplan.class_codes) + [OFF_TISSUE], np.uint8)[labels]
     full = upsample(codes, vplan.stride, vplan.source.shape[1:])
     for level in range(n_levels(vplan.source.shape[1:])):
         f = 2**level
         root[f"labels/areas/{level}"][zi] = full[::f, ::f]
+        if vplan.labels_only:
+            root[str(level)][0, zi] = codes[::f, ::f]

@@ -15,6 +15,7 @@ from ..heads import OFF_TISSUE
 from ..integrity import seal
 from ..maps.uncertainty import CHANNELS
 from ..ngff import create_level, image_attrs, label_image_attrs, labels_attrs
+from ..outputs import label_key
 from ..plots import area_colors
 from ..sources import NGFF_FORMAT
 
@@ -43,9 +44,12 @@ def create_store(vplan, tmp):
     if vplan.task == "featurize":  # the OME-NGFF feature image (c, z, y, x) and its tissue labels (z, y, x)
         create_feature_store(root, (Z, R, C), F, (1, band, cc), {**_attrs(vplan)["brainrt"], "format": NGFF_FORMAT})
     else:
-        T = vplan.n_terms or K  # a context head's terms, pooled by its context pass into scratch/context
-        root.create_array("scratch/probabilities", shape=(Z, R, C, T), chunks=(1, band, cc, T), dtype="float32",
-                          fill_value=0.0)
+        if vplan.labels_only:  # a head's labels (class indices, -1 off tissue)
+            root.create_array("scratch/labels", shape=(Z, R, C), chunks=(1, band, cc), dtype="int16", fill_value=-1)
+        else:
+            T = vplan.n_terms or K  # a context head's terms, pooled by its context pass into scratch/context
+            root.create_array("scratch/probabilities", shape=(Z, R, C, T), chunks=(1, band, cc, T), dtype="float32",
+                              fill_value=0.0)
         if vplan.context:
             root.create_array("scratch/context", shape=(Z, R, C, K), chunks=(1, band, cc, K), dtype="float32",
                               fill_value=0.0)
@@ -65,17 +69,22 @@ def _attrs(vplan):
 
 
 def _ome_metadata(vplan, root):
-    """The image: probabilities (c, z, y, x) at grid resolution, then their margin and entropy, with a pyramid of as many levels as the area
-    labels' (z, y, x) at full resolution (:mod:`brainrt.ngff`; NGFF asks a label image for its image's levels)."""
+    """The image: probabilities (c, z, y, x) at grid resolution, then their margin and entropy (a head without
+    probabilities: its area codes, one channel), with a pyramid of as many levels as the area labels' (z, y, x) at
+    full resolution (:mod:`brainrt.ngff`; NGFF asks a label image for its image's levels)."""
     px, dz, s, (h, w) = vplan.pixel_size_um, vplan.z_spacing_um, vplan.stride, vplan.source.shape[1:]
-    Z, (R, C), K, n = len(vplan.zs), vplan.grid, len(vplan.class_names) + len(CHANNELS), n_levels((h, w))
+    Z, (R, C), n = len(vplan.zs), vplan.grid, n_levels((h, w))
+    channels = ([label_key(vplan.class_names, vplan.class_codes)] if vplan.labels_only
+                else [*vplan.class_names, *CHANNELS])
+    dtype, fill, window = ("uint8", OFF_TISSUE, (0, 255)) if vplan.labels_only else ("float32", 0.0, (0, 1))
     for level in range(n):
         f = 2**level
         r, c = -(-R // f), -(-C // f)
-        create_level(root, str(level), "czyx", (K, Z, r, c), (1, 1, min(r, 1024), min(c, 1024)), "float32", 0.0)
-    root.attrs.update(image_attrs("probabilities", "czyx", [(1.0, dz, px * s * 2**i, px * s * 2**i) for i in range(n)],
+        create_level(root, str(level), "czyx", (len(channels), Z, r, c), (1, 1, min(r, 1024), min(c, 1024)), dtype, fill)
+    root.attrs.update(image_attrs("areas" if vplan.labels_only else "probabilities", "czyx",
+                                  [(1.0, dz, px * s * 2**i, px * s * 2**i) for i in range(n)],
                                   translation=(0, 0, (s - 1) / 2 * px, (s - 1) / 2 * px),  # cell (i, j): pixels i*s ..
-                                  channels=[*vplan.class_names, *CHANNELS], window=(0, 1)))
+                                  channels=channels, window=window))
     root.attrs.update(_attrs(vplan))
     labels = root.require_group("labels")
     labels.attrs.update(labels_attrs(["areas"]))

@@ -19,7 +19,7 @@ import numpy as np
 from ..engine.loop import dense_geometry
 from ..engine.plan import check_stride, is_tissue_mask, resolve_method
 from ..engine.resample import pixel_size_of, resampling_of
-from ..errors import BrainrtError, file_error, param_error
+from ..errors import file_error, param_error
 from ..geometry import grid_shape
 from ..heads import Classifier
 from ..maps.smooth import choose
@@ -93,6 +93,7 @@ class VolumePlan:
     context: tuple = ()  # a context head's scales, (sigma in cells, sigma_z in slices) each
     n_terms: int = 0  # its terms per cell: the raw scratch's channels
     tissue_mask: Source | None = None  # a mask stack of the source's shape (nonzero = tissue), read per slice
+    labels_only: bool = False  # a head without probabilities (classify): its labels are the map, not smoothed
 
     def record(self) -> dict:
         """The run record (:mod:`brainrt.outputs.finished`) of this job: what makes two runs' outputs the same, by
@@ -146,14 +147,14 @@ def make_volume_plan(source, bundle, *, task="classify", z="all", stride=_D("str
     method = resolve_method(o["method"], stride, bundle.dense_strides, owner)
     px = _pixel_size(o["pixel_size_um"], src, bundle, stride, owner)
     dz = float(o["z_spacing_um"] or src.z_spacing_um or px)
-    sigma, space = _smoothing(bundle, task, head, smooth, px, stride)
+    sigma, space, z_sigma, labels_only = _smoothing(bundle, task, head, smooth, o["smooth_z"] / dz, px, stride)
     opts = dict(stride=stride, method=method, tissue=tissue, min_tissue=o["min_tissue"], threshold=o["threshold"],
                 pixel_size_um=px, batch_size=o["batch_size"], standardize=o["standardize"], precision=precision)
     grid = grid_shape((h, w), stride)
     bands = _bands(grid[0], o["band_rows"], bundle, method, stride)
     return VolumePlan(src, task, zs, grid, bands, stride, method, px, dz, *_model_fields(bundle), head, float(sigma),
-                      space, o["threads"] or 1, opts, o["smooth_z"] / dz, device,
-                      *_context_fields(bundle, task, head, px * stride, dz), mask)
+                      space, o["threads"] or 1, opts, z_sigma, device,
+                      *_context_fields(bundle, task, head, px * stride, dz), mask, labels_only)
 
 
 def _pixel_size(given, src, bundle, stride, owner):
@@ -197,14 +198,16 @@ def _model_fields(bundle):
             tuple(bundle.class_codes), bundle.n_features)
 
 
-def _smoothing(bundle, task, head, smooth, pixel_size_um, stride):
-    """(sigma in cells, space) of the in-plane smoothing; a classify volume needs a head with probabilities."""
+def _smoothing(bundle, task, head, smooth, z_sigma, pixel_size_um, stride):
+    """(sigma in cells, space, sigma across slices, labels only) of a classification: a head without probabilities
+    is not smoothed, in the plane (:func:`~brainrt.maps.smooth.choose`, as for a slice) or across slices."""
     if task != "classify":
-        return 0.0, "log"
+        return 0.0, "log", 0.0, False
     clf = Classifier.of(bundle, head)
-    if not clf.proba:
-        raise BrainrtError(f"head {head!r} gives no class probabilities; a volume needs one that does")
-    return choose(bundle.manifest.smoothing, smooth, proba=True, pixel_size_um=pixel_size_um, stride=stride)
+    if z_sigma > 0 and not clf.proba:
+        log.info("no smoothing across slices: this head gives no class probabilities")
+    sigma, space = choose(bundle.manifest.smoothing, smooth, proba=clf.proba, pixel_size_um=pixel_size_um, stride=stride)
+    return sigma, space, z_sigma if clf.proba else 0.0, not clf.proba
 
 
 def _bands(rows, band_rows, bundle, method, stride):
