@@ -108,3 +108,21 @@ def test_a_slice_map_is_the_whole_grid_map_however_its_rows_arrive(sigma, block)
     assert none is None and np.array_equal(labels_w, labels) and np.array_equal(writer.out, want)
     starts = [y for y, _ in writer.rows]
     assert starts == sorted(starts) and sum(n for _, n in writer.rows) == 33 and starts[0] == 0
+
+
+def test_smoothing_asked_of_a_head_without_probabilities_is_warned_about(tiny_bundle, synthetic_slice, caplog):
+    """``--smooth`` with a labels-only head (linsvm) cannot be done: a warning naming the option when it was asked
+    for, only a log line when it is the bundle's default; the map is the head's labels either way."""
+    import logging
+
+    import brainrt
+
+    runs = {}
+    for smooth in (30.0, None):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="brainrt"):
+            runs[smooth] = brainrt.classify_image(synthetic_slice.image, tiny_bundle, stride=32, head="linsvm",
+                                                  smooth=smooth)
+        warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert warned == (["--smooth 30: no smoothing: this head gives no class probabilities"] if smooth else [])
+    np.testing.assert_array_equal(runs[30.0].labels, runs[None].labels)

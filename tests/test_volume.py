@@ -733,10 +733,12 @@ def test_a_head_without_probabilities_maps_a_volume_as_a_slice(client, volume, s
     from brainrt.geometry import upsample
     from brainrt.volumes import run_volume
 
-    with caplog.at_level(logging.INFO, logger="brainrt"):
+    with caplog.at_level(logging.WARNING, logger="brainrt"):
         plan = _plan(stack_tif, tiny_bundle, head="linsvm", smooth_z=2.0)
     assert plan.labels_only and plan.sigma_cells == 0 and plan.z_sigma == 0
-    assert "no smoothing across slices" in caplog.text
+    assert [r.getMessage() for r in caplog.records] == [  # both asked for (_plan's SMOOTH, smooth_z), neither done
+        "--smooth 30: no smoothing: this head gives no class probabilities",
+        "--smooth-z: no smoothing across slices: this head gives no class probabilities"]
     outs = [tmp_path / "serial.ome.zarr", tmp_path / "dask.ome.zarr"]
     run_volume(plan, outs[0], bundle=tiny_bundle)
     run_volume(plan, outs[1], client=client)

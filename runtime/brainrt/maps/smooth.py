@@ -34,12 +34,14 @@ EPS = 1e-6
 def choose(default, smooth, *, proba, pixel_size_um, stride, owner="classify"):
     """(sigma in grid cells, space) of a classification: ``smooth`` um, or ``default``'s (the bundle's
     :class:`~brainrt.model.manifest.Smoothing`, or None) when ``smooth`` is None; none for a head without
-    probabilities."""
+    probabilities (a warning when ``smooth`` asked for it, a log line when it is the bundle's default)."""
+    asked = smooth is not None
     if smooth is None:
         smooth = default.sigma_um if default else 0.0
     smooth = params.check(owner, smooth=smooth)["smooth"]
     if smooth > 0 and not proba:
-        log.info("no smoothing: this head gives no class probabilities")
+        (log.warning if asked else log.info)("%sno smoothing: this head gives no class probabilities",
+                                             f"--smooth {smooth:g}: " if asked else "")
         return 0.0, "log"
     return smooth / (pixel_size_um * stride), (default.space if default else "log")
 

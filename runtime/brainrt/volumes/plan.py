@@ -204,9 +204,9 @@ def _smoothing(bundle, task, head, smooth, z_sigma, pixel_size_um, stride):
     if task != "classify":
         return 0.0, "log", 0.0, False
     clf = Classifier.of(bundle, head)
-    if z_sigma > 0 and not clf.proba:
-        log.info("no smoothing across slices: this head gives no class probabilities")
     sigma, space = choose(bundle.manifest.smoothing, smooth, proba=clf.proba, pixel_size_um=pixel_size_um, stride=stride)
+    if z_sigma > 0 and not clf.proba:  # asked for (0 by default)
+        log.warning("--smooth-z: no smoothing across slices: this head gives no class probabilities")
     return sigma, space, z_sigma if clf.proba else 0.0, not clf.proba
 
 
