@@ -172,6 +172,12 @@ def is_tissue_mask(tissue) -> bool:
     return tissue is not None and not (isinstance(tissue, str) and tissue in ("otsu", "all"))
 
 
+def is_mask_dtype(dtype) -> bool:
+    """Whether a tissue mask of ``dtype`` is one (booleans or integers, nonzero = tissue): a slice's mask array and a
+    volume's mask stack alike."""
+    return np.dtype(dtype) == bool or np.issubdtype(dtype, np.integer)
+
+
 def check_stride(stride, shape, source):
     """Refuse a stride past the image's shorter side: its grid's cells would be centred outside the
     image (cell ``(i, j)`` is centred on ``i * stride + stride // 2``), a map painted from patches
@@ -273,7 +279,7 @@ def _tissue_mask(tissue, shape, z, owner):
             raise param_error("tissue", owner, expected, tissue)
         return read_mask(tissue, shape, z=z, what="tissue mask")
     mask = np.asarray(tissue)
-    if mask.shape != shape or not (mask.dtype == bool or np.issubdtype(mask.dtype, np.integer)):
+    if mask.shape != shape or not is_mask_dtype(mask.dtype):
         raise BrainrtError(f"The 'tissue' parameter of {owner} must be {expected}. "
                            f"Got an array of shape {mask.shape} and type {mask.dtype} instead.")
     return mask

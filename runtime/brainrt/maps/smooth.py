@@ -40,8 +40,10 @@ def choose(default, smooth, *, proba, pixel_size_um, stride, owner="classify"):
         smooth = default.sigma_um if default else 0.0
     smooth = params.check(owner, smooth=smooth)["smooth"]
     if smooth > 0 and not proba:
-        (log.warning if asked else log.info)("%sno smoothing: this head gives no class probabilities",
-                                             f"--smooth {smooth:g}: " if asked else "")
+        if asked:
+            log.warning("--smooth %g: no smoothing: this head gives no class probabilities", smooth)
+        else:
+            log.info("no smoothing: this head gives no class probabilities")
         return 0.0, "log"
     return smooth / (pixel_size_um * stride), (default.space if default else "log")
 

@@ -55,16 +55,20 @@ def mark_done(store, name):
     _write_whole(_done(store, name), "")
 
 
+def _note(store, name) -> Path:
+    return Path(store) / STATE / "notes" / f"{name}.json"
+
+
 def write_note(store, name, value):
     """Task ``name``'s note (a JSON value) in the partial ``store``, for the run (:func:`read_note`); whole or absent."""
-    p = Path(store) / STATE / "notes" / f"{name}.json"
+    p = _note(store, name)
     p.parent.mkdir(parents=True, exist_ok=True)
     _write_whole(p, json.dumps(value))
 
 
 def read_note(store, name):
     """Task ``name``'s note in the partial ``store``, None if it wrote none."""
-    p = Path(store) / STATE / "notes" / f"{name}.json"
+    p = _note(store, name)
     return json.loads(p.read_text()) if p.is_file() else None
 
 

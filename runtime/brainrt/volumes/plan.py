@@ -14,10 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..engine.loop import dense_geometry
-from ..engine.plan import check_stride, is_tissue_mask, resolve_method
+from ..engine.plan import check_stride, is_mask_dtype, is_tissue_mask, resolve_method
 from ..engine.resample import pixel_size_of, resampling_of
 from ..errors import file_error, param_error
 from ..geometry import grid_shape
@@ -178,7 +176,7 @@ def _tissue_volume(tissue, src, owner):
     if tuple(mask.shape) != tuple(src.shape):
         raise file_error(mask.name, f"a tissue mask of shape {tuple(mask.shape)} for a stack of shape {tuple(src.shape)}; "
                                     "it must have the stack's (z, y, x) shape")
-    if np.dtype(mask.dtype).kind not in "biu":
+    if not is_mask_dtype(mask.dtype):
         raise file_error(mask.name, f"a tissue mask holds integers or booleans (nonzero = tissue), not {mask.dtype}")
     return mask
 
