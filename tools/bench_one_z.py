@@ -41,12 +41,14 @@ def _du(path):
 
 def run_slice(image, model, stride, work):
     """The slice's path: plan, head and map streamed into the probabilities' and uncertainty's OME-TIFFs."""
+    import numpy as np
+    import tifffile
+
     import brainrt
     from brainrt import api
-
-    bundle = brainrt.Bundle.load(model, threads=1)
     from brainrt.outputs import classification_set, probabilities_path, uncertainty_path, write_classification
 
+    bundle = brainrt.Bundle.load(model, threads=1)
     out = Path(work) / "s.labels.ome.tif"
     t0 = time.perf_counter()
     plan = api.make_plan(image, bundle, stride=stride)
@@ -55,9 +57,7 @@ def run_slice(image, model, stride, work):
                                 uncertainty=s.path(uncertainty_path(out)))
         write_classification(out, res, into=s)
     dt = time.perf_counter() - t0
-    import tifffile
-
-    return dt, tifffile.imread(probabilities_path(out)), 0
+    return dt, np.moveaxis(tifffile.imread(probabilities_path(out)), 0, -1), 0  # (K, R, C) -> (R, C, K)
 
 
 def run_volume(image, model, stride, work):
@@ -139,7 +139,6 @@ def main(argv=None):
                         runs[kind].append(_one(kind, args.image, args.model, stride, w))
                         os.replace(Path(w) / f"{kind}.npy", Path(work) / f"{kind}.npy")
             p, q = (np.load(Path(work) / f"{k}.npy") for k in ("slice", "volume"))
-        p = np.moveaxis(p, 0, -1) if p.shape[0] == q.shape[-1] else p
         tissue = p.sum(-1) > 0
         agree = float(np.mean(p.argmax(-1)[tissue] == q.argmax(-1)[tissue]))
         med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
